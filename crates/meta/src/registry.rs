@@ -1,0 +1,594 @@
+//! Queries for the registry surface: repositories, blobs, manifests, tags, uploads, referrers.
+
+use oci::{Digest, RepositoryName, Tag};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::now_millis;
+use crate::store::{get_i64, MetaError, Store, WriteTx};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobRecord {
+    pub digest: String,
+    pub size: i64,
+}
+
+/// A stored manifest, as served by GET/HEAD.
+#[derive(Clone, Debug)]
+pub struct ManifestRecord {
+    pub id: i64,
+    pub digest: String,
+    pub media_type: String,
+    pub artifact_type: Option<String>,
+    pub subject_digest: Option<String>,
+    pub payload: Vec<u8>,
+}
+
+/// A manifest to store; the registry has parsed and validated it already.
+#[derive(Clone, Debug)]
+pub struct NewManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub artifact_type: Option<String>,
+    pub subject: Option<Digest>,
+    pub config_digest: Option<Digest>,
+    pub total_size: i64,
+    /// JSON object of annotations, kept for the referrers listing.
+    pub annotations: Option<String>,
+    pub payload: Vec<u8>,
+    /// Config and distributable layers: each must already be linked to the repository.
+    pub blobs: Vec<Digest>,
+    /// Index children: each must already exist in the repository.
+    pub children: Vec<Digest>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PutManifestError {
+    #[error("blob {0} is not in this repository")]
+    BlobUnknown(String),
+    #[error("manifest {0} referenced by the index is not in this repository")]
+    ManifestUnknown(String),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+}
+
+impl From<sqlx::Error> for PutManifestError {
+    fn from(e: sqlx::Error) -> Self {
+        PutManifestError::Meta(MetaError::Database(e))
+    }
+}
+
+/// One entry of a referrers listing.
+#[derive(Clone, Debug)]
+pub struct Referrer {
+    pub digest: String,
+    pub media_type: String,
+    pub artifact_type: Option<String>,
+    pub size: i64,
+    pub annotations: Option<String>,
+}
+
+/// A persisted upload session: bytes so far live in `parts` storage objects.
+#[derive(Clone, Debug)]
+pub struct UploadRecord {
+    pub id: String,
+    pub repository: String,
+    pub size: i64,
+    pub parts: i64,
+    pub hash_state: Vec<u8>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+fn upload_from_row(row: &AnyRow) -> UploadRecord {
+    UploadRecord {
+        id: row.get("id"),
+        repository: row.get("repository"),
+        size: get_i64(row, "size"),
+        parts: get_i64(row, "parts"),
+        hash_state: row.get("hash_state"),
+        created_at: get_i64(row, "created_at"),
+        updated_at: get_i64(row, "updated_at"),
+    }
+}
+
+fn manifest_from_row(row: &AnyRow) -> ManifestRecord {
+    ManifestRecord {
+        id: get_i64(row, "id"),
+        digest: row.get("digest"),
+        media_type: row.get("media_type"),
+        artifact_type: row.get("artifact_type"),
+        subject_digest: row.get("subject_digest"),
+        payload: row.get("payload"),
+    }
+}
+
+const MANIFEST_COLUMNS: &str =
+    "m.id, m.digest, m.media_type, m.artifact_type, m.subject_digest, m.payload";
+
+impl Store {
+    // ---- repositories -------------------------------------------------------------------
+
+    pub async fn repository_exists(&self, repo: &RepositoryName) -> Result<bool, MetaError> {
+        Ok(self.repository_id(repo).await?.is_some())
+    }
+
+    async fn repository_id(&self, repo: &RepositoryName) -> Result<Option<i64>, MetaError> {
+        let row = sqlx::query("SELECT id FROM repositories WHERE name = $1")
+            .bind(repo.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| get_i64(&r, "id")))
+    }
+
+    /// Repository names in lexical (byte) order, after `last`, at most `n`.
+    pub async fn list_repositories(
+        &self,
+        last: Option<&str>,
+        n: i64,
+    ) -> Result<Vec<String>, MetaError> {
+        let rows =
+            sqlx::query("SELECT name FROM repositories WHERE name > $1 ORDER BY name LIMIT $2")
+                .bind(last.unwrap_or(""))
+                .bind(n)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.iter().map(|r| r.get("name")).collect())
+    }
+
+    // ---- blobs --------------------------------------------------------------------------
+
+    /// The blob, if it is linked to `repo` (the only way a repository may serve it).
+    pub async fn repository_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Option<BlobRecord>, MetaError> {
+        let row = sqlx::query(
+            "SELECT b.digest, b.size FROM blobs b \
+             JOIN repository_blobs rb ON rb.blob_digest = b.digest \
+             JOIN repositories r ON r.id = rb.repository_id \
+             WHERE r.name = $1 AND b.digest = $2",
+        )
+        .bind(repo.as_str())
+        .bind(digest.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| BlobRecord { digest: r.get("digest"), size: get_i64(&r, "size") }))
+    }
+
+    /// The blob, whatever repository holds it (for storage-level dedup on upload commit).
+    pub async fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, MetaError> {
+        let row = sqlx::query("SELECT digest, size FROM blobs WHERE digest = $1")
+            .bind(digest.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| BlobRecord { digest: r.get("digest"), size: get_i64(&r, "size") }))
+    }
+
+    /// Repositories that hold `digest`, for a mount request that names no source.
+    pub async fn repositories_with_blob(
+        &self,
+        digest: &Digest,
+        limit: i64,
+    ) -> Result<Vec<String>, MetaError> {
+        let rows = sqlx::query(
+            "SELECT r.name FROM repositories r JOIN repository_blobs rb ON rb.repository_id = r.id \
+             WHERE rb.blob_digest = $1 ORDER BY r.name LIMIT $2",
+        )
+        .bind(digest.as_str())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| r.get("name")).collect())
+    }
+
+    /// Records that `digest` (of `size` bytes) is stored, and links it to `repo`, creating the
+    /// repository on first use. Idempotent.
+    pub async fn link_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        size: i64,
+    ) -> Result<(), MetaError> {
+        let mut w = self.write_tx().await?;
+        let repo_id = ensure_repository(&mut w, repo).await?;
+        let now = now_millis();
+        sqlx::query(
+            "INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (digest) DO NOTHING",
+        )
+        .bind(digest.as_str())
+        .bind(size)
+        .bind(now)
+        .execute(&mut *w.tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO repository_blobs (repository_id, blob_digest, created_at) \
+             VALUES ($1, $2, $3) ON CONFLICT (repository_id, blob_digest) DO NOTHING",
+        )
+        .bind(repo_id)
+        .bind(digest.as_str())
+        .bind(now)
+        .execute(&mut *w.tx)
+        .await?;
+        w.commit().await
+    }
+
+    /// Removes the link between `repo` and the blob; bytes are reclaimed later by GC.
+    pub async fn unlink_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<bool, MetaError> {
+        let mut w = self.write_tx().await?;
+        let result = sqlx::query(
+            "DELETE FROM repository_blobs WHERE blob_digest = $1 AND repository_id = \
+             (SELECT id FROM repositories WHERE name = $2)",
+        )
+        .bind(digest.as_str())
+        .bind(repo.as_str())
+        .execute(&mut *w.tx)
+        .await?;
+        w.commit().await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    // ---- manifests and tags -------------------------------------------------------------
+
+    /// Stores a manifest, its blob and child references, and points each of `tags` at it,
+    /// all in one transaction. Re-pushing an existing manifest is a no-op apart from the tag.
+    pub async fn put_manifest(
+        &self,
+        repo: &RepositoryName,
+        manifest: &NewManifest,
+        tags: &[Tag],
+    ) -> Result<(), PutManifestError> {
+        let mut w = self.write_tx().await?;
+        let repo_id = ensure_repository(&mut w, repo).await?;
+
+        for blob in &manifest.blobs {
+            let linked = sqlx::query(
+                "SELECT 1 AS one FROM repository_blobs WHERE repository_id = $1 AND blob_digest = $2",
+            )
+            .bind(repo_id)
+            .bind(blob.as_str())
+            .fetch_optional(&mut *w.tx)
+            .await?;
+            if linked.is_none() {
+                return Err(PutManifestError::BlobUnknown(blob.to_string()));
+            }
+        }
+        let mut child_ids = Vec::with_capacity(manifest.children.len());
+        for child in &manifest.children {
+            let row =
+                sqlx::query("SELECT id FROM manifests WHERE repository_id = $1 AND digest = $2")
+                    .bind(repo_id)
+                    .bind(child.as_str())
+                    .fetch_optional(&mut *w.tx)
+                    .await?;
+            match row {
+                Some(row) => child_ids.push(get_i64(&row, "id")),
+                None => return Err(PutManifestError::ManifestUnknown(child.to_string())),
+            }
+        }
+
+        let now = now_millis();
+        let existing =
+            sqlx::query("SELECT id FROM manifests WHERE repository_id = $1 AND digest = $2")
+                .bind(repo_id)
+                .bind(manifest.digest.as_str())
+                .fetch_optional(&mut *w.tx)
+                .await?;
+        let manifest_id = match existing {
+            Some(row) => get_i64(&row, "id"),
+            None => {
+                // A concurrent push of the same manifest may win the insert; then we reuse its row.
+                let inserted = sqlx::query(
+                    "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, \
+                     subject_digest, config_digest, total_size, annotations, payload, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                     ON CONFLICT (repository_id, digest) DO NOTHING RETURNING id",
+                )
+                .bind(repo_id)
+                .bind(manifest.digest.as_str())
+                .bind(&manifest.media_type)
+                .bind(manifest.artifact_type.as_deref())
+                .bind(manifest.subject.as_ref().map(|d| d.as_str()))
+                .bind(manifest.config_digest.as_ref().map(|d| d.as_str()))
+                .bind(manifest.total_size)
+                .bind(manifest.annotations.as_deref())
+                .bind(&manifest.payload)
+                .bind(now)
+                .fetch_optional(&mut *w.tx)
+                .await?;
+                match inserted {
+                    Some(row) => {
+                        let id = get_i64(&row, "id");
+                        let mut seen = std::collections::HashSet::new();
+                        for blob in &manifest.blobs {
+                            if seen.insert(blob.as_str()) {
+                                sqlx::query(
+                                    "INSERT INTO manifest_blobs (manifest_id, blob_digest) VALUES ($1, $2)",
+                                )
+                                .bind(id)
+                                .bind(blob.as_str())
+                                .execute(&mut *w.tx)
+                                .await?;
+                            }
+                        }
+                        let mut seen = std::collections::HashSet::new();
+                        for child in &child_ids {
+                            if seen.insert(*child) {
+                                sqlx::query(
+                                    "INSERT INTO manifest_references (parent_id, child_id) VALUES ($1, $2)",
+                                )
+                                .bind(id)
+                                .bind(*child)
+                                .execute(&mut *w.tx)
+                                .await?;
+                            }
+                        }
+                        id
+                    }
+                    None => {
+                        let row = sqlx::query(
+                            "SELECT id FROM manifests WHERE repository_id = $1 AND digest = $2",
+                        )
+                        .bind(repo_id)
+                        .bind(manifest.digest.as_str())
+                        .fetch_one(&mut *w.tx)
+                        .await?;
+                        get_i64(&row, "id")
+                    }
+                }
+            }
+        };
+
+        for tag in tags {
+            sqlx::query(
+                "INSERT INTO tags (repository_id, name, manifest_id, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $4) ON CONFLICT (repository_id, name) DO UPDATE \
+                 SET manifest_id = excluded.manifest_id, updated_at = excluded.updated_at",
+            )
+            .bind(repo_id)
+            .bind(tag.as_str())
+            .bind(manifest_id)
+            .bind(now)
+            .execute(&mut *w.tx)
+            .await?;
+        }
+        w.commit().await?;
+        Ok(())
+    }
+
+    pub async fn manifest_by_digest(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Option<ManifestRecord>, MetaError> {
+        let sql = format!(
+            "SELECT {MANIFEST_COLUMNS} FROM manifests m JOIN repositories r ON r.id = m.repository_id \
+             WHERE r.name = $1 AND m.digest = $2"
+        );
+        let row = sqlx::query(&sql)
+            .bind(repo.as_str())
+            .bind(digest.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(manifest_from_row))
+    }
+
+    pub async fn manifest_by_tag(
+        &self,
+        repo: &RepositoryName,
+        tag: &Tag,
+    ) -> Result<Option<ManifestRecord>, MetaError> {
+        let sql = format!(
+            "SELECT {MANIFEST_COLUMNS} FROM tags t JOIN repositories r ON r.id = t.repository_id \
+             JOIN manifests m ON m.id = t.manifest_id WHERE r.name = $1 AND t.name = $2"
+        );
+        let row = sqlx::query(&sql)
+            .bind(repo.as_str())
+            .bind(tag.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(manifest_from_row))
+    }
+
+    /// Deletes a manifest and every tag pointing at it. Blobs stay for GC to review.
+    pub async fn delete_manifest(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<bool, MetaError> {
+        let mut w = self.write_tx().await?;
+        let row = sqlx::query(
+            "SELECT m.id FROM manifests m JOIN repositories r ON r.id = m.repository_id \
+             WHERE r.name = $1 AND m.digest = $2",
+        )
+        .bind(repo.as_str())
+        .bind(digest.as_str())
+        .fetch_optional(&mut *w.tx)
+        .await?;
+        let Some(row) = row else { return Ok(false) };
+        let id = get_i64(&row, "id");
+        // Explicit deletes keep both backends identical even where cascades are off.
+        for sql in [
+            "DELETE FROM tags WHERE manifest_id = $1",
+            "DELETE FROM manifest_blobs WHERE manifest_id = $1",
+            "DELETE FROM manifest_references WHERE parent_id = $1 OR child_id = $1",
+            "DELETE FROM manifests WHERE id = $1",
+        ] {
+            sqlx::query(sql).bind(id).execute(&mut *w.tx).await?;
+        }
+        w.commit().await?;
+        Ok(true)
+    }
+
+    /// Removes just the tag; the manifest stays addressable by digest.
+    pub async fn delete_tag(&self, repo: &RepositoryName, tag: &Tag) -> Result<bool, MetaError> {
+        let mut w = self.write_tx().await?;
+        let result = sqlx::query(
+            "DELETE FROM tags WHERE name = $1 AND repository_id = \
+             (SELECT id FROM repositories WHERE name = $2)",
+        )
+        .bind(tag.as_str())
+        .bind(repo.as_str())
+        .execute(&mut *w.tx)
+        .await?;
+        w.commit().await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    /// Tags in lexical order after `last`, at most `n`; `None` when the repository is unknown.
+    pub async fn list_tags(
+        &self,
+        repo: &RepositoryName,
+        last: Option<&str>,
+        n: i64,
+    ) -> Result<Option<Vec<String>>, MetaError> {
+        let Some(repo_id) = self.repository_id(repo).await? else { return Ok(None) };
+        let rows = sqlx::query(
+            "SELECT name FROM tags WHERE repository_id = $1 AND name > $2 ORDER BY name LIMIT $3",
+        )
+        .bind(repo_id)
+        .bind(last.unwrap_or(""))
+        .bind(n)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Some(rows.iter().map(|r| r.get("name")).collect()))
+    }
+
+    /// Manifests in `repo` whose `subject` is `digest`, optionally of one artifact type.
+    pub async fn referrers(
+        &self,
+        repo: &RepositoryName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>, MetaError> {
+        let rows = sqlx::query(
+            "SELECT m.digest, m.media_type, m.artifact_type, m.annotations, \
+             CAST(LENGTH(m.payload) AS BIGINT) AS size \
+             FROM manifests m JOIN repositories r ON r.id = m.repository_id \
+             WHERE r.name = $1 AND m.subject_digest = $2 \
+             AND ($3 = '' OR m.artifact_type = $3) ORDER BY m.digest",
+        )
+        .bind(repo.as_str())
+        .bind(subject.as_str())
+        .bind(artifact_type.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Referrer {
+                digest: r.get("digest"),
+                media_type: r.get("media_type"),
+                artifact_type: r.get("artifact_type"),
+                size: get_i64(r, "size"),
+                annotations: r.get("annotations"),
+            })
+            .collect())
+    }
+
+    // ---- upload sessions ----------------------------------------------------------------
+
+    pub async fn create_upload(&self, upload: &UploadRecord) -> Result<(), MetaError> {
+        let mut w = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO uploads (id, repository, size, parts, hash_state, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&upload.id)
+        .bind(&upload.repository)
+        .bind(upload.size)
+        .bind(upload.parts)
+        .bind(&upload.hash_state)
+        .bind(upload.created_at)
+        .bind(upload.updated_at)
+        .execute(&mut *w.tx)
+        .await?;
+        w.commit().await
+    }
+
+    pub async fn upload(&self, id: &str) -> Result<Option<UploadRecord>, MetaError> {
+        let row = sqlx::query("SELECT * FROM uploads WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(upload_from_row))
+    }
+
+    /// Records a new chunk, but only if nobody else appended since `expected_size` was read
+    /// (optimistic concurrency: two racing chunks cannot both land at the same offset).
+    pub async fn advance_upload(
+        &self,
+        id: &str,
+        expected_size: i64,
+        new_size: i64,
+        parts: i64,
+        hash_state: &[u8],
+    ) -> Result<bool, MetaError> {
+        let mut w = self.write_tx().await?;
+        let result = sqlx::query(
+            "UPDATE uploads SET size = $1, parts = $2, hash_state = $3, updated_at = $4 \
+             WHERE id = $5 AND size = $6",
+        )
+        .bind(new_size)
+        .bind(parts)
+        .bind(hash_state)
+        .bind(now_millis())
+        .bind(id)
+        .bind(expected_size)
+        .execute(&mut *w.tx)
+        .await?;
+        w.commit().await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Removes the session row; returns whether it existed (the caller removes the parts).
+    pub async fn delete_upload(&self, id: &str) -> Result<bool, MetaError> {
+        let mut w = self.write_tx().await?;
+        let result =
+            sqlx::query("DELETE FROM uploads WHERE id = $1").bind(id).execute(&mut *w.tx).await?;
+        w.commit().await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    /// Sessions idle since before `updated_before` (milliseconds), oldest first.
+    pub async fn idle_uploads(
+        &self,
+        updated_before: i64,
+        limit: i64,
+    ) -> Result<Vec<UploadRecord>, MetaError> {
+        let rows =
+            sqlx::query("SELECT * FROM uploads WHERE updated_at < $1 ORDER BY updated_at LIMIT $2")
+                .bind(updated_before)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.iter().map(upload_from_row).collect())
+    }
+}
+
+async fn ensure_repository(w: &mut WriteTx<'_>, repo: &RepositoryName) -> Result<i64, MetaError> {
+    let existing = sqlx::query("SELECT id FROM repositories WHERE name = $1")
+        .bind(repo.as_str())
+        .fetch_optional(&mut *w.tx)
+        .await?;
+    if let Some(row) = existing {
+        return Ok(get_i64(&row, "id"));
+    }
+    sqlx::query(
+        "INSERT INTO repositories (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(repo.as_str())
+    .bind(now_millis())
+    .execute(&mut *w.tx)
+    .await?;
+    let row = sqlx::query("SELECT id FROM repositories WHERE name = $1")
+        .bind(repo.as_str())
+        .fetch_one(&mut *w.tx)
+        .await?;
+    Ok(get_i64(&row, "id"))
+}

@@ -1,0 +1,320 @@
+//! Manifest parsing and validation: OCI image manifest and index, Docker schema 2 manifest and
+//! manifest list, and artifacts. Schema 1 is refused.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::{media_type as mt, Digest};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifest is not valid JSON: {0}")]
+    Json(String),
+    #[error("manifest is invalid: {0}")]
+    Invalid(String),
+    #[error(
+        "Docker schema 1 manifests are not supported: they are deprecated and unsigned-unsafe; \
+         push with a current client, which sends schema 2 or OCI manifests"
+    )]
+    Schema1,
+    #[error("manifest media type {0:?} is not supported: use an OCI or Docker schema 2 manifest or index")]
+    UnsupportedMediaType(String),
+}
+
+/// A content descriptor, with its digest already parsed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Descriptor {
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: i64,
+    pub urls: Vec<String>,
+    pub artifact_type: Option<String>,
+    pub annotations: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawDescriptor {
+    media_type: Option<String>,
+    digest: Option<String>,
+    size: Option<i64>,
+    #[serde(default)]
+    urls: Vec<String>,
+    artifact_type: Option<String>,
+    annotations: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawManifest {
+    schema_version: Option<i64>,
+    media_type: Option<String>,
+    artifact_type: Option<String>,
+    config: Option<RawDescriptor>,
+    layers: Option<Vec<RawDescriptor>>,
+    manifests: Option<Vec<RawDescriptor>>,
+    subject: Option<RawDescriptor>,
+    annotations: Option<Value>,
+    // Schema 1 tells itself apart by these.
+    fs_layers: Option<Value>,
+}
+
+/// Whether a manifest describes one image/artifact or lists other manifests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ManifestKind {
+    Image,
+    Index,
+}
+
+/// A manifest that parsed and passed structural validation.
+#[derive(Clone, Debug)]
+pub struct ParsedManifest {
+    /// The effective media type (body field, else the request's Content-Type).
+    pub media_type: String,
+    pub kind: ManifestKind,
+    /// `artifactType`, or for image manifests without one, the config media type.
+    pub artifact_type: Option<String>,
+    pub config: Option<Descriptor>,
+    pub layers: Vec<Descriptor>,
+    pub manifests: Vec<Descriptor>,
+    pub subject: Option<Descriptor>,
+    pub annotations: Option<Value>,
+}
+
+fn descriptor(raw: RawDescriptor, what: &str) -> Result<Descriptor, ManifestError> {
+    let media_type = raw
+        .media_type
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| ManifestError::Invalid(format!("{what} has no mediaType")))?;
+    let digest_text =
+        raw.digest.ok_or_else(|| ManifestError::Invalid(format!("{what} has no digest")))?;
+    let digest = digest_text
+        .parse()
+        .map_err(|e| ManifestError::Invalid(format!("{what} has an invalid digest: {e}")))?;
+    let size = raw.size.ok_or_else(|| ManifestError::Invalid(format!("{what} has no size")))?;
+    if size < 0 {
+        return Err(ManifestError::Invalid(format!("{what} has a negative size")));
+    }
+    Ok(Descriptor {
+        media_type,
+        digest,
+        size,
+        urls: raw.urls,
+        artifact_type: raw.artifact_type,
+        annotations: raw.annotations,
+    })
+}
+
+fn is_image_type(m: &str) -> bool {
+    m == mt::OCI_MANIFEST || m == mt::DOCKER_MANIFEST
+}
+
+fn is_index_type(m: &str) -> bool {
+    m == mt::OCI_INDEX || m == mt::DOCKER_MANIFEST_LIST
+}
+
+impl Descriptor {
+    /// Foreign (Docker) and non-distributable (OCI) layers with URLs are fetched by clients
+    /// from elsewhere, so the registry need not hold them.
+    pub fn is_foreign(&self) -> bool {
+        !self.urls.is_empty()
+            && (self.media_type.contains("foreign") || self.media_type.contains("nondistributable"))
+    }
+}
+
+impl ParsedManifest {
+    /// Parses `body`, sent with `content_type` (the request header, if any).
+    pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<ParsedManifest, ManifestError> {
+        let content_type = content_type
+            .map(|c| c.split(';').next().unwrap_or("").trim())
+            .filter(|c| !c.is_empty());
+        if matches!(content_type, Some(mt::DOCKER_SCHEMA1 | mt::DOCKER_SCHEMA1_SIGNED)) {
+            return Err(ManifestError::Schema1);
+        }
+        let raw: RawManifest =
+            serde_json::from_slice(body).map_err(|e| ManifestError::Json(e.to_string()))?;
+        if raw.schema_version == Some(1) || raw.fs_layers.is_some() {
+            return Err(ManifestError::Schema1);
+        }
+        if raw.schema_version != Some(2) {
+            return Err(ManifestError::Invalid("schemaVersion must be 2".into()));
+        }
+        // The body's mediaType wins; when both are present they must agree.
+        let media_type = match (&raw.media_type, content_type) {
+            (Some(body_type), Some(header))
+                if body_type != header && (is_image_type(header) || is_index_type(header)) =>
+            {
+                return Err(ManifestError::Invalid(format!(
+                    "mediaType {body_type:?} in the body does not match Content-Type {header:?}"
+                )));
+            }
+            (Some(body_type), _) => body_type.clone(),
+            (None, Some(header)) if is_image_type(header) || is_index_type(header) => {
+                header.to_string()
+            }
+            (None, _) if raw.manifests.is_some() => mt::OCI_INDEX.to_string(),
+            (None, _) => mt::OCI_MANIFEST.to_string(),
+        };
+        if matches!(media_type.as_str(), mt::DOCKER_SCHEMA1 | mt::DOCKER_SCHEMA1_SIGNED) {
+            return Err(ManifestError::Schema1);
+        }
+        let subject = raw.subject.map(|s| descriptor(s, "subject")).transpose()?;
+        if is_image_type(&media_type) {
+            let config = raw
+                .config
+                .ok_or_else(|| ManifestError::Invalid("an image manifest needs a config".into()))?;
+            let config = descriptor(config, "config")?;
+            let layers = raw
+                .layers
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+                .map(|(i, l)| descriptor(l, &format!("layer {i}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            if raw.manifests.is_some() {
+                return Err(ManifestError::Invalid(
+                    "an image manifest cannot list manifests".into(),
+                ));
+            }
+            let artifact_type = raw.artifact_type.clone().or_else(|| {
+                Some(config.media_type.clone()).filter(|m| {
+                    // Ordinary image configs are not artifact types.
+                    m != "application/vnd.oci.image.config.v1+json"
+                        && m != "application/vnd.docker.container.image.v1+json"
+                })
+            });
+            Ok(ParsedManifest {
+                media_type,
+                kind: ManifestKind::Image,
+                artifact_type,
+                config: Some(config),
+                layers,
+                manifests: Vec::new(),
+                subject,
+                annotations: raw.annotations,
+            })
+        } else if is_index_type(&media_type) {
+            let manifests = raw
+                .manifests
+                .ok_or_else(|| ManifestError::Invalid("an index needs a manifests list".into()))?
+                .into_iter()
+                .enumerate()
+                .map(|(i, m)| descriptor(m, &format!("manifest {i}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            if raw.layers.is_some() {
+                return Err(ManifestError::Invalid("an index cannot have layers".into()));
+            }
+            Ok(ParsedManifest {
+                media_type,
+                kind: ManifestKind::Index,
+                artifact_type: raw.artifact_type,
+                config: None,
+                layers: Vec::new(),
+                manifests,
+                subject,
+                annotations: raw.annotations,
+            })
+        } else {
+            Err(ManifestError::UnsupportedMediaType(media_type))
+        }
+    }
+
+    /// Blobs that must be in the repository: the config and every distributable layer.
+    pub fn required_blobs(&self) -> Vec<Digest> {
+        let mut out: Vec<Digest> = Vec::new();
+        for d in self.config.iter().chain(self.layers.iter().filter(|l| !l.is_foreign())) {
+            if !out.contains(&d.digest) {
+                out.push(d.digest.clone());
+            }
+        }
+        out
+    }
+
+    /// Manifests an index lists, which must be in the repository.
+    pub fn children(&self) -> Vec<Digest> {
+        let mut out: Vec<Digest> = Vec::new();
+        for d in &self.manifests {
+            if !out.contains(&d.digest) {
+                out.push(d.digest.clone());
+            }
+        }
+        out
+    }
+
+    /// Bytes this manifest and what it references take: payload, config, layers (children of
+    /// an index are counted by their own manifests).
+    pub fn referenced_size(&self) -> i64 {
+        self.config.iter().chain(self.layers.iter()).map(|d| d.size).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(n: u8) -> String {
+        Digest::sha256_of(&[n]).to_string()
+    }
+
+    #[test]
+    fn parses_oci_image_with_subject_and_artifact() {
+        let body = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": mt::OCI_MANIFEST,
+            "artifactType": "application/vnd.example.sbom",
+            "config": {"mediaType": mt::OCI_EMPTY, "digest": d(1), "size": 2},
+            "layers": [
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d(2), "size": 5},
+                {"mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar",
+                 "digest": d(3), "size": 5, "urls": ["https://example.com/x"]}
+            ],
+            "subject": {"mediaType": mt::OCI_MANIFEST, "digest": d(4), "size": 10}
+        });
+        let m = ParsedManifest::parse(None, body.to_string().as_bytes()).unwrap();
+        assert_eq!(m.kind, ManifestKind::Image);
+        assert_eq!(m.artifact_type.as_deref(), Some("application/vnd.example.sbom"));
+        assert_eq!(m.required_blobs().len(), 2, "foreign layer is not required");
+        assert_eq!(m.subject.unwrap().digest.to_string(), d(4));
+    }
+
+    #[test]
+    fn parses_docker_list_from_header() {
+        let body = serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{"mediaType": mt::DOCKER_MANIFEST, "digest": d(1), "size": 3}]
+        });
+        let m = ParsedManifest::parse(Some(mt::DOCKER_MANIFEST_LIST), body.to_string().as_bytes())
+            .unwrap();
+        assert_eq!(m.media_type, mt::DOCKER_MANIFEST_LIST);
+        assert_eq!(m.children().len(), 1);
+    }
+
+    #[test]
+    fn refuses_schema1_bad_json_and_mismatches() {
+        let s1 = br#"{"schemaVersion":1,"name":"x","tag":"y","fsLayers":[]}"#;
+        assert_eq!(ParsedManifest::parse(None, s1).unwrap_err(), ManifestError::Schema1);
+        assert_eq!(
+            ParsedManifest::parse(Some(mt::DOCKER_SCHEMA1_SIGNED), b"{}").unwrap_err(),
+            ManifestError::Schema1
+        );
+        assert!(matches!(
+            ParsedManifest::parse(None, b"{nope").unwrap_err(),
+            ManifestError::Json(_)
+        ));
+        let body = serde_json::json!({
+            "schemaVersion": 2, "mediaType": mt::OCI_MANIFEST,
+            "config": {"mediaType": "x", "digest": "sha256:bad", "size": 1}, "layers": []
+        });
+        assert!(matches!(
+            ParsedManifest::parse(None, body.to_string().as_bytes()).unwrap_err(),
+            ManifestError::Invalid(_)
+        ));
+        let body = serde_json::json!({
+            "schemaVersion": 2, "mediaType": mt::OCI_INDEX, "manifests": []
+        });
+        assert!(matches!(
+            ParsedManifest::parse(Some(mt::OCI_MANIFEST), body.to_string().as_bytes()).unwrap_err(),
+            ManifestError::Invalid(_)
+        ));
+    }
+}

@@ -1,0 +1,154 @@
+//! Listings: `GET /v2/_catalog`, `GET /v2/<name>/tags/list`, `GET /v2/<name>/referrers/<digest>`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use oci::{media_type, ErrorCode, ParsedManifest, RepositoryName, Tag};
+
+use crate::blobs::parse_digest;
+use crate::error::{RegistryError, Result};
+use crate::{Query, Registry};
+
+/// Page size and start marker from `?n=&last=`. No `n` means "everything" (up to the cap).
+fn page(registry: &Registry, query: &Query) -> Result<(i64, Option<String>)> {
+    let cap = registry.limits.max_page;
+    let n = match query.get("n") {
+        None | Some("") => cap,
+        Some(n) => match n.parse::<i64>() {
+            Ok(n) if n >= 0 => n.min(cap),
+            _ => {
+                return Err(RegistryError::new(
+                    ErrorCode::PaginationNumberInvalid,
+                    format!("n={n:?} is not a page size; use a number from 0 to {cap}"),
+                ))
+            }
+        },
+    };
+    Ok((n, query.get("last").filter(|l| !l.is_empty()).map(str::to_string)))
+}
+
+/// A JSON response with a `Link` to the next page when `items` filled the page and more exist.
+fn paged_response(body: serde_json::Value, next: Option<String>) -> Response {
+    let mut response =
+        (StatusCode::OK, [("content-type", "application/json")], body.to_string()).into_response();
+    if let Some(next) = next {
+        if let Ok(v) = format!("<{next}>; rel=\"next\"").parse() {
+            response.headers_mut().insert("link", v);
+        }
+    }
+    response
+}
+
+fn encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+pub(crate) async fn catalog(registry: &Registry, query: &Query) -> Result<Response> {
+    let (n, last) = page(registry, query)?;
+    let mut names = if n == 0 {
+        Vec::new()
+    } else {
+        registry.store.list_repositories(last.as_deref(), n + 1).await?
+    };
+    let next = if names.len() as i64 > n {
+        names.truncate(n as usize);
+        names.last().map(|l| format!("/v2/_catalog?n={n}&last={}", encode(l)))
+    } else {
+        None
+    };
+    Ok(paged_response(serde_json::json!({ "repositories": names }), next))
+}
+
+pub(crate) async fn tags(
+    registry: &Registry,
+    name: &RepositoryName,
+    query: &Query,
+) -> Result<Response> {
+    let (n, last) = page(registry, query)?;
+    let fetch = if n == 0 { 0 } else { n + 1 };
+    let mut tags = registry
+        .store
+        .list_tags(name, last.as_deref(), fetch)
+        .await?
+        .ok_or_else(|| RegistryError::name_unknown(name))?;
+    let next = if tags.len() as i64 > n {
+        tags.truncate(n as usize);
+        tags.last().map(|l| format!("/v2/{name}/tags/list?n={n}&last={}", encode(l)))
+    } else {
+        None
+    };
+    Ok(paged_response(serde_json::json!({ "name": name.as_str(), "tags": tags }), next))
+}
+
+/// The referrers of a manifest as an OCI index. Besides manifests whose `subject` names it,
+/// entries of the referrers tag schema's index (tag `<alg>-<hex>`, kept by clients for
+/// registries without this API) are included, so both ways of finding referrers agree.
+pub(crate) async fn referrers(
+    registry: &Registry,
+    name: &RepositoryName,
+    digest: &str,
+    query: &Query,
+) -> Result<Response> {
+    let subject = parse_digest(digest)?;
+    let artifact_type = query.get("artifactType").filter(|a| !a.is_empty());
+    let mut manifests: Vec<serde_json::Value> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for r in registry.store.referrers(name, &subject, artifact_type).await? {
+        seen.insert(r.digest.clone());
+        let mut entry = serde_json::json!({
+            "mediaType": r.media_type,
+            "digest": r.digest,
+            "size": r.size,
+        });
+        if let Some(at) = r.artifact_type {
+            entry["artifactType"] = at.into();
+        }
+        if let Some(annotations) =
+            r.annotations.and_then(|a| serde_json::from_str::<serde_json::Value>(&a).ok())
+        {
+            entry["annotations"] = annotations;
+        }
+        manifests.push(entry);
+    }
+    let fallback_tag: Option<Tag> =
+        format!("{}-{}", subject.algorithm().as_str(), subject.hex()).parse().ok();
+    if let Some(tag) = fallback_tag {
+        if let Some(index) = registry.store.manifest_by_tag(name, &tag).await? {
+            if let Ok(parsed) = ParsedManifest::parse(Some(&index.media_type), &index.payload) {
+                for d in parsed.manifests {
+                    if artifact_type.is_some() && d.artifact_type.as_deref() != artifact_type {
+                        continue;
+                    }
+                    if !seen.insert(d.digest.to_string()) {
+                        continue;
+                    }
+                    let mut entry = serde_json::json!({
+                        "mediaType": d.media_type,
+                        "digest": d.digest.as_str(),
+                        "size": d.size,
+                    });
+                    if let Some(at) = d.artifact_type {
+                        entry["artifactType"] = at.into();
+                    }
+                    if let Some(a) = d.annotations {
+                        entry["annotations"] = a;
+                    }
+                    manifests.push(entry);
+                }
+            }
+        }
+    }
+    let body = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media_type::OCI_INDEX,
+        "manifests": manifests,
+    });
+    let mut response =
+        (StatusCode::OK, [("content-type", media_type::OCI_INDEX)], body.to_string())
+            .into_response();
+    if artifact_type.is_some() {
+        response
+            .headers_mut()
+            .insert("oci-filters-applied", "artifactType".parse().expect("static"));
+    }
+    Ok(response)
+}

@@ -1,0 +1,217 @@
+//! `GET`/`HEAD`/`PUT`/`DELETE /v2/<name>/manifests/<reference>`.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use meta::{ManifestRecord, NewManifest, PutManifestError};
+use oci::{Digest, ErrorCode, ManifestError, ParsedManifest, Reference, RepositoryName, Tag};
+
+use crate::error::{RegistryError, Result};
+use crate::{header, Query, Registry};
+
+fn parse_reference(reference: &str) -> Result<Reference> {
+    Reference::parse(reference).map_err(|e| match e {
+        oci::ReferenceError::Digest(e) => {
+            RegistryError::new(ErrorCode::DigestInvalid, e.to_string())
+        }
+        oci::ReferenceError::Tag(e) => {
+            RegistryError::new(ErrorCode::ManifestInvalid, e.to_string())
+                .with_detail(serde_json::json!({"tag": reference}))
+        }
+    })
+}
+
+fn manifest_unknown(name: &RepositoryName, reference: &Reference) -> RegistryError {
+    RegistryError::new(
+        ErrorCode::ManifestUnknown,
+        format!("manifest {reference} is not in repository {name}"),
+    )
+    .with_detail(serde_json::json!({ "reference": reference.to_string() }))
+}
+
+/// Whether an `Accept` header admits `media_type`. No header (or a wildcard) admits anything.
+fn accepts(headers: &HeaderMap, media_type: &str) -> bool {
+    let mut any_listed = false;
+    for value in headers.get_all("accept") {
+        let Ok(value) = value.to_str() else { continue };
+        for item in value.split(',') {
+            let item = item.split(';').next().unwrap_or("").trim();
+            if item.is_empty() {
+                continue;
+            }
+            any_listed = true;
+            if item == media_type || item == "*/*" || item == "application/*" {
+                return true;
+            }
+        }
+    }
+    !any_listed
+}
+
+pub(crate) async fn get(
+    registry: &Registry,
+    name: &RepositoryName,
+    reference: &str,
+    headers: &HeaderMap,
+    head_only: bool,
+) -> Result<Response> {
+    let reference = parse_reference(reference)?;
+    let found: Option<ManifestRecord> = match &reference {
+        Reference::Tag(tag) => registry.store.manifest_by_tag(name, tag).await?,
+        Reference::Digest(digest) => registry.store.manifest_by_digest(name, digest).await?,
+    };
+    let manifest = found.ok_or_else(|| manifest_unknown(name, &reference))?;
+    if !accepts(headers, &manifest.media_type) {
+        return Err(RegistryError::new(
+            ErrorCode::ManifestUnknown,
+            format!(
+                "manifest {reference} is a {}, which the request's Accept header does not allow",
+                manifest.media_type
+            ),
+        ));
+    }
+    let headers = [
+        ("content-type", manifest.media_type.clone()),
+        ("docker-content-digest", manifest.digest.clone()),
+        ("etag", format!("\"{}\"", manifest.digest)),
+        ("content-length", manifest.payload.len().to_string()),
+    ];
+    let body = if head_only { Body::empty() } else { Body::from(manifest.payload) };
+    Ok((StatusCode::OK, headers, body).into_response())
+}
+
+/// Reads at most `limit` bytes of body; a larger body is refused without reading it all.
+async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>> {
+    let too_large = || {
+        RegistryError::new(
+            ErrorCode::SizeInvalid,
+            format!("manifest is larger than the {limit}-byte limit of this registry"),
+        )
+        .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+    };
+    let mut out = Vec::new();
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            RegistryError::new(
+                ErrorCode::ManifestInvalid,
+                format!("manifest body could not be read: {e}"),
+            )
+        })?;
+        if out.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+pub(crate) async fn put(
+    registry: &Registry,
+    name: &RepositoryName,
+    reference: &str,
+    query: &Query,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let reference = parse_reference(reference)?;
+    let limit = registry.limits.max_manifest_bytes;
+    if let Some(length) = header(headers, "content-length").and_then(|l| l.parse::<usize>().ok()) {
+        if length > limit {
+            return Err(RegistryError::new(
+                ErrorCode::SizeInvalid,
+                format!("manifest is {length} bytes; the limit of this registry is {limit}"),
+            )
+            .with_status(StatusCode::PAYLOAD_TOO_LARGE));
+        }
+    }
+    let payload = read_limited(body, limit).await?;
+
+    let mut tags: Vec<Tag> = Vec::new();
+    let digest = match &reference {
+        Reference::Digest(given) => {
+            let computed = Digest::of(given.algorithm(), &payload);
+            if &computed != given {
+                return Err(RegistryError::new(
+                    ErrorCode::DigestInvalid,
+                    format!("the manifest's digest is {computed}, not the {given} in the URL"),
+                ));
+            }
+            computed
+        }
+        Reference::Tag(tag) => {
+            tags.push(tag.clone());
+            Digest::sha256_of(&payload)
+        }
+    };
+    for tag in query.all("tag") {
+        let tag: Tag = tag.parse().map_err(|e: oci::NameError| {
+            RegistryError::new(ErrorCode::ManifestInvalid, e.to_string())
+        })?;
+        if !tags.contains(&tag) {
+            tags.push(tag);
+        }
+    }
+
+    let parsed = ParsedManifest::parse(header(headers, "content-type"), &payload).map_err(
+        |e: ManifestError| RegistryError::new(ErrorCode::ManifestInvalid, e.to_string()),
+    )?;
+    let new = NewManifest {
+        digest: digest.clone(),
+        media_type: parsed.media_type.clone(),
+        artifact_type: parsed.artifact_type.clone(),
+        subject: parsed.subject.as_ref().map(|s| s.digest.clone()),
+        config_digest: parsed.config.as_ref().map(|c| c.digest.clone()),
+        total_size: payload.len() as i64 + parsed.referenced_size(),
+        annotations: parsed.annotations.as_ref().map(|a| a.to_string()),
+        blobs: parsed.required_blobs(),
+        children: parsed.children(),
+        payload,
+    };
+    registry.store.put_manifest(name, &new, &tags).await.map_err(|e| match e {
+        PutManifestError::BlobUnknown(d) => RegistryError::new(
+            ErrorCode::ManifestBlobUnknown,
+            format!("blob {d} is not in repository {name}; push it before the manifest"),
+        )
+        .with_detail(serde_json::json!({ "digest": d })),
+        PutManifestError::ManifestUnknown(d) => RegistryError::new(
+            ErrorCode::ManifestBlobUnknown,
+            format!("manifest {d} listed by the index is not in repository {name}; push it first"),
+        )
+        .with_detail(serde_json::json!({ "digest": d })),
+        PutManifestError::Meta(e) => e.into(),
+    })?;
+
+    let mut response = (
+        StatusCode::CREATED,
+        [
+            ("location", format!("/v2/{name}/manifests/{digest}")),
+            ("docker-content-digest", digest.to_string()),
+            ("content-length", "0".to_string()),
+        ],
+    )
+        .into_response();
+    if let Some(subject) = &parsed.subject {
+        if let Ok(v) = subject.digest.as_str().parse() {
+            response.headers_mut().insert("oci-subject", v);
+        }
+    }
+    Ok(response)
+}
+
+pub(crate) async fn delete(
+    registry: &Registry,
+    name: &RepositoryName,
+    reference: &str,
+) -> Result<Response> {
+    let reference = parse_reference(reference)?;
+    let deleted = match &reference {
+        Reference::Tag(tag) => registry.store.delete_tag(name, tag).await?,
+        Reference::Digest(digest) => registry.store.delete_manifest(name, digest).await?,
+    };
+    if !deleted {
+        return Err(manifest_unknown(name, &reference));
+    }
+    Ok((StatusCode::ACCEPTED, [("content-length", "0")]).into_response())
+}

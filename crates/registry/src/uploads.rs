@@ -1,0 +1,310 @@
+//! Blob uploads: `POST /v2/<name>/blobs/uploads/` (session, monolithic, mount) and
+//! `GET`/`PATCH`/`PUT`/`DELETE /v2/<name>/blobs/uploads/<id>`.
+//!
+//! A session's state (offset, number of stored parts, saved SHA-256 state) lives in the
+//! metadata database and its bytes in storage, so any instance can continue it, also after a
+//! restart. Each PATCH streams its body into a new part while hashing it; PUT verifies the
+//! digest and turns the parts into the blob. A failed or short chunk leaves the session at its
+//! previous offset.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use blobstore::ResumableSha256;
+use meta::UploadRecord;
+use oci::{Digest, ErrorCode, RepositoryName};
+
+use crate::blobs::parse_digest;
+use crate::error::{RegistryError, Result};
+use crate::{header, Query, Registry};
+
+fn upload_location(name: &RepositoryName, id: &str) -> String {
+    format!("/v2/{name}/blobs/uploads/{id}")
+}
+
+/// The `Range` header value for a session holding `size` bytes (inclusive end, as clients expect).
+fn range_value(size: i64) -> String {
+    format!("0-{}", (size - 1).max(0))
+}
+
+fn session_response(status: StatusCode, name: &RepositoryName, upload: &UploadRecord) -> Response {
+    (
+        status,
+        [
+            ("location", upload_location(name, &upload.id)),
+            ("range", range_value(upload.size)),
+            ("docker-upload-uuid", upload.id.clone()),
+            ("content-length", "0".to_string()),
+        ],
+    )
+        .into_response()
+}
+
+fn blob_created(name: &RepositoryName, digest: &Digest) -> Response {
+    (
+        StatusCode::CREATED,
+        [
+            ("location", format!("/v2/{name}/blobs/{digest}")),
+            ("docker-content-digest", digest.to_string()),
+            ("content-length", "0".to_string()),
+        ],
+    )
+        .into_response()
+}
+
+fn upload_unknown(id: &str) -> RegistryError {
+    RegistryError::new(
+        ErrorCode::BlobUploadUnknown,
+        format!("upload {id} is not in progress here: it finished, was cancelled or expired; start a new one"),
+    )
+}
+
+fn new_session(name: &RepositoryName) -> UploadRecord {
+    let now = meta::now_millis();
+    UploadRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        repository: name.to_string(),
+        size: 0,
+        parts: 0,
+        hash_state: ResumableSha256::new().to_bytes(),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+async fn load(registry: &Registry, name: &RepositoryName, id: &str) -> Result<UploadRecord> {
+    if uuid::Uuid::parse_str(id).is_err() {
+        return Err(upload_unknown(id));
+    }
+    match registry.store.upload(id).await? {
+        Some(upload) if upload.repository == name.as_str() => Ok(upload),
+        _ => Err(upload_unknown(id)),
+    }
+}
+
+fn hasher_of(upload: &UploadRecord) -> Result<ResumableSha256> {
+    ResumableSha256::from_bytes(&upload.hash_state).ok_or_else(|| {
+        RegistryError::internal(format!("upload {} has a corrupt hash state", upload.id))
+    })
+}
+
+/// Bytes one more part may hold under the blob size limit.
+fn remaining(registry: &Registry, size_so_far: i64) -> Option<u64> {
+    registry.limits.max_blob_bytes.map(|max| max.saturating_sub(size_so_far as u64))
+}
+
+/// Parses `Content-Range: <start>-<end>` (also accepting a `bytes ` or `bytes=` prefix).
+fn content_range(headers: &HeaderMap) -> Result<Option<(i64, i64)>> {
+    let Some(value) = header(headers, "content-range") else { return Ok(None) };
+    let spec = value.trim().trim_start_matches("bytes").trim_start_matches(['=', ' ']);
+    let spec = spec.split('/').next().unwrap_or("");
+    let parsed = spec
+        .split_once('-')
+        .and_then(|(a, b)| Some((a.trim().parse::<i64>().ok()?, b.trim().parse::<i64>().ok()?)));
+    match parsed {
+        Some((start, end)) if start >= 0 && end >= start => Ok(Some((start, end))),
+        _ => Err(RegistryError::new(
+            ErrorCode::RangeInvalid,
+            format!("Content-Range {value:?} is not of the form <start>-<end>"),
+        )),
+    }
+}
+
+fn out_of_order(name: &RepositoryName, upload: &UploadRecord, start: i64) -> RegistryError {
+    RegistryError::new(
+        ErrorCode::RangeInvalid,
+        format!(
+            "chunk starts at byte {start} but the upload holds {} bytes; resend from there",
+            upload.size
+        ),
+    )
+    .with_header("location", upload_location(name, &upload.id))
+    .with_header("range", range_value(upload.size))
+    .with_header("docker-upload-uuid", upload.id.clone())
+}
+
+/// Streams `body` into the session's next part and records it. Returns the updated session.
+async fn append(
+    registry: &Registry,
+    name: &RepositoryName,
+    mut upload: UploadRecord,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<UploadRecord> {
+    let range = content_range(headers)?;
+    if let Some((start, _)) = range {
+        if start != upload.size {
+            return Err(out_of_order(name, &upload, start));
+        }
+    }
+    let mut hasher = hasher_of(&upload)?;
+    let part = upload.parts;
+    let written = registry
+        .blobs
+        .write_part(
+            &upload.id,
+            part,
+            &mut hasher,
+            body.into_data_stream(),
+            remaining(registry, upload.size),
+        )
+        .await?;
+    if let Some((start, end)) = range {
+        let expected = (end - start + 1) as u64;
+        if written != expected {
+            registry.blobs.discard_part(&upload.id, part).await;
+            return Err(RegistryError::new(
+                ErrorCode::BlobUploadInvalid,
+                format!("Content-Range announced {expected} bytes but the body had {written}; resend the chunk"),
+            ));
+        }
+    }
+    let new_size = upload.size + written as i64;
+    let state = hasher.to_bytes();
+    let advanced =
+        registry.store.advance_upload(&upload.id, upload.size, new_size, part + 1, &state).await?;
+    if !advanced {
+        // Another request appended first; this chunk does not count.
+        registry.blobs.discard_part(&upload.id, part).await;
+        let current = load(registry, name, &upload.id).await?;
+        return Err(out_of_order(name, &current, upload.size));
+    }
+    upload.size = new_size;
+    upload.parts = part + 1;
+    upload.hash_state = state;
+    Ok(upload)
+}
+
+/// Verifies the digest, stores the blob, links it to `name` and ends the session.
+async fn commit(
+    registry: &Registry,
+    name: &RepositoryName,
+    upload: &UploadRecord,
+    digest: &Digest,
+) -> Result<Response> {
+    let hasher = hasher_of(upload)?;
+    match registry.blobs.commit_upload(&upload.id, upload.parts, &hasher, digest).await {
+        Ok(()) => {}
+        Err(e @ blobstore::BlobError::DigestMismatch { .. }) => {
+            // The parts are gone already; the session cannot be completed any more.
+            registry.store.delete_upload(&upload.id).await?;
+            return Err(
+                RegistryError::from(e).with_detail(serde_json::json!({"digest": digest.as_str()}))
+            );
+        }
+        Err(e) => return Err(e.into()),
+    }
+    registry.store.link_blob(name, digest, upload.size).await?;
+    registry.store.delete_upload(&upload.id).await?;
+    Ok(blob_created(name, digest))
+}
+
+pub(crate) async fn start(
+    registry: &Registry,
+    name: &RepositoryName,
+    query: &Query,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    if let Some(mount) = query.get("mount") {
+        let digest = parse_digest(mount)?;
+        if let Some(response) = try_mount(registry, name, &digest, query.get("from")).await? {
+            return Ok(response);
+        }
+        // Not mountable: the spec says to fall back to an ordinary upload session.
+    }
+    let upload = new_session(name);
+    registry.store.create_upload(&upload).await?;
+    if let Some(digest) = query.get("digest") {
+        let digest = parse_digest(digest)?;
+        let result = async {
+            let upload = append(registry, name, upload.clone(), headers, body).await?;
+            commit(registry, name, &upload, &digest).await
+        }
+        .await;
+        if result.is_err() {
+            // A failed monolithic upload leaves no session behind.
+            if registry.store.delete_upload(&upload.id).await.unwrap_or(false) {
+                registry.blobs.delete_upload(&upload.id, upload.parts + 1).await;
+            }
+        }
+        return result;
+    }
+    Ok(session_response(StatusCode::ACCEPTED, name, &upload))
+}
+
+/// Links `digest` into `name` from `from` (or, with no `from`, from any repository holding it).
+async fn try_mount(
+    registry: &Registry,
+    name: &RepositoryName,
+    digest: &Digest,
+    from: Option<&str>,
+) -> Result<Option<Response>> {
+    let source = match from {
+        Some(from) => match from.parse::<RepositoryName>() {
+            Ok(from) => registry.store.repository_blob(&from, digest).await?,
+            Err(_) => None,
+        },
+        None => match registry.store.repositories_with_blob(digest, 1).await?.first() {
+            Some(_) => registry.store.blob(digest).await?,
+            None => None,
+        },
+    };
+    let Some(blob) = source else { return Ok(None) };
+    registry.store.link_blob(name, digest, blob.size).await?;
+    Ok(Some(blob_created(name, digest)))
+}
+
+pub(crate) async fn status(
+    registry: &Registry,
+    name: &RepositoryName,
+    id: &str,
+) -> Result<Response> {
+    let upload = load(registry, name, id).await?;
+    Ok(session_response(StatusCode::NO_CONTENT, name, &upload))
+}
+
+pub(crate) async fn patch(
+    registry: &Registry,
+    name: &RepositoryName,
+    id: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let upload = load(registry, name, id).await?;
+    let upload = append(registry, name, upload, headers, body).await?;
+    Ok(session_response(StatusCode::ACCEPTED, name, &upload))
+}
+
+pub(crate) async fn finish(
+    registry: &Registry,
+    name: &RepositoryName,
+    id: &str,
+    query: &Query,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let upload = load(registry, name, id).await?;
+    let digest = query.get("digest").ok_or_else(|| {
+        RegistryError::new(ErrorCode::DigestInvalid, "PUT must name the blob's digest in ?digest=")
+    })?;
+    let digest = parse_digest(digest)?;
+    let has_body = header(headers, "content-length").is_none_or(|l| l.trim() != "0")
+        || header(headers, "transfer-encoding").is_some();
+    let upload =
+        if has_body { append(registry, name, upload, headers, body).await? } else { upload };
+    commit(registry, name, &upload, &digest).await
+}
+
+pub(crate) async fn cancel(
+    registry: &Registry,
+    name: &RepositoryName,
+    id: &str,
+) -> Result<Response> {
+    let upload = load(registry, name, id).await?;
+    if !registry.store.delete_upload(&upload.id).await? {
+        return Err(upload_unknown(id));
+    }
+    registry.blobs.delete_upload(&upload.id, upload.parts).await;
+    Ok((StatusCode::NO_CONTENT, [("content-length", "0")]).into_response())
+}

@@ -1,0 +1,241 @@
+//! Configuration: defaults, then the YAML file named by `STOWAGE_CONFIG`, then `STOWAGE_*`
+//! environment variables (environment beats file beats defaults).
+//!
+//! Sections and keys follow the CNCF distribution registry's `config.yml` where the concept is
+//! the same (`http.addr`, `storage.filesystem.rootdirectory`,
+//! `storage.maintenance.uploadpurging`, `log.level`, `log.formatter`). Any key can be set
+//! from the environment with `__` between levels, e.g.
+//! `STOWAGE_STORAGE__MAINTENANCE__UPLOADPURGING__AGE=2h`; the documented short forms are
+//! `STOWAGE_HTTP_ADDR`, `STOWAGE_DATA_DIR` and `STOWAGE_DATABASE_URL`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use figment::providers::{Env, Format, Serialized, Yaml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Where the SQLite database and (by default) the blobs live.
+    pub data_dir: PathBuf,
+    pub http: Http,
+    pub database: Database,
+    pub storage: Storage,
+    pub limits: LimitsConfig,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Http {
+    /// Listen address; port 0 picks a free port (logged at start).
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Database {
+    /// `sqlite://…` or `postgres://…`; default: `<data_dir>/stowage.db`.
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Storage {
+    pub filesystem: Filesystem,
+    pub maintenance: Maintenance,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Filesystem {
+    /// Root of blob storage; default: the data dir.
+    pub rootdirectory: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Maintenance {
+    pub uploadpurging: UploadPurging,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UploadPurging {
+    pub enabled: bool,
+    /// Idle time after which an unfinished upload is removed, e.g. `24h`.
+    pub age: String,
+    /// How often to look for idle uploads, e.g. `1h`.
+    pub interval: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LimitsConfig {
+    pub max_manifest_bytes: usize,
+    /// 0 means no limit.
+    pub max_blob_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Log {
+    /// `error`, `warn`, `info`, `debug` or `trace` (`RUST_LOG` overrides).
+    pub level: String,
+    /// `text` or `json`.
+    pub formatter: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            http: Http::default(),
+            database: Database::default(),
+            storage: Storage::default(),
+            limits: LimitsConfig::default(),
+            log: Log::default(),
+        }
+    }
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http { addr: "127.0.0.1:5000".into() }
+    }
+}
+
+impl Default for UploadPurging {
+    fn default() -> Self {
+        UploadPurging { enabled: true, age: "24h".into(), interval: "1h".into() }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig { max_manifest_bytes: 4 * 1024 * 1024, max_blob_bytes: 0 }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log { level: "info".into(), formatter: "text".into() }
+    }
+}
+
+/// Parses durations such as `90s`, `30m`, `24h`, `7d` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 =
+        number.parse().with_context(|| format!("{s:?} is not a duration like 30m or 24h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => return Ok(Duration::from_millis(n)),
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => bail!("{s:?} has unknown unit {unit:?}: use ms, s, m, h or d"),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+impl Config {
+    /// Loads defaults < `STOWAGE_CONFIG` file < `STOWAGE_*` environment.
+    pub fn load() -> anyhow::Result<Config> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Ok(path) = std::env::var("STOWAGE_CONFIG") {
+            if !std::path::Path::new(&path).exists() {
+                bail!("STOWAGE_CONFIG names {path}, which does not exist");
+            }
+            figment = figment.merge(Yaml::file(&path));
+        }
+        let env = Env::prefixed("STOWAGE_")
+            .ignore(&["config", "admin_password", "admin_token", "bin"])
+            .map(|key| {
+                match key.as_str().to_ascii_lowercase().as_str() {
+                    "http_addr" => "http.addr".to_string(),
+                    "data_dir" => "data_dir".to_string(),
+                    "database_url" => "database.url".to_string(),
+                    other => other.replace("__", "."),
+                }
+                .into()
+            });
+        let config: Config = figment.merge(env).extract().context("invalid configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        parse_duration(&self.storage.maintenance.uploadpurging.age)
+            .context("storage.maintenance.uploadpurging.age")?;
+        parse_duration(&self.storage.maintenance.uploadpurging.interval)
+            .context("storage.maintenance.uploadpurging.interval")?;
+        if self.limits.max_manifest_bytes == 0 {
+            bail!("limits.max_manifest_bytes must be greater than 0");
+        }
+        Ok(())
+    }
+
+    /// The metadata database URL: the configured one, or a SQLite file in the data dir.
+    pub fn database_url(&self) -> anyhow::Result<String> {
+        if let Some(url) = self.database.url.as_ref().filter(|u| !u.is_empty()) {
+            return Ok(url.clone());
+        }
+        let dir = self.data_dir_created()?;
+        Ok(format!("sqlite://{}", dir.join("stowage.db").display()))
+    }
+
+    /// The data dir, created if needed, as an absolute path.
+    pub fn data_dir_created(&self) -> anyhow::Result<PathBuf> {
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("cannot create data dir {}", self.data_dir.display()))?;
+        Ok(std::fs::canonicalize(&self.data_dir)?)
+    }
+
+    pub fn blob_root(&self) -> anyhow::Result<PathBuf> {
+        match &self.storage.filesystem.rootdirectory {
+            Some(root) => Ok(root.clone()),
+            None => self.data_dir_created(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("1 fortnight").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn env_beats_file_beats_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "stowage.yml",
+                "http:\n  addr: 0.0.0.0:6000\nstorage:\n  maintenance:\n    uploadpurging:\n      age: 2h\nlog:\n  level: debug\n",
+            )?;
+            jail.set_env("STOWAGE_CONFIG", "stowage.yml");
+            jail.set_env("STOWAGE_HTTP_ADDR", "127.0.0.1:7000");
+            jail.set_env("STOWAGE_DATABASE_URL", "postgres://x@y/z");
+            let config = Config::load().map_err(|e| e.to_string())?;
+            assert_eq!(config.http.addr, "127.0.0.1:7000");
+            assert_eq!(config.storage.maintenance.uploadpurging.age, "2h");
+            assert_eq!(config.storage.maintenance.uploadpurging.interval, "1h");
+            assert_eq!(config.log.level, "debug");
+            assert_eq!(config.database.url.as_deref(), Some("postgres://x@y/z"));
+            Ok(())
+        });
+    }
+}

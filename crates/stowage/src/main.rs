@@ -1,0 +1,142 @@
+//! `stowage`: the registry binary. Reads the configuration, wires the metadata store, the blob
+//! store and the HTTP surfaces together, and runs the command the operator asked for.
+
+mod config;
+mod http;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::{parse_duration, Config};
+
+#[derive(Parser)]
+#[command(name = "stowage", version, about = "A self-hosted, multi-tenant container registry")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the registry (default: 127.0.0.1:5000, SQLite + filesystem under ./data).
+    Serve,
+    /// Apply pending metadata database migrations and exit.
+    Migrate,
+    /// Print the effective configuration (defaults < STOWAGE_CONFIG file < environment).
+    Config,
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{},sqlx=warn", config.log.level)));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if config.log.formatter == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn open_registry(config: &Config) -> anyhow::Result<registry::Registry> {
+    let url = config.database_url()?;
+    let store = meta::Store::connect(&url)
+        .await
+        .with_context(|| format!("cannot open the metadata database ({})", redact(&url)))?;
+    let root = config.blob_root()?;
+    let blobs = blobstore::BlobStore::filesystem(&root)
+        .with_context(|| format!("cannot open blob storage at {}", root.display()))?;
+    let limits = registry::Limits {
+        max_manifest_bytes: config.limits.max_manifest_bytes,
+        max_blob_bytes: (config.limits.max_blob_bytes > 0).then_some(config.limits.max_blob_bytes),
+        ..Default::default()
+    };
+    Ok(registry::Registry { store, blobs, limits })
+}
+
+/// A database URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let registry = open_registry(&config).await?;
+    tracing::info!(
+        database = %redact(&config.database_url()?),
+        storage = %config.blob_root()?.display(),
+        "metadata and storage ready"
+    );
+    let purging = config.storage.maintenance.uploadpurging.clone();
+    if purging.enabled {
+        let age = parse_duration(&purging.age)?;
+        let interval = parse_duration(&purging.interval)?.max(Duration::from_secs(1));
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            loop {
+                ticker.tick().await;
+                match registry.purge_idle_uploads(age).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "purged idle upload sessions"),
+                    Err(e) => tracing::warn!(error = %e, "purging idle uploads failed"),
+                }
+            }
+        });
+    }
+    let app = http::app(registry);
+    let listener = tokio::net::TcpListener::bind(&config.http.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http.addr))?;
+    tracing::info!("listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Config::load()?;
+    init_logging(&config);
+    match cli.command {
+        Command::Serve => serve(config).await,
+        Command::Migrate => {
+            let url = config.database_url()?;
+            let store = meta::Store::connect(&url).await?;
+            store.migrate().await?;
+            println!("metadata database {} is up to date", redact(&url));
+            Ok(())
+        }
+        Command::Config => {
+            print!("{}", serde_yaml::to_string(&config)?);
+            Ok(())
+        }
+    }
+}

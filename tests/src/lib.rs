@@ -1,0 +1,260 @@
+//! The end-to-end test harness: starts a real `stowage serve` process on a random loopback port
+//! with its own temporary data directory and a fresh metadata database, and hands tests its
+//! address. Every end-to-end test — raw HTTP and real clients alike — goes through this one
+//! harness, so tests read like user stories.
+//!
+//! The server runs as its own process rather than inside the test process: that exercises the
+//! real binary, its environment variables and start-up exactly as an operator runs it, and lets
+//! a test restart it (uploads must survive restarts) or read its log.
+//!
+//! Environment knobs:
+//! - `STOWAGE_BIN`: the binary to run (default: `cargo build -p stowage` then `target/debug/stowage`).
+//! - `STOWAGE_TEST_PG`: PostgreSQL server URL without a database
+//!   (default `postgres://postgres@127.0.0.1:5432`); each server gets a database of its own.
+//! - `STOWAGE_TEST_REGISTRY`: `host:port` of an already running registry to test instead
+//!   (used to check the tests themselves against another implementation).
+
+pub mod dockerd;
+pub mod tools;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Which metadata database the server under test uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetaBackend {
+    Sqlite,
+    Postgres,
+}
+
+/// A running `stowage serve`. Killed (and its database dropped) when dropped.
+pub struct TestServer {
+    /// `127.0.0.1:PORT`, as docker/skopeo want it.
+    pub addr: String,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    pub backend: MetaBackend,
+    child: Option<Child>,
+    data_dir: tempfile::TempDir,
+    database_url: Option<String>,
+    pg_database: Option<String>,
+    extra_env: Vec<(String, String)>,
+}
+
+/// Generates one `#[tokio::test]` per metadata backend for each named async test function
+/// taking a [`MetaBackend`]: `backend_tests!(push_and_pull, chunked_upload);`
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::MetaBackend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::MetaBackend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// The `stowage` binary, built once per test process when `STOWAGE_BIN` is not given.
+pub fn stowage_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(bin) = std::env::var("STOWAGE_BIN") {
+            return PathBuf::from(bin);
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-q", "-p", "stowage", "--bin", "stowage"])
+            .current_dir(workspace_root())
+            .status()
+            .expect("run cargo build for the stowage binary");
+        assert!(status.success(), "building the stowage binary failed");
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| workspace_root().join("target"));
+        target.join("debug").join("stowage")
+    })
+    .clone()
+}
+
+fn pg_server() -> String {
+    std::env::var("STOWAGE_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// Runs one SQL statement on the PostgreSQL server's `postgres` database with `psql`.
+fn psql(sql: &str) {
+    let out = Command::new("psql")
+        .arg(format!("{}/postgres", pg_server()))
+        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+        .output()
+        .expect("run psql (install postgresql-client)");
+    assert!(out.status.success(), "psql {sql:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+pub fn random_suffix() -> String {
+    use rand::Rng;
+    let n: u64 = rand::thread_rng().gen();
+    format!("{n:016x}")
+}
+
+impl TestServer {
+    /// Starts a server with default settings on `backend`.
+    pub fn start(backend: MetaBackend) -> TestServer {
+        TestServer::start_with(backend, &[])
+    }
+
+    /// Starts a server with extra `STOWAGE_*` environment variables.
+    pub fn start_with(backend: MetaBackend, env: &[(&str, &str)]) -> TestServer {
+        let data_dir = tempfile::Builder::new().prefix("stowage-e2e-").tempdir().expect("tempdir");
+        let (database_url, pg_database) = match backend {
+            MetaBackend::Sqlite => (None, None),
+            MetaBackend::Postgres => {
+                let db = format!("stowage_test_{}", random_suffix());
+                psql(&format!("CREATE DATABASE {db}"));
+                (Some(format!("{}/{db}", pg_server())), Some(db))
+            }
+        };
+        let mut server = TestServer {
+            addr: String::new(),
+            base: String::new(),
+            backend,
+            child: None,
+            data_dir,
+            database_url,
+            pg_database,
+            extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        server.spawn();
+        server
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.data_dir.path().join("server.log")
+    }
+
+    /// The data directory the server stores blobs (and, on SQLite, metadata) in.
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.path()
+    }
+
+    /// Everything the server has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) {
+        if let Ok(external) = std::env::var("STOWAGE_TEST_REGISTRY") {
+            self.addr = external.clone();
+            self.base = format!("http://{external}");
+            return;
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open server log");
+        let start_offset = log.metadata().map(|m| m.len()).unwrap_or(0) as usize;
+        let mut cmd = Command::new(stowage_bin());
+        cmd.arg("serve")
+            .env("STOWAGE_HTTP_ADDR", "127.0.0.1:0")
+            .env("STOWAGE_DATA_DIR", self.data_dir.path().join("data"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log);
+        if let Some(url) = &self.database_url {
+            cmd.env("STOWAGE_DATABASE_URL", url);
+        }
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start stowage serve");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = self.log();
+            if let Some(pos) = log.get(start_offset..).and_then(|l| l.find("listening on http://"))
+            {
+                let rest = &log[start_offset + pos + "listening on http://".len()..];
+                let addr: String =
+                    rest.chars().take_while(|c| !c.is_whitespace() && *c != '"').collect();
+                self.addr = addr;
+                self.base = format!("http://{}", self.addr);
+                return;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("stowage serve exited with {status} before listening:\n{log}");
+            }
+            assert!(Instant::now() < deadline, "stowage serve did not start within 60 s:\n{log}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server abruptly and starts it again on the same data and database.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// `http://addr` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: String =
+                log.chars().rev().take(8000).collect::<Vec<_>>().into_iter().rev().collect();
+            eprintln!("---- stowage server log (tail) ----\n{tail}\n---- end of server log ----");
+        }
+        if let Some(db) = &self.pg_database {
+            psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+        }
+    }
+}
+
+/// SHA-256 digest string (`sha256:<hex>`) of `data`.
+pub fn sha256_digest(data: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+}
+
+/// `n` random bytes.
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    use rand::RngCore;
+    let mut v = vec![0u8; n];
+    rand::thread_rng().fill_bytes(&mut v);
+    v
+}
+
+/// A unique repository name for one test, e.g. `e2e/<prefix>-<random>`.
+pub fn unique_repo(prefix: &str) -> String {
+    format!("e2e/{prefix}-{}", &random_suffix()[..8])
+}
