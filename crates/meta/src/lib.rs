@@ -2,16 +2,19 @@
 //!
 //! The database is the source of truth for what the registry holds — repositories, blobs and
 //! which repository may serve them, manifests with their layers and children, tags and upload
-//! sessions. Storage only holds bytes, so no request ever needs to walk the storage tree.
+//! sessions — and for tenancy: users, groups, projects, members and (hashed) credentials.
+//! Storage only holds bytes, so no request ever needs to walk the storage tree.
 //!
 //! Every query is written once, with `$N` placeholders that both SQLite and PostgreSQL accept,
 //! and runs through sqlx's `Any` driver. This crate must not know about HTTP or blob bytes.
 
 mod registry;
 mod store;
+mod tenancy;
 
 pub use registry::*;
 pub use store::{Backend, MetaError, Store};
+pub use tenancy::*;
 
 /// Milliseconds since the Unix epoch: the portable timestamp every table uses.
 pub fn now_millis() -> i64 {
@@ -19,4 +22,38 @@ pub fn now_millis() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// `ms` (milliseconds since the epoch) as RFC 3339 / ISO 8601 UTC, e.g. `2026-11-25T17:02:03.004Z`.
+pub fn rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm), proleptic Gregorian calendar.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(super::rfc3339(1_795_000_000_123), "2026-11-18T11:06:40.123Z");
+        assert_eq!(super::rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
 }

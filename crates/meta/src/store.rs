@@ -13,6 +13,10 @@ pub enum MetaError {
     Database(#[from] sqlx::Error),
     #[error("metadata migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the {0} just written could not be read back")]
+    NotFound(&'static str),
     #[error("unsupported database URL {0:?}: use sqlite://<file> or postgres://user@host/db")]
     UnsupportedUrl(String),
 }

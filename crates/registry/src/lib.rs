@@ -18,7 +18,7 @@ use blobstore::BlobStore;
 use meta::Store;
 
 pub use error::RegistryError;
-pub use routes::router;
+pub use routes::{requirement, router, Action, Requirement};
 
 /// Limits a deployment may tune.
 #[derive(Clone, Debug)]
@@ -65,6 +65,22 @@ impl Registry {
         }
     }
 }
+
+/// Decides which repositories a caller may read, for listings and cross-repository mounts.
+/// The authorization layer puts one in the request's extensions; without one (an open
+/// registry) every repository is readable.
+#[async_trait::async_trait]
+pub trait RepositoryFilter: Send + Sync {
+    async fn can_pull(&self, name: &str) -> bool;
+    /// Whether the caller may read everything (instance admins): listings skip filtering.
+    fn sees_everything(&self) -> bool {
+        false
+    }
+}
+
+/// The request extension carrying a [`RepositoryFilter`].
+#[derive(Clone)]
+pub struct ReadFilter(pub std::sync::Arc<dyn RepositoryFilter>);
 
 /// A parsed query string; keys may repeat (`?tag=a&tag=b`).
 #[derive(Debug, Default)]

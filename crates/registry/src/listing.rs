@@ -42,12 +42,16 @@ fn encode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-pub(crate) async fn catalog(registry: &Registry, query: &Query) -> Result<Response> {
+pub(crate) async fn catalog(
+    registry: &Registry,
+    query: &Query,
+    filter: Option<&crate::ReadFilter>,
+) -> Result<Response> {
     let (n, last) = page(registry, query)?;
-    let mut names = if n == 0 {
-        Vec::new()
-    } else {
-        registry.store.list_repositories(last.as_deref(), n + 1).await?
+    let mut names = match filter {
+        _ if n == 0 => Vec::new(),
+        Some(f) if !f.0.sees_everything() => visible_repositories(registry, f, last, n + 1).await?,
+        _ => registry.store.list_repositories(last.as_deref(), n + 1).await?,
     };
     let next = if names.len() as i64 > n {
         names.truncate(n as usize);
@@ -56,6 +60,33 @@ pub(crate) async fn catalog(registry: &Registry, query: &Query) -> Result<Respon
         None
     };
     Ok(paged_response(serde_json::json!({ "repositories": names }), next))
+}
+
+/// Up to `want` repository names after `last` that the filter lets the caller read: private
+/// repositories are left out, exactly as if they did not exist.
+async fn visible_repositories(
+    registry: &Registry,
+    filter: &crate::ReadFilter,
+    mut last: Option<String>,
+    want: i64,
+) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    loop {
+        let batch = registry.store.list_repositories(last.as_deref(), 500).await?;
+        let done = batch.len() < 500;
+        last = batch.last().cloned();
+        for name in batch {
+            if filter.0.can_pull(&name).await {
+                out.push(name);
+                if out.len() as i64 >= want {
+                    return Ok(out);
+                }
+            }
+        }
+        if done {
+            return Ok(out);
+        }
+    }
 }
 
 pub(crate) async fn tags(

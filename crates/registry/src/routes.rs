@@ -78,6 +78,68 @@ fn parse_endpoint(path: &str) -> Option<Endpoint<'_>> {
     }
 }
 
+/// What a request needs to be allowed, for the authorization layer in front of the router.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requirement {
+    /// `/v2/`: any authenticated caller.
+    Base,
+    /// `/v2/_catalog`: the `registry:catalog:*` scope (the listing is then filtered).
+    Catalog,
+    /// An action on one repository; `upload` names the upload session a request continues.
+    Repository { name: RepositoryName, action: Action, upload: Option<String> },
+    /// Not an endpoint, or a malformed name: the router answers with the error itself.
+    None,
+}
+
+/// Repository actions, as in token scopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Pull,
+    Push,
+    Delete,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Pull => "pull",
+            Action::Push => "push",
+            Action::Delete => "delete",
+        }
+    }
+}
+
+/// The access `method` on `path` (the full request path, `/v2/…`) requires.
+pub fn requirement(method: &Method, path: &str) -> Requirement {
+    let Some(rest) = path.strip_prefix("/v2") else { return Requirement::None };
+    let rest = rest.strip_prefix('/').unwrap_or(rest);
+    if rest.is_empty() {
+        return Requirement::Base;
+    }
+    let Some(endpoint) = parse_endpoint(rest) else { return Requirement::None };
+    let read = matches!(*method, Method::GET | Method::HEAD);
+    let (name, action, upload) = match endpoint {
+        Endpoint::Catalog => return Requirement::Catalog,
+        Endpoint::Blob { name, .. } | Endpoint::Manifest { name, .. } if read => {
+            (name, Action::Pull, None)
+        }
+        Endpoint::Blob { name, .. } | Endpoint::Manifest { name, .. }
+            if *method == Method::DELETE =>
+        {
+            (name, Action::Delete, None)
+        }
+        Endpoint::Manifest { name, .. } => (name, Action::Push, None),
+        Endpoint::Blob { .. } => return Requirement::None,
+        Endpoint::UploadStart { name } => (name, Action::Push, None),
+        Endpoint::Upload { name, id } => (name, Action::Push, Some(id.to_string())),
+        Endpoint::Tags { name } | Endpoint::Referrers { name, .. } => (name, Action::Pull, None),
+    };
+    match name.parse() {
+        Ok(name) => Requirement::Repository { name, action, upload },
+        Err(_) => Requirement::None,
+    }
+}
+
 pub(crate) fn parse_name(name: &str) -> Result<RepositoryName> {
     name.parse()
         .map_err(|e: oci::NameError| RegistryError::new(ErrorCode::NameInvalid, e.to_string()))
@@ -90,9 +152,12 @@ async fn dispatch(
     Path(path): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
+    filter: Option<axum::Extension<crate::ReadFilter>>,
     body: Body,
 ) -> Result<Response> {
     let query = crate::Query::parse(query.as_deref());
+    let filter = filter.map(|axum::Extension(f)| f);
+    let filter = filter.as_ref();
     let not_found = || {
         RegistryError::new(
             ErrorCode::NameInvalid,
@@ -104,7 +169,7 @@ async fn dispatch(
     let r = &registry;
     let m = &method;
     match endpoint {
-        Endpoint::Catalog if m == Method::GET => listing::catalog(r, &query).await,
+        Endpoint::Catalog if m == Method::GET => listing::catalog(r, &query, filter).await,
         Endpoint::Blob { name, digest } => {
             let name = parse_name(name)?;
             match *m {
@@ -115,7 +180,7 @@ async fn dispatch(
             }
         }
         Endpoint::UploadStart { name } if m == Method::POST => {
-            uploads::start(r, &parse_name(name)?, &query, &headers, body).await
+            uploads::start(r, &parse_name(name)?, &query, &headers, body, filter).await
         }
         Endpoint::Upload { name, id } => {
             let name = parse_name(name)?;

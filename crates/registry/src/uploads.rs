@@ -205,10 +205,13 @@ pub(crate) async fn start(
     query: &Query,
     headers: &HeaderMap,
     body: Body,
+    filter: Option<&crate::ReadFilter>,
 ) -> Result<Response> {
     if let Some(mount) = query.get("mount") {
         let digest = parse_digest(mount)?;
-        if let Some(response) = try_mount(registry, name, &digest, query.get("from")).await? {
+        if let Some(response) =
+            try_mount(registry, name, &digest, query.get("from"), filter).await?
+        {
             return Ok(response);
         }
         // Not mountable: the spec says to fall back to an ordinary upload session.
@@ -233,22 +236,38 @@ pub(crate) async fn start(
     Ok(session_response(StatusCode::ACCEPTED, name, &upload))
 }
 
-/// Links `digest` into `name` from `from` (or, with no `from`, from any repository holding it).
+/// Links `digest` into `name` from `from` (or, with no `from`, from any repository holding it),
+/// provided the caller may read that repository.
 async fn try_mount(
     registry: &Registry,
     name: &RepositoryName,
     digest: &Digest,
     from: Option<&str>,
+    filter: Option<&crate::ReadFilter>,
 ) -> Result<Option<Response>> {
+    let readable = |repo: String| async move {
+        match filter {
+            Some(f) => f.0.can_pull(&repo).await,
+            None => true,
+        }
+    };
     let source = match from {
         Some(from) => match from.parse::<RepositoryName>() {
-            Ok(from) => registry.store.repository_blob(&from, digest).await?,
-            Err(_) => None,
+            Ok(from) if readable(from.to_string()).await => {
+                registry.store.repository_blob(&from, digest).await?
+            }
+            _ => None,
         },
-        None => match registry.store.repositories_with_blob(digest, 1).await?.first() {
-            Some(_) => registry.store.blob(digest).await?,
-            None => None,
-        },
+        None => {
+            let mut found = None;
+            for repo in registry.store.repositories_with_blob(digest, 50).await? {
+                if readable(repo).await {
+                    found = registry.store.blob(digest).await?;
+                    break;
+                }
+            }
+            found
+        }
     };
     let Some(blob) = source else { return Ok(None) };
     registry.store.link_blob(name, digest, blob.size).await?;

@@ -26,6 +26,42 @@ pub struct Config {
     pub storage: Storage,
     pub limits: LimitsConfig,
     pub log: Log,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// `token` (Docker token authentication, GitLab permissions) or `none` (an open registry,
+    /// for local experiments and benchmarks).
+    pub mode: String,
+    /// Lifetime of registry tokens issued by `/jwt/auth`, e.g. `5m`.
+    pub token_lifetime: String,
+    /// Lifetime of CI job tokens, e.g. `1h`.
+    pub job_token_lifetime: String,
+    /// `iss` of registry tokens.
+    pub issuer: String,
+    /// `service` (and `aud`) of registry tokens.
+    pub service: String,
+    /// The token endpoint clients are sent to; default: `<scheme>://<Host>/jwt/auth` of the request.
+    pub realm: Option<String>,
+    /// PKCS#8 PEM file with a P-256 key to sign tokens; default: generated on first start and
+    /// kept in the metadata database, shared by every instance.
+    pub signing_key: Option<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: "none".into(),
+            token_lifetime: "5m".into(),
+            job_token_lifetime: "1h".into(),
+            issuer: "stowage".into(),
+            service: "container_registry".into(),
+            realm: None,
+            signing_key: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -98,6 +134,7 @@ impl Default for Config {
             storage: Storage::default(),
             limits: LimitsConfig::default(),
             log: Log::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -175,6 +212,11 @@ impl Config {
             .context("storage.maintenance.uploadpurging.age")?;
         parse_duration(&self.storage.maintenance.uploadpurging.interval)
             .context("storage.maintenance.uploadpurging.interval")?;
+        parse_duration(&self.auth.token_lifetime).context("auth.token_lifetime")?;
+        parse_duration(&self.auth.job_token_lifetime).context("auth.job_token_lifetime")?;
+        if !matches!(self.auth.mode.as_str(), "token" | "none") {
+            bail!("auth.mode must be token or none, not {:?}", self.auth.mode);
+        }
         if self.limits.max_manifest_bytes == 0 {
             bail!("limits.max_manifest_bytes must be greater than 0");
         }

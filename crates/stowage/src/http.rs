@@ -12,10 +12,22 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 
 const REQUEST_ID: &str = "x-request-id";
 
-pub fn app(registry: registry::Registry) -> Router {
+pub fn app(
+    registry: registry::Registry,
+    api: api::ApiState,
+    auth: Option<auth::web::AuthState>,
+) -> Router {
     let request_id = axum::http::HeaderName::from_static(REQUEST_ID);
-    registry::router(registry)
-        .layer(middleware::from_fn(access_log))
+    let mut v2 = registry::router(registry);
+    if let Some(auth) = &auth {
+        // The guard sits in front of the /v2 handlers only; they never see credentials.
+        v2 = v2.layer(middleware::from_fn_with_state(auth.clone(), auth::web::guard));
+    }
+    let mut app = v2.merge(api::router(api));
+    if let Some(auth) = auth {
+        app = app.merge(auth::web::token_router(auth));
+    }
+    app.layer(middleware::from_fn(access_log))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .layer(middleware::from_fn(api_version_header))

@@ -1,6 +1,7 @@
 //! `stowage`: the registry binary. Reads the configuration, wires the metadata store, the blob
 //! store and the HTTP surfaces together, and runs the command the operator asked for.
 
+mod bootstrap;
 mod config;
 mod http;
 
@@ -72,6 +73,7 @@ fn redact(url: &str) -> String {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let registry = open_registry(&config).await?;
+    bootstrap::ensure_admin(&registry.store).await?;
     tracing::info!(
         database = %redact(&config.database_url()?),
         storage = %config.blob_root()?.display(),
@@ -94,12 +96,44 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             }
         });
     }
-    let app = http::app(registry);
+    let api = api::ApiState {
+        store: registry.store.clone(),
+        job_token_lifetime: parse_duration(&config.auth.job_token_lifetime)?,
+    };
+    let auth = match config.auth.mode.as_str() {
+        "token" => {
+            let tokens = auth::jwt::TokenService::load(
+                &registry.store,
+                config.auth.signing_key.as_deref(),
+                &config.auth.issuer,
+                &config.auth.service,
+                parse_duration(&config.auth.token_lifetime)?,
+            )
+            .await
+            .context("cannot load the token signing key")?;
+            tracing::info!(kid = tokens.kid(), "token authentication on");
+            Some(auth::web::AuthState {
+                store: registry.store.clone(),
+                tokens: std::sync::Arc::new(tokens),
+                realm: config.auth.realm.clone(),
+                limiter: Default::default(),
+            })
+        }
+        _ => {
+            tracing::warn!(
+                "auth.mode is none: anyone who can reach this registry may push, pull and delete"
+            );
+            None
+        }
+    };
+    let app = http::app(registry, api, auth);
     let listener = tokio::net::TcpListener::bind(&config.http.addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.http.addr))?;
     tracing::info!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,0 +1,266 @@
+//! Who a caller is, and what they may do with a repository.
+//!
+//! An image name belongs to the project with the longest full path that prefixes it, and may
+//! have at most [`MAX_EXTRA_SEGMENTS`] more components. The rules follow GitLab:
+//!
+//! | caller | pull | push | delete |
+//! |---|---|---|---|
+//! | anyone, incl. anonymous | public project, registry access `enabled` | – | – |
+//! | any signed-in user | also internal projects, access `enabled` | – | – |
+//! | member, reporter+ | yes (also access `private`) | developer+ | maintainer+ |
+//! | instance admin | yes | yes | yes |
+//! | deploy token | `read_registry` | `write_registry` | – |
+//! | CI job token | own project; projects allowlisting it | own project | – |
+//!
+//! Registry access `disabled` refuses everything to everyone. A personal access token limits
+//! its user further by scope: pull needs `read_registry`, push and delete need both
+//! `read_registry` and `write_registry`; `api` implies both.
+
+use meta::{
+    access_level as level, DeployToken, JobToken, MetaError, Project, RegistryAccess, SourceType,
+    Store, User, Visibility,
+};
+use registry::Action;
+
+/// How many components an image name may have below its project's path.
+pub const MAX_EXTRA_SEGMENTS: usize = 3;
+
+/// The authenticated caller.
+#[derive(Clone, Debug)]
+pub enum Identity {
+    Anonymous,
+    /// A person, by password (`pat: None`) or personal access token (with its scopes).
+    User {
+        user: User,
+        pat: Option<(i64, Vec<String>)>,
+    },
+    Deploy(DeployToken),
+    Job {
+        token: JobToken,
+    },
+}
+
+impl Identity {
+    /// The token subject: a username, a deploy token's username, or the CI user.
+    pub fn subject(&self) -> String {
+        match self {
+            Identity::Anonymous => String::new(),
+            Identity::User { user, .. } => user.username.clone(),
+            Identity::Deploy(d) => d.username.clone(),
+            Identity::Job { .. } => crate::CI_USERNAME.to_string(),
+        }
+    }
+
+    /// A stable reference to the credential, carried in tokens (`cred` claim).
+    pub fn credential_ref(&self) -> String {
+        match self {
+            Identity::Anonymous => "anonymous".into(),
+            Identity::User { user, pat: None } => format!("user:{}", user.id),
+            Identity::User { pat: Some((id, _)), .. } => format!("pat:{id}"),
+            Identity::Deploy(d) => format!("deploy:{}", d.id),
+            Identity::Job { token } => format!("job:{}", token.id),
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Identity::User { user, pat } if user.is_admin
+            && pat.as_ref().is_none_or(|(_, s)| s.iter().any(|s| s == "api")))
+    }
+}
+
+fn now_ms() -> i64 {
+    meta::now_millis()
+}
+
+fn expired(expires_at: Option<i64>) -> bool {
+    expires_at.is_some_and(|e| e <= now_ms())
+}
+
+/// Re-loads the identity a token's `cred` claim names, checking it is still valid (user not
+/// blocked, token not revoked or expired). `None` when it no longer is.
+pub async fn load_identity(store: &Store, cred: &str) -> Result<Option<Identity>, MetaError> {
+    let (kind, id) = match cred.split_once(':') {
+        Some((k, id)) => (k, id.parse::<i64>().unwrap_or(-1)),
+        None if cred == "anonymous" => return Ok(Some(Identity::Anonymous)),
+        None => return Ok(None),
+    };
+    Ok(match kind {
+        "user" => store
+            .user_by_id(id)
+            .await?
+            .filter(|u| !u.blocked)
+            .map(|user| Identity::User { user, pat: None }),
+        "pat" => match store.personal_access_token_by_id(id).await? {
+            Some(pat) if !pat.revoked && !expired(pat.expires_at) => store
+                .user_by_id(pat.user_id)
+                .await?
+                .filter(|u| !u.blocked)
+                .map(|user| Identity::User { user, pat: Some((pat.id, pat.scopes)) }),
+            _ => None,
+        },
+        "deploy" => store
+            .deploy_token_by_id(id)
+            .await?
+            .filter(|d| !d.revoked && !expired(d.expires_at))
+            .map(Identity::Deploy),
+        "job" => store
+            .job_token_by_id(id)
+            .await?
+            .filter(|j| j.expires_at > now_ms())
+            .map(|token| Identity::Job { token }),
+        _ => None,
+    })
+}
+
+/// The project an image name belongs to, if any (and if the name is not too deep below it).
+pub async fn project_for_image(store: &Store, name: &str) -> Result<Option<Project>, MetaError> {
+    let prefixes = meta::path_prefixes(name);
+    let Some(project) = store.longest_project_match(&prefixes).await? else { return Ok(None) };
+    let extra = name.split('/').count() - project.full_path.split('/').count();
+    Ok((extra <= MAX_EXTRA_SEGMENTS).then_some(project))
+}
+
+fn has_scope(scopes: &[String], wanted: &str) -> bool {
+    scopes.iter().any(|s| s == wanted || s == "api")
+}
+
+/// The actions on `project`'s images that `identity` may take.
+pub async fn allowed_actions(
+    store: &Store,
+    identity: &Identity,
+    project: &Project,
+) -> Result<Vec<Action>, MetaError> {
+    if project.registry_access == RegistryAccess::Disabled {
+        return Ok(Vec::new());
+    }
+    let open = project.registry_access == RegistryAccess::Enabled;
+    let mut actions = Vec::new();
+    match identity {
+        Identity::Anonymous => {
+            if open && project.visibility == Visibility::Public {
+                actions.push(Action::Pull);
+            }
+        }
+        Identity::User { user, pat } => {
+            if user.blocked {
+                return Ok(Vec::new());
+            }
+            let role = if user.is_admin {
+                level::OWNER + 10
+            } else {
+                store.effective_access_level(user.id, project).await?
+            };
+            let visible_to_users =
+                open && matches!(project.visibility, Visibility::Public | Visibility::Internal);
+            if role >= level::REPORTER || visible_to_users {
+                actions.push(Action::Pull);
+            }
+            if role >= level::DEVELOPER {
+                actions.push(Action::Push);
+            }
+            if role >= level::MAINTAINER {
+                actions.push(Action::Delete);
+            }
+            if let Some((_, scopes)) = pat {
+                let read = has_scope(scopes, "read_registry");
+                let write = read && has_scope(scopes, "write_registry");
+                actions.retain(|a| match a {
+                    Action::Pull => read,
+                    Action::Push | Action::Delete => write,
+                });
+            }
+        }
+        Identity::Deploy(token) => {
+            let covers = match token.source_type {
+                SourceType::Project => token.source_id == project.id,
+                SourceType::Group => match store.group_by_id(token.source_id).await? {
+                    Some(group) => project.full_path.starts_with(&format!("{}/", group.full_path)),
+                    None => false,
+                },
+            };
+            if covers {
+                if token.scopes.iter().any(|s| s == "read_registry") {
+                    actions.push(Action::Pull);
+                }
+                if token.scopes.iter().any(|s| s == "write_registry") {
+                    actions.push(Action::Push);
+                }
+            }
+        }
+        Identity::Job { token } => {
+            if token.project_id == project.id {
+                actions.extend([Action::Pull, Action::Push]);
+            } else if store.job_token_allowed(project.id, token.project_id).await? {
+                actions.push(Action::Pull);
+            }
+        }
+    }
+    Ok(actions)
+}
+
+/// The actions on image `name` that `identity` may take (none if no project holds it).
+pub async fn allowed_on_image(
+    store: &Store,
+    identity: &Identity,
+    name: &str,
+) -> Result<Vec<Action>, MetaError> {
+    match project_for_image(store, name).await? {
+        Some(project) => allowed_actions(store, identity, &project).await,
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Checks a username/secret pair: a CI job token (username `stowage-ci-token`), a deploy
+/// token (its username), a personal access token (its owner's username) or a password.
+/// `None` for anything invalid — one answer, so a caller cannot tell which part was wrong.
+pub async fn authenticate(
+    store: &Store,
+    username: &str,
+    secret: &str,
+) -> Result<Option<Identity>, MetaError> {
+    use crate::secret::{hashes_equal, token_hash, verify_password};
+    if username == crate::CI_USERNAME || username == "gitlab-ci-token" {
+        let hash = token_hash(secret);
+        return Ok(store
+            .job_token_by_hash(&hash)
+            .await?
+            .filter(|j| j.expires_at > now_ms())
+            .map(|token| Identity::Job { token }));
+    }
+    if let Some(deploy) = store.deploy_token_by_username(username).await? {
+        let ok = hashes_equal(&deploy.token_hash, &token_hash(secret))
+            && !deploy.revoked
+            && !expired(deploy.expires_at);
+        return Ok(ok.then_some(Identity::Deploy(deploy)));
+    }
+    let Some(user) = store.user_by_username(username).await? else {
+        // Spend the time a password check would, so unknown usernames are not revealed.
+        let _ = verify_password(secret, dummy_hash());
+        return Ok(None);
+    };
+    if user.blocked {
+        return Ok(None);
+    }
+    if secret.starts_with(crate::secret::PAT_PREFIX) {
+        let hash = token_hash(secret);
+        if let Some((pat, stored)) = store.personal_access_token_by_hash(&hash).await? {
+            if hashes_equal(&stored, &hash)
+                && pat.user_id == user.id
+                && !pat.revoked
+                && !expired(pat.expires_at)
+            {
+                store.touch_personal_access_token(pat.id).await?;
+                return Ok(Some(Identity::User { user, pat: Some((pat.id, pat.scopes)) }));
+            }
+        }
+        return Ok(None);
+    }
+    let ok = user.password_hash.as_deref().is_some_and(|h| verify_password(secret, h));
+    Ok(ok.then_some(Identity::User { user, pat: None }))
+}
+
+/// An argon2 hash of a random password, verified against when the user does not exist.
+fn dummy_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| crate::secret::hash_password(&crate::secret::new_password()))
+}

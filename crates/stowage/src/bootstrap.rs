@@ -1,0 +1,62 @@
+//! First start: the instance admin `root`, with the password from `STOWAGE_ADMIN_PASSWORD` or
+//! a generated one printed once, and optionally a personal access token with every scope from
+//! `STOWAGE_ADMIN_TOKEN` for automation.
+
+use anyhow::bail;
+
+/// Every personal access token scope.
+pub const ALL_SCOPES: &[&str] = &["api", "read_registry", "write_registry"];
+
+pub async fn ensure_admin(store: &meta::Store) -> anyhow::Result<()> {
+    let seed_token = std::env::var("STOWAGE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
+    if let Some(token) = &seed_token {
+        if token.len() < 20 {
+            bail!("STOWAGE_ADMIN_TOKEN must be at least 20 characters long");
+        }
+    }
+    let root = match store.user_by_username("root").await? {
+        Some(root) => root,
+        None => {
+            let (password, generated) = match std::env::var("STOWAGE_ADMIN_PASSWORD") {
+                Ok(p) if !p.is_empty() => (p, false),
+                _ => (auth::secret::new_password(), true),
+            };
+            let hash = auth::secret::hash_password(&password);
+            let root = match store
+                .create_user("root", "root@localhost", "Administrator", Some(&hash), true)
+                .await
+            {
+                Ok(user) => user,
+                // Another instance created it at the same moment.
+                Err(meta::MetaError::Conflict(_)) => store
+                    .user_by_username("root")
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("root vanished"))?,
+                Err(e) => return Err(e.into()),
+            };
+            if generated {
+                // Printed once, on purpose: this is the only time the password exists in clear.
+                println!("created the instance admin 'root' with password: {password}");
+                println!("(set STOWAGE_ADMIN_PASSWORD before the first start to choose it)");
+            } else {
+                tracing::info!("created the instance admin 'root' with the password from STOWAGE_ADMIN_PASSWORD");
+            }
+            root
+        }
+    };
+    if let Some(token) = seed_token {
+        let hash = auth::secret::token_hash(&token);
+        if store.personal_access_token_by_hash(&hash).await?.is_none() {
+            let scopes: Vec<String> = ALL_SCOPES.iter().map(|s| s.to_string()).collect();
+            match store
+                .create_personal_access_token(root.id, "STOWAGE_ADMIN_TOKEN", &hash, &scopes, None)
+                .await
+            {
+                Ok(_) | Err(meta::MetaError::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            tracing::info!("seeded a personal access token for root from STOWAGE_ADMIN_TOKEN");
+        }
+    }
+    Ok(())
+}
