@@ -175,6 +175,9 @@ impl TestServer {
             .env("STOWAGE_HTTP_ADDR", "127.0.0.1:0")
             .env("STOWAGE_DATA_DIR", self.data_dir.path().join("data"))
             .env("RUST_LOG", "info")
+            // Registry-core tests run against an open registry; auth tests ask for
+            // `STOWAGE_AUTH__MODE=token` through `start_with`.
+            .env("STOWAGE_AUTH__MODE", "none")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log);

@@ -9,8 +9,10 @@
 //! | any signed-in user | also internal projects, access `enabled` | – | – |
 //! | member, reporter+ | yes (also access `private`) | developer+ | maintainer+ |
 //! | instance admin | yes | yes | yes |
-//! | deploy token | `read_registry` | `write_registry` | – |
+//! | deploy token | `read_registry` (its project or group) | `write_registry` | – |
 //! | CI job token | own project; projects allowlisting it | own project | – |
+//!
+//! Deploy and job tokens also pull what anonymous callers may (public projects).
 //!
 //! Registry access `disabled` refuses everything to everyone. A personal access token limits
 //! its user further by scope: pull needs `read_registry`, push and delete need both
@@ -135,12 +137,12 @@ pub async fn allowed_actions(
     }
     let open = project.registry_access == RegistryAccess::Enabled;
     let mut actions = Vec::new();
+    // What anonymous callers may do, every credential may do too.
+    if open && project.visibility == Visibility::Public && !matches!(identity, Identity::User { .. }) {
+        actions.push(Action::Pull);
+    }
     match identity {
-        Identity::Anonymous => {
-            if open && project.visibility == Visibility::Public {
-                actions.push(Action::Pull);
-            }
-        }
+        Identity::Anonymous => {}
         Identity::User { user, pat } => {
             if user.blocked {
                 return Ok(Vec::new());
@@ -179,7 +181,7 @@ pub async fn allowed_actions(
                 },
             };
             if covers {
-                if token.scopes.iter().any(|s| s == "read_registry") {
+                if token.scopes.iter().any(|s| s == "read_registry") && !actions.contains(&Action::Pull) {
                     actions.push(Action::Pull);
                 }
                 if token.scopes.iter().any(|s| s == "write_registry") {
@@ -189,8 +191,8 @@ pub async fn allowed_actions(
         }
         Identity::Job { token } => {
             if token.project_id == project.id {
-                actions.extend([Action::Pull, Action::Push]);
-            } else if store.job_token_allowed(project.id, token.project_id).await? {
+                actions = vec![Action::Pull, Action::Push];
+            } else if actions.is_empty() && store.job_token_allowed(project.id, token.project_id).await? {
                 actions.push(Action::Pull);
             }
         }
