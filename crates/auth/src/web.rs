@@ -348,7 +348,13 @@ fn challenge(
     }
     let mut response = if denied {
         value.push_str(",error=\"insufficient_scope\"");
-        json_error(StatusCode::UNAUTHORIZED, "DENIED", "requested access to the resource is denied")
+        // Worded the same whether or not a project exists, so private projects stay invisible.
+        json_error(
+            StatusCode::UNAUTHORIZED,
+            "DENIED",
+            "requested access to the resource is denied: images live at <project path>[/up to 3 more levels] \
+             of a project you have access to (pull: reporter, push: developer, delete: maintainer)",
+        )
     } else {
         json_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "authentication required")
     };

@@ -69,6 +69,9 @@ impl Default for AuthConfig {
 pub struct Http {
     /// Listen address; port 0 picks a free port (logged at start).
     pub addr: String,
+    /// The URL clients reach the registry at (e.g. `https://registry.example.com`);
+    /// default `http://<addr>`. Used for `CI_REGISTRY` and the token realm.
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -141,7 +144,7 @@ impl Default for Config {
 
 impl Default for Http {
     fn default() -> Self {
-        Http { addr: "127.0.0.1:5000".into() }
+        Http { addr: "127.0.0.1:5000".into(), host: None }
     }
 }
 
@@ -237,6 +240,14 @@ impl Config {
         std::fs::create_dir_all(&self.data_dir)
             .with_context(|| format!("cannot create data dir {}", self.data_dir.display()))?;
         Ok(std::fs::canonicalize(&self.data_dir)?)
+    }
+
+    /// The registry's external URL, without a trailing slash.
+    pub fn external_url(&self) -> String {
+        match &self.http.host {
+            Some(host) if !host.is_empty() => host.trim_end_matches('/').to_string(),
+            _ => format!("http://{}", self.http.addr),
+        }
     }
 
     pub fn blob_root(&self) -> anyhow::Result<PathBuf> {

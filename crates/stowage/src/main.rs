@@ -1,6 +1,7 @@
 //! `stowage`: the registry binary. Reads the configuration, wires the metadata store, the blob
 //! store and the HTTP surfaces together, and runs the command the operator asked for.
 
+mod admin;
 mod bootstrap;
 mod config;
 mod http;
@@ -27,6 +28,16 @@ enum Command {
     Migrate,
     /// Print the effective configuration (defaults < STOWAGE_CONFIG file < environment).
     Config,
+    /// Manage users, groups, projects, members and tokens (acts as the instance admin).
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
+    /// Print CI_REGISTRY* variables with a fresh CI job token:
+    /// eval "$(stowage ci-env --project acme/app)".
+    CiEnv {
+        /// Full path of the project the job builds, e.g. acme/platform/api.
+        #[arg(long)]
+        project: String,
+    },
 }
 
 fn init_logging(config: &Config) {
@@ -115,7 +126,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             Some(auth::web::AuthState {
                 store: registry.store.clone(),
                 tokens: std::sync::Arc::new(tokens),
-                realm: config.auth.realm.clone(),
+                realm: config.auth.realm.clone().or_else(|| {
+                    config.http.host.as_ref().map(|_| format!("{}/jwt/auth", config.external_url()))
+                }),
                 limiter: Default::default(),
             })
         }
@@ -166,6 +179,17 @@ async fn main() -> anyhow::Result<()> {
             let store = meta::Store::connect(&url).await?;
             store.migrate().await?;
             println!("metadata database {} is up to date", redact(&url));
+            Ok(())
+        }
+        Command::Admin(cmd) => {
+            let store = meta::Store::connect(&config.database_url()?).await?;
+            admin::run(cmd, &store, &config.external_url()).await
+        }
+        Command::CiEnv { project } => {
+            let store = meta::Store::connect(&config.database_url()?).await?;
+            let lifetime = parse_duration(&config.auth.job_token_lifetime)?;
+            let host = admin::registry_host(&config.external_url());
+            print!("{}", admin::ci_env(&store, &project, &host, lifetime).await?);
             Ok(())
         }
         Command::Config => {

@@ -595,10 +595,9 @@ pub async fn raw_request_early_answer(
         }
     }
     writer.abort();
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("{method} {path}: no complete response: {:?}", String::from_utf8_lossy(&buf)));
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| {
+        panic!("{method} {path}: no complete response: {:?}", String::from_utf8_lossy(&buf))
+    });
     let head = String::from_utf8_lossy(&buf[..split]).into_owned();
     let mut body = buf[split + 4..].to_vec();
     let status: u16 = head

@@ -1,0 +1,949 @@
+//! What the API and the `stowage admin` CLI can do, with the permission rules applied: every
+//! function takes the [`Caller`] it acts for and answers with domain values or an [`ApiError`].
+//! HTTP handlers and CLI commands are thin layers over these.
+//!
+//! Visibility follows GitLab: public things are visible to everyone, internal ones to anyone
+//! signed in, private ones to members (directly or through an ancestor group) and admins.
+//! Whatever a caller may not see answers exactly like something that does not exist.
+
+use std::time::Duration;
+
+use meta::{
+    access_level, Group, JobToken, Project, RegistryAccess, SourceType, Store, User, Visibility,
+};
+
+use crate::caller::Caller;
+use crate::error::{
+    ApiError, GROUP_NOT_FOUND, MEMBER_NOT_FOUND, PROJECT_NOT_FOUND, TOKEN_NOT_FOUND, USER_NOT_FOUND,
+};
+use crate::input::Ref;
+use crate::names::{check_full_path_length, PathSegment};
+use crate::time::parse_expiry_date;
+use crate::views::CI_USERNAME;
+
+/// Scopes a personal access token may have.
+pub const PAT_SCOPES: &[&str] = &["api", "read_registry", "write_registry"];
+/// Scopes a deploy token may have.
+pub const DEPLOY_SCOPES: &[&str] = &["read_registry", "write_registry"];
+
+// ---- who may see and do what ----------------------------------------------------------------
+
+fn visible(caller: &Caller, visibility: Visibility, level: i64) -> bool {
+    caller.is_admin()
+        || visibility == Visibility::Public
+        || (visibility == Visibility::Internal && caller.is_signed_in())
+        || level >= access_level::GUEST
+}
+
+/// The caller's effective role on a project (admins count as owners).
+pub async fn project_level(
+    store: &Store,
+    caller: &Caller,
+    project: &Project,
+) -> Result<i64, ApiError> {
+    Ok(match caller {
+        _ if caller.is_admin() => access_level::OWNER,
+        Caller::User(user) => store.effective_access_level(user.id, project).await?,
+        _ => access_level::NONE,
+    })
+}
+
+/// The caller's effective role on a group (admins count as owners).
+pub async fn group_level(store: &Store, caller: &Caller, group: &Group) -> Result<i64, ApiError> {
+    Ok(match caller {
+        _ if caller.is_admin() => access_level::OWNER,
+        Caller::User(user) => store.effective_group_access_level(user.id, group).await?,
+        _ => access_level::NONE,
+    })
+}
+
+fn require_level(level: i64, needed: i64, what: &str) -> Result<(), ApiError> {
+    if level >= needed {
+        Ok(())
+    } else {
+        Err(ApiError::ForbiddenBecause(format!(
+            "{what} needs the {} role or higher",
+            role_name(needed)
+        )))
+    }
+}
+
+pub fn role_name(level: i64) -> &'static str {
+    match level {
+        access_level::GUEST => "guest",
+        access_level::REPORTER => "reporter",
+        access_level::DEVELOPER => "developer",
+        access_level::MAINTAINER => "maintainer",
+        access_level::OWNER => "owner",
+        _ => "no",
+    }
+}
+
+/// `30`, `developer` or `Developer` → 30.
+pub fn parse_access_level(text: &str) -> Option<i64> {
+    let level = match text.to_ascii_lowercase().as_str() {
+        "guest" => access_level::GUEST,
+        "reporter" => access_level::REPORTER,
+        "developer" => access_level::DEVELOPER,
+        "maintainer" => access_level::MAINTAINER,
+        "owner" => access_level::OWNER,
+        other => other.parse().ok()?,
+    };
+    access_level::is_valid(level).then_some(level)
+}
+
+fn check_access_level(level: i64) -> Result<(), ApiError> {
+    if access_level::is_valid(level) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "access_level",
+            "must be 10 (guest), 20 (reporter), 30 (developer), 40 (maintainer) or 50 (owner)",
+        ))
+    }
+}
+
+fn parse_visibility(text: Option<&str>, default: Visibility) -> Result<Visibility, ApiError> {
+    match text {
+        None => Ok(default),
+        Some(t) => Visibility::parse(t).ok_or_else(|| {
+            ApiError::invalid(
+                "visibility",
+                format!("{t:?} is not a visibility: use private, internal or public"),
+            )
+        }),
+    }
+}
+
+fn rank(v: Visibility) -> u8 {
+    match v {
+        Visibility::Private => 0,
+        Visibility::Internal => 1,
+        Visibility::Public => 2,
+    }
+}
+
+/// GitLab never lets something be more visible than the group that holds it.
+fn check_visibility_within(visibility: Visibility, group: &Group) -> Result<(), ApiError> {
+    if rank(visibility) > rank(group.visibility) {
+        return Err(ApiError::invalid(
+            "visibility",
+            format!(
+                "{} is not allowed in the {} group {}: make the group {} first, or choose a lower visibility",
+                visibility.as_str(),
+                group.visibility.as_str(),
+                group.full_path,
+                visibility.as_str()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+// ---- users ----------------------------------------------------------------------------------
+
+pub struct NewUser {
+    pub username: String,
+    pub email: String,
+    pub name: String,
+    pub password: Option<String>,
+    pub admin: bool,
+}
+
+fn check_username(username: &str) -> Result<(), ApiError> {
+    let ok_chars =
+        username.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    let ok_ends = username.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && username.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if username.is_empty() || username.len() > 255 || !ok_chars || !ok_ends {
+        return Err(ApiError::invalid(
+            "username",
+            "may only contain letters, digits, '_', '-' and '.', and must start and end with a letter or digit",
+        ));
+    }
+    if username == CI_USERNAME {
+        return Err(ApiError::invalid(
+            "username",
+            format!("{CI_USERNAME} is reserved for CI job tokens"),
+        ));
+    }
+    Ok(())
+}
+
+pub async fn create_user(store: &Store, caller: &Caller, new: NewUser) -> Result<User, ApiError> {
+    caller.require_admin()?;
+    check_username(&new.username)?;
+    if !new.email.contains('@') {
+        return Err(ApiError::invalid("email", "is not an email address"));
+    }
+    if new.name.trim().is_empty() {
+        return Err(ApiError::invalid("name", "must not be empty"));
+    }
+    if store.deploy_token_by_username(&new.username).await?.is_some() {
+        return Err(ApiError::Conflict(format!(
+            "{} is a deploy token's username: choose another",
+            new.username
+        )));
+    }
+    let hash = match &new.password {
+        Some(p) if p.chars().count() < 8 => {
+            return Err(ApiError::invalid("password", "is too short (minimum is 8 characters)"))
+        }
+        Some(p) => Some(auth::secret::hash_password(p)),
+        None => None,
+    };
+    Ok(store
+        .create_user(&new.username, &new.email, new.name.trim(), hash.as_deref(), new.admin)
+        .await?)
+}
+
+pub async fn list_users(store: &Store, caller: &Caller) -> Result<Vec<User>, ApiError> {
+    caller.require_signed_in()?;
+    match caller.user() {
+        Some(me) if !me.is_admin => Ok(vec![me.clone()]),
+        _ => Ok(store.list_users().await?),
+    }
+}
+
+/// A user by id, or (for the CLI) by username.
+pub async fn user(store: &Store, caller: &Caller, user: &Ref) -> Result<User, ApiError> {
+    caller.require_signed_in()?;
+    let found = match user {
+        Ref::Id(id) => store.user_by_id(*id).await?,
+        Ref::Path(username) => store.user_by_username(username).await?,
+    };
+    found.ok_or(ApiError::NotFound(USER_NOT_FOUND))
+}
+
+pub async fn set_user_blocked(
+    store: &Store,
+    caller: &Caller,
+    user_ref: &Ref,
+    blocked: bool,
+) -> Result<User, ApiError> {
+    caller.require_admin()?;
+    let target = user(store, caller, user_ref).await?;
+    if blocked && caller.user().is_some_and(|me| me.id == target.id) {
+        return Err(ApiError::ForbiddenBecause("you cannot block yourself".into()));
+    }
+    store.set_user_blocked(target.id, blocked).await?;
+    store.user_by_id(target.id).await?.ok_or(ApiError::NotFound(USER_NOT_FOUND))
+}
+
+// ---- groups ---------------------------------------------------------------------------------
+
+pub struct NewGroup {
+    pub name: String,
+    pub path: Option<String>,
+    pub parent: Option<Ref>,
+    pub visibility: Option<String>,
+}
+
+/// A group the caller may see.
+pub async fn group(store: &Store, caller: &Caller, group: &Ref) -> Result<Group, ApiError> {
+    let found = match group {
+        Ref::Id(id) => store.group_by_id(*id).await?,
+        Ref::Path(path) => store.group_by_full_path(path).await?,
+    };
+    let group = found.ok_or(ApiError::NotFound(GROUP_NOT_FOUND))?;
+    let level = group_level(store, caller, &group).await?;
+    if visible(caller, group.visibility, level) {
+        Ok(group)
+    } else {
+        Err(ApiError::NotFound(GROUP_NOT_FOUND))
+    }
+}
+
+pub async fn list_groups(store: &Store, caller: &Caller) -> Result<Vec<Group>, ApiError> {
+    let mut out = Vec::new();
+    for g in store.list_groups().await? {
+        let level = group_level(store, caller, &g).await?;
+        if visible(caller, g.visibility, level) {
+            out.push(g);
+        }
+    }
+    Ok(out)
+}
+
+pub async fn create_group(
+    store: &Store,
+    caller: &Caller,
+    new: NewGroup,
+) -> Result<Group, ApiError> {
+    caller.require_signed_in()?;
+    let name = new.name.trim();
+    if name.is_empty() {
+        return Err(ApiError::invalid("name", "must not be empty"));
+    }
+    let path = match &new.path {
+        Some(p) => PathSegment::parse(p)?,
+        None => PathSegment::from_name(name)?,
+    };
+    let parent = match &new.parent {
+        Some(r) => Some(group(store, caller, r).await?),
+        None => None,
+    };
+    if let Some(parent) = &parent {
+        let level = group_level(store, caller, parent).await?;
+        require_level(
+            level,
+            access_level::MAINTAINER,
+            &format!("creating a subgroup of {}", parent.full_path),
+        )?;
+    }
+    let visibility = parse_visibility(new.visibility.as_deref(), Visibility::Private)?;
+    if let Some(parent) = &parent {
+        check_visibility_within(visibility, parent)?;
+        check_full_path_length(&format!("{}/{}", parent.full_path, path.as_str()))?;
+    } else {
+        check_full_path_length(path.as_str())?;
+    }
+    let group = store.create_group(name, path.as_str(), parent.as_ref(), visibility).await?;
+    // The creator owns what they create (GitLab does the same), unless they already own it
+    // through an ancestor.
+    if let Caller::User(user) = caller {
+        if parent.is_none()
+            || store.effective_group_access_level(user.id, &group).await? < access_level::OWNER
+        {
+            store.set_member(SourceType::Group, group.id, user.id, access_level::OWNER).await?;
+        }
+    }
+    Ok(group)
+}
+
+// ---- projects -------------------------------------------------------------------------------
+
+pub struct NewProject {
+    pub name: Option<String>,
+    pub path: Option<String>,
+    pub namespace: Option<Ref>,
+    pub visibility: Option<String>,
+    pub registry_access: Option<String>,
+}
+
+#[derive(Default)]
+pub struct ProjectChanges {
+    pub visibility: Option<String>,
+    pub registry_access: Option<String>,
+    /// GitLab's older boolean form of `container_registry_access_level`.
+    pub registry_enabled: Option<bool>,
+}
+
+/// A project the caller may see.
+pub async fn project(store: &Store, caller: &Caller, project: &Ref) -> Result<Project, ApiError> {
+    let found = match project {
+        Ref::Id(id) => store.project_by_id(*id).await?,
+        Ref::Path(path) => store.project_by_full_path(path).await?,
+    };
+    let project = found.ok_or(ApiError::NotFound(PROJECT_NOT_FOUND))?;
+    let level = project_level(store, caller, &project).await?;
+    if visible(caller, project.visibility, level) {
+        Ok(project)
+    } else {
+        Err(ApiError::NotFound(PROJECT_NOT_FOUND))
+    }
+}
+
+/// The group a project lives in.
+pub async fn project_group(store: &Store, project: &Project) -> Result<Group, ApiError> {
+    store.group_by_id(project.group_id).await?.ok_or(ApiError::NotFound(GROUP_NOT_FOUND))
+}
+
+pub async fn list_projects(store: &Store, caller: &Caller) -> Result<Vec<Project>, ApiError> {
+    let mut out = Vec::new();
+    for p in store.list_projects().await? {
+        let level = project_level(store, caller, &p).await?;
+        if visible(caller, p.visibility, level) {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+fn parse_registry_access(text: &str) -> Result<RegistryAccess, ApiError> {
+    RegistryAccess::parse(text).ok_or_else(|| {
+        ApiError::invalid(
+            "container_registry_access_level",
+            format!("{text:?} is not an access level: use enabled, private or disabled"),
+        )
+    })
+}
+
+pub async fn create_project(
+    store: &Store,
+    caller: &Caller,
+    new: NewProject,
+) -> Result<Project, ApiError> {
+    caller.require_signed_in()?;
+    let namespace = new.namespace.as_ref().ok_or_else(|| {
+        ApiError::invalid(
+            "namespace_id",
+            "is required: every project lives in a group; give the group's id or full path",
+        )
+    })?;
+    let (name, path) = match (new.name.as_deref().map(str::trim), &new.path) {
+        (Some(name), Some(path)) if !name.is_empty() => {
+            (name.to_string(), PathSegment::parse(path)?)
+        }
+        (Some(name), None) if !name.is_empty() => (name.to_string(), PathSegment::from_name(name)?),
+        (_, Some(path)) => (path.clone(), PathSegment::parse(path)?),
+        _ => return Err(ApiError::bad_request("name or path is required")),
+    };
+    let group = group(store, caller, namespace).await?;
+    let level = group_level(store, caller, &group).await?;
+    require_level(
+        level,
+        access_level::MAINTAINER,
+        &format!("creating a project in {}", group.full_path),
+    )?;
+    let visibility = parse_visibility(new.visibility.as_deref(), Visibility::Private)?;
+    check_visibility_within(visibility, &group)?;
+    let registry_access = new.registry_access.as_deref().map(parse_registry_access).transpose()?;
+    check_full_path_length(&format!("{}/{}", group.full_path, path.as_str()))?;
+    let mut project = store.create_project(&name, path.as_str(), &group, visibility).await?;
+    if registry_access.is_some() {
+        project = store.update_project(project.id, None, registry_access).await?.unwrap_or(project);
+    }
+    if let Caller::User(user) = caller {
+        if !user.is_admin
+            && store.effective_access_level(user.id, &project).await? < access_level::OWNER
+        {
+            store.set_member(SourceType::Project, project.id, user.id, access_level::OWNER).await?;
+        }
+    }
+    Ok(project)
+}
+
+pub async fn update_project(
+    store: &Store,
+    caller: &Caller,
+    project_ref: &Ref,
+    changes: ProjectChanges,
+) -> Result<Project, ApiError> {
+    caller.require_signed_in()?;
+    let current = project(store, caller, project_ref).await?;
+    require_level(
+        project_level(store, caller, &current).await?,
+        access_level::MAINTAINER,
+        "changing a project's settings",
+    )?;
+    let visibility = changes
+        .visibility
+        .as_deref()
+        .map(|v| parse_visibility(Some(v), Visibility::Private))
+        .transpose()?;
+    if let Some(v) = visibility {
+        check_visibility_within(v, &project_group(store, &current).await?)?;
+    }
+    let registry_access = match (&changes.registry_access, changes.registry_enabled) {
+        (Some(level), _) => Some(parse_registry_access(level)?),
+        (None, Some(true)) => Some(RegistryAccess::Enabled),
+        (None, Some(false)) => Some(RegistryAccess::Disabled),
+        (None, None) => None,
+    };
+    store
+        .update_project(current.id, visibility, registry_access)
+        .await?
+        .ok_or(ApiError::NotFound(PROJECT_NOT_FOUND))
+}
+
+// ---- members --------------------------------------------------------------------------------
+
+/// What memberships and deploy tokens attach to.
+#[derive(Clone, Debug)]
+pub enum Source {
+    Group(Group),
+    Project(Project),
+}
+
+impl Source {
+    pub fn source_type(&self) -> SourceType {
+        match self {
+            Source::Group(_) => SourceType::Group,
+            Source::Project(_) => SourceType::Project,
+        }
+    }
+
+    pub fn id(&self) -> i64 {
+        match self {
+            Source::Group(g) => g.id,
+            Source::Project(p) => p.id,
+        }
+    }
+
+    pub fn full_path(&self) -> &str {
+        match self {
+            Source::Group(g) => &g.full_path,
+            Source::Project(p) => &p.full_path,
+        }
+    }
+
+    pub async fn level(&self, store: &Store, caller: &Caller) -> Result<i64, ApiError> {
+        match self {
+            Source::Group(g) => group_level(store, caller, g).await,
+            Source::Project(p) => project_level(store, caller, p).await,
+        }
+    }
+}
+
+/// A group or project the caller may see, by its kind.
+pub async fn source(
+    store: &Store,
+    caller: &Caller,
+    kind: SourceType,
+    r: &Ref,
+) -> Result<Source, ApiError> {
+    Ok(match kind {
+        SourceType::Group => Source::Group(group(store, caller, r).await?),
+        SourceType::Project => Source::Project(project(store, caller, r).await?),
+    })
+}
+
+/// A group or project by full path, whichever it is (the two never share a path).
+pub async fn source_by_path(
+    store: &Store,
+    caller: &Caller,
+    path: &str,
+) -> Result<Source, ApiError> {
+    let r = Ref::Path(path.trim_matches('/').to_string());
+    match project(store, caller, &r).await {
+        Ok(p) => Ok(Source::Project(p)),
+        Err(ApiError::NotFound(_)) => {
+            group(store, caller, &r).await.map(Source::Group).map_err(|_| {
+                ApiError::bad_request(format!(
+                    "{path} is neither a group nor a project you can see"
+                ))
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+pub async fn list_members(
+    store: &Store,
+    caller: &Caller,
+    source: &Source,
+) -> Result<Vec<(meta::Member, User)>, ApiError> {
+    caller.require_signed_in()?;
+    let mut out = Vec::new();
+    for m in store.list_members(source.source_type(), source.id()).await? {
+        if let Some(user) = store.user_by_id(m.user_id).await? {
+            out.push((m, user));
+        }
+    }
+    Ok(out)
+}
+
+async fn existing_member(
+    store: &Store,
+    source: &Source,
+    user_id: i64,
+) -> Result<Option<meta::Member>, ApiError> {
+    Ok(store
+        .list_members(source.source_type(), source.id())
+        .await?
+        .into_iter()
+        .find(|m| m.user_id == user_id))
+}
+
+/// Maintainers manage members; only owners touch the owner role.
+async fn check_may_manage(
+    store: &Store,
+    caller: &Caller,
+    source: &Source,
+    existing: Option<&meta::Member>,
+    new_level: Option<i64>,
+) -> Result<(), ApiError> {
+    caller.require_signed_in()?;
+    let level = source.level(store, caller).await?;
+    require_level(
+        level,
+        access_level::MAINTAINER,
+        &format!("managing the members of {}", source.full_path()),
+    )?;
+    let touches_owner = new_level == Some(access_level::OWNER)
+        || existing.is_some_and(|m| m.access_level == access_level::OWNER);
+    if touches_owner && level < access_level::OWNER {
+        return Err(ApiError::ForbiddenBecause(
+            "only owners can grant, change or remove the owner role".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub async fn add_member(
+    store: &Store,
+    caller: &Caller,
+    source: &Source,
+    user_ref: &Ref,
+    level: i64,
+) -> Result<(meta::Member, User), ApiError> {
+    check_access_level(level)?;
+    let user = user(store, caller, user_ref).await?;
+    let existing = existing_member(store, source, user.id).await?;
+    check_may_manage(store, caller, source, existing.as_ref(), Some(level)).await?;
+    if existing.is_some() {
+        return Err(ApiError::Conflict(format!(
+            "{} is already a member of {}: change their role with PUT instead",
+            user.username,
+            source.full_path()
+        )));
+    }
+    let member = store.set_member(source.source_type(), source.id(), user.id, level).await?;
+    Ok((member, user))
+}
+
+pub async fn update_member(
+    store: &Store,
+    caller: &Caller,
+    source: &Source,
+    user_ref: &Ref,
+    level: i64,
+) -> Result<(meta::Member, User), ApiError> {
+    check_access_level(level)?;
+    let user = user(store, caller, user_ref).await?;
+    let existing = existing_member(store, source, user.id)
+        .await?
+        .ok_or(ApiError::NotFound(MEMBER_NOT_FOUND))?;
+    check_may_manage(store, caller, source, Some(&existing), Some(level)).await?;
+    if existing.access_level == access_level::OWNER && level < access_level::OWNER {
+        check_not_last_owner(store, source).await?;
+    }
+    let member = store.set_member(source.source_type(), source.id(), user.id, level).await?;
+    Ok((member, user))
+}
+
+pub async fn remove_member(
+    store: &Store,
+    caller: &Caller,
+    source: &Source,
+    user_ref: &Ref,
+) -> Result<(), ApiError> {
+    let user = user(store, caller, user_ref).await?;
+    let existing = existing_member(store, source, user.id)
+        .await?
+        .ok_or(ApiError::NotFound(MEMBER_NOT_FOUND))?;
+    check_may_manage(store, caller, source, Some(&existing), None).await?;
+    if existing.access_level == access_level::OWNER {
+        check_not_last_owner(store, source).await?;
+    }
+    store.remove_member(source.source_type(), source.id(), user.id).await?;
+    Ok(())
+}
+
+/// A top-level group must keep an owner, or nobody but admins could manage it.
+async fn check_not_last_owner(store: &Store, source: &Source) -> Result<(), ApiError> {
+    if let Source::Group(g) = source {
+        if g.parent_id.is_none() {
+            let owners = store
+                .list_members(SourceType::Group, g.id)
+                .await?
+                .iter()
+                .filter(|m| m.access_level == access_level::OWNER)
+                .count();
+            if owners <= 1 {
+                return Err(ApiError::ForbiddenBecause(format!(
+                    "{} would have no owner left: make someone else owner first",
+                    g.full_path
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---- personal access tokens -----------------------------------------------------------------
+
+pub struct NewPersonalAccessToken {
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub expires_at: Option<String>,
+}
+
+fn check_scopes(scopes: &[String], allowed: &[&str]) -> Result<Vec<String>, ApiError> {
+    if scopes.is_empty() {
+        return Err(ApiError::invalid(
+            "scopes",
+            format!("must name at least one of {}", allowed.join(", ")),
+        ));
+    }
+    let mut out: Vec<String> = Vec::new();
+    for s in scopes {
+        if !allowed.contains(&s.as_str()) {
+            return Err(ApiError::invalid(
+                "scopes",
+                format!("{s:?} is not supported here: use {}", allowed.join(", ")),
+            ));
+        }
+        if !out.contains(s) {
+            out.push(s.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn parse_future_expiry(text: Option<&str>) -> Result<Option<i64>, ApiError> {
+    match text.filter(|t| !t.is_empty()) {
+        None => Ok(None),
+        Some(t) => {
+            let at = parse_expiry_date(t)?;
+            if at <= meta::now_millis() {
+                return Err(ApiError::invalid("expires_at", "must be a date in the future"));
+            }
+            Ok(Some(at))
+        }
+    }
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    if name.trim().is_empty() {
+        return Err(ApiError::invalid("name", "must not be empty"));
+    }
+    Ok(())
+}
+
+/// Creates a token for `user_ref` (admins, or the user themself); returns it with its secret,
+/// which is never available again.
+pub async fn create_personal_access_token(
+    store: &Store,
+    caller: &Caller,
+    user_ref: &Ref,
+    new: NewPersonalAccessToken,
+) -> Result<(meta::PersonalAccessToken, String), ApiError> {
+    let owner = user(store, caller, user_ref).await?;
+    if !caller.is_admin() && caller.user().map(|u| u.id) != Some(owner.id) {
+        return Err(ApiError::ForbiddenBecause(
+            "only admins can create tokens for other users".into(),
+        ));
+    }
+    check_name(&new.name)?;
+    let scopes = check_scopes(&new.scopes, PAT_SCOPES)?;
+    let expires_at = parse_future_expiry(new.expires_at.as_deref())?;
+    let secret = auth::secret::new_token(auth::secret::PAT_PREFIX);
+    let hash = auth::secret::token_hash(&secret);
+    let token = store
+        .create_personal_access_token(owner.id, new.name.trim(), &hash, &scopes, expires_at)
+        .await?;
+    Ok((token, secret))
+}
+
+/// The caller's own tokens, or (admins only) another user's.
+pub async fn list_personal_access_tokens(
+    store: &Store,
+    caller: &Caller,
+    user_ref: Option<&Ref>,
+) -> Result<Vec<meta::PersonalAccessToken>, ApiError> {
+    caller.require_signed_in()?;
+    let owner = match (user_ref, caller.user()) {
+        (Some(r), _) => {
+            let owner = user(store, caller, r).await?;
+            if !caller.is_admin() && caller.user().map(|u| u.id) != Some(owner.id) {
+                return Err(ApiError::Forbidden);
+            }
+            owner.id
+        }
+        (None, Some(me)) => me.id,
+        (None, None) => return Err(ApiError::bad_request("name the user whose tokens to list")),
+    };
+    Ok(store.list_personal_access_tokens(owner).await?)
+}
+
+/// A token the caller owns (or any, for admins).
+pub async fn personal_access_token(
+    store: &Store,
+    caller: &Caller,
+    id: i64,
+) -> Result<meta::PersonalAccessToken, ApiError> {
+    caller.require_signed_in()?;
+    let token =
+        store.personal_access_token_by_id(id).await?.ok_or(ApiError::NotFound(TOKEN_NOT_FOUND))?;
+    if caller.is_admin() || caller.user().map(|u| u.id) == Some(token.user_id) {
+        Ok(token)
+    } else {
+        Err(ApiError::NotFound(TOKEN_NOT_FOUND))
+    }
+}
+
+pub async fn revoke_personal_access_token(
+    store: &Store,
+    caller: &Caller,
+    id: i64,
+) -> Result<(), ApiError> {
+    let token = personal_access_token(store, caller, id).await?;
+    store.revoke_personal_access_token(token.id).await?;
+    Ok(())
+}
+
+// ---- deploy tokens --------------------------------------------------------------------------
+
+pub struct NewDeployToken {
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub username: Option<String>,
+    pub expires_at: Option<String>,
+}
+
+pub async fn create_deploy_token(
+    store: &Store,
+    caller: &Caller,
+    source: &Source,
+    new: NewDeployToken,
+) -> Result<(meta::DeployToken, String), ApiError> {
+    caller.require_signed_in()?;
+    require_level(
+        source.level(store, caller).await?,
+        access_level::MAINTAINER,
+        "managing deploy tokens",
+    )?;
+    check_name(&new.name)?;
+    let scopes = check_scopes(&new.scopes, DEPLOY_SCOPES)?;
+    let expires_at = parse_future_expiry(new.expires_at.as_deref())?;
+    let username = match new.username.as_deref().map(str::trim).filter(|u| !u.is_empty()) {
+        Some(u) => {
+            let ok =
+                u.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '+'));
+            if !ok || u.len() > 255 {
+                return Err(ApiError::invalid(
+                    "username",
+                    "may only contain letters, digits, '_', '-', '.' and '+'",
+                ));
+            }
+            if u == CI_USERNAME || store.user_by_username(u).await?.is_some() {
+                return Err(ApiError::Conflict(format!(
+                    "{u} is already taken by a user: choose another username"
+                )));
+            }
+            u.to_string()
+        }
+        None => format!(
+            "stowage+deploy-token-{}",
+            auth::secret::new_token("")[..10].to_ascii_lowercase()
+        ),
+    };
+    let secret = auth::secret::new_token(auth::secret::DEPLOY_PREFIX);
+    let hash = auth::secret::token_hash(&secret);
+    let token = store
+        .create_deploy_token(
+            source.source_type(),
+            source.id(),
+            new.name.trim(),
+            &username,
+            &hash,
+            &scopes,
+            expires_at,
+        )
+        .await?;
+    Ok((token, secret))
+}
+
+pub async fn list_deploy_tokens(
+    store: &Store,
+    caller: &Caller,
+    source: &Source,
+) -> Result<Vec<meta::DeployToken>, ApiError> {
+    caller.require_signed_in()?;
+    require_level(
+        source.level(store, caller).await?,
+        access_level::MAINTAINER,
+        "managing deploy tokens",
+    )?;
+    Ok(store.list_deploy_tokens(source.source_type(), source.id()).await?)
+}
+
+pub async fn revoke_deploy_token(
+    store: &Store,
+    caller: &Caller,
+    source: &Source,
+    id: i64,
+) -> Result<(), ApiError> {
+    caller.require_signed_in()?;
+    require_level(
+        source.level(store, caller).await?,
+        access_level::MAINTAINER,
+        "managing deploy tokens",
+    )?;
+    if store.revoke_deploy_token(source.source_type(), source.id(), id).await? {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound(TOKEN_NOT_FOUND))
+    }
+}
+
+// ---- CI job tokens and the allowlist --------------------------------------------------------
+
+/// Mints a job token for `project` (developers and above); returns it with its secret.
+pub async fn create_job_token(
+    store: &Store,
+    caller: &Caller,
+    project: &Project,
+    lifetime: Duration,
+) -> Result<(JobToken, String), ApiError> {
+    caller.require_signed_in()?;
+    require_level(
+        project_level(store, caller, project).await?,
+        access_level::DEVELOPER,
+        "minting a CI job token",
+    )?;
+    let secret = auth::secret::new_token(auth::secret::JOB_PREFIX);
+    let hash = auth::secret::token_hash(&secret);
+    let expires_at = meta::now_millis() + lifetime.as_millis() as i64;
+    let token =
+        store.create_job_token(project.id, caller.user().map(|u| u.id), &hash, expires_at).await?;
+    Ok((token, secret))
+}
+
+async fn require_allowlist_manager(
+    store: &Store,
+    caller: &Caller,
+    project: &Project,
+) -> Result<(), ApiError> {
+    caller.require_signed_in()?;
+    require_level(
+        project_level(store, caller, project).await?,
+        access_level::MAINTAINER,
+        "managing the job token allowlist",
+    )
+}
+
+/// The projects whose job tokens may pull from `project`.
+pub async fn job_token_allowlist(
+    store: &Store,
+    caller: &Caller,
+    project: &Project,
+) -> Result<Vec<Project>, ApiError> {
+    require_allowlist_manager(store, caller, project).await?;
+    let mut out = Vec::new();
+    for id in store.job_token_allowlist(project.id).await? {
+        if let Some(p) = store.project_by_id(id).await? {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+/// Lets job tokens of `source` (GitLab's `target_project_id`) pull from `project`.
+pub async fn allow_job_token_project(
+    store: &Store,
+    caller: &Caller,
+    project: &Project,
+    source: &Ref,
+) -> Result<Project, ApiError> {
+    require_allowlist_manager(store, caller, project).await?;
+    let source = self::project(store, caller, source).await?;
+    store.allow_job_token_source(project.id, source.id).await?;
+    Ok(source)
+}
+
+pub async fn disallow_job_token_project(
+    store: &Store,
+    caller: &Caller,
+    project: &Project,
+    source_id: i64,
+) -> Result<(), ApiError> {
+    require_allowlist_manager(store, caller, project).await?;
+    if store.disallow_job_token_source(project.id, source_id).await? {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound(PROJECT_NOT_FOUND))
+    }
+}

@@ -1,0 +1,458 @@
+//! `stowage admin`: the operator's command line for users, groups, projects, members and
+//! tokens, plus `ci-env` and the Kubernetes pull-secret helper. It acts as the operator (an
+//! admin that is no user) through the same service functions as the REST API, so the rules
+//! and validations are the API's; output is the API's JSON.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use api::input::Ref;
+use api::service as svc;
+use api::views::*;
+use api::Caller;
+use clap::{Args, Subcommand};
+use meta::Store;
+
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// Create, list, block and unblock users.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Create and list groups (`acme`, `acme/platform`).
+    #[command(subcommand)]
+    Groups(GroupsCommand),
+    /// Create, list and change projects (`acme/platform/api`).
+    #[command(subcommand)]
+    Projects(ProjectsCommand),
+    /// Add, remove and list members of a group or project.
+    #[command(subcommand)]
+    Members(MembersCommand),
+    /// Personal access tokens, deploy tokens and CI job tokens.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+}
+
+#[derive(Subcommand)]
+pub enum UsersCommand {
+    Create {
+        #[arg(long)]
+        username: String,
+        #[arg(long)]
+        email: String,
+        /// Display name (default: the username).
+        #[arg(long)]
+        name: Option<String>,
+        /// At least 8 characters; without it the user can only sign in with tokens.
+        #[arg(long, env = "STOWAGE_NEW_USER_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        /// Make the user an instance admin.
+        #[arg(long)]
+        admin: bool,
+    },
+    List,
+    Block {
+        username: String,
+    },
+    Unblock {
+        username: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum GroupsCommand {
+    /// Create a group; a path with `/` creates a subgroup of an existing group.
+    Create {
+        full_path: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// private, internal or public.
+        #[arg(long, default_value = "private")]
+        visibility: String,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum ProjectsCommand {
+    /// Create a project inside an existing group: `acme/platform/api`.
+    Create {
+        full_path: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// private, internal or public.
+        #[arg(long, default_value = "private")]
+        visibility: String,
+        /// enabled, private or disabled.
+        #[arg(long)]
+        registry_access_level: Option<String>,
+    },
+    List,
+    Update {
+        project: String,
+        /// private, internal or public.
+        #[arg(long)]
+        visibility: Option<String>,
+        /// enabled, private or disabled.
+        #[arg(long)]
+        registry_access_level: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum MembersCommand {
+    /// Add a user to a group or project (or change their role).
+    Add {
+        /// Full path of the group or project.
+        path: String,
+        username: String,
+        /// guest, reporter, developer, maintainer, owner, or 10..50.
+        role: String,
+    },
+    Remove {
+        path: String,
+        username: String,
+    },
+    List {
+        path: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokensCommand {
+    #[command(subcommand)]
+    Personal(PersonalTokensCommand),
+    #[command(subcommand)]
+    Deploy(DeployTokensCommand),
+    #[command(subcommand)]
+    Job(JobTokensCommand),
+}
+
+#[derive(Args)]
+pub struct Expiry {
+    /// Last day is the day before this date (YYYY-MM-DD); default: never expires.
+    #[arg(long)]
+    expires_at: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum PersonalTokensCommand {
+    /// Create a token; it is printed once and never again.
+    Create {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: api, read_registry, write_registry.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        #[command(flatten)]
+        expiry: Expiry,
+    },
+    List {
+        #[arg(long)]
+        user: String,
+    },
+    Revoke {
+        id: i64,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DeployTokensCommand {
+    /// Create a deploy token on a group or project; it is printed once and never again.
+    Create {
+        /// Full path of the group or project.
+        path: String,
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: read_registry, write_registry.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        /// Default: stowage+deploy-token-<random>.
+        #[arg(long)]
+        username: Option<String>,
+        #[command(flatten)]
+        expiry: Expiry,
+        /// Print a Kubernetes image pull Secret with this name instead of JSON.
+        #[arg(long)]
+        kubernetes_secret: Option<String>,
+        /// Namespace of the Kubernetes Secret.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+    },
+    List {
+        path: String,
+    },
+    Revoke {
+        path: String,
+        id: i64,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum JobTokensCommand {
+    /// Mint a short-lived CI credential for a project (username `stowage-ci-token`).
+    Create {
+        project: String,
+        /// How long it works: 90s, 30m, 1h…
+        #[arg(long, default_value = "1h", value_parser = parse_lifetime)]
+        lifetime: Duration,
+    },
+}
+
+fn parse_lifetime(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration: write e.g. 90s, 30m or 1h"))?;
+    let seconds = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{text:?} is not a duration: write e.g. 90s, 30m or 1h")),
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", api::views::pretty(value));
+    Ok(())
+}
+
+fn path_ref(path: &str) -> Ref {
+    Ref::Path(path.trim_matches('/').to_string())
+}
+
+/// Splits `acme/platform/api` into (`acme/platform`, `api`).
+fn split_parent(full_path: &str) -> (Option<&str>, &str) {
+    match full_path.trim_matches('/').rsplit_once('/') {
+        Some((parent, last)) => (Some(parent), last),
+        None => (None, full_path.trim_matches('/')),
+    }
+}
+
+pub async fn run(
+    cmd: AdminCommand,
+    store: &Store,
+    config_external_url: &str,
+) -> anyhow::Result<()> {
+    let op = &Caller::Operator;
+    match cmd {
+        AdminCommand::Users(cmd) => match cmd {
+            UsersCommand::Create { username, email, name, password, admin } => {
+                let name = name.unwrap_or_else(|| username.clone());
+                let user = svc::create_user(
+                    store,
+                    op,
+                    svc::NewUser { username, email, name, password, admin },
+                )
+                .await?;
+                print_json(&UserView::new(&user, true))
+            }
+            UsersCommand::List => print_json(
+                &svc::list_users(store, op)
+                    .await?
+                    .iter()
+                    .map(|u| UserView::new(u, true))
+                    .collect::<Vec<_>>(),
+            ),
+            UsersCommand::Block { username } => print_json(&UserView::new(
+                &svc::set_user_blocked(store, op, &path_ref(&username), true).await?,
+                true,
+            )),
+            UsersCommand::Unblock { username } => print_json(&UserView::new(
+                &svc::set_user_blocked(store, op, &path_ref(&username), false).await?,
+                true,
+            )),
+        },
+        AdminCommand::Groups(cmd) => match cmd {
+            GroupsCommand::Create { full_path, name, visibility } => {
+                let (parent, path) = split_parent(&full_path);
+                let new = svc::NewGroup {
+                    name: name.unwrap_or_else(|| path.to_string()),
+                    path: Some(path.to_string()),
+                    parent: parent.map(path_ref),
+                    visibility: Some(visibility),
+                };
+                print_json(&GroupView::from(&svc::create_group(store, op, new).await?))
+            }
+            GroupsCommand::List => print_json(
+                &svc::list_groups(store, op).await?.iter().map(GroupView::from).collect::<Vec<_>>(),
+            ),
+        },
+        AdminCommand::Projects(cmd) => match cmd {
+            ProjectsCommand::Create { full_path, name, visibility, registry_access_level } => {
+                let (Some(group), path) = split_parent(&full_path) else {
+                    anyhow::bail!(
+                        "{full_path} has no group: projects live in a group, e.g. acme/{full_path}"
+                    );
+                };
+                let new = svc::NewProject {
+                    name: Some(name.unwrap_or_else(|| path.to_string())),
+                    path: Some(path.to_string()),
+                    namespace: Some(path_ref(group)),
+                    visibility: Some(visibility),
+                    registry_access: registry_access_level,
+                };
+                let project = svc::create_project(store, op, new).await?;
+                print_json(&ProjectView::new(&project, &svc::project_group(store, &project).await?))
+            }
+            ProjectsCommand::List => {
+                let mut out = Vec::new();
+                for p in svc::list_projects(store, op).await? {
+                    out.push(ProjectView::new(&p, &svc::project_group(store, &p).await?));
+                }
+                print_json(&out)
+            }
+            ProjectsCommand::Update { project, visibility, registry_access_level } => {
+                let changes = svc::ProjectChanges {
+                    visibility,
+                    registry_access: registry_access_level,
+                    registry_enabled: None,
+                };
+                let project = svc::update_project(store, op, &path_ref(&project), changes).await?;
+                print_json(&ProjectView::new(&project, &svc::project_group(store, &project).await?))
+            }
+        },
+        AdminCommand::Members(cmd) => match cmd {
+            MembersCommand::Add { path, username, role } => {
+                let level = svc::parse_access_level(&role).with_context(|| {
+                    format!("{role:?} is not a role: use guest, reporter, developer, maintainer or owner")
+                })?;
+                let source = svc::source_by_path(store, op, &path).await?;
+                let user = path_ref(&username);
+                let (member, user) = match svc::add_member(store, op, &source, &user, level).await {
+                    Err(api::ApiError::Conflict(_)) => {
+                        svc::update_member(store, op, &source, &user, level).await?
+                    }
+                    other => other?,
+                };
+                print_json(&MemberView::new(&member, &user))
+            }
+            MembersCommand::Remove { path, username } => {
+                let source = svc::source_by_path(store, op, &path).await?;
+                svc::remove_member(store, op, &source, &path_ref(&username)).await?;
+                println!("removed {username} from {}", source.full_path());
+                Ok(())
+            }
+            MembersCommand::List { path } => {
+                let source = svc::source_by_path(store, op, &path).await?;
+                let members = svc::list_members(store, op, &source).await?;
+                print_json(&members.iter().map(|(m, u)| MemberView::new(m, u)).collect::<Vec<_>>())
+            }
+        },
+        AdminCommand::Tokens(TokensCommand::Personal(cmd)) => match cmd {
+            PersonalTokensCommand::Create { user, name, scopes, expiry } => {
+                let new =
+                    svc::NewPersonalAccessToken { name, scopes, expires_at: expiry.expires_at };
+                let (token, secret) =
+                    svc::create_personal_access_token(store, op, &path_ref(&user), new).await?;
+                print_json(&PersonalAccessTokenView::new(&token, Some(secret)))
+            }
+            PersonalTokensCommand::List { user } => {
+                let tokens =
+                    svc::list_personal_access_tokens(store, op, Some(&path_ref(&user))).await?;
+                print_json(
+                    &tokens
+                        .iter()
+                        .map(|t| PersonalAccessTokenView::new(t, None))
+                        .collect::<Vec<_>>(),
+                )
+            }
+            PersonalTokensCommand::Revoke { id } => {
+                svc::revoke_personal_access_token(store, op, id).await?;
+                println!("revoked personal access token {id}");
+                Ok(())
+            }
+        },
+        AdminCommand::Tokens(TokensCommand::Deploy(cmd)) => match cmd {
+            DeployTokensCommand::Create {
+                path,
+                name,
+                scopes,
+                username,
+                expiry,
+                kubernetes_secret,
+                namespace,
+            } => {
+                let source = svc::source_by_path(store, op, &path).await?;
+                let new =
+                    svc::NewDeployToken { name, scopes, username, expires_at: expiry.expires_at };
+                let (token, secret) = svc::create_deploy_token(store, op, &source, new).await?;
+                match kubernetes_secret {
+                    Some(secret_name) => {
+                        let host = api::export::registry_host(config_external_url);
+                        print!(
+                            "{}",
+                            self::kubernetes_secret(
+                                &secret_name,
+                                &namespace,
+                                &host,
+                                &token.username,
+                                &secret
+                            )
+                        );
+                        Ok(())
+                    }
+                    None => print_json(&DeployTokenView::new(&token, Some(secret))),
+                }
+            }
+            DeployTokensCommand::List { path } => {
+                let source = svc::source_by_path(store, op, &path).await?;
+                let tokens = svc::list_deploy_tokens(store, op, &source).await?;
+                print_json(
+                    &tokens.iter().map(|t| DeployTokenView::new(t, None)).collect::<Vec<_>>(),
+                )
+            }
+            DeployTokensCommand::Revoke { path, id } => {
+                let source = svc::source_by_path(store, op, &path).await?;
+                svc::revoke_deploy_token(store, op, &source, id).await?;
+                println!("revoked deploy token {id} of {}", source.full_path());
+                Ok(())
+            }
+        },
+        AdminCommand::Tokens(TokensCommand::Job(JobTokensCommand::Create {
+            project,
+            lifetime,
+        })) => {
+            let project = svc::project(store, op, &path_ref(&project)).await?;
+            let (token, secret) = svc::create_job_token(store, op, &project, lifetime).await?;
+            print_json(&JobTokenView {
+                token: secret,
+                username: CI_USERNAME,
+                project_id: token.project_id,
+                expires_at: api::time::iso8601(token.expires_at),
+            })
+        }
+    }
+}
+
+/// `export CI_REGISTRY=…` lines (plus `CI_REGISTRY_IMAGE`, `CI_REGISTRY_USER`,
+/// `CI_REGISTRY_PASSWORD`) for a fresh job token on `project_path`; for
+/// `eval "$(stowage ci-env --project acme/platform/api)"`.
+pub async fn ci_env(
+    store: &Store,
+    project_path: &str,
+    registry_host: &str,
+    lifetime: Duration,
+) -> anyhow::Result<String> {
+    Ok(api::export::ci_env(store, project_path, registry_host, lifetime).await?)
+}
+
+/// A `kubernetes.io/dockerconfigjson` Secret manifest for pulling from `registry_host`.
+pub fn kubernetes_secret(
+    name: &str,
+    namespace: &str,
+    registry_host: &str,
+    username: &str,
+    token: &str,
+) -> String {
+    api::export::kubernetes_secret(name, namespace, registry_host, username, token)
+}
+
+/// `host[:port]` from the configured external URL.
+pub fn registry_host(external_url: &str) -> String {
+    api::export::registry_host(external_url)
+}
