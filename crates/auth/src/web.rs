@@ -457,6 +457,16 @@ pub async fn guard(State(state): State<AuthState>, mut request: Request, next: N
                     if mounting && !attach_filter(&state, &claims, &mut request).await {
                         return challenge(&state, &headers, Some(&scope), false);
                     }
+                    let writes_manifest = matches!(action, Action::Delete)
+                        || (action == Action::Push && request.uri().path().contains("/manifests/"));
+                    if writes_manifest {
+                        match actor(&state, &claims, &name).await {
+                            Some(actor) => {
+                                request.extensions_mut().insert(actor);
+                            }
+                            None => return challenge(&state, &headers, Some(&scope), false),
+                        }
+                    }
                     next.run(request).await
                 }
                 Some(Ok(_)) => challenge(&state, &headers, Some(&scope), true),
@@ -476,6 +486,26 @@ pub async fn guard(State(state): State<AuthState>, mut request: Request, next: N
             }
         }
     }
+}
+
+/// The caller's role on the project `name` belongs to, for rules like tag protection.
+/// Deploy tokens have no role (0); CI job tokens act as developers of their own project.
+async fn actor(
+    state: &AuthState,
+    claims: &Claims,
+    name: &oci::RepositoryName,
+) -> Option<registry::Actor> {
+    let identity = policy::load_identity(&state.store, &claims.cred).await.ok()??;
+    let access_level = match &identity {
+        Identity::User { user, .. } if user.is_admin => registry::Actor::ADMIN,
+        Identity::User { user, .. } => {
+            let project = policy::project_for_image(&state.store, name.as_str()).await.ok()??;
+            state.store.effective_access_level(user.id, &project).await.ok()?
+        }
+        Identity::Job { .. } => meta::access_level::DEVELOPER,
+        Identity::Deploy(_) | Identity::Anonymous => meta::access_level::NONE,
+    };
+    Some(registry::Actor { access_level })
 }
 
 /// Whether an expired token may continue upload `id` (see the module docs).

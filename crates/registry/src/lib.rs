@@ -82,6 +82,20 @@ pub trait RepositoryFilter: Send + Sync {
 #[derive(Clone)]
 pub struct ReadFilter(pub std::sync::Arc<dyn RepositoryFilter>);
 
+/// The caller's role on the project a write request targets, put into the request's
+/// extensions by the authorization layer for push and delete requests; rules such as tag
+/// protection compare against it. GitLab's access levels: 10 guest … 50 owner; instance
+/// admins are [`Actor::ADMIN`]. Without an authorization layer there is no `Actor` and
+/// callers count as admins (an open registry trusts everyone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Actor {
+    pub access_level: i64,
+}
+
+impl Actor {
+    pub const ADMIN: i64 = 60;
+}
+
 /// A parsed query string; keys may repeat (`?tag=a&tag=b`).
 #[derive(Debug, Default)]
 pub(crate) struct Query(Vec<(String, String)>);
