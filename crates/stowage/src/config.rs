@@ -53,7 +53,7 @@ pub struct AuthConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
-            mode: "none".into(),
+            mode: "token".into(),
             token_lifetime: "5m".into(),
             job_token_lifetime: "1h".into(),
             issuer: "stowage".into(),
