@@ -15,6 +15,7 @@
 //!   (used to check the tests themselves against another implementation).
 
 pub mod dockerd;
+pub mod gitlab;
 pub mod tools;
 
 use std::path::{Path, PathBuf};

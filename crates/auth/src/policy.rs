@@ -63,11 +63,6 @@ impl Identity {
             Identity::Job { token } => format!("job:{}", token.id),
         }
     }
-
-    pub fn is_admin(&self) -> bool {
-        matches!(self, Identity::User { user, pat } if user.is_admin
-            && pat.as_ref().is_none_or(|(_, s)| s.iter().any(|s| s == "api")))
-    }
 }
 
 fn now_ms() -> i64 {
@@ -243,17 +238,13 @@ pub async fn authenticate(
     if user.blocked {
         return Ok(None);
     }
-    if secret.starts_with(crate::secret::PAT_PREFIX) {
-        let hash = token_hash(secret);
-        if let Some((pat, stored)) = store.personal_access_token_by_hash(&hash).await? {
-            if hashes_equal(&stored, &hash)
-                && pat.user_id == user.id
-                && !pat.revoked
-                && !expired(pat.expires_at)
-            {
-                store.touch_personal_access_token(pat.id).await?;
-                return Ok(Some(Identity::User { user, pat: Some((pat.id, pat.scopes)) }));
-            }
+    // Any secret may be a personal access token (seeded admin tokens carry no prefix); the
+    // lookup is by hash, so trying it first costs one indexed query.
+    let hash = token_hash(secret);
+    if let Some((pat, stored)) = store.personal_access_token_by_hash(&hash).await? {
+        if hashes_equal(&stored, &hash) && pat.user_id == user.id && !pat.revoked && !expired(pat.expires_at) {
+            store.touch_personal_access_token(pat.id).await?;
+            return Ok(Some(Identity::User { user, pat: Some((pat.id, pat.scopes)) }));
         }
         return Ok(None);
     }

@@ -388,9 +388,6 @@ impl registry::RepositoryFilter for PolicyFilter {
         }
     }
 
-    fn sees_everything(&self) -> bool {
-        self.identity.is_admin()
-    }
 }
 
 async fn attach_filter(state: &AuthState, claims: &Claims, request: &mut Request) -> bool {

@@ -273,6 +273,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail dictates the closure's error type
     fn env_beats_file_beats_defaults() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
