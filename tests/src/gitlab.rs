@@ -761,7 +761,7 @@ fn der_ecdsa_to_raw(der: &[u8]) -> Vec<u8> {
         while int.len() > 32 && int[0] == 0 {
             int = &int[1..];
         }
-        out.extend(std::iter::repeat(0u8).take(32 - int.len()));
+        out.extend(std::iter::repeat_n(0u8, 32 - int.len()));
         out.extend_from_slice(int);
         i += 2 + len;
     }

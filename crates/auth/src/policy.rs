@@ -133,7 +133,10 @@ pub async fn allowed_actions(
     let open = project.registry_access == RegistryAccess::Enabled;
     let mut actions = Vec::new();
     // What anonymous callers may do, every credential may do too.
-    if open && project.visibility == Visibility::Public && !matches!(identity, Identity::User { .. }) {
+    if open
+        && project.visibility == Visibility::Public
+        && !matches!(identity, Identity::User { .. })
+    {
         actions.push(Action::Pull);
     }
     match identity {
@@ -176,7 +179,9 @@ pub async fn allowed_actions(
                 },
             };
             if covers {
-                if token.scopes.iter().any(|s| s == "read_registry") && !actions.contains(&Action::Pull) {
+                if token.scopes.iter().any(|s| s == "read_registry")
+                    && !actions.contains(&Action::Pull)
+                {
                     actions.push(Action::Pull);
                 }
                 if token.scopes.iter().any(|s| s == "write_registry") {
@@ -187,7 +192,9 @@ pub async fn allowed_actions(
         Identity::Job { token } => {
             if token.project_id == project.id {
                 actions = vec![Action::Pull, Action::Push];
-            } else if actions.is_empty() && store.job_token_allowed(project.id, token.project_id).await? {
+            } else if actions.is_empty()
+                && store.job_token_allowed(project.id, token.project_id).await?
+            {
                 actions.push(Action::Pull);
             }
         }
@@ -242,7 +249,11 @@ pub async fn authenticate(
     // lookup is by hash, so trying it first costs one indexed query.
     let hash = token_hash(secret);
     if let Some((pat, stored)) = store.personal_access_token_by_hash(&hash).await? {
-        if hashes_equal(&stored, &hash) && pat.user_id == user.id && !pat.revoked && !expired(pat.expires_at) {
+        if hashes_equal(&stored, &hash)
+            && pat.user_id == user.id
+            && !pat.revoked
+            && !expired(pat.expires_at)
+        {
             store.touch_personal_access_token(pat.id).await?;
             return Ok(Some(Identity::User { user, pat: Some((pat.id, pat.scopes)) }));
         }

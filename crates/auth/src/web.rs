@@ -387,7 +387,6 @@ impl registry::RepositoryFilter for PolicyFilter {
             }
         }
     }
-
 }
 
 async fn attach_filter(state: &AuthState, claims: &Claims, request: &mut Request) -> bool {
