@@ -160,7 +160,10 @@ pub struct CreateProject {
 }
 
 async fn project_view(s: &ApiState, project: &meta::Project) -> Result<ProjectView, ApiError> {
-    Ok(ProjectView::new(project, &svc::project_group(&s.store, project).await?))
+    let mut view = ProjectView::new(project, &svc::project_group(&s.store, project).await?);
+    view.container_expiration_policy =
+        Some(crate::cleanup::policy_view(&s.store, project.id).await?);
+    Ok(view)
 }
 
 pub async fn create_project(
@@ -202,6 +205,7 @@ pub struct UpdateProject {
     container_registry_access_level: Option<String>,
     #[serde(default, deserialize_with = "flag")]
     container_registry_enabled: Option<bool>,
+    container_expiration_policy_attributes: Option<Value>,
 }
 
 pub async fn update_project(
@@ -216,6 +220,10 @@ pub async fn update_project(
         registry_enabled: p.container_registry_enabled,
     };
     let project = svc::update_project(&s.store, &caller, &Ref::parse(&id), changes).await?;
+    if let Some(attributes) = p.container_expiration_policy_attributes {
+        crate::cleanup::update_policy(&s.store, &caller, &project, attributes, meta::now_millis())
+            .await?;
+    }
     ok(project_view(&s, &project).await?)
 }
 

@@ -12,11 +12,14 @@ use axum::routing::{get, post, put};
 use axum::Router;
 
 pub mod caller;
+pub mod cleanup;
 pub mod error;
 pub mod export;
 mod handlers;
 pub mod input;
 pub mod names;
+pub mod protection_api;
+pub mod registry_api;
 pub mod service;
 pub mod time;
 pub mod views;
@@ -89,6 +92,8 @@ pub fn router(state: ApiState) -> Router {
             "/projects/{id}/job_token_scope/allowlist/{target_project_id}",
             axum::routing::delete(disallow_job_token_project),
         )
+        .merge(protection_api::routes())
+        .merge(registry_api::routes())
         .route("/", axum::routing::any(error::route_not_found))
         .route("/{*rest}", axum::routing::any(error::route_not_found))
         .method_not_allowed_fallback(error::route_not_found)

@@ -8,10 +8,15 @@
 //! Every query is written once, with `$N` placeholders that both SQLite and PostgreSQL accept,
 //! and runs through sqlx's `Any` driver. This crate must not know about HTTP or blob bytes.
 
+mod cleanup;
+mod protection;
 mod registry;
+pub mod registry_queries;
 mod store;
 mod tenancy;
 
+pub use cleanup::*;
+pub use protection::*;
 pub use registry::*;
 pub use store::{Backend, MetaError, Store};
 pub use tenancy::*;

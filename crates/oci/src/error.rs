@@ -19,6 +19,12 @@ pub enum ErrorCode {
     TooManyRequests,
     RangeInvalid,
     PaginationNumberInvalid,
+    /// A tag protection rule refused a push or delete (GitLab's extension).
+    ProtectedTag,
+    /// An immutable tag rule refused moving or deleting a tag (GitLab's extension).
+    ImmutableTag,
+    /// Deleting a manifest would take protected or immutable tags along (GitLab's extension).
+    ProtectedManifest,
 }
 
 impl ErrorCode {
@@ -40,6 +46,9 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
             ErrorCode::RangeInvalid => "RANGE_INVALID",
             ErrorCode::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
+            ErrorCode::ProtectedTag => "PROTECTED_TAG",
+            ErrorCode::ImmutableTag => "IMMUTABLE_TAG",
+            ErrorCode::ProtectedManifest => "PROTECTED_MANIFEST",
         }
     }
 
@@ -58,7 +67,10 @@ impl ErrorCode {
             | ErrorCode::SizeInvalid
             | ErrorCode::PaginationNumberInvalid => 400,
             ErrorCode::Unauthorized => 401,
-            ErrorCode::Denied => 403,
+            ErrorCode::Denied
+            | ErrorCode::ProtectedTag
+            | ErrorCode::ImmutableTag
+            | ErrorCode::ProtectedManifest => 403,
             ErrorCode::Unsupported => 415,
             ErrorCode::TooManyRequests => 429,
             ErrorCode::RangeInvalid => 416,

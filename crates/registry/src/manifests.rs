@@ -8,7 +8,23 @@ use meta::{ManifestRecord, NewManifest, PutManifestError};
 use oci::{Digest, ErrorCode, ManifestError, ParsedManifest, Reference, RepositoryName, Tag};
 
 use crate::error::{RegistryError, Result};
-use crate::{header, Query, Registry};
+use crate::{header, Actor, Query, Registry};
+
+/// The caller's access level for protection rules; no [`Actor`] means an open registry,
+/// where everyone counts as an admin.
+fn access_level(actor: Option<Actor>) -> i64 {
+    actor.map_or(Actor::ADMIN, |a| a.access_level)
+}
+
+fn refused(refusal: meta::Refusal) -> RegistryError {
+    let code = match refusal.kind {
+        meta::RefusalKind::Repository => ErrorCode::Denied,
+        meta::RefusalKind::Tag => ErrorCode::ProtectedTag,
+        meta::RefusalKind::Immutable => ErrorCode::ImmutableTag,
+        meta::RefusalKind::Manifest => ErrorCode::ProtectedManifest,
+    };
+    RegistryError::new(code, refusal.message)
+}
 
 fn parse_reference(reference: &str) -> Result<Reference> {
     Reference::parse(reference).map_err(|e| match e {
@@ -114,6 +130,7 @@ pub(crate) async fn put(
     query: &Query,
     headers: &HeaderMap,
     body: Body,
+    actor: Option<Actor>,
 ) -> Result<Response> {
     let reference = parse_reference(reference)?;
     let limit = registry.limits.max_manifest_bytes;
@@ -151,6 +168,20 @@ pub(crate) async fn put(
         })?;
         if !tags.contains(&tag) {
             tags.push(tag);
+        }
+    }
+
+    // Protection is checked before anything is stored. A concurrent push could still move an
+    // immutable tag between this check and the write; the window is one request long.
+    if let Some(protection) = registry.store.protection_for_repository(name.as_str()).await? {
+        let level = access_level(actor);
+        if tags.is_empty() {
+            protection.check_push(None, false, level).map_err(refused)?;
+        }
+        for tag in &tags {
+            let current = registry.store.manifest_by_tag(name, tag).await?;
+            let moves = current.is_some_and(|m| m.digest != digest.as_str());
+            protection.check_push(Some(tag.as_str()), moves, level).map_err(refused)?;
         }
     }
 
@@ -204,8 +235,26 @@ pub(crate) async fn delete(
     registry: &Registry,
     name: &RepositoryName,
     reference: &str,
+    actor: Option<Actor>,
 ) -> Result<Response> {
     let reference = parse_reference(reference)?;
+    if let Some(protection) = registry.store.protection_for_repository(name.as_str()).await? {
+        let level = access_level(actor);
+        match &reference {
+            Reference::Tag(tag) => {
+                if registry.store.manifest_by_tag(name, tag).await?.is_some() {
+                    protection.check_tag_delete(tag.as_str(), level).map_err(refused)?;
+                }
+            }
+            Reference::Digest(digest) => {
+                if registry.store.manifest_by_digest(name, digest).await?.is_some() {
+                    let tags =
+                        registry.store.tags_of_manifest(name.as_str(), digest.as_str()).await?;
+                    protection.check_manifest_delete(&tags, level).map_err(refused)?;
+                }
+            }
+        }
+    }
     let deleted = match &reference {
         Reference::Tag(tag) => registry.store.delete_tag(name, tag).await?,
         Reference::Digest(digest) => registry.store.delete_manifest(name, digest).await?,

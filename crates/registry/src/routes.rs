@@ -146,6 +146,7 @@ pub(crate) fn parse_name(name: &str) -> Result<RepositoryName> {
 }
 
 /// The catch-all: parses the path and calls the handler for (endpoint, method).
+#[allow(clippy::too_many_arguments)] // one axum extractor per request part
 async fn dispatch(
     State(registry): State<Registry>,
     method: Method,
@@ -153,8 +154,10 @@ async fn dispatch(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     filter: Option<axum::Extension<crate::ReadFilter>>,
+    actor: Option<axum::Extension<crate::Actor>>,
     body: Body,
 ) -> Result<Response> {
+    let actor = actor.map(|axum::Extension(a)| a);
     let query = crate::Query::parse(query.as_deref());
     let filter = filter.map(|axum::Extension(f)| f);
     let filter = filter.as_ref();
@@ -197,8 +200,10 @@ async fn dispatch(
             match *m {
                 Method::GET => manifests::get(r, &name, reference, &headers, false).await,
                 Method::HEAD => manifests::get(r, &name, reference, &headers, true).await,
-                Method::PUT => manifests::put(r, &name, reference, &query, &headers, body).await,
-                Method::DELETE => manifests::delete(r, &name, reference).await,
+                Method::PUT => {
+                    manifests::put(r, &name, reference, &query, &headers, body, actor).await
+                }
+                Method::DELETE => manifests::delete(r, &name, reference, actor).await,
                 _ => Err(method_not_allowed(m)),
             }
         }

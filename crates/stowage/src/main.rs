@@ -107,6 +107,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             }
         });
     }
+    // Cleanup policies: every instance looks for due policies once a minute; a pass is bounded
+    // (tags and time) and the next one resumes where it stopped.
+    let _cleanup = api::cleanup::spawn_scheduler(
+        registry.store.clone(),
+        Duration::from_secs(60),
+        api::cleanup::CleanupBudget::default(),
+    );
     let api = api::ApiState {
         store: registry.store.clone(),
         job_token_lifetime: parse_duration(&config.auth.job_token_lifetime)?,

@@ -1,0 +1,1127 @@
+//! Registry management under `/api/v4`, in GitLab's shapes: a project's (or group's) container
+//! repositories, their tags with page-numbered and keyset listings, tag details, deduplicated
+//! sizes, single and bulk tag deletion and background repository deletion; plus the OpenAPI
+//! document of the whole `/api/v4` surface, built from [`ROUTES`].
+//!
+//! Reading needs pull on the project (reporter and above for private projects; public ones are
+//! readable by anyone), deleting needs maintainer and above — both decided by
+//! `auth::policy::allowed_actions`, the same rule the `/v2` token service applies. A private
+//! project answers 404 to outsiders, exactly like one that does not exist.
+//!
+//! Every tag deletion — single or bulk — goes through [`delete_tag`], the one place where
+//! rules that may refuse a deletion (protected and immutable tags) are enforced.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use meta::registry_queries::{RepositoryRecord, TagDetail, TagMarker, TagOrder, TagPageQuery};
+use meta::{Project, Store};
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::caller::Caller;
+use crate::error::ApiError;
+use crate::input::{flag, int, numeric_id, Params, Ref};
+use crate::service as svc;
+use crate::time::iso8601;
+use crate::ApiState;
+
+pub const REPOSITORY_NOT_FOUND: &str = "404 Repository Not Found";
+pub const TAG_NOT_FOUND: &str = "404 Tag Not Found";
+
+/// The registry management routes, merged into the `/api/v4` router.
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/projects/{id}/registry/repositories", get(list_project_repositories))
+        .route("/groups/{id}/registry/repositories", get(list_group_repositories))
+        .route("/registry/repositories/{id}", get(get_repository))
+        .route("/registry/repositories/{id}/details", get(repository_details))
+        .route("/registry/repositories/{id}/tags/list", get(list_tag_details))
+        .route(
+            "/projects/{id}/registry/repositories/{repository_id}",
+            axum::routing::delete(delete_repository),
+        )
+        .route(
+            "/projects/{id}/registry/repositories/{repository_id}/tags",
+            get(list_tags).delete(bulk_delete_tags),
+        )
+        .route(
+            "/projects/{id}/registry/repositories/{repository_id}/tags/{tag_name}",
+            get(get_tag).delete(delete_one_tag),
+        )
+        .route("/openapi.json", get(openapi))
+}
+
+// ---- who may see and do what ----------------------------------------------------------------
+
+/// The registry actions (`pull`, `push`, `delete`) the caller has on `project`'s images.
+async fn registry_actions(
+    store: &Store,
+    caller: &Caller,
+    project: &Project,
+) -> Result<Vec<&'static str>, ApiError> {
+    let identity = match caller {
+        Caller::Operator => {
+            return Ok(if project.registry_access == meta::RegistryAccess::Disabled {
+                Vec::new()
+            } else {
+                vec!["pull", "push", "delete"]
+            })
+        }
+        Caller::Anonymous => auth::Identity::Anonymous,
+        Caller::User(user) => auth::Identity::User { user: user.clone(), pat: None },
+    };
+    let actions = auth::policy::allowed_actions(store, &identity, project).await?;
+    Ok(actions.into_iter().map(|a| a.as_str()).collect())
+}
+
+/// A project whose registry the caller may read. Projects the caller cannot see answer 404;
+/// visible ones whose registry they may not read answer 403.
+async fn readable_project(
+    store: &Store,
+    caller: &Caller,
+    project_ref: &Ref,
+) -> Result<Project, ApiError> {
+    let project = svc::project(store, caller, project_ref).await?;
+    if registry_actions(store, caller, &project).await?.contains(&"pull") {
+        Ok(project)
+    } else if project.registry_access == meta::RegistryAccess::Disabled {
+        Err(ApiError::ForbiddenBecause(format!(
+            "the container registry of {} is disabled",
+            project.full_path
+        )))
+    } else {
+        Err(ApiError::ForbiddenBecause(format!(
+            "reading the container registry of {} needs the reporter role or higher",
+            project.full_path
+        )))
+    }
+}
+
+async fn require_delete(store: &Store, caller: &Caller, project: &Project) -> Result<(), ApiError> {
+    if registry_actions(store, caller, project).await?.contains(&"delete") {
+        Ok(())
+    } else {
+        Err(ApiError::ForbiddenBecause(format!(
+            "deleting from the container registry of {} needs the maintainer role or higher",
+            project.full_path
+        )))
+    }
+}
+
+fn belongs_to(repository: &RepositoryRecord, project: &Project) -> bool {
+    repository.name == project.full_path
+        || repository
+            .name
+            .strip_prefix(&project.full_path)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// A repository of a project the caller may read, by the project and the repository's id.
+pub async fn project_repository(
+    store: &Store,
+    caller: &Caller,
+    project_ref: &Ref,
+    repository_id: i64,
+) -> Result<(Project, RepositoryRecord), ApiError> {
+    let project = readable_project(store, caller, project_ref).await?;
+    match store.repository_by_id(repository_id).await? {
+        Some(repository) if belongs_to(&repository, &project) => Ok((project, repository)),
+        _ => Err(ApiError::NotFound(REPOSITORY_NOT_FOUND)),
+    }
+}
+
+/// A repository by id alone; one the caller may not read answers like one that does not exist.
+pub async fn repository(
+    store: &Store,
+    caller: &Caller,
+    repository_id: i64,
+) -> Result<(Project, RepositoryRecord), ApiError> {
+    let not_found = ApiError::NotFound(REPOSITORY_NOT_FOUND);
+    let Some(repository) = store.repository_by_id(repository_id).await? else {
+        return Err(not_found);
+    };
+    let Some(project) = auth::policy::project_for_image(store, &repository.name).await? else {
+        return Err(not_found);
+    };
+    match readable_project(store, caller, &Ref::Id(project.id)).await {
+        Ok(project) => Ok((project, repository)),
+        Err(ApiError::Internal(e)) => Err(ApiError::Internal(e)),
+        Err(_) => Err(not_found),
+    }
+}
+
+/// The repositories of every project below `group` whose registry the caller may read.
+pub async fn group_repositories(
+    store: &Store,
+    caller: &Caller,
+    group_ref: &Ref,
+) -> Result<Vec<(Project, RepositoryRecord)>, ApiError> {
+    let group = svc::group(store, caller, group_ref).await?;
+    let prefix = format!("{}/", group.full_path);
+    let mut out = Vec::new();
+    for project in store.list_projects().await? {
+        if !project.full_path.starts_with(&prefix) {
+            continue;
+        }
+        if !registry_actions(store, caller, &project).await?.contains(&"pull") {
+            continue;
+        }
+        for repository in store.repositories_at_or_below(&project.full_path).await? {
+            out.push((project.clone(), repository));
+        }
+    }
+    Ok(out)
+}
+
+// ---- deleting -------------------------------------------------------------------------------
+
+/// Which delete path a tag deletion comes from: protection rules may treat them differently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TagDeletionOrigin {
+    /// `DELETE .../tags/:tag_name`.
+    Single,
+    /// `DELETE .../tags` (bulk, in the background).
+    Bulk,
+}
+
+/// THE way the REST API deletes a tag: single and bulk deletes both come here, so a rule that
+/// may refuse a deletion (protected or immutable tags) is enforced for both by adding it here.
+/// The caller's permission to delete from the project has been checked already. Answers
+/// whether the tag existed.
+pub async fn delete_tag(
+    store: &Store,
+    caller: &Caller,
+    _project: &Project,
+    repository: &RepositoryRecord,
+    tag: &str,
+    origin: TagDeletionOrigin,
+) -> Result<bool, ApiError> {
+    match origin {
+        // A single delete says which rule refused it.
+        TagDeletionOrigin::Single => {
+            crate::protection_api::check_tag_delete(store, caller, &repository.name, tag).await?
+        }
+        // A bulk delete skips protected and immutable tags and goes on.
+        TagDeletionOrigin::Bulk => {
+            let guard =
+                crate::protection_api::TagDeleteGuard::load(store, caller, &repository.name)
+                    .await?;
+            if !guard.allows(tag) {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(store.delete_tag_by_repository_id(repository.id, tag).await?)
+}
+
+/// Which tags a bulk delete removes: GitLab's rules, also usable by cleanup policies.
+#[derive(Clone, Debug)]
+pub struct TagCleanup {
+    delete: Regex,
+    keep: Option<Regex>,
+    keep_n: Option<usize>,
+    older_than_ms: Option<i64>,
+}
+
+/// The tag a bulk delete never removes.
+pub const LATEST: &str = "latest";
+
+/// An RE2-style regex matched against the whole tag name.
+fn whole_name_regex(field: &str, pattern: &str) -> Result<Regex, ApiError> {
+    Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+        ApiError::bad_request(format!(
+            "{field} is not a valid regular expression (RE2 syntax): {}",
+            e.to_string().lines().last().unwrap_or("invalid")
+        ))
+    })
+}
+
+impl TagCleanup {
+    pub fn new(
+        name_regex_delete: Option<&str>,
+        name_regex_keep: Option<&str>,
+        keep_n: Option<i64>,
+        older_than: Option<&str>,
+    ) -> Result<TagCleanup, ApiError> {
+        let delete = match name_regex_delete {
+            Some(p) => whole_name_regex("name_regex_delete", p)?,
+            None => {
+                return Err(ApiError::bad_request(
+                    "name_regex_delete is missing: give a regular expression of the tags to delete, e.g. name_regex_delete=.*",
+                ))
+            }
+        };
+        let keep = name_regex_keep
+            .filter(|p| !p.is_empty())
+            .map(|p| whole_name_regex("name_regex_keep", p))
+            .transpose()?;
+        let keep_n = match keep_n {
+            Some(n) if n < 0 => {
+                return Err(ApiError::bad_request("keep_n must be 0 or a positive number"))
+            }
+            Some(n) => Some(n as usize),
+            None => None,
+        };
+        let older_than_ms =
+            older_than.filter(|t| !t.trim().is_empty()).map(parse_duration_ms).transpose()?;
+        Ok(TagCleanup { delete, keep, keep_n, older_than_ms })
+    }
+
+    /// The tags (name, published time in ms) to delete at `now`, in GitLab's order of rules:
+    /// never `latest`; only names matching the delete regex and not the keep regex; of those,
+    /// the `keep_n` most recently published stay (ties broken by name, the later name counting
+    /// as newer — the order of `sort=-published_at`); and only tags published before
+    /// `now - older_than` go.
+    pub fn doomed(&self, tags: &[(String, i64)], now: i64) -> Vec<String> {
+        let mut candidates: Vec<&(String, i64)> = tags
+            .iter()
+            .filter(|(name, _)| name != LATEST)
+            .filter(|(name, _)| self.delete.is_match(name))
+            .filter(|(name, _)| !self.keep.as_ref().is_some_and(|k| k.is_match(name)))
+            .collect();
+        candidates.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
+        let skip = self.keep_n.unwrap_or(0).min(candidates.len());
+        candidates
+            .into_iter()
+            .skip(skip)
+            .filter(|(_, published)| self.older_than_ms.is_none_or(|age| *published < now - age))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+}
+
+/// `90s`, `30m`/`30min`, `1h`, `7d`, `2w`, `1month` (30 days), `1y` (365 days); the unit may
+/// be spelt out (`7days`, `1 hour`).
+pub fn parse_duration_ms(text: &str) -> Result<i64, ApiError> {
+    let bad = || {
+        ApiError::bad_request(format!(
+            "older_than {text:?} is not a duration: use a number and a unit, e.g. 1h, 7d, 2w or 1month"
+        ))
+    };
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let amount: i64 = text[..split].parse().map_err(|_| bad())?;
+    let unit = text[split..].trim().to_ascii_lowercase();
+    let seconds: i64 = match unit.as_str() {
+        "s" | "sec" | "secs" | "second" | "seconds" => 1,
+        "m" | "min" | "mins" | "minute" | "minutes" => 60,
+        "h" | "hr" | "hrs" | "hour" | "hours" => 3_600,
+        "d" | "day" | "days" => 86_400,
+        "w" | "week" | "weeks" => 7 * 86_400,
+        "mo" | "month" | "months" => 30 * 86_400,
+        "y" | "year" | "years" => 365 * 86_400,
+        _ => return Err(bad()),
+    };
+    amount.checked_mul(seconds * 1000).ok_or_else(bad)
+}
+
+/// Deletes the tags `cleanup` selects, one by one through [`delete_tag`]; answers how many
+/// went. Runs in the background after a bulk delete request.
+pub async fn run_tag_cleanup(
+    store: &Store,
+    caller: &Caller,
+    project: &Project,
+    repository: &RepositoryRecord,
+    cleanup: &TagCleanup,
+) -> Result<usize, ApiError> {
+    let tags = store.tags_with_published(repository.id).await?;
+    let mut deleted = 0;
+    for name in cleanup.doomed(&tags, meta::now_millis()) {
+        if delete_tag(store, caller, project, repository, &name, TagDeletionOrigin::Bulk).await? {
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
+// ---- JSON shapes ----------------------------------------------------------------------------
+
+/// `<host>/<path>`, the host being what the client called us by.
+fn location(host: &str, path: &str) -> String {
+    format!("{host}/{path}")
+}
+
+fn request_host(headers: &HeaderMap) -> String {
+    headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost").to_string()
+}
+
+#[derive(Serialize)]
+struct TagSummaryView {
+    name: String,
+    path: String,
+    location: String,
+}
+
+impl TagSummaryView {
+    fn new(host: &str, repository: &str, tag: &str) -> TagSummaryView {
+        let path = format!("{repository}:{tag}");
+        TagSummaryView { name: tag.to_string(), location: location(host, &path), path }
+    }
+}
+
+#[derive(Serialize)]
+struct RepositoryView {
+    id: i64,
+    name: String,
+    path: String,
+    project_id: i64,
+    location: String,
+    created_at: String,
+    cleanup_policy_started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tags_count: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tags: Option<Vec<TagSummaryView>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size: Option<i64>,
+}
+
+/// What a repository answer may include besides the basics.
+#[derive(Deserialize, Default)]
+pub struct RepositoryExtras {
+    #[serde(default, deserialize_with = "flag")]
+    tags: Option<bool>,
+    #[serde(default, deserialize_with = "flag")]
+    tags_count: Option<bool>,
+    #[serde(default, deserialize_with = "flag")]
+    size: Option<bool>,
+}
+
+async fn repository_view(
+    store: &Store,
+    host: &str,
+    project: &Project,
+    repository: &RepositoryRecord,
+    extras: &RepositoryExtras,
+) -> Result<RepositoryView, ApiError> {
+    let name = repository
+        .name
+        .strip_prefix(&project.full_path)
+        .unwrap_or(&repository.name)
+        .trim_start_matches('/')
+        .to_string();
+    let tags_count = match extras.tags_count {
+        Some(true) => Some(store.count_tags(repository.id).await?),
+        _ => None,
+    };
+    let tags = match extras.tags {
+        Some(true) => {
+            let names = store.tag_names_page(repository.id, 0, i64::MAX).await?;
+            Some(names.iter().map(|t| TagSummaryView::new(host, &repository.name, t)).collect())
+        }
+        _ => None,
+    };
+    let size = match extras.size {
+        Some(true) => Some(store.deduplicated_size(&repository.name, false).await?),
+        _ => None,
+    };
+    Ok(RepositoryView {
+        id: repository.id,
+        name,
+        path: repository.name.clone(),
+        project_id: project.id,
+        location: location(host, &repository.name),
+        created_at: iso8601(repository.created_at),
+        cleanup_policy_started_at: None,
+        tags_count,
+        tags,
+        size,
+    })
+}
+
+#[derive(Serialize)]
+struct TagView {
+    name: String,
+    path: String,
+    location: String,
+    revision: Option<String>,
+    short_revision: Option<String>,
+    digest: String,
+    created_at: String,
+    total_size: i64,
+}
+
+/// One tag of the keyset listing (GitLab's `/gitlab/v1/` shape).
+#[derive(Serialize)]
+struct TagDetailView {
+    name: String,
+    digest: String,
+    config_digest: Option<String>,
+    media_type: String,
+    size_bytes: i64,
+    created_at: String,
+    updated_at: String,
+    published_at: String,
+}
+
+impl From<&TagDetail> for TagDetailView {
+    fn from(t: &TagDetail) -> TagDetailView {
+        TagDetailView {
+            name: t.name.clone(),
+            digest: t.digest.clone(),
+            config_digest: t.config_digest.clone(),
+            media_type: t.media_type.clone(),
+            size_bytes: t.total_size,
+            created_at: iso8601(t.created_at),
+            updated_at: iso8601(t.updated_at),
+            published_at: iso8601(t.updated_at),
+        }
+    }
+}
+
+// ---- handlers -------------------------------------------------------------------------------
+
+type Answer = Result<Response, ApiError>;
+
+fn repository_id(text: &str) -> Result<i64, ApiError> {
+    numeric_id(text, REPOSITORY_NOT_FOUND)
+}
+
+async fn list_project_repositories(
+    State(s): State<ApiState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Params(extras): Params<RepositoryExtras>,
+) -> Answer {
+    let host = request_host(&headers);
+    let project = readable_project(&s.store, &caller, &Ref::parse(&id)).await?;
+    let mut out = Vec::new();
+    for repository in s.store.repositories_at_or_below(&project.full_path).await? {
+        out.push(repository_view(&s.store, &host, &project, &repository, &extras).await?);
+    }
+    Ok(Json(out).into_response())
+}
+
+async fn list_group_repositories(
+    State(s): State<ApiState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Params(extras): Params<RepositoryExtras>,
+) -> Answer {
+    let host = request_host(&headers);
+    let mut out = Vec::new();
+    for (project, repository) in group_repositories(&s.store, &caller, &Ref::parse(&id)).await? {
+        out.push(repository_view(&s.store, &host, &project, &repository, &extras).await?);
+    }
+    Ok(Json(out).into_response())
+}
+
+async fn get_repository(
+    State(s): State<ApiState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Params(extras): Params<RepositoryExtras>,
+) -> Answer {
+    let (project, repository) = repository(&s.store, &caller, repository_id(&id)?).await?;
+    let view =
+        repository_view(&s.store, &request_host(&headers), &project, &repository, &extras).await?;
+    Ok(Json(view).into_response())
+}
+
+#[derive(Deserialize)]
+struct DetailsParams {
+    size: Option<String>,
+}
+
+async fn repository_details(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Params(p): Params<DetailsParams>,
+) -> Answer {
+    let (_, repository) = repository(&s.store, &caller, repository_id(&id)?).await?;
+    let with_descendants = match p.size.as_deref() {
+        None | Some("") | Some("self") => false,
+        Some("self_with_descendants") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "size {other:?} is not supported: use self or self_with_descendants"
+            )))
+        }
+    };
+    let size = s.store.deduplicated_size(&repository.name, with_descendants).await?;
+    let name = repository.name.rsplit('/').next().unwrap_or(&repository.name).to_string();
+    Ok(Json(json!({
+        "id": repository.id,
+        "name": name,
+        "path": repository.name,
+        "size_bytes": size,
+        "created_at": iso8601(repository.created_at),
+    }))
+    .into_response())
+}
+
+async fn delete_repository(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path((id, repo_id)): Path<(String, String)>,
+) -> Answer {
+    let (project, repository) =
+        project_repository(&s.store, &caller, &Ref::parse(&id), repository_id(&repo_id)?).await?;
+    require_delete(&s.store, &caller, &project).await?;
+    let store = s.store.clone();
+    tokio::spawn(async move {
+        match store.delete_repository(repository.id).await {
+            Ok(_) => tracing::info!(repository = %repository.name, "deleted repository"),
+            Err(e) => {
+                tracing::error!(repository = %repository.name, error = %e, "deleting a repository failed")
+            }
+        }
+    });
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+#[derive(Deserialize)]
+struct PageParams {
+    #[serde(default, deserialize_with = "int")]
+    page: Option<i64>,
+    #[serde(default, deserialize_with = "int")]
+    per_page: Option<i64>,
+}
+
+/// Absolute URL of `path_and_query` as the client reached us.
+fn absolute(headers: &HeaderMap, path_and_query: &str) -> String {
+    let scheme = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| matches!(*v, "http" | "https"))
+        .unwrap_or("http");
+    format!("{scheme}://{}{path_and_query}", request_host(headers))
+}
+
+fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+async fn list_tags(
+    State(s): State<ApiState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path((id, repo_id)): Path<(String, String)>,
+    Params(p): Params<PageParams>,
+) -> Answer {
+    let (project, repository) =
+        project_repository(&s.store, &caller, &Ref::parse(&id), repository_id(&repo_id)?).await?;
+    let per_page = p.per_page.unwrap_or(20).clamp(1, 100);
+    let page = p.page.unwrap_or(1).max(1);
+    let total = s.store.count_tags(repository.id).await?;
+    let total_pages = ((total + per_page - 1) / per_page).max(1);
+    let names = s.store.tag_names_page(repository.id, (page - 1) * per_page, per_page).await?;
+    let host = request_host(&headers);
+    let body: Vec<TagSummaryView> =
+        names.iter().map(|t| TagSummaryView::new(&host, &repository.name, t)).collect();
+
+    let base =
+        format!("/api/v4/projects/{}/registry/repositories/{}/tags", project.id, repository.id);
+    let url = |page: i64| absolute(&headers, &format!("{base}?page={page}&per_page={per_page}"));
+    let next = (page < total_pages).then_some(page + 1);
+    let prev = (page > 1).then(|| (page - 1).min(total_pages));
+    let mut links = Vec::new();
+    if let Some(n) = next {
+        links.push(format!("<{}>; rel=\"next\"", url(n)));
+    }
+    if let Some(p) = prev {
+        links.push(format!("<{}>; rel=\"prev\"", url(p)));
+    }
+    links.push(format!("<{}>; rel=\"first\"", url(1)));
+    links.push(format!("<{}>; rel=\"last\"", url(total_pages)));
+
+    let mut response = Json(body).into_response();
+    let h = response.headers_mut();
+    h.insert("x-total", header_value(&total.to_string()));
+    h.insert("x-total-pages", header_value(&total_pages.to_string()));
+    h.insert("x-page", header_value(&page.to_string()));
+    h.insert("x-per-page", header_value(&per_page.to_string()));
+    h.insert("x-next-page", header_value(&next.map(|n| n.to_string()).unwrap_or_default()));
+    h.insert("x-prev-page", header_value(&prev.map(|n| n.to_string()).unwrap_or_default()));
+    h.insert(header::LINK, header_value(&links.join(", ")));
+    Ok(response)
+}
+
+async fn get_tag(
+    State(s): State<ApiState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path((id, repo_id, tag)): Path<(String, String, String)>,
+) -> Answer {
+    let (_, repository) =
+        project_repository(&s.store, &caller, &Ref::parse(&id), repository_id(&repo_id)?).await?;
+    let detail =
+        s.store.tag_detail(repository.id, &tag).await?.ok_or(ApiError::NotFound(TAG_NOT_FOUND))?;
+    let host = request_host(&headers);
+    let summary = TagSummaryView::new(&host, &repository.name, &detail.name);
+    let revision = detail
+        .config_digest
+        .as_deref()
+        .map(|d| d.split_once(':').map_or(d, |(_, hex)| hex).to_string());
+    Ok(Json(TagView {
+        name: summary.name,
+        path: summary.path,
+        location: summary.location,
+        short_revision: revision.as_ref().map(|r| r.chars().take(9).collect()),
+        revision,
+        digest: detail.digest,
+        created_at: iso8601(detail.created_at),
+        total_size: detail.total_size,
+    })
+    .into_response())
+}
+
+async fn delete_one_tag(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path((id, repo_id, tag)): Path<(String, String, String)>,
+) -> Answer {
+    let (project, repository) =
+        project_repository(&s.store, &caller, &Ref::parse(&id), repository_id(&repo_id)?).await?;
+    require_delete(&s.store, &caller, &project).await?;
+    if delete_tag(&s.store, &caller, &project, &repository, &tag, TagDeletionOrigin::Single).await?
+    {
+        Ok(StatusCode::OK.into_response())
+    } else {
+        Err(ApiError::NotFound(TAG_NOT_FOUND))
+    }
+}
+
+#[derive(Deserialize)]
+struct BulkDeleteParams {
+    name_regex_delete: Option<String>,
+    /// GitLab's older name for `name_regex_delete`.
+    name_regex: Option<String>,
+    name_regex_keep: Option<String>,
+    #[serde(default, deserialize_with = "int")]
+    keep_n: Option<i64>,
+    older_than: Option<String>,
+}
+
+async fn bulk_delete_tags(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path((id, repo_id)): Path<(String, String)>,
+    Params(p): Params<BulkDeleteParams>,
+) -> Answer {
+    let (project, repository) =
+        project_repository(&s.store, &caller, &Ref::parse(&id), repository_id(&repo_id)?).await?;
+    require_delete(&s.store, &caller, &project).await?;
+    let cleanup = TagCleanup::new(
+        p.name_regex_delete.as_deref().or(p.name_regex.as_deref()),
+        p.name_regex_keep.as_deref(),
+        p.keep_n,
+        p.older_than.as_deref(),
+    )?;
+    let store = s.store.clone();
+    tokio::spawn(async move {
+        match run_tag_cleanup(&store, &caller, &project, &repository, &cleanup).await {
+            Ok(n) => {
+                tracing::info!(repository = %repository.name, deleted = n, "bulk tag delete done")
+            }
+            Err(e) => {
+                tracing::error!(repository = %repository.name, error = %e, "bulk tag delete failed")
+            }
+        }
+    });
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+#[derive(Deserialize)]
+struct KeysetParams {
+    #[serde(default, deserialize_with = "int")]
+    n: Option<i64>,
+    last: Option<String>,
+    before: Option<String>,
+    sort: Option<String>,
+    name: Option<String>,
+    name_exact: Option<String>,
+}
+
+/// `name`, or `<published_at ms>|name` when ordering by published time.
+fn parse_marker(order: TagOrder, field: &str, text: &str) -> Result<TagMarker, ApiError> {
+    if matches!(order, TagOrder::Name | TagOrder::NameDesc) {
+        return Ok(TagMarker { published_at: 0, name: text.to_string() });
+    }
+    let (time, name) = text.split_once('|').ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "{field} must be <published_at in ms>|<tag name> when sorting by published_at: follow the Link header"
+        ))
+    })?;
+    let published_at = time.parse().map_err(|_| {
+        ApiError::bad_request(format!("{field} has no valid published_at: {time:?}"))
+    })?;
+    Ok(TagMarker { published_at, name: name.to_string() })
+}
+
+fn marker_text(order: TagOrder, tag: &TagDetail) -> String {
+    match order {
+        TagOrder::Name | TagOrder::NameDesc => tag.name.clone(),
+        TagOrder::Published | TagOrder::PublishedDesc => format!("{}|{}", tag.updated_at, tag.name),
+    }
+}
+
+fn marker_of(tag: &TagDetail) -> TagMarker {
+    TagMarker { published_at: tag.updated_at, name: tag.name.clone() }
+}
+
+/// Query-string encoding of one value.
+fn encode(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+async fn list_tag_details(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Params(p): Params<KeysetParams>,
+) -> Answer {
+    let (_, repository) = repository(&s.store, &caller, repository_id(&id)?).await?;
+    let n = p.n.unwrap_or(100);
+    if !(1..=1000).contains(&n) {
+        return Err(ApiError::bad_request("n must be between 1 and 1000"));
+    }
+    let sort = p.sort.as_deref().unwrap_or("name");
+    let order = match sort {
+        "name" => TagOrder::Name,
+        "-name" => TagOrder::NameDesc,
+        "published_at" => TagOrder::Published,
+        "-published_at" => TagOrder::PublishedDesc,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "sort {other:?} is not supported: use name, -name, published_at or -published_at"
+            )))
+        }
+    };
+    let last = p.last.as_deref().filter(|t| !t.is_empty());
+    let before = p.before.as_deref().filter(|t| !t.is_empty());
+    if last.is_some() && before.is_some() {
+        return Err(ApiError::bad_request("give last or before, not both"));
+    }
+    let mut query = TagPageQuery {
+        order,
+        after: last.map(|t| parse_marker(order, "last", t)).transpose()?,
+        before: before.map(|t| parse_marker(order, "before", t)).transpose()?,
+        name_contains: p.name.clone().filter(|t| !t.is_empty()),
+        name_exact: p.name_exact.clone().filter(|t| !t.is_empty()),
+        limit: n,
+    };
+    let tags = s.store.tag_details_page(repository.id, &query).await?;
+
+    // Whether anything lies beyond each end of this page: one indexed row each.
+    let (mut has_next, mut has_prev) = (false, false);
+    if let (Some(first), Some(end)) = (tags.first(), tags.last()) {
+        query.limit = 1;
+        query.before = None;
+        query.after = Some(marker_of(end));
+        has_next = !s.store.tag_details_page(repository.id, &query).await?.is_empty();
+        query.after = None;
+        query.before = Some(marker_of(first));
+        has_prev = !s.store.tag_details_page(repository.id, &query).await?.is_empty();
+    }
+    let mut common = format!("n={n}&sort={}", encode(sort));
+    if let Some(name) = &p.name {
+        common.push_str(&format!("&name={}", encode(name)));
+    }
+    if let Some(exact) = &p.name_exact {
+        common.push_str(&format!("&name_exact={}", encode(exact)));
+    }
+    let base = format!("/api/v4/registry/repositories/{}/tags/list", repository.id);
+    let mut links = Vec::new();
+    if let (true, Some(end)) = (has_next, tags.last()) {
+        let marker = encode(&marker_text(order, end));
+        links.push(format!("<{base}?{common}&last={marker}>; rel=\"next\""));
+    }
+    if let (true, Some(first)) = (has_prev, tags.first()) {
+        let marker = encode(&marker_text(order, first));
+        links.push(format!("<{base}?{common}&before={marker}>; rel=\"previous\""));
+    }
+    let body: Vec<TagDetailView> = tags.iter().map(TagDetailView::from).collect();
+    let mut response = Json(body).into_response();
+    if !links.is_empty() {
+        response.headers_mut().insert(header::LINK, header_value(&links.join(", ")));
+    }
+    Ok(response)
+}
+
+// ---- the OpenAPI document -------------------------------------------------------------------
+
+/// One documented route of `/api/v4`. The table is the source of the OpenAPI document; a unit
+/// test checks that every route registered in `lib.rs` and here appears in it, and the e2e
+/// suite checks that every documented operation is routed.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteDoc {
+    pub method: &'static str,
+    /// With `{param}` placeholders, as axum and OpenAPI both write them.
+    pub path: &'static str,
+    pub tag: &'static str,
+    pub summary: &'static str,
+    /// Query or body parameters: (name, type, description).
+    pub params: &'static [(&'static str, &'static str, &'static str)],
+    /// The success status.
+    pub status: u16,
+}
+
+const fn route(
+    method: &'static str,
+    path: &'static str,
+    tag: &'static str,
+    summary: &'static str,
+    params: &'static [(&'static str, &'static str, &'static str)],
+    status: u16,
+) -> RouteDoc {
+    RouteDoc { method, path, tag, summary, params, status }
+}
+
+const PAGE: &[(&str, &str, &str)] = &[
+    ("page", "integer", "page number, from 1"),
+    ("per_page", "integer", "items per page (default 20, at most 100)"),
+];
+const REPOSITORY_EXTRAS: &[(&str, &str, &str)] = &[
+    ("tags", "boolean", "include the tags"),
+    ("tags_count", "boolean", "include the number of tags"),
+];
+const MEMBER: &[(&str, &str, &str)] = &[
+    ("user_id", "integer", "the user"),
+    ("access_level", "integer", "10 guest, 20 reporter, 30 developer, 40 maintainer, 50 owner"),
+];
+const TOKEN: &[(&str, &str, &str)] = &[
+    ("name", "string", "what the token is for"),
+    ("scopes", "array", "scopes"),
+    ("expires_at", "string", "YYYY-MM-DD"),
+];
+
+/// Every `/api/v4` operation.
+#[rustfmt::skip]
+pub const ROUTES: &[RouteDoc] = &[
+    route("get", "/user", "users", "The current user", &[], 200),
+    route("get", "/users", "users", "List users", &[], 200),
+    route("post", "/users", "users", "Create a user (admins)", &[
+        ("username", "string", "login name"), ("email", "string", "email address"),
+        ("name", "string", "display name"), ("password", "string", "at least 8 characters"),
+        ("admin", "boolean", "make an instance admin"),
+    ], 201),
+    route("get", "/users/{id}", "users", "Get a user", &[], 200),
+    route("post", "/users/{id}/block", "users", "Block a user (admins)", &[], 201),
+    route("post", "/users/{id}/unblock", "users", "Unblock a user (admins)", &[], 201),
+    route("post", "/users/{id}/personal_access_tokens", "tokens", "Create a personal access token", TOKEN, 201),
+    route("get", "/personal_access_tokens", "tokens", "List personal access tokens", &[("user_id", "integer", "whose (admins)")], 200),
+    route("get", "/personal_access_tokens/{id}", "tokens", "Get a personal access token", &[], 200),
+    route("delete", "/personal_access_tokens/{id}", "tokens", "Revoke a personal access token", &[], 204),
+    route("get", "/groups", "groups", "List visible groups", &[], 200),
+    route("post", "/groups", "groups", "Create a group", &[
+        ("name", "string", "display name"), ("path", "string", "URL path segment"),
+        ("parent_id", "integer", "parent group"), ("visibility", "string", "private, internal or public"),
+    ], 201),
+    route("get", "/groups/{id}", "groups", "Get a group by id or URL-encoded full path", &[], 200),
+    route("get", "/groups/{id}/members", "members", "List a group's members", &[], 200),
+    route("post", "/groups/{id}/members", "members", "Add a group member", MEMBER, 201),
+    route("put", "/groups/{id}/members/{user_id}", "members", "Change a group member's role", MEMBER, 200),
+    route("delete", "/groups/{id}/members/{user_id}", "members", "Remove a group member", &[], 204),
+    route("get", "/groups/{id}/deploy_tokens", "tokens", "List a group's deploy tokens", &[], 200),
+    route("post", "/groups/{id}/deploy_tokens", "tokens", "Create a group deploy token", TOKEN, 201),
+    route("delete", "/groups/{id}/deploy_tokens/{token_id}", "tokens", "Revoke a group deploy token", &[], 204),
+    route("get", "/projects", "projects", "List visible projects", &[], 200),
+    route("post", "/projects", "projects", "Create a project", &[
+        ("name", "string", "display name"), ("path", "string", "URL path segment"),
+        ("namespace_id", "integer", "the group"), ("visibility", "string", "private, internal or public"),
+        ("container_registry_access_level", "string", "enabled, private or disabled"),
+    ], 201),
+    route("get", "/projects/{id}", "projects", "Get a project by id or URL-encoded full path", &[], 200),
+    route("put", "/projects/{id}", "projects", "Change a project's settings (maintainers)", &[
+        ("visibility", "string", "private, internal or public"),
+        ("container_registry_access_level", "string", "enabled, private or disabled"),
+    ], 200),
+    route("get", "/projects/{id}/members", "members", "List a project's members", &[], 200),
+    route("post", "/projects/{id}/members", "members", "Add a project member", MEMBER, 201),
+    route("put", "/projects/{id}/members/{user_id}", "members", "Change a project member's role", MEMBER, 200),
+    route("delete", "/projects/{id}/members/{user_id}", "members", "Remove a project member", &[], 204),
+    route("get", "/projects/{id}/deploy_tokens", "tokens", "List a project's deploy tokens", &[], 200),
+    route("post", "/projects/{id}/deploy_tokens", "tokens", "Create a project deploy token", TOKEN, 201),
+    route("delete", "/projects/{id}/deploy_tokens/{token_id}", "tokens", "Revoke a project deploy token", &[], 204),
+    route("post", "/projects/{id}/job_tokens", "tokens", "Mint a CI job token (developers)", &[], 201),
+    route("get", "/projects/{id}/job_token_scope/allowlist", "tokens", "Projects whose job tokens may pull from this one", &[], 200),
+    route("post", "/projects/{id}/job_token_scope/allowlist", "tokens", "Allow a project's job tokens", &[("target_project_id", "integer", "the project to allow")], 201),
+    route("delete", "/projects/{id}/job_token_scope/allowlist/{target_project_id}", "tokens", "Disallow a project's job tokens", &[], 204),
+    // ---- registry ----
+    route("get", "/projects/{id}/registry/repositories", "registry", "List a project's container repositories", REPOSITORY_EXTRAS, 200),
+    route("get", "/groups/{id}/registry/repositories", "registry", "List the container repositories of every readable project below a group", REPOSITORY_EXTRAS, 200),
+    route("get", "/registry/repositories/{id}", "registry", "Get a container repository", &[
+        ("tags", "boolean", "include the tags"), ("tags_count", "boolean", "include the number of tags"),
+        ("size", "boolean", "include the deduplicated size in bytes of the blobs its tags reference"),
+    ], 200),
+    route("get", "/registry/repositories/{id}/details", "registry", "A repository's deduplicated size_bytes", &[
+        ("size", "string", "self (default) or self_with_descendants (include repositories below it)"),
+    ], 200),
+    route("get", "/registry/repositories/{id}/tags/list", "registry", "List tags with details, keyset-paginated (Link rel=next/previous)", &[
+        ("n", "integer", "page size (default 100, at most 1000)"),
+        ("last", "string", "marker from the Link header: tags after it"),
+        ("before", "string", "marker from the Link header: tags before it"),
+        ("sort", "string", "name, -name, published_at or -published_at"),
+        ("name", "string", "case-insensitive substring of the tag name"),
+        ("name_exact", "string", "exact tag name"),
+    ], 200),
+    route("delete", "/projects/{id}/registry/repositories/{repository_id}", "registry", "Delete a repository (in the background; maintainers)", &[], 202),
+    route("get", "/projects/{id}/registry/repositories/{repository_id}/tags", "registry", "List a repository's tags (X-Total, X-Total-Pages, X-Page, X-Per-Page, X-Next-Page, X-Prev-Page, Link)", PAGE, 200),
+    route("delete", "/projects/{id}/registry/repositories/{repository_id}/tags", "registry", "Delete tags in bulk (in the background; maintainers; never latest)", &[
+        ("name_regex_delete", "string", "RE2 regex of the tag names to delete, matched against the whole name (required; name_regex is accepted too)"),
+        ("name_regex_keep", "string", "RE2 regex of the tag names to keep"),
+        ("keep_n", "integer", "keep this many most recently published matching tags"),
+        ("older_than", "string", "delete only tags published longer ago than this: 1h, 7d, 1month"),
+    ], 202),
+    route("get", "/projects/{id}/registry/repositories/{repository_id}/tags/{tag_name}", "registry", "Get a tag's details", &[], 200),
+    route("delete", "/projects/{id}/registry/repositories/{repository_id}/tags/{tag_name}", "registry", "Delete a tag (maintainers)", &[], 200),
+    route("get", "/openapi.json", "meta", "This OpenAPI document", &[], 200),
+];
+
+fn path_params(path: &str) -> Vec<&str> {
+    path.split('/')
+        .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .collect()
+}
+
+/// The OpenAPI 3 document of `/api/v4`, from [`ROUTES`].
+pub fn openapi_document() -> Value {
+    let mut paths: BTreeMap<&str, serde_json::Map<String, Value>> = BTreeMap::new();
+    for r in ROUTES {
+        let mut parameters: Vec<Value> = path_params(r.path)
+            .into_iter()
+            .map(|p| json!({"name": p, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        let in_query = matches!(r.method, "get" | "delete");
+        if in_query {
+            for (name, ty, description) in r.params {
+                parameters.push(json!({"name": name, "in": "query", "required": false,
+                    "description": description, "schema": {"type": ty}}));
+            }
+        }
+        let mut operation = json!({
+            "tags": [r.tag],
+            "summary": r.summary,
+            "operationId": format!("{}{}", r.method, r.path.replace(['/', '{', '}'], "_")),
+            "parameters": parameters,
+            "responses": {
+                r.status.to_string(): {"description": "success"},
+                "default": {"description": "an error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+            },
+        });
+        if !in_query && !r.params.is_empty() {
+            let properties: serde_json::Map<String, Value> = r
+                .params
+                .iter()
+                .map(|(name, ty, description)| {
+                    let schema = if *ty == "array" {
+                        json!({"type": "array", "items": {"type": "string"}, "description": description})
+                    } else {
+                        json!({"type": ty, "description": description})
+                    };
+                    (name.to_string(), schema)
+                })
+                .collect();
+            operation["requestBody"] = json!({"content": {"application/json": {"schema":
+                {"type": "object", "properties": properties}}}});
+        }
+        paths.entry(r.path).or_default().insert(r.method.to_string(), operation);
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "Stowage REST API", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "GitLab-compatible /api/v4. Authenticate with a personal access token (api scope) in PRIVATE-TOKEN or Authorization: Bearer."},
+        "servers": [{"url": "/api/v4"}],
+        "components": {
+            "securitySchemes": {
+                "privateToken": {"type": "apiKey", "in": "header", "name": "PRIVATE-TOKEN"},
+                "bearer": {"type": "http", "scheme": "bearer"},
+            },
+            "schemas": {"Error": {"type": "object", "properties": {"message": {}}}},
+        },
+        "security": [{"privateToken": []}, {"bearer": []}, {}],
+        "paths": paths,
+    })
+}
+
+async fn openapi() -> Response {
+    Json(openapi_document()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags(list: &[(&str, i64)]) -> Vec<(String, i64)> {
+        list.iter().map(|(n, t)| (n.to_string(), *t)).collect()
+    }
+
+    fn sorted(mut v: Vec<String>) -> Vec<String> {
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn every_registered_route_is_documented() {
+        let route = Regex::new(r#"\.route\(\s*"([^"]+)""#).unwrap();
+        let sources = [include_str!("lib.rs"), include_str!("registry_api.rs")];
+        let mut registered = 0;
+        for source in sources {
+            // Only the router code, not this test's own text.
+            let source = source.split("#[cfg(test)]").next().unwrap();
+            for cap in route.captures_iter(source) {
+                let path = &cap[1];
+                if path == "/" || path.starts_with("/{*") {
+                    continue;
+                }
+                registered += 1;
+                assert!(
+                    ROUTES.iter().any(|r| r.path == path),
+                    "{path} is routed but not in ROUTES: document it"
+                );
+            }
+        }
+        assert!(registered > 30, "found only {registered} routes: is the pattern stale?");
+    }
+
+    #[test]
+    fn document_lists_every_operation() {
+        let doc = openapi_document();
+        for r in ROUTES {
+            assert!(doc["paths"][r.path][r.method].is_object(), "{} {}", r.method, r.path);
+        }
+    }
+
+    #[test]
+    fn cleanup_rules() {
+        let all = tags(&[("latest", 1), ("v1", 10), ("v2", 20), ("v3", 30), ("dev", 5)]);
+        let c = TagCleanup::new(Some(".*"), None, None, None).unwrap();
+        assert_eq!(sorted(c.doomed(&all, 100)), ["dev", "v1", "v2", "v3"]);
+        let c = TagCleanup::new(Some("v.*"), Some("v2"), None, None).unwrap();
+        assert_eq!(sorted(c.doomed(&all, 100)), ["v1", "v3"]);
+        // Anchored: `v` alone matches no tag.
+        let c = TagCleanup::new(Some("v"), None, None, None).unwrap();
+        assert!(c.doomed(&all, 100).is_empty());
+        let c = TagCleanup::new(Some(".*"), None, Some(2), None).unwrap();
+        assert_eq!(sorted(c.doomed(&all, 100)), ["dev", "v1"]);
+        let c = TagCleanup::new(Some(".*"), None, None, Some("1s")).unwrap();
+        assert_eq!(sorted(c.doomed(&all, 1015)), ["dev", "v1"]);
+        // Ties on published time: the later name counts as newer.
+        let tied = tags(&[("a", 7), ("b", 7), ("c", 7)]);
+        let c = TagCleanup::new(Some(".*"), None, Some(1), None).unwrap();
+        assert_eq!(sorted(c.doomed(&tied, 100)), ["a", "b"]);
+        assert!(TagCleanup::new(Some("(["), None, None, None).is_err());
+        assert!(TagCleanup::new(None, None, None, None).is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("1h").unwrap(), 3_600_000);
+        assert_eq!(parse_duration_ms("7d").unwrap(), 7 * 86_400_000);
+        assert_eq!(parse_duration_ms("1month").unwrap(), 30 * 86_400_000);
+        assert_eq!(parse_duration_ms("2 weeks").unwrap(), 14 * 86_400_000);
+        assert!(parse_duration_ms("soon").is_err());
+        assert!(parse_duration_ms("7").is_err());
+    }
+}

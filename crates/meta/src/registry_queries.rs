@@ -1,0 +1,334 @@
+//! Queries for the registry management API (`/api/v4/.../registry`): repositories by project
+//! path, tag listings with offset and keyset pagination, tag details, deduplicated sizes, and
+//! metadata-only deletion of tags and whole repositories (bytes are left for GC).
+//!
+//! A repository belongs to the project whose full path is its longest prefix. Projects never
+//! nest below projects (a project and a group never share a path), so "the repositories of
+//! project `P`" is exactly the name range `P` and `P/…`, which the unique index on
+//! `repositories.name` answers. Every range here is written as `name > 'P/' AND name < 'P0'`
+//! (`'0'` is the byte after `'/'`) rather than `LIKE`, whose `_` and `%` our paths may contain.
+
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::store::{get_i64, MetaError, Store};
+
+/// A repository row.
+#[derive(Clone, Debug)]
+pub struct RepositoryRecord {
+    pub id: i64,
+    pub name: String,
+    pub created_at: i64,
+}
+
+/// A tag with what it points at.
+#[derive(Clone, Debug)]
+pub struct TagDetail {
+    pub name: String,
+    pub digest: String,
+    pub media_type: String,
+    pub config_digest: Option<String>,
+    pub total_size: i64,
+    /// When the tag was first created.
+    pub created_at: i64,
+    /// When the tag was last pushed or moved: its published time.
+    pub updated_at: i64,
+}
+
+/// How a tag listing is ordered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TagOrder {
+    Name,
+    NameDesc,
+    Published,
+    PublishedDesc,
+}
+
+impl TagOrder {
+    fn by_published(self) -> bool {
+        matches!(self, TagOrder::Published | TagOrder::PublishedDesc)
+    }
+
+    fn descending(self) -> bool {
+        matches!(self, TagOrder::NameDesc | TagOrder::PublishedDesc)
+    }
+}
+
+/// A keyset position: the last (or first) tag of a page. `published_at` only matters when
+/// ordering by published time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TagMarker {
+    pub published_at: i64,
+    pub name: String,
+}
+
+/// One page of a keyset tag listing.
+#[derive(Clone, Debug)]
+pub struct TagPageQuery {
+    pub order: TagOrder,
+    /// Tags strictly after this marker (in `order`).
+    pub after: Option<TagMarker>,
+    /// Tags strictly before this marker (in `order`); wins over `after`.
+    pub before: Option<TagMarker>,
+    /// Case-insensitive substring of the name.
+    pub name_contains: Option<String>,
+    pub name_exact: Option<String>,
+    pub limit: i64,
+}
+
+/// `P/` and `P0`: the bounds of the names strictly below `path`.
+fn below(path: &str) -> (String, String) {
+    (format!("{path}/"), format!("{path}0"))
+}
+
+fn repository_from_row(row: &AnyRow) -> RepositoryRecord {
+    RepositoryRecord {
+        id: get_i64(row, "id"),
+        name: row.get("name"),
+        created_at: get_i64(row, "created_at"),
+    }
+}
+
+fn tag_from_row(row: &AnyRow) -> TagDetail {
+    TagDetail {
+        name: row.get("name"),
+        digest: row.get("digest"),
+        media_type: row.get("media_type"),
+        config_digest: row.get("config_digest"),
+        total_size: get_i64(row, "total_size"),
+        created_at: get_i64(row, "created_at"),
+        updated_at: get_i64(row, "updated_at"),
+    }
+}
+
+const TAG_COLUMNS: &str = "t.name, m.digest, m.media_type, m.config_digest, m.total_size, \
+     t.created_at, t.updated_at";
+
+/// `%`, `_` and `\` taken literally in a `LIKE ... ESCAPE '\'` pattern.
+fn like_literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl Store {
+    pub async fn repository_by_id(&self, id: i64) -> Result<Option<RepositoryRecord>, MetaError> {
+        let row = sqlx::query("SELECT id, name, created_at FROM repositories WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(repository_from_row))
+    }
+
+    /// The repository named `path` and those below it, by name.
+    pub async fn repositories_at_or_below(
+        &self,
+        path: &str,
+    ) -> Result<Vec<RepositoryRecord>, MetaError> {
+        let (low, high) = below(path);
+        let rows = sqlx::query(
+            "SELECT id, name, created_at FROM repositories \
+             WHERE name = $1 OR (name > $2 AND name < $3) ORDER BY name",
+        )
+        .bind(path)
+        .bind(&low)
+        .bind(&high)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(repository_from_row).collect())
+    }
+
+    pub async fn count_tags(&self, repository_id: i64) -> Result<i64, MetaError> {
+        let row =
+            sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM tags WHERE repository_id = $1")
+                .bind(repository_id)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(get_i64(&row, "n"))
+    }
+
+    /// Tag names in name order, `offset`/`limit` (the REST API's page-numbered listing).
+    pub async fn tag_names_page(
+        &self,
+        repository_id: i64,
+        offset: i64,
+        limit: i64,
+    ) -> Result<Vec<String>, MetaError> {
+        let rows = sqlx::query(
+            "SELECT name FROM tags WHERE repository_id = $1 ORDER BY name LIMIT $2 OFFSET $3",
+        )
+        .bind(repository_id)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| r.get("name")).collect())
+    }
+
+    pub async fn tag_detail(
+        &self,
+        repository_id: i64,
+        name: &str,
+    ) -> Result<Option<TagDetail>, MetaError> {
+        let sql = format!(
+            "SELECT {TAG_COLUMNS} FROM tags t JOIN manifests m ON m.id = t.manifest_id \
+             WHERE t.repository_id = $1 AND t.name = $2"
+        );
+        let row =
+            sqlx::query(&sql).bind(repository_id).bind(name).fetch_optional(&self.pool).await?;
+        Ok(row.as_ref().map(tag_from_row))
+    }
+
+    /// One keyset page, always returned in `query.order` (a `before` page is read backwards
+    /// and turned around). Walks the `(repository_id, name)` primary key or the
+    /// `(repository_id, updated_at, name)` index, so a page costs the same on page 1 and 5000.
+    pub async fn tag_details_page(
+        &self,
+        repository_id: i64,
+        query: &TagPageQuery,
+    ) -> Result<Vec<TagDetail>, MetaError> {
+        let (marker, backwards) = match (&query.before, &query.after) {
+            (Some(m), _) => (Some(m), true),
+            (None, Some(m)) => (Some(m), false),
+            (None, None) => (None, false),
+        };
+        // Reading backwards flips the direction of both the comparison and the sort.
+        let ascending = query.order.descending() == backwards;
+        let (cmp, dir) = if ascending { (">", "ASC") } else { ("<", "DESC") };
+        let mut sql = format!(
+            "SELECT {TAG_COLUMNS} FROM tags t JOIN manifests m ON m.id = t.manifest_id \
+             WHERE t.repository_id = $1"
+        );
+        let mut n = 1;
+        let mut next = || {
+            n += 1;
+            n
+        };
+        let marker_params = marker.map(|_| (next(), next()));
+        if let Some((p_time, p_name)) = marker_params {
+            if query.order.by_published() {
+                sql.push_str(&format!(
+                    " AND (t.updated_at {cmp} ${p_time} OR (t.updated_at = ${p_time} AND t.name {cmp} ${p_name}))"
+                ));
+            } else {
+                // Keeps the placeholder numbering identical; the time is unused.
+                sql.push_str(&format!(" AND t.name {cmp} ${p_name} AND ${p_time} = ${p_time}"));
+            }
+        }
+        let contains = query.name_contains.as_ref().map(|c| (next(), c));
+        if let Some((p, _)) = contains {
+            sql.push_str(&format!(" AND LOWER(t.name) LIKE ${p} ESCAPE '\\'"));
+        }
+        let exact = query.name_exact.as_ref().map(|e| (next(), e));
+        if let Some((p, _)) = exact {
+            sql.push_str(&format!(" AND t.name = ${p}"));
+        }
+        let p_limit = next();
+        if query.order.by_published() {
+            sql.push_str(&format!(" ORDER BY t.updated_at {dir}, t.name {dir}"));
+        } else {
+            sql.push_str(&format!(" ORDER BY t.name {dir}"));
+        }
+        sql.push_str(&format!(" LIMIT ${p_limit}"));
+
+        let mut q = sqlx::query(&sql).bind(repository_id);
+        if let Some(m) = marker {
+            q = q.bind(m.published_at).bind(m.name.as_str());
+        }
+        if let Some((_, c)) = contains {
+            q = q.bind(format!("%{}%", like_literal(&c.to_lowercase())));
+        }
+        if let Some((_, e)) = exact {
+            q = q.bind(e.as_str());
+        }
+        let rows = q.bind(query.limit).fetch_all(&self.pool).await?;
+        let mut tags: Vec<TagDetail> = rows.iter().map(tag_from_row).collect();
+        if backwards {
+            tags.reverse();
+        }
+        Ok(tags)
+    }
+
+    /// Every tag of the repository with its published time (for bulk deletion).
+    pub async fn tags_with_published(
+        &self,
+        repository_id: i64,
+    ) -> Result<Vec<(String, i64)>, MetaError> {
+        let rows = sqlx::query("SELECT name, updated_at FROM tags WHERE repository_id = $1")
+            .bind(repository_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|r| (r.get("name"), get_i64(r, "updated_at"))).collect())
+    }
+
+    /// Removes one tag; the manifest stays addressable by digest.
+    pub async fn delete_tag_by_repository_id(
+        &self,
+        repository_id: i64,
+        name: &str,
+    ) -> Result<bool, MetaError> {
+        let mut w = self.write_tx().await?;
+        let result = sqlx::query("DELETE FROM tags WHERE repository_id = $1 AND name = $2")
+            .bind(repository_id)
+            .bind(name)
+            .execute(&mut *w.tx)
+            .await?;
+        w.commit().await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    /// Deletes a repository's metadata: tags, manifests, blob links, then the row itself.
+    /// Blob bytes and `blobs` rows stay for GC to review.
+    pub async fn delete_repository(&self, repository_id: i64) -> Result<bool, MetaError> {
+        let mut w = self.write_tx().await?;
+        // Explicit deletes keep both backends identical even where cascades are off.
+        for sql in [
+            "DELETE FROM tags WHERE repository_id = $1",
+            "DELETE FROM manifest_references WHERE parent_id IN \
+             (SELECT id FROM manifests WHERE repository_id = $1) OR child_id IN \
+             (SELECT id FROM manifests WHERE repository_id = $1)",
+            "DELETE FROM manifest_blobs WHERE manifest_id IN \
+             (SELECT id FROM manifests WHERE repository_id = $1)",
+            "DELETE FROM manifests WHERE repository_id = $1",
+            "DELETE FROM repository_blobs WHERE repository_id = $1",
+        ] {
+            sqlx::query(sql).bind(repository_id).execute(&mut *w.tx).await?;
+        }
+        let result = sqlx::query("DELETE FROM repositories WHERE id = $1")
+            .bind(repository_id)
+            .execute(&mut *w.tx)
+            .await?;
+        w.commit().await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    /// Bytes of the distinct blobs (configs and layers) that tagged manifests reference,
+    /// directly or through an index, in the repository `path` and, with `with_descendants`,
+    /// every repository below it. A blob shared by many tags or repositories counts once.
+    pub async fn deduplicated_size(
+        &self,
+        path: &str,
+        with_descendants: bool,
+    ) -> Result<i64, MetaError> {
+        let (low, high) = below(path);
+        let repos = if with_descendants {
+            "SELECT id FROM repositories WHERE name = $1 OR (name > $2 AND name < $3)"
+        } else {
+            "SELECT id FROM repositories WHERE name = $1 AND $2 = $2 AND $3 = $3"
+        };
+        let sql = format!(
+            "SELECT CAST(COALESCE(SUM(b.size), 0) AS BIGINT) AS size FROM blobs b \
+             WHERE b.digest IN (SELECT mb.blob_digest FROM manifest_blobs mb WHERE mb.manifest_id IN ( \
+               SELECT t.manifest_id FROM tags t WHERE t.repository_id IN ({repos}) \
+               UNION SELECT mr.child_id FROM manifest_references mr \
+                 JOIN tags t ON t.manifest_id = mr.parent_id WHERE t.repository_id IN ({repos})))"
+        );
+        let row = sqlx::query(&sql).bind(path).bind(&low).bind(&high).fetch_one(&self.pool).await?;
+        Ok(get_i64(&row, "size"))
+    }
+}

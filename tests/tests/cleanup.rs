@@ -1,0 +1,162 @@
+//! Cleanup policies through the REST API: set with `PUT /projects/:id`
+//! (`container_expiration_policy_attributes`), shown by `GET /projects/:id` with `next_run_at`,
+//! validated, limited to maintainers, and previewed by the dry run. Runs with an injected clock
+//! (keep_n, older_than, regexes, protected tags, budgets) are in `crates/api/tests/cleanup.rs`.
+
+use std::time::Duration;
+
+use e2e::{backend_tests, MetaBackend, TestServer};
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{json, Value};
+
+const ROOT_TOKEN: &str = "stwp_e2e-root-token-for-cleanup-tests";
+
+backend_tests!(policy_settings_and_dry_run);
+
+async fn call(
+    http: &Client,
+    server: &TestServer,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req =
+        http.request(method, server.url(&format!("/api/v4{path}"))).header("PRIVATE-TOKEN", token);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+async fn policy_settings_and_dry_run(backend: MetaBackend) {
+    let server = TestServer::start_with(backend, &[("STOWAGE_ADMIN_TOKEN", ROOT_TOKEN)]);
+    let http = Client::builder().timeout(Duration::from_secs(60)).build().expect("client");
+    let api = |token: &'static str, method: Method, path: String, body: Option<Value>| {
+        let (http, server) = (&http, &server);
+        async move { call(http, server, token, method, &path, body).await }
+    };
+    let (_, group) = api(
+        ROOT_TOKEN,
+        Method::POST,
+        "/groups".into(),
+        Some(json!({"name": "acme", "path": "acme"})),
+    )
+    .await;
+    let (_, project) = api(
+        ROOT_TOKEN,
+        Method::POST,
+        "/projects".into(),
+        Some(json!({"name": "app", "path": "app", "namespace_id": group["id"]})),
+    )
+    .await;
+    let id = project["id"].as_i64().expect("project id");
+
+    // Every project has a policy, disabled by default, GitLab's defaults.
+    let (status, shown) = api(ROOT_TOKEN, Method::GET, format!("/projects/{id}"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let policy = &shown["container_expiration_policy"];
+    assert_eq!(policy["enabled"], false, "{shown}");
+    assert_eq!(policy["next_run_at"], Value::Null, "{shown}");
+
+    let attributes = json!({"container_expiration_policy_attributes": {"enabled": true, "cadence": "7d",
+        "keep_n": 5, "older_than": "14d", "name_regex": ".*", "name_regex_keep": "^stable$"}});
+    let (status, updated) =
+        api(ROOT_TOKEN, Method::PUT, format!("/projects/{id}"), Some(attributes)).await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    let policy = &updated["container_expiration_policy"];
+    assert_eq!(policy["enabled"], true);
+    assert_eq!(policy["cadence"], "7d");
+    assert_eq!(policy["keep_n"], 5);
+    assert_eq!(policy["older_than"], "14d");
+    assert_eq!(policy["name_regex"], ".*");
+    assert_eq!(policy["name_regex_keep"], "^stable$");
+    assert!(policy["next_run_at"].is_string(), "{policy}");
+    let (_, shown) = api(ROOT_TOKEN, Method::GET, format!("/projects/{id}"), None).await;
+    assert_eq!(shown["container_expiration_policy"], *policy);
+
+    for bad in [
+        json!({"cadence": "2d"}),
+        json!({"keep_n": 7}),
+        json!({"older_than": "1y"}),
+        json!({"name_regex": "(unclosed"}),
+    ] {
+        let (status, answer) = api(
+            ROOT_TOKEN,
+            Method::PUT,
+            format!("/projects/{id}"),
+            Some(json!({"container_expiration_policy_attributes": bad.clone()})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {answer}");
+        assert!(answer["message"].is_string(), "{answer}");
+    }
+
+    // A developer may neither change the policy nor see a dry run.
+    let (_, user) = api(
+        ROOT_TOKEN,
+        Method::POST,
+        "/users".into(),
+        Some(json!({"username": "dev", "email": "dev@example.com", "name": "Dev", "password": "long enough password"})),
+    )
+    .await;
+    let user_id = user["id"].as_i64().expect("user id");
+    let (_, token) = api(
+        ROOT_TOKEN,
+        Method::POST,
+        format!("/users/{user_id}/personal_access_tokens"),
+        Some(json!({"name": "api", "scopes": ["api"]})),
+    )
+    .await;
+    let dev_token: &'static str =
+        Box::leak(token["token"].as_str().expect("token").to_string().into_boxed_str());
+    api(
+        ROOT_TOKEN,
+        Method::POST,
+        format!("/projects/{id}/members"),
+        Some(json!({"user_id": user_id, "access_level": 30})),
+    )
+    .await;
+    let (status, _) = api(
+        dev_token,
+        Method::PUT,
+        format!("/projects/{id}"),
+        Some(json!({"container_expiration_policy_attributes": {"enabled": false}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = api(
+        dev_token,
+        Method::GET,
+        format!("/projects/{id}/registry/cleanup_policy/dry_run"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // The dry run lists what would go now: nothing is 14 days old in a new registry.
+    let (status, plan) = api(
+        ROOT_TOKEN,
+        Method::GET,
+        format!("/projects/{id}/registry/cleanup_policy/dry_run"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{plan}");
+    assert_eq!(plan["tags_count"], 0);
+    assert_eq!(plan["tags"], json!([]));
+
+    // Disabling clears next_run_at.
+    let (_, updated) = api(
+        ROOT_TOKEN,
+        Method::PUT,
+        format!("/projects/{id}"),
+        Some(json!({"container_expiration_policy_attributes": {"enabled": false}})),
+    )
+    .await;
+    assert_eq!(updated["container_expiration_policy"]["enabled"], false);
+    assert_eq!(updated["container_expiration_policy"]["next_run_at"], Value::Null);
+}
