@@ -451,6 +451,45 @@ async fn immutable_tags(backend: MetaBackend) {
         "re-push of the same manifest",
     );
 
+    // Racing pushes of different manifests to a new immutable tag: one wins, the others are
+    // refused, and the tag ends where the winner put it.
+    let bearer = env.registry_token(&maint, repo).await;
+    let racers: Vec<Image> = (0..8).map(|i| Image::random(&format!("racer-{i}"))).collect();
+    for image in &racers {
+        env.push_blob(&bearer, repo, &image.config).await;
+        env.push_blob(&bearer, repo, &image.layer).await;
+    }
+    let puts = racers.iter().map(|image| {
+        env.v2(&bearer, Method::PUT, &format!("/v2/{repo}/manifests/release-race"))
+            .header("Content-Type", OCI_MANIFEST)
+            .body(image.manifest.clone())
+            .send()
+    });
+    let answers = futures::future::join_all(puts).await;
+    let mut winners = Vec::new();
+    for (image, answer) in racers.iter().zip(answers) {
+        let answer = answer.expect("PUT manifest");
+        match answer.status() {
+            StatusCode::CREATED => winners.push(image.digest.clone()),
+            StatusCode::FORBIDDEN => {
+                let text = answer.text().await.unwrap_or_default();
+                assert!(text.contains("IMMUTABLE_TAG"), "refusal names the rule kind: {text}");
+            }
+            other => {
+                panic!("racing push answered {other}: {}", answer.text().await.unwrap_or_default())
+            }
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one racing push may create the immutable tag");
+    let now = env
+        .v2(&bearer, Method::HEAD, &format!("/v2/{repo}/manifests/release-race"))
+        .header("Accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("HEAD manifest");
+    let digest = now.headers().get("docker-content-digest").and_then(|v| v.to_str().ok());
+    assert_eq!(digest, Some(winners[0].as_str()), "the tag points at the winner");
+
     // Nobody may move or delete it: not the owner, not the instance admin.
     for who in [&dev, &maint, &owner, &root] {
         let moved = env.push(who, repo, "release-1", &Image::random("other")).await;

@@ -201,6 +201,11 @@ impl RepositoryProtection {
         self.tag_rules.iter().find(|(r, re)| r.immutable && re.is_match(tag)).map(|(r, _)| r)
     }
 
+    /// Whether an immutable rule covers `tag`.
+    pub fn is_immutable(&self, tag: &str) -> bool {
+        self.immutable_rule(tag).is_some()
+    }
+
     /// Whether any tag rule (protection or immutable) covers `tag`: cleanup policies never
     /// delete such tags, as in GitLab.
     pub fn protects_from_cleanup(&self, tag: &str) -> bool {

@@ -48,6 +48,8 @@ pub enum PutManifestError {
     BlobUnknown(String),
     #[error("manifest {0} referenced by the index is not in this repository")]
     ManifestUnknown(String),
+    #[error("tag {0} is immutable and points at another manifest")]
+    TagFrozen(String),
     #[error(transparent)]
     Meta(#[from] MetaError),
 }
@@ -236,13 +238,15 @@ impl Store {
 
     // ---- manifests and tags -------------------------------------------------------------
 
-    /// Stores a manifest, its blob and child references, and points each of `tags` at it,
+    /// Stores a manifest, its blob and child references, and points each of `tags` at it
+    /// (refusing to move any of `frozen_tags` that points elsewhere),
     /// all in one transaction. Re-pushing an existing manifest is a no-op apart from the tag.
     pub async fn put_manifest(
         &self,
         repo: &RepositoryName,
         manifest: &NewManifest,
         tags: &[Tag],
+        frozen_tags: &[Tag],
     ) -> Result<(), PutManifestError> {
         let mut w = self.write_tx().await?;
         let repo_id = ensure_repository(&mut w, repo).await?;
@@ -346,17 +350,28 @@ impl Store {
         };
 
         for tag in tags {
-            sqlx::query(
+            // A frozen (immutable) tag may be created, or re-pushed unchanged, but never moved.
+            // The condition is part of the upsert, so a concurrent push cannot slip past it.
+            let frozen = frozen_tags.contains(tag);
+            let sql = if frozen {
                 "INSERT INTO tags (repository_id, name, manifest_id, created_at, updated_at) \
                  VALUES ($1, $2, $3, $4, $4) ON CONFLICT (repository_id, name) DO UPDATE \
-                 SET manifest_id = excluded.manifest_id, updated_at = excluded.updated_at",
-            )
-            .bind(repo_id)
-            .bind(tag.as_str())
-            .bind(manifest_id)
-            .bind(now)
-            .execute(&mut *w.tx)
-            .await?;
+                 SET updated_at = excluded.updated_at WHERE tags.manifest_id = excluded.manifest_id"
+            } else {
+                "INSERT INTO tags (repository_id, name, manifest_id, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $4) ON CONFLICT (repository_id, name) DO UPDATE \
+                 SET manifest_id = excluded.manifest_id, updated_at = excluded.updated_at"
+            };
+            let written = sqlx::query(sql)
+                .bind(repo_id)
+                .bind(tag.as_str())
+                .bind(manifest_id)
+                .bind(now)
+                .execute(&mut *w.tx)
+                .await?;
+            if frozen && written.rows_affected() == 0 {
+                return Err(PutManifestError::TagFrozen(tag.to_string()));
+            }
         }
         w.commit().await?;
         Ok(())

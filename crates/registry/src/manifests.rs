@@ -171,9 +171,11 @@ pub(crate) async fn put(
         }
     }
 
-    // Protection is checked before anything is stored. A concurrent push could still move an
-    // immutable tag between this check and the write; the window is one request long.
+    // Protection is checked before anything is stored, for a clear answer; immutable tags are
+    // checked again inside the write transaction, so a concurrent push cannot move one either.
+    let mut frozen: Vec<Tag> = Vec::new();
     if let Some(protection) = registry.store.protection_for_repository(name.as_str()).await? {
+        frozen = tags.iter().filter(|t| protection.is_immutable(t.as_str())).cloned().collect();
         let level = access_level(actor);
         if tags.is_empty() {
             protection.check_push(None, false, level).map_err(refused)?;
@@ -200,7 +202,11 @@ pub(crate) async fn put(
         children: parsed.children(),
         payload,
     };
-    registry.store.put_manifest(name, &new, &tags).await.map_err(|e| match e {
+    registry.store.put_manifest(name, &new, &tags, &frozen).await.map_err(|e| match e {
+        PutManifestError::TagFrozen(tag) => RegistryError::new(
+            ErrorCode::ImmutableTag,
+            format!("tag {tag} is immutable: it cannot be moved to another manifest; push a new tag instead"),
+        ),
         PutManifestError::BlobUnknown(d) => RegistryError::new(
             ErrorCode::ManifestBlobUnknown,
             format!("blob {d} is not in repository {name}; push it before the manifest"),
