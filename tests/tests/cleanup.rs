@@ -160,3 +160,76 @@ async fn policy_settings_and_dry_run(backend: MetaBackend) {
     assert_eq!(updated["container_expiration_policy"]["enabled"], false);
     assert_eq!(updated["container_expiration_policy"]["next_run_at"], Value::Null);
 }
+
+/// `stowage admin projects cleanup-dry-run --at <day>` previews a future run: tags that will
+/// be old enough by then are listed, the newest `keep_n`, `latest` and protected tags are not,
+/// and nothing is deleted.
+async fn cli_dry_run_previews_a_future_run(backend: MetaBackend) {
+    use e2e::gitlab::{self, GitLab, ADMIN_PASSWORD};
+    let server = gitlab::start_auth_server(backend, &[]);
+    let api = GitLab::root(&server);
+    let group = api.create_group("acme", None, "private").await;
+    let project = api.create_project(group, "app", "private").await;
+    let scopes = [gitlab::repo_scope("acme/app", "pull,push")];
+    let token =
+        gitlab::token_for(&api.http, &server.base, Some(("root", ADMIN_PASSWORD)), &scopes).await;
+    let registry = gitlab::Registry::new(&server, Some(token));
+    for tag in ["v1", "v2", "v3", "latest", "keep-me"] {
+        registry.push_image("acme/app", tag).await.assert_allowed(&format!("push {tag}"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = api
+        .request(
+            Method::PUT,
+            &format!("/projects/{project}"),
+            Some(json!({"container_expiration_policy_attributes": {
+                "enabled": true, "cadence": "7d", "keep_n": 1, "older_than": "7d",
+                "name_regex": ".*", "name_regex_keep": "keep-.*"
+            }})),
+        )
+        .await;
+    assert!(status.is_success(), "set policy: {status} {body}");
+
+    let dry_run = |at: Option<String>| {
+        let mut args = vec!["admin", "projects", "cleanup-dry-run", "acme/app"];
+        let at_owned = at.unwrap_or_default();
+        if !at_owned.is_empty() {
+            args.extend(["--at", at_owned.as_str()]);
+        }
+        let out = server.stowage_command(&args).output().expect("run stowage admin");
+        assert!(out.status.success(), "dry run: {}", String::from_utf8_lossy(&out.stderr));
+        let plan: Value = serde_json::from_slice(&out.stdout).expect("dry run prints JSON");
+        let mut names: Vec<String> = plan
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    assert!(dry_run(None).is_empty(), "nothing is older than 7 days yet");
+    let in_thirty_days = day_from_now(30);
+    assert_eq!(dry_run(Some(in_thirty_days)), vec!["v1".to_string(), "v2".to_string()]);
+    // A dry run deletes nothing.
+    for tag in ["v1", "v2", "v3", "latest", "keep-me"] {
+        registry.pull("acme/app", tag).await.assert_allowed(&format!("{tag} still there"));
+    }
+}
+
+/// `YYYY-MM-DD` of the day `days` from now (UTC).
+fn day_from_now(days: u64) -> String {
+    let secs =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+            + days * 86_400;
+    let out = std::process::Command::new("date")
+        .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%d"])
+        .output()
+        .expect("date");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+mod cli {
+    use super::*;
+    backend_tests!(cli_dry_run_previews_a_future_run);
+}

@@ -96,6 +96,13 @@ pub enum ProjectsCommand {
         #[arg(long)]
         registry_access_level: Option<String>,
     },
+    /// List exactly the tags the project's cleanup policy would delete (deletes nothing).
+    CleanupDryRun {
+        project: String,
+        /// Preview a run on this day (YYYY-MM-DD, 00:00 UTC) instead of now.
+        #[arg(long)]
+        at: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -314,6 +321,15 @@ pub async fn run(
                 };
                 let project = svc::update_project(store, op, &path_ref(&project), changes).await?;
                 print_json(&ProjectView::new(&project, &svc::project_group(store, &project).await?))
+            }
+            ProjectsCommand::CleanupDryRun { project, at } => {
+                let project = svc::project(store, op, &path_ref(&project)).await?;
+                let now = match at {
+                    Some(day) => api::time::parse_expiry_date(&day)?,
+                    None => meta::now_millis(),
+                };
+                let doomed = api::cleanup::dry_run(store, &project, now).await?;
+                print_json(&doomed)
             }
         },
         AdminCommand::Members(cmd) => match cmd {
