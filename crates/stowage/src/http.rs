@@ -44,6 +44,10 @@ async fn api_version_header(request: Request, next: Next) -> Response {
 
 /// One log line per request: method, path, status, response bytes, duration, request id.
 async fn access_log(request: Request, next: Next) -> Response {
+    // Filtered out (e.g. `RUST_LOG=warn`): skip building the line on this hot path.
+    if !tracing::enabled!(target: "access", tracing::Level::INFO) {
+        return next.run(request).await;
+    }
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
