@@ -399,6 +399,13 @@ impl Store {
         repo: &RepositoryName,
         tag: &Tag,
     ) -> Result<Option<ManifestRecord>, MetaError> {
+        let generation = match &self.tag_cache {
+            Some(cache) => match cache.get(repo.as_str(), tag.as_str()) {
+                Some(hit) => return Ok(Some(hit)),
+                None => Some(cache.generation()),
+            },
+            None => None,
+        };
         let sql = format!(
             "SELECT {MANIFEST_COLUMNS} FROM tags t JOIN repositories r ON r.id = t.repository_id \
              JOIN manifests m ON m.id = t.manifest_id WHERE r.name = $1 AND t.name = $2"
@@ -408,7 +415,13 @@ impl Store {
             .bind(tag.as_str())
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.as_ref().map(manifest_from_row))
+        let record = row.as_ref().map(manifest_from_row);
+        if let (Some(cache), Some(generation), Some(record)) =
+            (&self.tag_cache, generation, &record)
+        {
+            cache.put(generation, repo.as_str(), tag.as_str(), record.clone());
+        }
+        Ok(record)
     }
 
     /// Deletes a manifest and every tag pointing at it. Blobs stay for GC to review.

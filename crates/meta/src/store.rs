@@ -1,5 +1,7 @@
 //! Connecting, migrating, and running write transactions safely on both backends.
 
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,17 +38,60 @@ pub struct Store {
     /// lock can fail at once with SQLITE_BUSY when another writer got there first. Writers
     /// therefore queue on this lock, which makes SQLite writes wait instead of failing.
     sqlite_writer: Option<Arc<Mutex<()>>>,
+    /// Manifests by (repository, tag), for SQLite only: there this process is the only writer,
+    /// so every change passes [`WriteTx::commit`], which bumps the generation and thereby
+    /// invalidates every entry. (PostgreSQL serves several instances; nothing is cached.)
+    pub(crate) tag_cache: Option<Arc<TagCache>>,
+}
+
+/// See [`Store::tag_cache`].
+#[derive(Default)]
+pub(crate) struct TagCache {
+    generation: std::sync::atomic::AtomicU64,
+    entries: std::sync::Mutex<HashMap<(String, String), (u64, crate::ManifestRecord)>>,
+}
+
+/// Entries kept at most; beyond that the cache starts over.
+const TAG_CACHE_ENTRIES: usize = 10_000;
+
+impl TagCache {
+    /// The current generation; read it before querying, store the result with it.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn get(&self, repo: &str, tag: &str) -> Option<crate::ManifestRecord> {
+        let current = self.generation();
+        let entries = self.entries.lock().expect("tag cache lock");
+        match entries.get(&(repo.to_string(), tag.to_string())) {
+            Some((generation, record)) if *generation == current => Some(record.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn put(&self, generation: u64, repo: &str, tag: &str, record: crate::ManifestRecord) {
+        let mut entries = self.entries.lock().expect("tag cache lock");
+        if entries.len() >= TAG_CACHE_ENTRIES {
+            entries.clear();
+        }
+        entries.insert((repo.to_string(), tag.to_string()), (generation, record));
+    }
 }
 
 /// A write transaction; on SQLite it also holds the process-wide writer lock.
 pub(crate) struct WriteTx<'a> {
     pub tx: Transaction<'static, Any>,
     _guard: Option<MutexGuard<'a, ()>>,
+    cache: Option<&'a TagCache>,
 }
 
 impl WriteTx<'_> {
     pub async fn commit(self) -> Result<(), MetaError> {
         self.tx.commit().await?;
+        // After the commit: a reader that saw the old data cached it under the old generation.
+        if let Some(cache) = self.cache {
+            cache.generation.fetch_add(1, Ordering::AcqRel);
+        }
         Ok(())
     }
 }
@@ -92,6 +137,7 @@ impl Store {
             pool,
             backend,
             sqlite_writer: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
+            tag_cache: (backend == Backend::Sqlite).then(|| Arc::new(TagCache::default())),
         };
         store.migrate().await?;
         Ok(store)
@@ -120,7 +166,7 @@ impl Store {
             None => None,
         };
         let tx = self.pool.begin().await?;
-        Ok(WriteTx { tx, _guard: guard })
+        Ok(WriteTx { tx, _guard: guard, cache: self.tag_cache.as_deref() })
     }
 }
 
