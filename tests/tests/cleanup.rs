@@ -190,6 +190,20 @@ async fn cli_dry_run_previews_a_future_run(backend: MetaBackend) {
         .await;
     assert!(status.is_success(), "set policy: {status} {body}");
 
+    // An invalid policy refuses the whole update: the visibility change is not applied either.
+    let (status, body) = api
+        .request(
+            Method::PUT,
+            &format!("/projects/{project}"),
+            Some(json!({"visibility": "internal",
+                        "container_expiration_policy_attributes": {"keep_n": 7}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "keep_n 7 is not allowed: {body}");
+    let (_, shown) = api.request(Method::GET, &format!("/projects/{project}"), None).await;
+    assert_eq!(shown["visibility"], "private", "nothing changed: {shown}");
+    assert_eq!(shown["container_expiration_policy"]["keep_n"], 1, "{shown}");
+
     let dry_run = |at: Option<String>| {
         let mut args = vec!["admin", "projects", "cleanup-dry-run", "acme/app"];
         let at_owned = at.unwrap_or_default();

@@ -73,9 +73,23 @@ pub async fn policy_of(store: &Store, project_id: i64) -> Result<CleanupPolicy, 
         .unwrap_or_else(|| CleanupPolicy::default_for(project_id)))
 }
 
-/// Applies `attributes` (a JSON object) to `project`'s policy at time `now`. The caller must
-/// be a maintainer or above (checked by the project update this belongs to, and here again).
+/// Applies `attributes` (a JSON object) to `project`'s policy at time `now` and saves it. The
+/// caller must be a maintainer or above.
 pub async fn update_policy(
+    store: &Store,
+    caller: &Caller,
+    project: &Project,
+    attributes: Value,
+    now: i64,
+) -> Result<CleanupPolicy, ApiError> {
+    let policy = plan_policy_update(store, caller, project, attributes, now).await?;
+    store.save_cleanup_policy(&policy).await?;
+    Ok(policy)
+}
+
+/// The policy `update_policy` would save, fully validated, without saving it: a request that
+/// changes a project and its policy checks the policy before changing anything.
+pub async fn plan_policy_update(
     store: &Store,
     caller: &Caller,
     project: &Project,
@@ -134,7 +148,6 @@ pub async fn update_policy(
             p.run_status = "scheduled".into();
         }
     }
-    store.save_cleanup_policy(&p).await?;
     Ok(p)
 }
 

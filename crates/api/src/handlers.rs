@@ -219,10 +219,21 @@ pub async fn update_project(
         registry_access: p.container_registry_access_level,
         registry_enabled: p.container_registry_enabled,
     };
+    // The policy is validated first, so an invalid one leaves the project unchanged too.
+    let policy = match p.container_expiration_policy_attributes {
+        Some(attributes) => {
+            let current = svc::project(&s.store, &caller, &Ref::parse(&id)).await?;
+            let now = meta::now_millis();
+            Some(
+                crate::cleanup::plan_policy_update(&s.store, &caller, &current, attributes, now)
+                    .await?,
+            )
+        }
+        None => None,
+    };
     let project = svc::update_project(&s.store, &caller, &Ref::parse(&id), changes).await?;
-    if let Some(attributes) = p.container_expiration_policy_attributes {
-        crate::cleanup::update_policy(&s.store, &caller, &project, attributes, meta::now_millis())
-            .await?;
+    if let Some(policy) = policy {
+        s.store.save_cleanup_policy(&policy).await?;
     }
     ok(project_view(&s, &project).await?)
 }

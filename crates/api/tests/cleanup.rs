@@ -87,7 +87,7 @@ async fn push(store: &Store, repo: &str, tag: &str) {
         children: Vec::new(),
     };
     let name: oci::RepositoryName = repo.parse().unwrap();
-    store.put_manifest(&name, &manifest, &[tag.parse().unwrap()]).await.unwrap();
+    store.put_manifest(&name, &manifest, &[tag.parse().unwrap()], &[]).await.unwrap();
     // Distinct published times, so "newest" is unambiguous.
     tokio::time::sleep(Duration::from_millis(3)).await;
 }
