@@ -50,6 +50,9 @@ pub struct IssuedToken {
 }
 
 pub struct TokenService {
+    /// Tokens whose signature and claims were verified, until they expire: verifying an ES256
+    /// signature costs more than serving a manifest, and clients reuse a token many times.
+    verified: std::sync::Mutex<std::collections::HashMap<String, Claims>>,
     kid: String,
     encoding: EncodingKey,
     decoding: DecodingKey,
@@ -57,6 +60,9 @@ pub struct TokenService {
     pub service: String,
     pub lifetime: Duration,
 }
+
+/// Verified tokens remembered at most.
+const VERIFIED_TOKENS: usize = 10_000;
 
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
@@ -88,6 +94,7 @@ impl TokenService {
             hex::encode(&sha2::Sha256::digest(&public)[..12])
         });
         Ok(TokenService {
+            verified: Default::default(),
             kid,
             encoding: EncodingKey::from_ec_der(der),
             decoding: DecodingKey::from_ec_der(&public),
@@ -193,12 +200,27 @@ impl TokenService {
 
     /// Verifies a registry access token.
     pub fn verify(&self, token: &str) -> Result<Claims, jsonwebtoken::errors::Error> {
-        Ok(jsonwebtoken::decode::<Claims>(
+        let now = now_secs();
+        if let Some(claims) = self.verified.lock().expect("token cache lock").get(token) {
+            if claims.exp > now && claims.nbf <= now {
+                return Ok(claims.clone());
+            }
+        }
+        let claims = jsonwebtoken::decode::<Claims>(
             token,
             &self.decoding,
             &self.validation(&self.service, false),
         )?
-        .claims)
+        .claims;
+        let mut cache = self.verified.lock().expect("token cache lock");
+        if cache.len() >= VERIFIED_TOKENS {
+            cache.retain(|_, c| c.exp > now);
+            if cache.len() >= VERIFIED_TOKENS {
+                cache.clear();
+            }
+        }
+        cache.insert(token.to_string(), claims.clone());
+        Ok(claims)
     }
 
     /// Verifies everything but expiry (for continuing an upload started with this token).
