@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """Stowage vs. CNCF distribution (Debian's `docker-registry`, 2.8): one command, one run.
 
-    python3 bench/bench.py            # full benchmark (~10-20 min on 2 cores)
+    python3 bench/bench.py            # full benchmark (~15-20 min on 2 cores)
     python3 bench/bench.py --smoke    # tiny sizes, debug build, for CI (~15-30 s after the build)
 
 Starts a release build of Stowage and Debian's docker-registry on loopback with equivalent
-settings (filesystem storage, no auth, access logs off), runs the same work against both over
-raw HTTP (keep-alive connections, Python stdlib only) and `wrk` for the manifest GET load,
+settings (filesystem storage, no auth, access logs off), plus the same Stowage with token auth
+on (docker's token flow: 401 challenge, GET /jwt/auth, Bearer token cached per repository) to
+show what auth costs; runs the same work against all three over raw HTTP (keep-alive
+connections, Python stdlib only) and `wrk` for the manifest GET load (and, with auth, for the
+token endpoint itself),
 measures the machine's limits (`openssl speed -evp sha256`, `dd` write/read of the same 1 GiB
 file on the same disk), and writes a Markdown table to stdout and bench/results/latest.md and
 the raw figures to bench/results/latest.json. Every server gets a fresh data directory per
@@ -18,6 +21,7 @@ cap was hit is reported as such and is not a failure).
 """
 
 import argparse
+import base64
 import concurrent.futures as cf
 import hashlib
 import http.client
@@ -57,17 +61,32 @@ ACCEPT = ", ".join([
 FULL = dict(
     big_layer=1 << 30, small_layers=200, small_min=16 << 10, small_max=256 << 10,
     small_workers=4, wrk_seconds=10, wrk_conc=[1, 16, 64], tag_counts=[10_000, 100_000],
-    repos=10_000, seed_workers=16, page_reps=20, page_cap_s=30.0,
+    repos=10_000, seed_workers=16, page_reps=20, page_cap_s=30.0, token_conc=[1, 16],
     tags_seed_cap_s=600.0, repos_seed_cap_s=420.0, openssl_seconds=3,
 )
 SMOKE = dict(
     big_layer=8 << 20, small_layers=10, small_min=16 << 10, small_max=256 << 10,
     small_workers=4, wrk_seconds=1, wrk_conc=[1, 16, 64], tag_counts=[100, 200],
-    repos=100, seed_workers=8, page_reps=3, page_cap_s=10.0,
+    repos=100, seed_workers=8, page_reps=3, page_cap_s=10.0, token_conc=[1, 16],
     tags_seed_cap_s=30.0, repos_seed_cap_s=30.0, openssl_seconds=1,
 )
 
-REGISTRIES = ["stowage", "distribution"]
+REGISTRIES = ["stowage", "stowage-auth", "distribution"]
+LABELS = {"stowage": "Stowage", "stowage-auth": "Stowage + token auth", "distribution": "distribution"}
+
+# Stowage with token auth: the instance admin `root` and a personal access token seeded at the
+# first start (STOWAGE_ADMIN_TOKEN), used as the Basic password at /jwt/auth like `docker login`
+# with a token would. Loopback only; the server and its data are thrown away after each scenario.
+ADMIN_PASSWORD = "stowage-bench-root-password"
+ADMIN_TOKEN = "stowage-bench-admin-token-0123456789"
+TOKEN_LIFETIME = "2h"  # no token expires mid-run
+
+# Image names fit Stowage's tenancy (`<project path>[/up to 3 more levels]`), for every registry:
+# group `bench` with the projects `bench/images` (scenario repositories) and `bench/catalog`.
+GROUP = "bench"
+PROJECTS = ["images", "catalog"]
+IMAGES = f"{GROUP}/images"
+CATALOG = f"{GROUP}/catalog"
 
 
 def log(msg):
@@ -204,13 +223,17 @@ class Server:
         self.proc = None
         self.sampler = None
         self.datadir = None
+        self.auth = None  # TokenAuth for stowage-auth
+
+    def client(self, timeout=120):
+        return Client(self.port, timeout=timeout, auth=self.auth)
 
     def start(self):
         self.port = free_port()
         self.datadir = tempfile.mkdtemp(prefix=f"{self.kind}-", dir=self.workdir)
         self.logpath = self.datadir + ".log"
         env = {k: v for k, v in os.environ.items() if k != "RUST_LOG" and not k.startswith("STOWAGE_")}
-        if self.kind == "stowage":
+        if self.kind in ("stowage", "stowage-auth"):
             env.update(
                 STOWAGE_HTTP_ADDR=f"{HOST}:{self.port}",
                 STOWAGE_DATA_DIR=self.datadir,
@@ -218,6 +241,13 @@ class Server:
                 STOWAGE_AUTH__MODE="none",
                 STOWAGE_STORAGE__MAINTENANCE__UPLOADPURGING__ENABLED="false",
             )
+            if self.kind == "stowage-auth":
+                env.update(
+                    STOWAGE_AUTH__MODE="token",
+                    STOWAGE_ADMIN_PASSWORD=ADMIN_PASSWORD,
+                    STOWAGE_ADMIN_TOKEN=ADMIN_TOKEN,
+                    STOWAGE_AUTH__TOKEN_LIFETIME=TOKEN_LIFETIME,
+                )
             cmd = [self.stowage_bin, "serve"]
         else:
             config = os.path.join(self.datadir + ".yml")
@@ -229,6 +259,7 @@ class Server:
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.logf, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=self.datadir)
         deadline = time.monotonic() + 60
+        ready = 401 if self.kind == "stowage-auth" else 200  # /v2/ asks for a token with auth on
         while True:
             if self.proc.poll() is not None:
                 raise BenchError(f"{self.kind} exited at start:\n{self.log_tail()}")
@@ -238,16 +269,34 @@ class Server:
                 r = c.getresponse()
                 r.read()
                 c.close()
-                if r.status == 200:
+                if r.status == ready:
+                    challenge = r.getheader("WWW-Authenticate")
                     break
             except OSError:
                 pass
             if time.monotonic() > deadline:
                 raise BenchError(f"{self.kind} did not answer GET /v2/ within 60 s:\n{self.log_tail()}")
             time.sleep(0.05)
+        if self.kind == "stowage-auth":
+            self.auth = TokenAuth(self.port, challenge)
+            self.setup_projects()
         self.sampler = RssSampler(self.proc.pid)
         self.sampler.start()
         return self
+
+    def setup_projects(self):
+        """Creates the group and projects the benchmark's images live in (REST, admin token)."""
+        c = Client(self.port)
+        h = {"PRIVATE-TOKEN": ADMIN_TOKEN, "Content-Type": "application/json"}
+        try:
+            _, body = c.request("POST", "/api/v4/groups", expect=201, headers=h, body=json.dumps(
+                {"name": GROUP, "path": GROUP, "visibility": "private"}).encode())
+            gid = json.loads(body)["id"]
+            for p in PROJECTS:
+                c.request("POST", "/api/v4/projects", expect=201, headers=h, body=json.dumps(
+                    {"name": p, "path": p, "namespace_id": gid}).encode())
+        finally:
+            c.close()
 
     def log_tail(self, n=20):
         try:
@@ -306,26 +355,148 @@ http:
 # HTTP client helpers (keep-alive, one connection per thread)
 
 
+def parse_challenge(value):
+    """`Bearer realm="…",service="…",scope="…"` -> {"realm": …, "service": …, "scope": …}."""
+    if not value or not value.lower().startswith("bearer "):
+        raise BenchError(f"expected a Bearer challenge, got {value!r}")
+    return dict(re.findall(r'(\w+)="([^"]*)"', value))
+
+
+REPO_PATH = re.compile(r"^/v2/(.+?)/(?:blobs|manifests|tags)/")
+
+
+class TokenAuth:
+    """The docker client's token flow, shared by all connections to one server: a request on a
+    repository goes out with the cached token for it; on a 401 with a Bearer challenge the client
+    GETs `<realm>?service=&scope=` with Basic root:<admin token>, caches the token for that
+    repository and retries. A cross-repository mount asks for one token with both scopes
+    (`repository:<name>:pull,push` and `repository:<from>:pull`), as docker does."""
+
+    def __init__(self, port, challenge):
+        ch = parse_challenge(challenge)
+        realm = urllib.parse.urlsplit(ch["realm"])
+        if realm.hostname not in (HOST, "localhost") or (realm.port or 80) != port:
+            raise BenchError(f"token realm {ch['realm']!r} is not this loopback server")
+        self.realm_path = realm.path
+        self.service = ch.get("service", "")
+        self.basic = "Basic " + base64.b64encode(f"root:{ADMIN_TOKEN}".encode()).decode()
+        self.lock = threading.Lock()
+        self.cache = {}  # repository name, (name, mount source) or "catalog" -> token
+        self.key_locks = {}  # one token flow at a time per key (parallel pushers share a token)
+        self.challenges = 0
+        self.fetches = 0
+        self.fetch_s = 0.0
+
+    def token_path(self, scopes):
+        q = [("service", self.service)] + [("scope", sc) for sc in scopes]
+        return self.realm_path + "?" + urllib.parse.urlencode(q)
+
+    @staticmethod
+    def keys(method, path):
+        """Cache keys for a request: (lookup key, extra keys the fetched token also serves)
+        and the extra scope a mount needs."""
+        if path.startswith("/v2/_catalog"):
+            return "catalog", [], None
+        m = REPO_PATH.match(path)
+        if not m:
+            return None, [], None
+        name = m.group(1)
+        if method == "POST" and "mount=" in path:
+            src = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query).get("from", [None])[0]
+            if src:
+                return (name, src), [name], f"repository:{src}:pull"
+        return name, [], None
+
+    def cached(self, key):
+        with self.lock:
+            return self.cache.get(key)
+
+    def key_lock(self, key):
+        with self.lock:
+            return self.key_locks.setdefault(key, threading.Lock())
+
+    def token_after_401(self, client, challenge, key, also, extra_scope, sent):
+        """The token to retry with: one another connection just fetched for the same key, or a
+        new one (so 4 connections pushing layers to one repository share one token flow)."""
+        with self.key_lock(key):
+            token = self.cached(key) if key is not None else None
+            if token and token != sent:
+                return token
+            return self.fetch(client, challenge, key, also, extra_scope)
+
+    def fetch(self, client, challenge, key, also, extra_scope):
+        ch = parse_challenge(challenge)
+        scopes = [ch["scope"]] if ch.get("scope") else []
+        if extra_scope:
+            scopes.append(extra_scope)
+        t = time.monotonic()
+        _, body = client.request("GET", self.token_path(scopes), headers={"Authorization": self.basic},
+                                 expect=200, authenticate=False)
+        el = time.monotonic() - t
+        token = json.loads(body).get("token")
+        if not token:
+            raise BenchError(f"no token in the /jwt/auth answer: {body[:200]!r}")
+        with self.lock:
+            self.fetches += 1
+            self.fetch_s += el
+            if key is not None:
+                self.cache[key] = token
+                for k in also:
+                    self.cache[k] = token
+        return token
+
+    def forget(self):
+        """Drops cached tokens: the next operation starts its own token flow, like a new
+        `docker pull` after a `docker push`."""
+        with self.lock:
+            self.cache.clear()
+
+    def stats(self):
+        with self.lock:
+            return {"challenges_401": self.challenges, "token_fetches": self.fetches,
+                    "token_fetch_ms_mean": 1000 * self.fetch_s / self.fetches if self.fetches else None}
+
+
 class Client:
-    def __init__(self, port, timeout=120):
+    def __init__(self, port, timeout=120, auth=None):
         self.port = port
+        self.auth = auth
         self.conn = http.client.HTTPConnection(HOST, port, timeout=timeout, blocksize=MiB)
 
-    def request(self, method, path, body=None, headers=None, expect=None, read=True):
-        h = {"Host": f"{HOST}:{self.port}"}
-        if headers:
-            h.update(headers)
-        if body is None and method in ("PUT", "POST", "PATCH"):
-            h.setdefault("Content-Length", "0")
+    def send(self, method, path, body, h):
         try:
             self.conn.request(method, path, body=body, headers=h)
-            r = self.conn.getresponse()
+            return self.conn.getresponse()
         except (http.client.HTTPException, OSError):
             self.conn.close()  # retry once on a fresh connection (the server may have closed it)
             if hasattr(body, "seek"):
                 body.seek(0)
             self.conn.request(method, path, body=body, headers=h)
-            r = self.conn.getresponse()
+            return self.conn.getresponse()
+
+    def request(self, method, path, body=None, headers=None, expect=None, read=True, authenticate=True):
+        h = {"Host": f"{HOST}:{self.port}"}
+        if headers:
+            h.update(headers)
+        if body is None and method in ("PUT", "POST", "PATCH"):
+            h.setdefault("Content-Length", "0")
+        auth = self.auth if authenticate and path.startswith("/v2/") else None
+        key = also = extra = token = None
+        if auth:
+            key, also, extra = auth.keys(method, path)
+            token = auth.cached(key) if key is not None else None
+            if token:
+                h["Authorization"] = f"Bearer {token}"
+        r = self.send(method, path, body, h)
+        if auth and r.status == 401:
+            r.read()
+            challenge = r.getheader("WWW-Authenticate")
+            with auth.lock:
+                auth.challenges += 1
+            h["Authorization"] = "Bearer " + auth.token_after_401(self, challenge, key, also, extra, token)
+            if hasattr(body, "seek"):
+                body.seek(0)
+            r = self.send(method, path, body, h)
         data = r.read() if read else None
         if expect is not None and r.status not in ((expect,) if isinstance(expect, int) else expect):
             raise BenchError(f"{method} {path} -> {r.status} (expected {expect}): "
@@ -403,7 +574,7 @@ def pct(values, p):
     return v[lo] + (v[hi] - v[lo]) * (k - lo)
 
 
-def run_parallel(n_workers, port, items, fn, deadline=None):
+def run_parallel(n_workers, srv, items, fn, deadline=None):
     """Runs fn(client, item) over items with n_workers keep-alive connections.
     Returns the number of items done; stops early (without error) at the deadline."""
     lock = threading.Lock()
@@ -412,7 +583,7 @@ def run_parallel(n_workers, port, items, fn, deadline=None):
     stop = threading.Event()
 
     def worker():
-        c = Client(port)
+        c = srv.client()
         try:
             while not stop.is_set():
                 if deadline is not None and time.monotonic() > deadline:
@@ -495,8 +666,8 @@ def measure_limits(cfg, workdir, layer_path):
 
 def sc_big_layer(srv, cfg, ctx):
     path, digest, size = ctx["layer_path"], ctx["layer_digest"], ctx["layer_size"]
-    repo = "bench/big"
-    c = Client(srv.port, timeout=600)
+    repo = f"{IMAGES}/big"
+    c = srv.client(timeout=600)
     res = {}
     srv.sampler.reset()
     t = time.monotonic()
@@ -508,10 +679,11 @@ def sc_big_layer(srv, cfg, ctx):
 
     buf = bytearray(MiB)
     mv = memoryview(buf)
+    if srv.auth:
+        srv.auth.forget()
     srv.sampler.reset()
     t = time.monotonic()
-    c.conn.request("GET", f"/v2/{repo}/blobs/{digest}", headers={"Host": f"{HOST}:{srv.port}"})
-    r = c.conn.getresponse()
+    r, _ = c.request("GET", f"/v2/{repo}/blobs/{digest}", read=False)
     if r.status != 200:
         raise BenchError(f"blob GET -> {r.status}: {r.read()[:300]!r}")
     h = hashlib.sha256() if ctx["verify_big"] else None
@@ -539,19 +711,21 @@ def sc_small_layers(srv, cfg, ctx):
     blobs = ctx["small_blobs"]  # list of (digest, bytes)
     config = make_config([d for d, _ in blobs])
     manifest = make_manifest(config, [(d, len(b)) for d, b in blobs])
-    repo = "bench/small"
+    repo = f"{IMAGES}/small"
     res = {}
     srv.sampler.reset()
     t = time.monotonic()
-    run_parallel(cfg["small_workers"], srv.port, blobs,
+    run_parallel(cfg["small_workers"], srv, blobs,
                  lambda c, it: push_blob(c, repo, it[1], it[0], len(it[1])))
-    c = Client(srv.port)
+    c = srv.client()
     push_blob(c, repo, config, sha(config), len(config))
     put_manifest(c, repo, "v1", manifest)
     res["push_s"] = time.monotonic() - t
     res["push_layers_per_s"] = len(blobs) / res["push_s"]
     res["push_peak_rss"] = srv.sampler.phase_peak()
 
+    if srv.auth:
+        srv.auth.forget()
     srv.sampler.reset()
     t = time.monotonic()
     _, body = c.request("GET", f"/v2/{repo}/manifests/v1", headers={"Accept": ACCEPT}, expect=200)
@@ -564,7 +738,7 @@ def sc_small_layers(srv, cfg, ctx):
         if len(data) != desc["size"] or sha(data) != desc["digest"]:
             raise BenchError(f"blob {desc['digest']} came back wrong")
 
-    run_parallel(cfg["small_workers"], srv.port, layers, get)
+    run_parallel(cfg["small_workers"], srv, layers, get)
     res["pull_s"] = time.monotonic() - t
     res["pull_layers_per_s"] = len(blobs) / res["pull_s"]
     res["pull_peak_rss"] = srv.sampler.phase_peak()
@@ -579,11 +753,14 @@ def parse_latency(s):
     return v / 1000 if m.group(2) == "us" else v if m.group(2) == "ms" else v * 1000
 
 
-def run_wrk(port, path, conc, seconds):
+def run_wrk(port, path, conc, seconds, headers=()):
     url = f"http://{HOST}:{port}{path}"
     threads = max(1, min(conc, 2))
     cmd = ["wrk", f"-t{threads}", f"-c{conc}", f"-d{seconds}s", "--latency", "--timeout", "5s",
-           "-H", f"Accept: {ACCEPT}", url]
+           "-H", f"Accept: {ACCEPT}"]
+    for h in headers:
+        cmd += ["-H", h]
+    cmd.append(url)
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     out = p.stdout
     if p.returncode != 0:
@@ -610,8 +787,8 @@ def run_wrk(port, path, conc, seconds):
 
 
 def sc_manifest_get(srv, cfg, ctx):
-    repo = "bench/manifest"
-    c = Client(srv.port)
+    repo = f"{IMAGES}/manifest"
+    c = srv.client()
     manifest, _ = tiny_image(c, repo)
     put_manifest(c, repo, "latest", manifest)
     path = f"/v2/{repo}/manifests/latest"
@@ -619,21 +796,42 @@ def sc_manifest_get(srv, cfg, ctx):
         _, body = c.request("GET", path, headers={"Accept": ACCEPT}, expect=200)
         if body != manifest:
             raise BenchError("manifest GET returned other bytes than were pushed")
+    headers = []
+    if srv.auth:  # wrk sends the pull token the warm-up got (as a docker client reuses its token)
+        headers.append(f"Authorization: Bearer {srv.auth.cached(repo)}")
     c.close()
     res = {}
     srv.sampler.reset()
     for conc in cfg["wrk_conc"]:
-        res[f"c{conc}"] = run_wrk(srv.port, path, conc, cfg["wrk_seconds"])
+        res[f"c{conc}"] = run_wrk(srv.port, path, conc, cfg["wrk_seconds"], headers)
         log(f"  {srv.kind} manifest GET c={conc}: {res[f'c{conc}']['rps']:.0f} req/s, "
             f"p50 {res[f'c{conc}']['p50_ms']:.2f} ms, p99 {res[f'c{conc}']['p99_ms']:.2f} ms")
     res["peak_rss"] = srv.sampler.phase_peak()
+    if srv.auth:
+        # What a token costs: GET /jwt/auth with Basic root:<personal access token> for one
+        # pull scope (the request a docker client makes once per repository and operation).
+        tpath = srv.auth.token_path([f"repository:{repo}:pull"])
+        c = srv.client()
+        _, body = c.request("GET", tpath, headers={"Authorization": srv.auth.basic}, expect=200)
+        c.close()
+        if not json.loads(body).get("token"):
+            raise BenchError("GET /jwt/auth answered without a token")
+        res["token"] = {}
+        srv.sampler.reset()
+        for conc in cfg["token_conc"]:
+            res["token"][f"c{conc}"] = run_wrk(srv.port, tpath, conc, cfg["wrk_seconds"],
+                                               [f"Authorization: {srv.auth.basic}"])
+            t = res["token"][f"c{conc}"]
+            log(f"  {srv.kind} token GET /jwt/auth c={conc}: {t['rps']:.0f} req/s, "
+                f"p50 {t['p50_ms']:.2f} ms, p99 {t['p99_ms']:.2f} ms")
+        res["token"]["peak_rss"] = srv.sampler.phase_peak()
     return res
 
 
-def time_pages(port, path_for, positions, reps, cap_s, check):
+def time_pages(srv, path_for, positions, reps, cap_s, check):
     """GETs each position's page `reps` times on one keep-alive connection (bounded by cap_s
     per position, at least one request); returns {position: {p50_ms, max_ms, n, items}}."""
-    c = Client(port, timeout=max(cap_s, 60))
+    c = srv.client(timeout=max(cap_s, 60))
     out = {}
     for pos, last in positions:
         path = path_for(last)
@@ -658,8 +856,8 @@ def tag_name(i):
 
 
 def sc_tags(srv, cfg, ctx):
-    repo = "bench/tags"
-    c = Client(srv.port)
+    repo = f"{IMAGES}/tags"
+    c = srv.client()
     manifest, _ = tiny_image(c, repo)
     c.close()
     res = {"seed": {}}
@@ -669,7 +867,7 @@ def sc_tags(srv, cfg, ctx):
         key = f"{count}"
         srv.sampler.reset()
         t = time.monotonic()
-        done = run_parallel(cfg["seed_workers"], srv.port, range(seeded, count),
+        done = run_parallel(cfg["seed_workers"], srv, range(seeded, count),
                             lambda cl, i: put_manifest(cl, repo, tag_name(i), manifest),
                             deadline=seed_deadline)
         el = time.monotonic() - t
@@ -699,7 +897,7 @@ def sc_tags(srv, cfg, ctx):
 
         srv.sampler.reset()
         res[key] = time_pages(
-            srv.port,
+            srv,
             lambda last: f"/v2/{repo}/tags/list?n=100" + (f"&last={last}" if last else ""),
             positions, cfg["page_reps"], cfg["page_cap_s"], check)
         res[key]["peak_rss"] = srv.sampler.phase_peak()
@@ -712,12 +910,12 @@ def sc_tags(srv, cfg, ctx):
 
 
 def sc_catalog(srv, cfg, ctx):
-    base = "cat/base"
-    c = Client(srv.port)
+    base = f"{CATALOG}/base"
+    c = srv.client()
     manifest, digests = tiny_image(c, base)
     put_manifest(c, base, "v1", manifest)
     c.close()
-    names = [f"cat/r{i:05d}" for i in range(cfg["repos"])]
+    names = [f"{CATALOG}/r{i:05d}" for i in range(cfg["repos"])]
 
     def seed(cl, name):
         for d in digests:
@@ -726,7 +924,7 @@ def sc_catalog(srv, cfg, ctx):
 
     srv.sampler.reset()
     t = time.monotonic()
-    done = run_parallel(cfg["seed_workers"], srv.port, names, seed,
+    done = run_parallel(cfg["seed_workers"], srv, names, seed,
                         deadline=time.monotonic() + cfg["repos_seed_cap_s"])
     el = time.monotonic() - t
     res = {"seed": {"repos": done, "seconds": el, "repos_per_s": done / el if el else None,
@@ -746,7 +944,7 @@ def sc_catalog(srv, cfg, ctx):
         return len(repos)
 
     srv.sampler.reset()
-    pages = time_pages(srv.port, lambda l: "/v2/_catalog?n=100" + (f"&last={urllib.parse.quote(l, safe='')}" if l else ""),
+    pages = time_pages(srv, lambda l: "/v2/_catalog?n=100" + (f"&last={urllib.parse.quote(l, safe='')}" if l else ""),
                        [("first", None), ("last", last)], cfg["page_reps"], cfg["page_cap_s"], check)
     res.update(pages)
     res["peak_rss"] = srv.sampler.phase_peak()
@@ -786,7 +984,8 @@ def get(d, *keys):
 
 
 def render(results, cfg, smoke):
-    S, D, L = results["stowage"], results["distribution"], results.get("limits", {})
+    S, A, D = results["stowage"], results["stowage-auth"], results["distribution"]
+    L = results.get("limits", {})
     rows = []
 
     def unavailable(reg, *keys):
@@ -796,20 +995,28 @@ def render(results, cfg, smoke):
                 return u
         return None
 
+    def cell(reg, keys, unit, digits, scale):
+        v = get(reg, *keys)
+        if v is None:
+            u = unavailable(reg, *keys)
+            return f"unavailable ({u})" if u else "n/a"
+        return fmt(v * scale, unit, digits)
+
     def row(name, keys, unit, higher_better=True, limit="", digits=None, scale=1.0):
-        s, d = get(S, *keys), get(D, *keys)
-        cells = []
-        for reg, v in ((S, s), (D, d)):
-            if v is None:
-                u = unavailable(reg, *keys)
-                cells.append(f"unavailable ({u})" if u else "n/a")
-            else:
-                cells.append(fmt(v * scale, unit, digits))
+        s, a, d = get(S, *keys), get(A, *keys), get(D, *keys)
+        auth = cell(A, keys, unit, digits, scale)
+        if s and a:  # what auth costs: change against Stowage without auth
+            auth += f" ({100 * (a - s) / s:+.0f}%)"
         ratio = "n/a"
         if s and d:
             r = s / d if higher_better else d / s
             ratio = f"{r:.2f}x"
-        rows.append(f"| {name} | {cells[0]} | not available yet | {cells[1]} | {ratio} | {limit} |")
+        rows.append(f"| {name} | {cell(S, keys, unit, digits, scale)} | {auth} | "
+                    f"{cell(D, keys, unit, digits, scale)} | {ratio} | {limit} |")
+
+    def auth_row(name, keys, digits=None, scale=1.0):
+        """A figure only Stowage with auth has (the token endpoint)."""
+        rows.append(f"| {name} | - | {cell(A, keys, '', digits, scale)} | - | - |  |")
 
     mib = 1 / MiB
     big = cfg["big_layer"]
@@ -847,6 +1054,13 @@ def render(results, cfg, smoke):
         row(f"manifest GET by tag c={conc} p50 (ms)", ("manifest_get", k, "p50_ms"), "", False, digits=2)
         row(f"manifest GET by tag c={conc} p99 (ms)", ("manifest_get", k, "p99_ms"), "", False, digits=2)
     row("peak RSS during manifest GET load (MiB)", ("manifest_get", "peak_rss"), "", False, scale=mib)
+    for conc in cfg.get("token_conc", []):
+        k = f"c{conc}"
+        auth_row(f"token request (GET /jwt/auth, Basic PAT, one scope) c={conc} (req/s)",
+                 ("manifest_get", "token", k, "rps"))
+        auth_row(f"token request c={conc} p50 (ms)", ("manifest_get", "token", k, "p50_ms"), digits=2)
+        auth_row(f"token request c={conc} p99 (ms)", ("manifest_get", "token", k, "p99_ms"), digits=2)
+    auth_row("peak RSS during token requests (MiB)", ("manifest_get", "token", "peak_rss"), scale=mib)
     for count in cfg["tag_counts"]:
         k = str(count)
         row(f"seed {count:,} tags: manifest PUT by tag (PUT/s, {cfg['seed_workers']} connections)",
@@ -861,7 +1075,7 @@ def render(results, cfg, smoke):
 
     notes = []
     for count in cfg["tag_counts"]:
-        for reg_name, reg in (("distribution", D), ("Stowage", S)):
+        for reg_name, reg in (("distribution", D), ("Stowage", S), ("Stowage + token auth", A)):
             p = get(reg, "tags", str(count), "paginates")
             if p is False:
                 got = get(reg, "tags", str(count), "first", "items_returned")
@@ -874,9 +1088,11 @@ def render(results, cfg, smoke):
         f"# Stowage vs. CNCF distribution ({'smoke run, tiny sizes' if smoke else 'full run'})",
         "",
         f"{m['date']} on {m['machine']}; Stowage {m['stowage_rev']} ({m['stowage_profile']} build), "
-        f"{m['distribution_version']}. Both on loopback, filesystem storage, no auth, access logs off; "
-        f"a fresh server and data directory for each scenario. MB = 10^6 bytes. "
-        f"ratio = how many times better Stowage is (throughput S/d, latency and RSS d/S; >1 = Stowage better). "
+        f"{m['distribution_version']}. All on loopback, filesystem storage, access logs off; "
+        f"Stowage and distribution without auth, \"Stowage + token auth\" with docker's token flow "
+        f"(below); a fresh server and data directory for each scenario. MB = 10^6 bytes. "
+        f"ratio = how many times better Stowage (no auth) is than distribution (throughput S/d, latency "
+        f"and RSS d/S; >1 = Stowage better); (+x%) in the auth column = change against Stowage without auth. "
         f"Client and servers share the machine's {m['cpus']} cores.",
         "",
         "| scenario | Stowage | Stowage + token auth | distribution | ratio | limit |",
@@ -889,7 +1105,15 @@ def render(results, cfg, smoke):
                     f"{fmt(L['disk_write_MBps'])} MB/s (without fdatasync {fmt(L.get('disk_write_buffered_MBps'))} MB/s); read " +
                     (f"cold (caches dropped) {fmt(L.get('disk_read_cold_MBps'))} MB/s, " if L.get("caches_dropped") else "(caches could not be dropped) ") +
                     f"from page cache {fmt(L['disk_read_cached_MBps'])} MB/s.")
-    tail.append("- Stowage + token auth: token auth is not implemented yet, so that column is not measured.")
+    fetches = {name: get(A, name, "auth", "token_fetches") for name, _ in SCENARIOS}
+    tail.append(
+        "- Stowage + token auth: `auth.mode=token`, the client behaves like docker: a request without "
+        "a token gets 401 with a Bearer challenge, the client GETs /jwt/auth with Basic "
+        "root:<personal access token> for the challenged scope (a mount asks for both repositories' "
+        "scopes in one token), caches the token per repository and retries; pulls start with a fresh "
+        "token flow after the push; wrk sends a token fetched beforehand. Images live in the project "
+        f"`{IMAGES}` (`{CATALOG}` for the catalog) for all three. Token fetches per scenario: " +
+        ", ".join(f"{n} {v:,}" for n, v in fetches.items() if v is not None) + ".")
     tail.append(f"- Pull = GET manifest + each blob; push = POST + PUT ?digest= per blob, then config and manifest. "
                 f"manifest GET load: `wrk --latency`, {cfg['wrk_seconds']} s per concurrency, Accept for OCI and Docker manifests.")
     if results["errors"]:
@@ -912,11 +1136,14 @@ def main():
     ap.add_argument("--only", help="comma-separated scenarios: " + ",".join(n for n, _ in SCENARIOS))
     ap.add_argument("--no-limits", action="store_true", help="skip openssl/dd reference limits")
     ap.add_argument("--registries", default=",".join(REGISTRIES),
-                    help="comma-separated subset of stowage,distribution (for debugging the tool)")
+                    help="comma-separated subset of " + ",".join(REGISTRIES) + " (for debugging the tool)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"), help="results directory")
     ap.add_argument("--workdir", help="parent of the temporary directory (default: system temp)")
     args = ap.parse_args()
     cfg = dict(SMOKE if args.smoke else FULL)
+    unknown = set(args.registries.split(",")) - set(REGISTRIES)
+    if unknown:
+        ap.error(f"unknown registries: {','.join(sorted(unknown))}")
     if args.profile is None:
         args.profile = "debug" if args.smoke else "release"
     started = time.monotonic()
@@ -925,7 +1152,7 @@ def main():
     build_s = None
     if args.stowage_bin:
         stowage_bin = os.path.abspath(args.stowage_bin)
-    elif "stowage" not in args.registries.split(","):
+    elif not {"stowage", "stowage-auth"} & set(args.registries.split(",")):
         stowage_bin = None
     else:
         stowage_bin, build_s = build_stowage(args.profile)
@@ -954,7 +1181,7 @@ def main():
             "stowage_profile": "given binary" if args.stowage_bin else args.profile,
             "distribution_version": dver, "config": cfg, "build_seconds": build_s,
         },
-        "stowage": {}, "distribution": {}, "limits": {}, "errors": [],
+        "stowage": {}, "stowage-auth": {}, "distribution": {}, "limits": {}, "errors": [],
     }
 
     only = set(args.only.split(",")) if args.only else None
@@ -1001,6 +1228,8 @@ def main():
                     t = time.monotonic()
                     results[kind][name] = fn(srv, cfg, ctx)
                     results[kind][name]["scenario_seconds"] = time.monotonic() - t
+                    if srv.auth:
+                        results[kind][name]["auth"] = srv.auth.stats()
                     if srv.proc.poll() is not None:
                         raise BenchError(f"{kind} died during {name}:\n{srv.log_tail()}")
                 except Exception as e:  # noqa: BLE001
