@@ -646,6 +646,19 @@ async fn brute_force_logins_are_rate_limited(backend: MetaBackend) {
             assert_eq!(v["errors"][0]["code"], "TOOMANYREQUESTS", "{body}");
         }
     }
+    // The lock is per user: another user logging in from the same address is not locked out
+    // (the address limit is higher, for runners and offices behind one address).
+    request_token(
+        &w.http,
+        &w.server.base,
+        Some((w.rita.username.as_str(), &w.rita.password)),
+        &scopes,
+    )
+    .await
+    .map(|_| ())
+    .unwrap_or_else(|(status, body)| {
+        assert_ne!(status, StatusCode::TOO_MANY_REQUESTS, "rita is locked out: {body}")
+    });
     // The OAuth2 form is limited alike.
     let resp = w
         .http

@@ -28,8 +28,11 @@ use crate::jwt::{Claims, TokenService};
 use crate::policy::{self, Identity};
 use crate::scope::{ResourceAccess, Scope};
 
-/// Failed logins allowed per user and per client address within [`LOGIN_WINDOW`].
-const MAX_LOGIN_FAILURES: u32 = 10;
+/// Failed logins allowed per user within [`LOGIN_WINDOW`].
+const MAX_USER_FAILURES: u32 = 10;
+/// Failed logins allowed per client address: higher, since many users (a CI runner, an
+/// office behind NAT) may share one address and one user's typos must not lock them all out.
+const MAX_ADDRESS_FAILURES: u32 = 50;
 const LOGIN_WINDOW: Duration = Duration::from_secs(300);
 
 /// Counts failed logins per key (`user:<name>`, `ip:<addr>`) in fixed windows.
@@ -42,9 +45,8 @@ impl LoginLimiter {
     fn blocked(&self, keys: &[String]) -> bool {
         let map = self.failures.lock().expect("limiter lock");
         keys.iter().any(|k| {
-            map.get(k).is_some_and(|(n, since)| {
-                *n >= MAX_LOGIN_FAILURES && since.elapsed() < LOGIN_WINDOW
-            })
+            let max = if k.starts_with("ip:") { MAX_ADDRESS_FAILURES } else { MAX_USER_FAILURES };
+            map.get(k).is_some_and(|(n, since)| *n >= max && since.elapsed() < LOGIN_WINDOW)
         })
     }
 
