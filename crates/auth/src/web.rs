@@ -41,21 +41,23 @@ pub struct LoginLimiter {
     failures: Mutex<HashMap<String, (u32, Instant)>>,
 }
 
+/// A limiter key (`user:<name>`, `ip:<addr>`) with the failures it allows per window.
+type LimitKey = (String, u32);
+
 impl LoginLimiter {
-    fn blocked(&self, keys: &[String]) -> bool {
+    fn blocked(&self, keys: &[LimitKey]) -> bool {
         let map = self.failures.lock().expect("limiter lock");
-        keys.iter().any(|k| {
-            let max = if k.starts_with("ip:") { MAX_ADDRESS_FAILURES } else { MAX_USER_FAILURES };
-            map.get(k).is_some_and(|(n, since)| *n >= max && since.elapsed() < LOGIN_WINDOW)
+        keys.iter().any(|(k, max)| {
+            map.get(k).is_some_and(|(n, since)| *n >= *max && since.elapsed() < LOGIN_WINDOW)
         })
     }
 
-    fn failed(&self, keys: &[String]) {
+    fn failed(&self, keys: &[LimitKey]) {
         let mut map = self.failures.lock().expect("limiter lock");
         if map.len() > 100_000 {
             map.retain(|_, (_, since)| since.elapsed() < LOGIN_WINDOW);
         }
-        for k in keys {
+        for (k, _) in keys {
             let entry = map.entry(k.clone()).or_insert((0, Instant::now()));
             if entry.1.elapsed() >= LOGIN_WINDOW {
                 *entry = (0, Instant::now());
@@ -117,7 +119,10 @@ async fn login(
     secret: &str,
     ip: &str,
 ) -> Result<Identity, Response> {
-    let keys = [format!("user:{username}"), format!("ip:{ip}")];
+    let keys = [
+        (format!("user:{username}"), MAX_USER_FAILURES),
+        (format!("ip:{ip}"), MAX_ADDRESS_FAILURES),
+    ];
     if state.limiter.blocked(&keys) {
         tracing::warn!(username, ip, "login refused: too many failed attempts");
         return Err(json_error(
