@@ -419,13 +419,12 @@ pub async fn guard(State(state): State<AuthState>, mut request: Request, next: N
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(|t| t.trim().to_string());
-    let headers = request.headers().clone();
     let verified = bearer.as_deref().map(|t| state.tokens.verify(t));
     match requirement {
         Requirement::None => next.run(request).await,
         Requirement::Base => match verified {
             Some(Ok(_)) => next.run(request).await,
-            _ => challenge(&state, &headers, None, false),
+            _ => challenge(&state, request.headers(), None, false),
         },
         Requirement::Catalog => {
             let scope = Scope {
@@ -438,11 +437,11 @@ pub async fn guard(State(state): State<AuthState>, mut request: Request, next: N
                     if attach_filter(&state, &claims, &mut request).await {
                         next.run(request).await
                     } else {
-                        challenge(&state, &headers, Some(&scope), false)
+                        challenge(&state, request.headers(), Some(&scope), false)
                     }
                 }
-                Some(Ok(_)) => challenge(&state, &headers, Some(&scope), true),
-                _ => challenge(&state, &headers, Some(&scope), false),
+                Some(Ok(_)) => challenge(&state, request.headers(), Some(&scope), true),
+                _ => challenge(&state, request.headers(), Some(&scope), false),
             }
         }
         Requirement::Repository { name, action, upload } => {
@@ -458,7 +457,7 @@ pub async fn guard(State(state): State<AuthState>, mut request: Request, next: N
                     let mounting = request.method() == Method::POST
                         && request.uri().query().is_some_and(|q| q.contains("mount="));
                     if mounting && !attach_filter(&state, &claims, &mut request).await {
-                        return challenge(&state, &headers, Some(&scope), false);
+                        return challenge(&state, request.headers(), Some(&scope), false);
                     }
                     let writes_manifest = matches!(action, Action::Delete)
                         || (action == Action::Push && request.uri().path().contains("/manifests/"));
@@ -467,12 +466,14 @@ pub async fn guard(State(state): State<AuthState>, mut request: Request, next: N
                             Some(actor) => {
                                 request.extensions_mut().insert(actor);
                             }
-                            None => return challenge(&state, &headers, Some(&scope), false),
+                            None => {
+                                return challenge(&state, request.headers(), Some(&scope), false)
+                            }
                         }
                     }
                     next.run(request).await
                 }
-                Some(Ok(_)) => challenge(&state, &headers, Some(&scope), true),
+                Some(Ok(_)) => challenge(&state, request.headers(), Some(&scope), true),
                 Some(Err(e))
                     if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature)
                         && upload.is_some() =>
@@ -482,10 +483,10 @@ pub async fn guard(State(state): State<AuthState>, mut request: Request, next: N
                     {
                         next.run(request).await
                     } else {
-                        challenge(&state, &headers, Some(&scope), false)
+                        challenge(&state, request.headers(), Some(&scope), false)
                     }
                 }
-                _ => challenge(&state, &headers, Some(&scope), false),
+                _ => challenge(&state, request.headers(), Some(&scope), false),
             }
         }
     }
