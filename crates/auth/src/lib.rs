@@ -6,12 +6,14 @@
 //! Secrets are only ever stored hashed and compared in constant time; nothing here logs one.
 //! This crate owns no SQL (it calls `meta`) and no blob bytes.
 
+pub mod access;
 pub mod jwt;
 pub mod policy;
 pub mod scope;
 pub mod secret;
 pub mod web;
 
+pub use access::{Action, Gate};
 pub use policy::Identity;
 
 /// The username CI job tokens log in with.

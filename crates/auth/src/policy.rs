@@ -12,17 +12,21 @@
 //! | deploy token | `read_registry` (its project or group) | `write_registry` | – |
 //! | CI job token | own project; projects allowlisting it | own project | – |
 //!
-//! Deploy and job tokens also pull what anonymous callers may (public projects).
+//! Deploy and job tokens also pull what anonymous callers may (public projects). A job token
+//! minted by a user acts with that user's current rights, as in GitLab: it stops working when
+//! the user is blocked, and pulls or pushes only what the user still may (push on its own
+//! project needs the user to be a developer there; pulls elsewhere need the allowlist and the
+//! user's read access).
 //!
 //! Registry access `disabled` refuses everything to everyone. A personal access token limits
 //! its user further by scope: pull needs `read_registry`, push and delete need both
 //! `read_registry` and `write_registry`; `api` implies both.
 
+use crate::access::Action;
 use meta::{
     access_level as level, DeployToken, JobToken, MetaError, Project, RegistryAccess, SourceType,
     Store, User, Visibility,
 };
-use registry::Action;
 
 /// How many components an image name may have below its project's path.
 pub const MAX_EXTRA_SEGMENTS: usize = 3;
@@ -145,11 +149,7 @@ pub async fn allowed_actions(
             if user.blocked {
                 return Ok(Vec::new());
             }
-            let role = if user.is_admin {
-                level::OWNER + 10
-            } else {
-                store.effective_access_level(user.id, project).await?
-            };
+            let role = user_role(store, user, project).await?;
             let visible_to_users =
                 open && matches!(project.visibility, Visibility::Public | Visibility::Internal);
             if role >= level::REPORTER || visible_to_users {
@@ -190,9 +190,34 @@ pub async fn allowed_actions(
             }
         }
         Identity::Job { token } => {
+            let minted_by = match token.user_id {
+                Some(id) => match store.user_by_id(id).await? {
+                    Some(user) if !user.blocked => Some(user),
+                    // The user who started the job is gone or blocked: the token is worthless.
+                    _ => return Ok(Vec::new()),
+                },
+                None => None,
+            };
+            // What the user behind the job may do on `project` (an operator-minted token has
+            // no user and acts as a developer of its own project).
+            let user_actions = match &minted_by {
+                Some(user) => {
+                    Box::pin(allowed_actions(
+                        store,
+                        &Identity::User { user: user.clone(), pat: None },
+                        project,
+                    ))
+                    .await?
+                }
+                None => vec![Action::Pull, Action::Push],
+            };
             if token.project_id == project.id {
-                actions = vec![Action::Pull, Action::Push];
-            } else if actions.is_empty()
+                actions = [Action::Pull, Action::Push]
+                    .into_iter()
+                    .filter(|a| user_actions.contains(a))
+                    .collect();
+            } else if !actions.contains(&Action::Pull)
+                && user_actions.contains(&Action::Pull)
                 && store.job_token_allowed(project.id, token.project_id).await?
             {
                 actions.push(Action::Pull);
@@ -200,6 +225,35 @@ pub async fn allowed_actions(
         }
     }
     Ok(actions)
+}
+
+async fn user_role(store: &Store, user: &User, project: &Project) -> Result<i64, MetaError> {
+    if user.is_admin {
+        Ok(level::ADMIN)
+    } else {
+        store.effective_access_level(user.id, project).await
+    }
+}
+
+/// The access level `identity` has on `project` for rules such as tag protection: a user's
+/// role (instance admins above owners); a CI job token's user's role (an operator-minted job
+/// token counts as a developer); deploy tokens and anonymous callers have none.
+pub async fn role_on_project(
+    store: &Store,
+    identity: &Identity,
+    project: &Project,
+) -> Result<i64, MetaError> {
+    match identity {
+        Identity::User { user, .. } if !user.blocked => user_role(store, user, project).await,
+        Identity::Job { token } => match token.user_id {
+            None => Ok(level::DEVELOPER),
+            Some(id) => match store.user_by_id(id).await? {
+                Some(user) if !user.blocked => user_role(store, &user, project).await,
+                _ => Ok(level::NONE),
+            },
+        },
+        Identity::User { .. } | Identity::Deploy(_) | Identity::Anonymous => Ok(level::NONE),
+    }
 }
 
 /// The actions on image `name` that `identity` may take (none if no project holds it).

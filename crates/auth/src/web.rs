@@ -1,30 +1,20 @@
-//! The Docker token service (`GET`/`POST /jwt/auth`) and the layer that guards `/v2/`.
-//!
-//! `/v2/` requests need a bearer token whose `access` claim covers what the request does;
-//! without one they get 401 with a `WWW-Authenticate: Bearer realm=…,service=…,scope=…`
-//! challenge, which makes docker, podman, skopeo and containerd fetch a token on their own.
-//!
-//! Long pushes: a token is checked when a request starts, so one long PATCH never fails
-//! midway. A push in many chunks may outlive its token; a request continuing an upload
-//! session is accepted with an *expired* token as long as the token is otherwise valid
-//! (signature, issuer, audience), grants `push` on that repository, and the session was
-//! started before the token expired. The session's own lifetime (idle purge) bounds this.
+//! The Docker token service (`GET`/`POST /jwt/auth`): turns credentials and requested scopes
+//! into a short-lived registry token that grants what the access policy allows. The `/v2`
+//! surface checks those tokens through [`crate::access::Gate`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use base64::Engine;
-use registry::{Action, ReadFilter, Requirement};
 
-use crate::jwt::{Claims, TokenService};
+use crate::jwt::TokenService;
 use crate::policy::{self, Identity};
 use crate::scope::{ResourceAccess, Scope};
 
@@ -72,8 +62,6 @@ impl LoginLimiter {
 pub struct AuthState {
     pub store: meta::Store,
     pub tokens: Arc<TokenService>,
-    /// The token endpoint URL clients are sent to; `None`: derived from each request's Host.
-    pub realm: Option<String>,
     pub limiter: Arc<LoginLimiter>,
 }
 
@@ -328,205 +316,5 @@ async fn token_post(
                 "the registry could not check permissions",
             )
         }
-    }
-}
-
-fn realm(state: &AuthState, headers: &HeaderMap) -> String {
-    if let Some(realm) = &state.realm {
-        return realm.clone();
-    }
-    let host = headers.get("host").and_then(|v| v.to_str().ok()).unwrap_or("localhost");
-    let scheme = headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()).unwrap_or("http");
-    format!("{scheme}://{host}/jwt/auth")
-}
-
-/// 401 with the challenge that starts the token flow. `denied` marks a valid token that does
-/// not cover the request.
-fn challenge(
-    state: &AuthState,
-    headers: &HeaderMap,
-    scope: Option<&Scope>,
-    denied: bool,
-) -> Response {
-    let mut value =
-        format!("Bearer realm=\"{}\",service=\"{}\"", realm(state, headers), state.tokens.service);
-    if let Some(scope) = scope {
-        value.push_str(&format!(",scope=\"{}\"", scope.to_challenge()));
-    }
-    let mut response = if denied {
-        value.push_str(",error=\"insufficient_scope\"");
-        // Worded the same whether or not a project exists, so private projects stay invisible.
-        json_error(
-            StatusCode::UNAUTHORIZED,
-            "DENIED",
-            "requested access to the resource is denied: images live at <project path>[/up to 3 more levels] \
-             of a project you have access to (pull: reporter, push: developer, delete: maintainer)",
-        )
-    } else {
-        json_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "authentication required")
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        response.headers_mut().insert("www-authenticate", v);
-    }
-    response
-}
-
-fn covers(claims: &Claims, kind: &str, name: &str, action: &str) -> bool {
-    claims.access.iter().any(|a| {
-        a.kind == kind && a.name == name && a.actions.iter().any(|x| x == action || x == "*")
-    })
-}
-
-/// Applies the access policy to listings and mounts for the token's credential.
-struct PolicyFilter {
-    store: meta::Store,
-    identity: Identity,
-}
-
-#[async_trait::async_trait]
-impl registry::RepositoryFilter for PolicyFilter {
-    async fn can_pull(&self, name: &str) -> bool {
-        match policy::allowed_on_image(&self.store, &self.identity, name).await {
-            Ok(actions) => actions.contains(&Action::Pull),
-            Err(e) => {
-                tracing::warn!(error = %e, "permission check failed; hiding the repository");
-                false
-            }
-        }
-    }
-}
-
-async fn attach_filter(state: &AuthState, claims: &Claims, request: &mut Request) -> bool {
-    match policy::load_identity(&state.store, &claims.cred).await {
-        Ok(Some(identity)) => {
-            let filter = PolicyFilter { store: state.store.clone(), identity };
-            request.extensions_mut().insert(ReadFilter(Arc::new(filter)));
-            true
-        }
-        _ => false,
-    }
-}
-
-/// The `/v2/` guard: a middleware in front of the registry router.
-pub async fn guard(State(state): State<AuthState>, mut request: Request, next: Next) -> Response {
-    let requirement = registry::requirement(request.method(), request.uri().path());
-    if requirement == Requirement::None {
-        return next.run(request).await;
-    }
-    let bearer = request
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(|t| t.trim().to_string());
-    let verified = bearer.as_deref().map(|t| state.tokens.verify(t));
-    match requirement {
-        Requirement::None => next.run(request).await,
-        Requirement::Base => match verified {
-            Some(Ok(_)) => next.run(request).await,
-            _ => challenge(&state, request.headers(), None, false),
-        },
-        Requirement::Catalog => {
-            let scope = Scope {
-                kind: "registry".into(),
-                name: "catalog".into(),
-                actions: vec!["*".into()],
-            };
-            match verified {
-                Some(Ok(claims)) if covers(&claims, "registry", "catalog", "*") => {
-                    if attach_filter(&state, &claims, &mut request).await {
-                        next.run(request).await
-                    } else {
-                        challenge(&state, request.headers(), Some(&scope), false)
-                    }
-                }
-                Some(Ok(_)) => challenge(&state, request.headers(), Some(&scope), true),
-                _ => challenge(&state, request.headers(), Some(&scope), false),
-            }
-        }
-        Requirement::Repository { name, action, upload } => {
-            let actions = match action {
-                Action::Push => vec!["pull".to_string(), "push".to_string()],
-                other => vec![other.as_str().to_string()],
-            };
-            let scope = Scope { kind: "repository".into(), name: name.to_string(), actions };
-            match verified {
-                Some(Ok(claims))
-                    if covers(&claims, "repository", name.as_str(), action.as_str()) =>
-                {
-                    let mounting = request.method() == Method::POST
-                        && request.uri().query().is_some_and(|q| q.contains("mount="));
-                    if mounting && !attach_filter(&state, &claims, &mut request).await {
-                        return challenge(&state, request.headers(), Some(&scope), false);
-                    }
-                    let writes_manifest = matches!(action, Action::Delete)
-                        || (action == Action::Push && request.uri().path().contains("/manifests/"));
-                    if writes_manifest {
-                        match actor(&state, &claims, &name).await {
-                            Some(actor) => {
-                                request.extensions_mut().insert(actor);
-                            }
-                            None => {
-                                return challenge(&state, request.headers(), Some(&scope), false)
-                            }
-                        }
-                    }
-                    next.run(request).await
-                }
-                Some(Ok(_)) => challenge(&state, request.headers(), Some(&scope), true),
-                Some(Err(e))
-                    if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature)
-                        && upload.is_some() =>
-                {
-                    let token = bearer.as_deref().unwrap_or("");
-                    if continues_upload(&state, token, &name, upload.as_deref().unwrap_or("")).await
-                    {
-                        next.run(request).await
-                    } else {
-                        challenge(&state, request.headers(), Some(&scope), false)
-                    }
-                }
-                _ => challenge(&state, request.headers(), Some(&scope), false),
-            }
-        }
-    }
-}
-
-/// The caller's role on the project `name` belongs to, for rules like tag protection.
-/// Deploy tokens have no role (0); CI job tokens act as developers of their own project.
-async fn actor(
-    state: &AuthState,
-    claims: &Claims,
-    name: &oci::RepositoryName,
-) -> Option<registry::Actor> {
-    let identity = policy::load_identity(&state.store, &claims.cred).await.ok()??;
-    let access_level = match &identity {
-        Identity::User { user, .. } if user.is_admin => registry::Actor::ADMIN,
-        Identity::User { user, .. } => {
-            let project = policy::project_for_image(&state.store, name.as_str()).await.ok()??;
-            state.store.effective_access_level(user.id, &project).await.ok()?
-        }
-        Identity::Job { .. } => meta::access_level::DEVELOPER,
-        Identity::Deploy(_) | Identity::Anonymous => meta::access_level::NONE,
-    };
-    Some(registry::Actor { access_level })
-}
-
-/// Whether an expired token may continue upload `id` (see the module docs).
-async fn continues_upload(
-    state: &AuthState,
-    token: &str,
-    name: &oci::RepositoryName,
-    id: &str,
-) -> bool {
-    let Ok(claims) = state.tokens.verify_ignoring_expiry(token) else { return false };
-    if !covers(&claims, "repository", name.as_str(), "push") {
-        return false;
-    }
-    match state.store.upload(id).await {
-        Ok(Some(upload)) => {
-            upload.repository == name.as_str() && upload.created_at <= claims.exp as i64 * 1000
-        }
-        _ => false,
     }
 }

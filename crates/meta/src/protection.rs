@@ -17,7 +17,7 @@ use crate::store::{get_i64, MetaError, Store};
 use crate::{access_level, now_millis, path_prefixes, Project};
 
 /// The instance admin's level in rules (`minimum_access_level_*: admin`): above owners.
-pub const ADMIN_ACCESS_LEVEL: i64 = access_level::OWNER + 10;
+pub const ADMIN_ACCESS_LEVEL: i64 = access_level::ADMIN;
 
 /// At most this many tag rules (protection and immutable together) per project.
 pub const MAX_TAG_RULES_PER_PROJECT: usize = 5;

@@ -47,6 +47,8 @@ pub mod access_level {
     pub const DEVELOPER: i64 = 30;
     pub const MAINTAINER: i64 = 40;
     pub const OWNER: i64 = 50;
+    /// Instance admins, above owners (protection rules' `admin`).
+    pub const ADMIN: i64 = 60;
 
     pub fn is_valid(level: i64) -> bool {
         matches!(level, GUEST | REPORTER | DEVELOPER | MAINTAINER | OWNER)

@@ -1,5 +1,6 @@
 //! `GET`/`HEAD`/`DELETE /v2/<name>/blobs/<digest>`: streaming, with `Range` support.
 
+use auth::access::RepositoryAccess;
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -8,12 +9,6 @@ use oci::{Digest, ErrorCode, RepositoryName};
 
 use crate::error::{RegistryError, Result};
 use crate::{header, Registry};
-
-pub(crate) fn parse_digest(digest: &str) -> Result<Digest> {
-    digest
-        .parse()
-        .map_err(|e: oci::DigestError| RegistryError::new(ErrorCode::DigestInvalid, e.to_string()))
-}
 
 fn blob_unknown(digest: &Digest, name: &RepositoryName) -> RegistryError {
     RegistryError::new(ErrorCode::BlobUnknown, format!("blob {digest} is not in repository {name}"))
@@ -50,17 +45,17 @@ fn parse_range(value: &str, size: u64) -> std::result::Result<std::ops::Range<u6
 
 pub(crate) async fn get(
     registry: &Registry,
-    name: &RepositoryName,
-    digest: &str,
+    access: &RepositoryAccess,
+    digest: &Digest,
     headers: &HeaderMap,
     head_only: bool,
 ) -> Result<Response> {
-    let digest = parse_digest(digest)?;
+    let name = access.name();
     let blob = registry
         .store
-        .repository_blob(name, &digest)
+        .repository_blob(name, digest)
         .await?
-        .ok_or_else(|| blob_unknown(&digest, name))?;
+        .ok_or_else(|| blob_unknown(digest, name))?;
     let size = blob.size as u64;
     let range = match header(headers, "range") {
         Some(value) => Some(parse_range(value, size).map_err(|()| {
@@ -91,7 +86,7 @@ pub(crate) async fn get(
     let body = if head_only {
         Body::empty()
     } else {
-        let read = registry.blobs.read(&digest, range).await?;
+        let read = registry.blobs.read(digest, range).await?;
         Body::from_stream(read.stream.map(|r| r.map_err(std::io::Error::other)))
     };
     let mut response = (status, body).into_response();
@@ -105,12 +100,12 @@ pub(crate) async fn get(
 
 pub(crate) async fn delete(
     registry: &Registry,
-    name: &RepositoryName,
-    digest: &str,
+    access: &RepositoryAccess,
+    digest: &Digest,
 ) -> Result<Response> {
-    let digest = parse_digest(digest)?;
-    if !registry.store.unlink_blob(name, &digest).await? {
-        return Err(blob_unknown(&digest, name));
+    let name = access.name();
+    if !registry.store.unlink_blob(name, digest).await? {
+        return Err(blob_unknown(digest, name));
     }
     Ok((StatusCode::ACCEPTED, [("docker-content-digest", digest.to_string())]).into_response())
 }

@@ -1,9 +1,11 @@
 //! The `/v2/` OCI Distribution API: routing, request parsing, streaming and responses.
 //!
-//! Handlers stay thin: they parse untrusted input into `oci` types, call the metadata store
-//! (`meta`) and the blob store (`blobstore`), and map failures to the OCI error JSON. This crate
-//! owns no SQL and no storage keys. Authentication is a layer in front of [`router`]; handlers
-//! never look at credentials.
+//! Handlers stay thin: every request is parsed once into typed values ([`routes::Route`]), the
+//! access decision is made on them by [`auth::Gate`], and a handler receives the resulting
+//! proof ([`auth::access::RepositoryAccess`]) with the repository name inside, then calls the
+//! metadata store (`meta`) and the blob store (`blobstore`) and maps failures to the OCI error
+//! JSON. This crate owns no SQL, no storage keys and no access rules; handlers never look at
+//! credentials.
 
 mod blobs;
 mod error;
@@ -18,7 +20,7 @@ use blobstore::BlobStore;
 use meta::Store;
 
 pub use error::RegistryError;
-pub use routes::{requirement, router, Action, Requirement};
+pub use routes::{router, Operation, Route, UploadId};
 
 /// Limits a deployment may tune.
 #[derive(Clone, Debug)]
@@ -43,6 +45,8 @@ pub struct Registry {
     pub store: Store,
     pub blobs: BlobStore,
     pub limits: Limits,
+    /// Decides who may do what; every request passes it before a handler runs.
+    pub gate: auth::Gate,
 }
 
 impl Registry {
@@ -64,36 +68,6 @@ impl Registry {
             }
         }
     }
-}
-
-/// Decides which repositories a caller may read, for listings and cross-repository mounts.
-/// The authorization layer puts one in the request's extensions; without one (an open
-/// registry) every repository is readable.
-#[async_trait::async_trait]
-pub trait RepositoryFilter: Send + Sync {
-    async fn can_pull(&self, name: &str) -> bool;
-    /// Whether the caller may read everything (instance admins): listings skip filtering.
-    fn sees_everything(&self) -> bool {
-        false
-    }
-}
-
-/// The request extension carrying a [`RepositoryFilter`].
-#[derive(Clone)]
-pub struct ReadFilter(pub std::sync::Arc<dyn RepositoryFilter>);
-
-/// The caller's role on the project a write request targets, put into the request's
-/// extensions by the authorization layer for push and delete requests; rules such as tag
-/// protection compare against it. GitLab's access levels: 10 guest … 50 owner; instance
-/// admins are [`Actor::ADMIN`]. Without an authorization layer there is no `Actor` and
-/// callers count as admins (an open registry trusts everyone).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Actor {
-    pub access_level: i64,
-}
-
-impl Actor {
-    pub const ADMIN: i64 = 60;
 }
 
 /// A parsed query string; keys may repeat (`?tag=a&tag=b`).

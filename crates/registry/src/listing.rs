@@ -4,7 +4,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use oci::{media_type, ErrorCode, ParsedManifest, RepositoryName, Tag};
 
-use crate::blobs::parse_digest;
+use auth::access::{CatalogAccess, RepositoryAccess};
+use oci::Digest;
+
 use crate::error::{RegistryError, Result};
 use crate::{Query, Registry};
 
@@ -45,13 +47,15 @@ fn encode(s: &str) -> String {
 pub(crate) async fn catalog(
     registry: &Registry,
     query: &Query,
-    filter: Option<&crate::ReadFilter>,
+    access: &CatalogAccess,
 ) -> Result<Response> {
     let (n, last) = page(registry, query)?;
-    let mut names = match filter {
-        _ if n == 0 => Vec::new(),
-        Some(f) if !f.0.sees_everything() => visible_repositories(registry, f, last, n + 1).await?,
-        _ => registry.store.list_repositories(last.as_deref(), n + 1).await?,
+    let mut names = if n == 0 {
+        Vec::new()
+    } else if access.sees_everything() {
+        registry.store.list_repositories(last.as_deref(), n + 1).await?
+    } else {
+        visible_repositories(registry, access, last, n + 1).await?
     };
     let next = if names.len() as i64 > n {
         names.truncate(n as usize);
@@ -66,7 +70,7 @@ pub(crate) async fn catalog(
 /// repositories are left out, exactly as if they did not exist.
 async fn visible_repositories(
     registry: &Registry,
-    filter: &crate::ReadFilter,
+    access: &CatalogAccess,
     mut last: Option<String>,
     want: i64,
 ) -> Result<Vec<String>> {
@@ -76,7 +80,11 @@ async fn visible_repositories(
         let done = batch.len() < 500;
         last = batch.last().cloned();
         for name in batch {
-            if filter.0.can_pull(&name).await {
+            let readable = match name.parse::<RepositoryName>() {
+                Ok(parsed) => access.may_pull(&parsed).await?,
+                Err(_) => false,
+            };
+            if readable {
                 out.push(name);
                 if out.len() as i64 >= want {
                     return Ok(out);
@@ -91,9 +99,10 @@ async fn visible_repositories(
 
 pub(crate) async fn tags(
     registry: &Registry,
-    name: &RepositoryName,
+    access: &RepositoryAccess,
     query: &Query,
 ) -> Result<Response> {
+    let name = access.name();
     let (n, last) = page(registry, query)?;
     let fetch = if n == 0 { 0 } else { n + 1 };
     let mut tags = registry
@@ -115,15 +124,15 @@ pub(crate) async fn tags(
 /// registries without this API) are included, so both ways of finding referrers agree.
 pub(crate) async fn referrers(
     registry: &Registry,
-    name: &RepositoryName,
-    digest: &str,
+    access: &RepositoryAccess,
+    subject: &Digest,
     query: &Query,
 ) -> Result<Response> {
-    let subject = parse_digest(digest)?;
+    let name = access.name();
     let artifact_type = query.get("artifactType").filter(|a| !a.is_empty());
     let mut manifests: Vec<serde_json::Value> = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for r in registry.store.referrers(name, &subject, artifact_type).await? {
+    for r in registry.store.referrers(name, subject, artifact_type).await? {
         seen.insert(r.digest.clone());
         let mut entry = serde_json::json!({
             "mediaType": r.media_type,

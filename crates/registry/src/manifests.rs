@@ -7,14 +7,10 @@ use futures::StreamExt;
 use meta::{ManifestRecord, NewManifest, PutManifestError};
 use oci::{Digest, ErrorCode, ManifestError, ParsedManifest, Reference, RepositoryName, Tag};
 
-use crate::error::{RegistryError, Result};
-use crate::{header, Actor, Query, Registry};
+use auth::access::RepositoryAccess;
 
-/// The caller's access level for protection rules; no [`Actor`] means an open registry,
-/// where everyone counts as an admin.
-fn access_level(actor: Option<Actor>) -> i64 {
-    actor.map_or(Actor::ADMIN, |a| a.access_level)
-}
+use crate::error::{RegistryError, Result};
+use crate::{header, Query, Registry};
 
 fn refused(refusal: meta::Refusal) -> RegistryError {
     let code = match refusal.kind {
@@ -24,18 +20,6 @@ fn refused(refusal: meta::Refusal) -> RegistryError {
         meta::RefusalKind::Manifest => ErrorCode::ProtectedManifest,
     };
     RegistryError::new(code, refusal.message)
-}
-
-fn parse_reference(reference: &str) -> Result<Reference> {
-    Reference::parse(reference).map_err(|e| match e {
-        oci::ReferenceError::Digest(e) => {
-            RegistryError::new(ErrorCode::DigestInvalid, e.to_string())
-        }
-        oci::ReferenceError::Tag(e) => {
-            RegistryError::new(ErrorCode::ManifestInvalid, e.to_string())
-                .with_detail(serde_json::json!({"tag": reference}))
-        }
-    })
 }
 
 fn manifest_unknown(name: &RepositoryName, reference: &Reference) -> RegistryError {
@@ -67,17 +51,17 @@ fn accepts(headers: &HeaderMap, media_type: &str) -> bool {
 
 pub(crate) async fn get(
     registry: &Registry,
-    name: &RepositoryName,
-    reference: &str,
+    access: &RepositoryAccess,
+    reference: &Reference,
     headers: &HeaderMap,
     head_only: bool,
 ) -> Result<Response> {
-    let reference = parse_reference(reference)?;
-    let found: Option<ManifestRecord> = match &reference {
+    let name = access.name();
+    let found: Option<ManifestRecord> = match reference {
         Reference::Tag(tag) => registry.store.manifest_by_tag(name, tag).await?,
         Reference::Digest(digest) => registry.store.manifest_by_digest(name, digest).await?,
     };
-    let manifest = found.ok_or_else(|| manifest_unknown(name, &reference))?;
+    let manifest = found.ok_or_else(|| manifest_unknown(name, reference))?;
     if !accepts(headers, &manifest.media_type) {
         return Err(RegistryError::new(
             ErrorCode::ManifestUnknown,
@@ -125,14 +109,13 @@ async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>> {
 
 pub(crate) async fn put(
     registry: &Registry,
-    name: &RepositoryName,
-    reference: &str,
+    access: &RepositoryAccess,
+    reference: &Reference,
     query: &Query,
     headers: &HeaderMap,
     body: Body,
-    actor: Option<Actor>,
 ) -> Result<Response> {
-    let reference = parse_reference(reference)?;
+    let name = access.name();
     let limit = registry.limits.max_manifest_bytes;
     if let Some(length) = header(headers, "content-length").and_then(|l| l.parse::<usize>().ok()) {
         if length > limit {
@@ -146,10 +129,10 @@ pub(crate) async fn put(
     let payload = read_limited(body, limit).await?;
 
     let mut tags: Vec<Tag> = Vec::new();
-    let digest = match &reference {
+    let digest = match reference {
         Reference::Digest(given) => {
             let computed = Digest::of(given.algorithm(), &payload);
-            if &computed != given {
+            if computed != *given {
                 return Err(RegistryError::new(
                     ErrorCode::DigestInvalid,
                     format!("the manifest's digest is {computed}, not the {given} in the URL"),
@@ -176,7 +159,7 @@ pub(crate) async fn put(
     let mut frozen: Vec<Tag> = Vec::new();
     if let Some(protection) = registry.store.protection_for_repository(name.as_str()).await? {
         frozen = tags.iter().filter(|t| protection.is_immutable(t.as_str())).cloned().collect();
-        let level = access_level(actor);
+        let level = access.role();
         if tags.is_empty() {
             protection.check_push(None, false, level).map_err(refused)?;
         }
@@ -239,14 +222,13 @@ pub(crate) async fn put(
 
 pub(crate) async fn delete(
     registry: &Registry,
-    name: &RepositoryName,
-    reference: &str,
-    actor: Option<Actor>,
+    access: &RepositoryAccess,
+    reference: &Reference,
 ) -> Result<Response> {
-    let reference = parse_reference(reference)?;
+    let name = access.name();
     if let Some(protection) = registry.store.protection_for_repository(name.as_str()).await? {
-        let level = access_level(actor);
-        match &reference {
+        let level = access.role();
+        match reference {
             Reference::Tag(tag) => {
                 if registry.store.manifest_by_tag(name, tag).await?.is_some() {
                     protection.check_tag_delete(tag.as_str(), level).map_err(refused)?;
@@ -261,12 +243,12 @@ pub(crate) async fn delete(
             }
         }
     }
-    let deleted = match &reference {
+    let deleted = match reference {
         Reference::Tag(tag) => registry.store.delete_tag(name, tag).await?,
         Reference::Digest(digest) => registry.store.delete_manifest(name, digest).await?,
     };
     if !deleted {
-        return Err(manifest_unknown(name, &reference));
+        return Err(manifest_unknown(name, reference));
     }
     Ok((StatusCode::ACCEPTED, [("content-length", "0")]).into_response())
 }

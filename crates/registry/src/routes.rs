@@ -1,9 +1,5 @@
 //! Every route of the `/v2/` API, in the order of the spec's endpoint table.
 //!
-//! Repository names may have any number of `/`-separated components, so the router cannot
-//! match them with path patterns; instead one catch-all parses the path from its end, where
-//! the endpoint's fixed segments are, and hands the rest over as the repository name.
-//!
 //! | endpoint | method | handler |
 //! |---|---|---|
 //! | `/v2/` | GET, HEAD | [`base`] |
@@ -14,207 +10,130 @@
 //! | `/v2/<name>/tags/list` | GET | [`listing::tags`] |
 //! | `/v2/<name>/referrers/<digest>` | GET | [`listing::referrers`] |
 //! | `/v2/_catalog` | GET | [`listing::catalog`] |
+//!
+//! Repository names may have any number of `/`-separated components, so the router cannot
+//! match them with path patterns; one catch-all takes every `/v2/…` request and
+//! [`Route::parse`] reads the raw path from its end, where the endpoint's fixed segments are.
+//!
+//! Each request is parsed exactly once, into typed values, before anything else happens. The
+//! raw path is never decoded: every name, tag, digest and upload id has exactly one spelling,
+//! so a path with percent-encoded bytes, empty or dot segments, or a name outside the OCI
+//! grammar is refused (400 `NAME_INVALID`, 404 for what is no endpoint at all) instead of being
+//! read another way somewhere else. The parsed name then goes to the access decision
+//! ([`auth::Gate`]), which hands back a proof carrying it; handlers take that proof and read
+//! the name from it, so they act on exactly the name that was authorized, and cannot run
+//! without a decision.
 
-use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use auth::access::{Action, Refusal};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::any;
 use axum::Router;
-use oci::{ErrorCode, RepositoryName};
+use oci::{Digest, ErrorCode, Reference, RepositoryName};
 
 use crate::error::{RegistryError, Result};
-use crate::{blobs, listing, manifests, uploads, Registry};
+use crate::{blobs, listing, manifests, uploads, Query, Registry};
 
 pub fn router(registry: Registry) -> Router {
     Router::new()
-        .route("/v2", get(base))
-        .route("/v2/", get(base))
+        .route("/v2", any(dispatch))
+        .route("/v2/", any(dispatch))
         .route("/v2/{*path}", any(dispatch))
         .with_state(registry)
 }
 
-/// `GET /v2/`: tells clients this is a registry speaking the v2 API.
-async fn base() -> Response {
-    (StatusCode::OK, [("content-type", "application/json")], "{}").into_response()
-}
-
-/// What a `/v2/…` path addresses, before the method is considered.
-#[derive(Debug, PartialEq)]
-enum Endpoint<'a> {
-    Catalog,
-    Blob { name: &'a str, digest: &'a str },
-    UploadStart { name: &'a str },
-    Upload { name: &'a str, id: &'a str },
-    Manifest { name: &'a str, reference: &'a str },
-    Tags { name: &'a str },
-    Referrers { name: &'a str, digest: &'a str },
-}
-
-fn parse_endpoint(path: &str) -> Option<Endpoint<'_>> {
-    if path == "_catalog" {
-        return Some(Endpoint::Catalog);
-    }
-    // `name/blobs/uploads/` and `name/blobs/uploads` start an upload.
-    for suffix in ["/blobs/uploads/", "/blobs/uploads"] {
-        if let Some(name) = path.strip_suffix(suffix) {
-            return Some(Endpoint::UploadStart { name });
-        }
-    }
-    if let Some(name) = path.strip_suffix("/tags/list") {
-        return Some(Endpoint::Tags { name });
-    }
-    let (head, last) = path.rsplit_once('/')?;
-    let (name, kind) = head.rsplit_once('/')?;
-    match kind {
-        "manifests" => Some(Endpoint::Manifest { name, reference: last }),
-        "referrers" => Some(Endpoint::Referrers { name, digest: last }),
-        "blobs" => Some(Endpoint::Blob { name, digest: last }),
-        "uploads" => {
-            let name = name.strip_suffix("/blobs")?;
-            Some(Endpoint::Upload { name, id: last })
-        }
-        _ => None,
-    }
-}
-
-/// What a request needs to be allowed, for the authorization layer in front of the router.
+/// A `/v2/…` request, parsed: what it addresses and what it does there.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Requirement {
-    /// `/v2/`: any authenticated caller.
+pub enum Route {
     Base,
-    /// `/v2/_catalog`: the `registry:catalog:*` scope (the listing is then filtered).
     Catalog,
-    /// An action on one repository; `upload` names the upload session a request continues.
-    Repository { name: RepositoryName, action: Action, upload: Option<String> },
-    /// Not an endpoint, or a malformed name: the router answers with the error itself.
-    None,
+    Repository { name: RepositoryName, op: Operation },
 }
 
-/// Repository actions, as in token scopes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Pull,
-    Push,
-    Delete,
+/// What a request does to one repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    GetBlob { digest: Digest, head: bool },
+    DeleteBlob { digest: Digest },
+    StartUpload,
+    UploadStatus { id: UploadId },
+    PatchUpload { id: UploadId },
+    FinishUpload { id: UploadId },
+    CancelUpload { id: UploadId },
+    GetManifest { reference: Reference, head: bool },
+    PutManifest { reference: Reference },
+    DeleteManifest { reference: Reference },
+    Tags,
+    Referrers { subject: Digest },
 }
 
-impl Action {
-    pub fn as_str(self) -> &'static str {
+impl Operation {
+    /// The access the operation needs.
+    pub fn action(&self) -> Action {
+        use Operation::*;
         match self {
-            Action::Pull => "pull",
-            Action::Push => "push",
-            Action::Delete => "delete",
+            GetBlob { .. } | GetManifest { .. } | Tags | Referrers { .. } => Action::Pull,
+            DeleteBlob { .. } | DeleteManifest { .. } => Action::Delete,
+            StartUpload
+            | UploadStatus { .. }
+            | PatchUpload { .. }
+            | FinishUpload { .. }
+            | CancelUpload { .. }
+            | PutManifest { .. } => Action::Push,
+        }
+    }
+
+    /// The upload session the operation continues, if any.
+    pub fn upload(&self) -> Option<&UploadId> {
+        use Operation::*;
+        match self {
+            UploadStatus { id }
+            | PatchUpload { id }
+            | FinishUpload { id }
+            | CancelUpload { id } => Some(id),
+            _ => None,
         }
     }
 }
 
-/// The access `method` on `path` (the full request path, `/v2/…`) requires.
-pub fn requirement(method: &Method, path: &str) -> Requirement {
-    let Some(rest) = path.strip_prefix("/v2") else { return Requirement::None };
-    let rest = rest.strip_prefix('/').unwrap_or(rest);
-    if rest.is_empty() {
-        return Requirement::Base;
+/// An upload session id: a UUID in its canonical form (lowercase, hyphenated), the only
+/// spelling the registry hands out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadId(String);
+
+impl UploadId {
+    /// A fresh random id for a new session.
+    pub fn random() -> UploadId {
+        UploadId(uuid::Uuid::new_v4().to_string())
     }
-    let Some(endpoint) = parse_endpoint(rest) else { return Requirement::None };
-    let read = matches!(*method, Method::GET | Method::HEAD);
-    let (name, action, upload) = match endpoint {
-        Endpoint::Catalog => return Requirement::Catalog,
-        Endpoint::Blob { name, .. } | Endpoint::Manifest { name, .. } if read => {
-            (name, Action::Pull, None)
-        }
-        Endpoint::Blob { name, .. } | Endpoint::Manifest { name, .. }
-            if *method == Method::DELETE =>
-        {
-            (name, Action::Delete, None)
-        }
-        Endpoint::Manifest { name, .. } => (name, Action::Push, None),
-        Endpoint::Blob { .. } => return Requirement::None,
-        Endpoint::UploadStart { name } => (name, Action::Push, None),
-        Endpoint::Upload { name, id } => (name, Action::Push, Some(id.to_string())),
-        Endpoint::Tags { name } | Endpoint::Referrers { name, .. } => (name, Action::Pull, None),
-    };
-    match name.parse() {
-        Ok(name) => Requirement::Repository { name, action, upload },
-        Err(_) => Requirement::None,
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn parse(s: &str) -> Option<UploadId> {
+        let canonical = uuid::Uuid::parse_str(s).ok()?.hyphenated().to_string();
+        (canonical == s).then_some(UploadId(canonical))
     }
 }
 
-pub(crate) fn parse_name(name: &str) -> Result<RepositoryName> {
-    name.parse()
-        .map_err(|e: oci::NameError| RegistryError::new(ErrorCode::NameInvalid, e.to_string()))
+impl std::fmt::Display for UploadId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
-/// The catch-all: parses the path and calls the handler for (endpoint, method).
-#[allow(clippy::too_many_arguments)] // one axum extractor per request part
-async fn dispatch(
-    State(registry): State<Registry>,
-    method: Method,
-    Path(path): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    filter: Option<axum::Extension<crate::ReadFilter>>,
-    actor: Option<axum::Extension<crate::Actor>>,
-    body: Body,
-) -> Result<Response> {
-    let actor = actor.map(|axum::Extension(a)| a);
-    let query = crate::Query::parse(query.as_deref());
-    let filter = filter.map(|axum::Extension(f)| f);
-    let filter = filter.as_ref();
-    let not_found = || {
-        RegistryError::new(
-            ErrorCode::NameInvalid,
-            format!("/v2/{path} is not an endpoint of the registry API; check the repository name"),
-        )
-        .with_status(StatusCode::NOT_FOUND)
-    };
-    let endpoint = parse_endpoint(&path).ok_or_else(not_found)?;
-    let r = &registry;
-    let m = &method;
-    match endpoint {
-        Endpoint::Catalog if m == Method::GET => listing::catalog(r, &query, filter).await,
-        Endpoint::Blob { name, digest } => {
-            let name = parse_name(name)?;
-            match *m {
-                Method::GET => blobs::get(r, &name, digest, &headers, false).await,
-                Method::HEAD => blobs::get(r, &name, digest, &headers, true).await,
-                Method::DELETE => blobs::delete(r, &name, digest).await,
-                _ => Err(method_not_allowed(m)),
-            }
-        }
-        Endpoint::UploadStart { name } if m == Method::POST => {
-            uploads::start(r, &parse_name(name)?, &query, &headers, body, filter).await
-        }
-        Endpoint::Upload { name, id } => {
-            let name = parse_name(name)?;
-            match *m {
-                Method::GET => uploads::status(r, &name, id).await,
-                Method::PATCH => uploads::patch(r, &name, id, &headers, body).await,
-                Method::PUT => uploads::finish(r, &name, id, &query, &headers, body).await,
-                Method::DELETE => uploads::cancel(r, &name, id).await,
-                _ => Err(method_not_allowed(m)),
-            }
-        }
-        Endpoint::Manifest { name, reference } => {
-            let name = parse_name(name)?;
-            match *m {
-                Method::GET => manifests::get(r, &name, reference, &headers, false).await,
-                Method::HEAD => manifests::get(r, &name, reference, &headers, true).await,
-                Method::PUT => {
-                    manifests::put(r, &name, reference, &query, &headers, body, actor).await
-                }
-                Method::DELETE => manifests::delete(r, &name, reference, actor).await,
-                _ => Err(method_not_allowed(m)),
-            }
-        }
-        Endpoint::Tags { name } if m == Method::GET => {
-            listing::tags(r, &parse_name(name)?, &query).await
-        }
-        Endpoint::Referrers { name, digest } if m == Method::GET => {
-            listing::referrers(r, &parse_name(name)?, digest, &query).await
-        }
-        _ => Err(method_not_allowed(m)),
-    }
+fn name_invalid(message: impl Into<String>) -> RegistryError {
+    RegistryError::new(ErrorCode::NameInvalid, message)
+}
+
+fn not_an_endpoint(path: &str) -> RegistryError {
+    RegistryError::new(
+        ErrorCode::NameInvalid,
+        format!("{path} is not an endpoint of the registry API; check the repository name"),
+    )
+    .with_status(StatusCode::NOT_FOUND)
 }
 
 fn method_not_allowed(method: &Method) -> RegistryError {
@@ -225,36 +144,339 @@ fn method_not_allowed(method: &Method) -> RegistryError {
     .with_status(StatusCode::METHOD_NOT_ALLOWED)
 }
 
+pub(crate) fn parse_digest(digest: &str) -> Result<Digest> {
+    digest
+        .parse()
+        .map_err(|e: oci::DigestError| RegistryError::new(ErrorCode::DigestInvalid, e.to_string()))
+}
+
+fn parse_reference(reference: &str) -> Result<Reference> {
+    Reference::parse(reference).map_err(|e| match e {
+        oci::ReferenceError::Digest(e) => {
+            RegistryError::new(ErrorCode::DigestInvalid, e.to_string())
+        }
+        oci::ReferenceError::Tag(e) => {
+            RegistryError::new(ErrorCode::ManifestInvalid, e.to_string())
+                .with_detail(serde_json::json!({"tag": reference}))
+        }
+    })
+}
+
+pub(crate) fn upload_unknown(id: &str) -> RegistryError {
+    RegistryError::new(
+        ErrorCode::BlobUploadUnknown,
+        format!("upload {id} is not in progress here: it finished, was cancelled or expired; start a new one"),
+    )
+}
+
+impl Route {
+    /// Parses a request's method and raw (undecoded) path, `/v2` included.
+    pub fn parse(method: &Method, path: &str) -> Result<Route> {
+        let rest = match path.strip_prefix("/v2") {
+            Some("") | Some("/") => {
+                return match *method {
+                    Method::GET | Method::HEAD => Ok(Route::Base),
+                    _ => Err(method_not_allowed(method)),
+                }
+            }
+            Some(rest) => rest.strip_prefix('/').ok_or_else(|| not_an_endpoint(path))?,
+            None => return Err(not_an_endpoint(path)),
+        };
+        if rest.contains('%') {
+            return Err(name_invalid(
+                "the path contains percent-encoded bytes; registry paths never need them: \
+                 repository names, tags and digests are plain ASCII",
+            ));
+        }
+        if rest == "_catalog" {
+            return match *method {
+                Method::GET => Ok(Route::Catalog),
+                _ => Err(method_not_allowed(method)),
+            };
+        }
+        // `<name>/blobs/uploads/` (the spec's spelling) starts an upload: its empty last
+        // segment is the only one allowed.
+        let upload_start = rest.strip_suffix("/blobs/uploads/");
+        let segments: Vec<&str> = match upload_start {
+            Some(name) => name.split('/').chain(["blobs", "uploads"]).collect(),
+            None => rest.split('/').collect(),
+        };
+        if let Some(bad) = segments.iter().find(|s| s.is_empty() || **s == "." || **s == "..") {
+            let what = if bad.is_empty() { "an empty segment" } else { "a dot segment" };
+            return Err(name_invalid(format!(
+                "the path has {what}; repository names are lowercase components separated by single '/'"
+            )));
+        }
+        let n = segments.len();
+        let tail = |k: usize| segments.get(n.wrapping_sub(k)).copied().unwrap_or("");
+        // (name components, endpoint) from the end; the precedence keeps names that contain
+        // `blobs` or `manifests` components routable.
+        let (name_len, kind) = if n >= 3 && tail(2) == "blobs" && tail(1) == "uploads" {
+            (n - 2, "upload-start")
+        } else if n >= 3 && tail(2) == "tags" && tail(1) == "list" {
+            (n - 2, "tags")
+        } else if n >= 4 && tail(3) == "blobs" && tail(2) == "uploads" {
+            (n - 3, "upload")
+        } else if n >= 3 && matches!(tail(2), "blobs" | "manifests" | "referrers") {
+            (n - 2, tail(2))
+        } else {
+            return Err(not_an_endpoint(path));
+        };
+        let name: RepositoryName = segments[..name_len]
+            .join("/")
+            .parse()
+            .map_err(|e: oci::NameError| name_invalid(e.to_string()))?;
+        let last = tail(1);
+        let head = *method == Method::HEAD;
+        let op = match (kind, method.clone()) {
+            ("blobs", Method::GET | Method::HEAD) => {
+                Operation::GetBlob { digest: parse_digest(last)?, head }
+            }
+            ("blobs", Method::DELETE) => Operation::DeleteBlob { digest: parse_digest(last)? },
+            ("upload-start", Method::POST) => Operation::StartUpload,
+            ("upload", m) => {
+                let id = UploadId::parse(last).ok_or_else(|| upload_unknown(last));
+                match m {
+                    Method::GET => Operation::UploadStatus { id: id? },
+                    Method::PATCH => Operation::PatchUpload { id: id? },
+                    Method::PUT => Operation::FinishUpload { id: id? },
+                    Method::DELETE => Operation::CancelUpload { id: id? },
+                    _ => return Err(method_not_allowed(method)),
+                }
+            }
+            ("manifests", Method::GET | Method::HEAD) => {
+                Operation::GetManifest { reference: parse_reference(last)?, head }
+            }
+            ("manifests", Method::PUT) => {
+                Operation::PutManifest { reference: parse_reference(last)? }
+            }
+            ("manifests", Method::DELETE) => {
+                Operation::DeleteManifest { reference: parse_reference(last)? }
+            }
+            ("tags", Method::GET) => Operation::Tags,
+            ("referrers", Method::GET) => Operation::Referrers { subject: parse_digest(last)? },
+            _ => return Err(method_not_allowed(method)),
+        };
+        Ok(Route::Repository { name, op })
+    }
+
+    /// The path this route was parsed from: parsing accepts exactly one spelling per route.
+    pub fn path(&self) -> String {
+        use Operation::*;
+        let (name, op) = match self {
+            Route::Base => return "/v2/".into(),
+            Route::Catalog => return "/v2/_catalog".into(),
+            Route::Repository { name, op } => (name, op),
+        };
+        let tail = match op {
+            GetBlob { digest, .. } | DeleteBlob { digest } => format!("blobs/{digest}"),
+            StartUpload => "blobs/uploads/".into(),
+            UploadStatus { id }
+            | PatchUpload { id }
+            | FinishUpload { id }
+            | CancelUpload { id } => {
+                format!("blobs/uploads/{id}")
+            }
+            GetManifest { reference, .. }
+            | PutManifest { reference }
+            | DeleteManifest { reference } => format!("manifests/{reference}"),
+            Tags => "tags/list".into(),
+            Referrers { subject } => format!("referrers/{subject}"),
+        };
+        format!("/v2/{name}/{tail}")
+    }
+}
+
+/// The bearer token of a request, if it has one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get("authorization")?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// A refused request: 401 with the challenge that starts the token flow.
+fn refused(registry: &Registry, refusal: Refusal) -> RegistryError {
+    let challenge = registry.gate.challenge(&refusal);
+    let error = match refusal {
+        Refusal::Failed(e) => return RegistryError::from(e),
+        Refusal::Unauthenticated { .. } => {
+            RegistryError::new(ErrorCode::Unauthorized, "authentication required")
+        }
+        // Worded the same whether or not a project exists, so private projects stay invisible.
+        Refusal::Denied { .. } => RegistryError::new(
+            ErrorCode::Denied,
+            "requested access to the resource is denied: images live at <project path>[/up to 3 more levels] \
+             of a project you have access to (pull: reporter, push: developer, delete: maintainer)",
+        ),
+    };
+    let error = error.with_status(StatusCode::UNAUTHORIZED);
+    match challenge {
+        Some(value) => error.with_header("www-authenticate", value),
+        None => error,
+    }
+}
+
+/// The one handler of every `/v2` request: parse, decide, then run the operation.
+async fn dispatch(State(registry): State<Registry>, request: Request) -> Response {
+    match run(&registry, request).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn run(registry: &Registry, request: Request) -> Result<Response> {
+    let (parts, body) = request.into_parts();
+    let route = Route::parse(&parts.method, parts.uri.path())?;
+    let token = bearer(&parts.headers);
+    let r = registry;
+    let (name, op) = match route {
+        Route::Base => {
+            r.gate.base(token).map_err(|e| refused(r, e))?;
+            return Ok(base());
+        }
+        Route::Catalog => {
+            let access = r.gate.catalog(token).await.map_err(|e| refused(r, e))?;
+            let query = Query::parse(parts.uri.query());
+            return listing::catalog(r, &query, &access).await;
+        }
+        Route::Repository { name, op } => (name, op),
+    };
+    let upload = op.upload().map(UploadId::as_str);
+    let access =
+        r.gate.repository(name, op.action(), upload, token).await.map_err(|e| refused(r, e))?;
+    let query = Query::parse(parts.uri.query());
+    let headers = &parts.headers;
+    use Operation::*;
+    match op {
+        GetBlob { digest, head } => blobs::get(r, &access, &digest, headers, head).await,
+        DeleteBlob { digest } => blobs::delete(r, &access, &digest).await,
+        StartUpload => uploads::start(r, &access, &query, headers, body).await,
+        UploadStatus { id } => uploads::status(r, &access, &id).await,
+        PatchUpload { id } => uploads::patch(r, &access, &id, headers, body).await,
+        FinishUpload { id } => uploads::finish(r, &access, &id, &query, headers, body).await,
+        CancelUpload { id } => uploads::cancel(r, &access, &id).await,
+        GetManifest { reference, head } => {
+            manifests::get(r, &access, &reference, headers, head).await
+        }
+        PutManifest { reference } => {
+            manifests::put(r, &access, &reference, &query, headers, body).await
+        }
+        DeleteManifest { reference } => manifests::delete(r, &access, &reference).await,
+        Tags => listing::tags(r, &access, &query).await,
+        Referrers { subject } => listing::referrers(r, &access, &subject, &query).await,
+    }
+}
+
+/// `GET /v2/`: tells clients this is a registry speaking the v2 API.
+fn base() -> Response {
+    (StatusCode::OK, [("content-type", "application/json")], "{}").into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    fn parse(method: Method, path: &str) -> Result<Route> {
+        Route::parse(&method, path)
+    }
+
+    fn repo(name: &str, op: Operation) -> Route {
+        Route::Repository { name: name.parse().unwrap(), op }
+    }
+
     #[test]
     fn parses_paths_from_their_end() {
-        assert_eq!(parse_endpoint("_catalog"), Some(Endpoint::Catalog));
+        let digest: Digest = D.parse().unwrap();
+        assert_eq!(parse(Method::GET, "/v2/").unwrap(), Route::Base);
+        assert_eq!(parse(Method::GET, "/v2").unwrap(), Route::Base);
+        assert_eq!(parse(Method::GET, "/v2/_catalog").unwrap(), Route::Catalog);
         assert_eq!(
-            parse_endpoint("a/b/c/d/e/f/g/h/i/manifests/latest"),
-            Some(Endpoint::Manifest { name: "a/b/c/d/e/f/g/h/i", reference: "latest" })
+            parse(Method::GET, "/v2/a/b/c/d/e/f/g/h/i/manifests/latest").unwrap(),
+            repo(
+                "a/b/c/d/e/f/g/h/i",
+                Operation::GetManifest {
+                    reference: Reference::parse("latest").unwrap(),
+                    head: false
+                }
+            )
         );
         assert_eq!(
-            parse_endpoint("x/blobs/manifests/v1"),
-            Some(Endpoint::Manifest { name: "x/blobs", reference: "v1" })
-        );
-        assert_eq!(parse_endpoint("x/blobs/uploads/"), Some(Endpoint::UploadStart { name: "x" }));
-        assert_eq!(
-            parse_endpoint("x/y/blobs/uploads/abc"),
-            Some(Endpoint::Upload { name: "x/y", id: "abc" })
+            parse(Method::PUT, "/v2/x/blobs/manifests/v1").unwrap(),
+            repo("x/blobs", Operation::PutManifest { reference: Reference::parse("v1").unwrap() })
         );
         assert_eq!(
-            parse_endpoint("x/blobs/sha256:00"),
-            Some(Endpoint::Blob { name: "x", digest: "sha256:00" })
+            parse(Method::POST, "/v2/x/blobs/uploads/").unwrap(),
+            repo("x", Operation::StartUpload)
         );
-        assert_eq!(parse_endpoint("x/tags/list"), Some(Endpoint::Tags { name: "x" }));
         assert_eq!(
-            parse_endpoint("x/referrers/sha256:00"),
-            Some(Endpoint::Referrers { name: "x", digest: "sha256:00" })
+            parse(Method::POST, "/v2/x/blobs/uploads").unwrap(),
+            repo("x", Operation::StartUpload)
         );
-        assert_eq!(parse_endpoint("x/other/y"), None);
-        assert_eq!(parse_endpoint("x"), None);
+        let id = uuid::Uuid::new_v4().to_string();
+        assert_eq!(
+            parse(Method::PATCH, &format!("/v2/x/y/blobs/uploads/{id}")).unwrap(),
+            repo("x/y", Operation::PatchUpload { id: UploadId(id.clone()) })
+        );
+        assert_eq!(
+            parse(Method::HEAD, &format!("/v2/x/blobs/{D}")).unwrap(),
+            repo("x", Operation::GetBlob { digest: digest.clone(), head: true })
+        );
+        assert_eq!(parse(Method::GET, "/v2/x/tags/list").unwrap(), repo("x", Operation::Tags));
+        assert_eq!(
+            parse(Method::GET, &format!("/v2/x/referrers/{D}")).unwrap(),
+            repo("x", Operation::Referrers { subject: digest })
+        );
+    }
+
+    #[test]
+    fn other_spellings_are_refused() {
+        let id = uuid::Uuid::new_v4().to_string();
+        for (method, path, status, code) in [
+            (Method::GET, "/v2/acme/%61pp/tags/list", 400, "NAME_INVALID"),
+            (Method::GET, "/v2/acme%2Fapp/tags/list", 400, "NAME_INVALID"),
+            (Method::GET, "/v2/_c%61talog", 400, "NAME_INVALID"),
+            (Method::GET, "/v2/acme//app/tags/list", 400, "NAME_INVALID"),
+            (Method::GET, "/v2//acme/app/tags/list", 400, "NAME_INVALID"),
+            (Method::GET, "/v2/acme/./app/tags/list", 400, "NAME_INVALID"),
+            (Method::GET, "/v2/acme/x/../app/tags/list", 400, "NAME_INVALID"),
+            (Method::GET, "/v2/acme/app/tags/list/", 400, "NAME_INVALID"),
+            (Method::GET, "/v2/acme/app/manifests/", 400, "NAME_INVALID"),
+            (Method::GET, "/v2/Acme/app/tags/list", 400, "NAME_INVALID"),
+            (Method::GET, "/v2/acme/аpp/tags/list", 400, "NAME_INVALID"),
+            (Method::GET, "/v2/acme/app/other/x", 404, "NAME_INVALID"),
+            (Method::GET, "/v2/acme", 404, "NAME_INVALID"),
+            (Method::GET, "/v2x/acme/app/tags/list", 404, "NAME_INVALID"),
+            (Method::POST, "/v2/acme/app/tags/list", 405, "UNSUPPORTED"),
+            (Method::GET, "/v2/acme/app/blobs/sha256:00", 400, "DIGEST_INVALID"),
+            (
+                Method::GET,
+                &format!("/v2/x/blobs/uploads/{}", id.to_uppercase()),
+                404,
+                "BLOB_UPLOAD_UNKNOWN",
+            ),
+            (Method::GET, &format!("/v2/x/blobs/uploads/{{{id}}}"), 404, "BLOB_UPLOAD_UNKNOWN"),
+        ] {
+            let e = parse(method.clone(), path).unwrap_err();
+            assert_eq!((e.status.as_u16(), e.code.as_str()), (status, code), "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn rendering_gives_back_the_parsed_path() {
+        let id = uuid::Uuid::new_v4().to_string();
+        for (method, path) in [
+            (Method::GET, "/v2/".to_string()),
+            (Method::GET, "/v2/_catalog".to_string()),
+            (Method::GET, "/v2/a/b-c/tags/list".to_string()),
+            (Method::POST, "/v2/a/blobs/uploads/".to_string()),
+            (Method::PUT, format!("/v2/a/blobs/uploads/{id}")),
+            (Method::DELETE, format!("/v2/a/blobs/{D}")),
+            (Method::GET, format!("/v2/a/referrers/{D}")),
+            (Method::PUT, "/v2/a/manifests/v1.0".to_string()),
+        ] {
+            assert_eq!(parse(method, &path).unwrap().path(), path);
+        }
     }
 }

@@ -14,8 +14,10 @@ use blobstore::ResumableSha256;
 use meta::UploadRecord;
 use oci::{Digest, ErrorCode, RepositoryName};
 
-use crate::blobs::parse_digest;
+use auth::access::RepositoryAccess;
+
 use crate::error::{RegistryError, Result};
+use crate::routes::{parse_digest, upload_unknown, UploadId};
 use crate::{header, Query, Registry};
 
 fn upload_location(name: &RepositoryName, id: &str) -> String {
@@ -52,17 +54,18 @@ fn blob_created(name: &RepositoryName, digest: &Digest) -> Response {
         .into_response()
 }
 
-fn upload_unknown(id: &str) -> RegistryError {
+/// The session ended while this request was writing to it.
+fn upload_gone() -> RegistryError {
     RegistryError::new(
         ErrorCode::BlobUploadUnknown,
-        format!("upload {id} is not in progress here: it finished, was cancelled or expired; start a new one"),
+        "the upload finished, was cancelled or expired while this chunk was written; start a new one",
     )
 }
 
 fn new_session(name: &RepositoryName) -> UploadRecord {
     let now = meta::now_millis();
     UploadRecord {
-        id: uuid::Uuid::new_v4().to_string(),
+        id: UploadId::random().to_string(),
         repository: name.to_string(),
         size: 0,
         parts: 0,
@@ -72,13 +75,10 @@ fn new_session(name: &RepositoryName) -> UploadRecord {
     }
 }
 
-async fn load(registry: &Registry, name: &RepositoryName, id: &str) -> Result<UploadRecord> {
-    if uuid::Uuid::parse_str(id).is_err() {
-        return Err(upload_unknown(id));
-    }
-    match registry.store.upload(id).await? {
+async fn load(registry: &Registry, name: &RepositoryName, id: &UploadId) -> Result<UploadRecord> {
+    match registry.store.upload(id.as_str()).await? {
         Some(upload) if upload.repository == name.as_str() => Ok(upload),
-        _ => Err(upload_unknown(id)),
+        _ => Err(upload_unknown(id.as_str())),
     }
 }
 
@@ -166,7 +166,10 @@ async fn append(
     if !advanced {
         // Another request appended first; this chunk does not count.
         registry.blobs.discard_part(&upload.id, part).await;
-        let current = load(registry, name, &upload.id).await?;
+        let current = match registry.store.upload(&upload.id).await? {
+            Some(current) => current,
+            None => return Err(upload_gone()),
+        };
         return Err(out_of_order(name, &current, upload.size));
     }
     upload.size = new_size;
@@ -201,17 +204,15 @@ async fn commit(
 
 pub(crate) async fn start(
     registry: &Registry,
-    name: &RepositoryName,
+    access: &RepositoryAccess,
     query: &Query,
     headers: &HeaderMap,
     body: Body,
-    filter: Option<&crate::ReadFilter>,
 ) -> Result<Response> {
+    let name = access.name();
     if let Some(mount) = query.get("mount") {
         let digest = parse_digest(mount)?;
-        if let Some(response) =
-            try_mount(registry, name, &digest, query.get("from"), filter).await?
-        {
+        if let Some(response) = try_mount(registry, access, &digest, query.get("from")).await? {
             return Ok(response);
         }
         // Not mountable: the spec says to fall back to an ordinary upload session.
@@ -236,24 +237,18 @@ pub(crate) async fn start(
     Ok(session_response(StatusCode::ACCEPTED, name, &upload))
 }
 
-/// Links `digest` into `name` from `from` (or, with no `from`, from any repository holding it),
-/// provided the caller may read that repository.
+/// Links `digest` into the caller's repository from `from` (or, with no `from`, from any
+/// repository holding it), provided the caller may read that repository.
 async fn try_mount(
     registry: &Registry,
-    name: &RepositoryName,
+    access: &RepositoryAccess,
     digest: &Digest,
     from: Option<&str>,
-    filter: Option<&crate::ReadFilter>,
 ) -> Result<Option<Response>> {
-    let readable = |repo: String| async move {
-        match filter {
-            Some(f) => f.0.can_pull(&repo).await,
-            None => true,
-        }
-    };
+    let name = access.name();
     let source = match from {
         Some(from) => match from.parse::<RepositoryName>() {
-            Ok(from) if readable(from.to_string()).await => {
+            Ok(from) if access.may_pull(&from).await? => {
                 registry.store.repository_blob(&from, digest).await?
             }
             _ => None,
@@ -261,7 +256,8 @@ async fn try_mount(
         None => {
             let mut found = None;
             for repo in registry.store.repositories_with_blob(digest, 50).await? {
-                if readable(repo).await {
+                let Ok(repo) = repo.parse::<RepositoryName>() else { continue };
+                if access.may_pull(&repo).await? {
                     found = registry.store.blob(digest).await?;
                     break;
                 }
@@ -276,20 +272,22 @@ async fn try_mount(
 
 pub(crate) async fn status(
     registry: &Registry,
-    name: &RepositoryName,
-    id: &str,
+    access: &RepositoryAccess,
+    id: &UploadId,
 ) -> Result<Response> {
+    let name = access.name();
     let upload = load(registry, name, id).await?;
     Ok(session_response(StatusCode::NO_CONTENT, name, &upload))
 }
 
 pub(crate) async fn patch(
     registry: &Registry,
-    name: &RepositoryName,
-    id: &str,
+    access: &RepositoryAccess,
+    id: &UploadId,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response> {
+    let name = access.name();
     let upload = load(registry, name, id).await?;
     let upload = append(registry, name, upload, headers, body).await?;
     Ok(session_response(StatusCode::ACCEPTED, name, &upload))
@@ -297,12 +295,13 @@ pub(crate) async fn patch(
 
 pub(crate) async fn finish(
     registry: &Registry,
-    name: &RepositoryName,
-    id: &str,
+    access: &RepositoryAccess,
+    id: &UploadId,
     query: &Query,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response> {
+    let name = access.name();
     let upload = load(registry, name, id).await?;
     let digest = query.get("digest").ok_or_else(|| {
         RegistryError::new(ErrorCode::DigestInvalid, "PUT must name the blob's digest in ?digest=")
@@ -317,12 +316,13 @@ pub(crate) async fn finish(
 
 pub(crate) async fn cancel(
     registry: &Registry,
-    name: &RepositoryName,
-    id: &str,
+    access: &RepositoryAccess,
+    id: &UploadId,
 ) -> Result<Response> {
+    let name = access.name();
     let upload = load(registry, name, id).await?;
     if !registry.store.delete_upload(&upload.id).await? {
-        return Err(upload_unknown(id));
+        return Err(upload_unknown(id.as_str()));
     }
     registry.blobs.delete_upload(&upload.id, upload.parts).await;
     Ok((StatusCode::NO_CONTENT, [("content-length", "0")]).into_response())

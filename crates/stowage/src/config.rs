@@ -43,7 +43,9 @@ pub struct AuthConfig {
     pub issuer: String,
     /// `service` (and `aud`) of registry tokens.
     pub service: String,
-    /// The token endpoint clients are sent to; default: `<scheme>://<Host>/jwt/auth` of the request.
+    /// The token endpoint clients are sent to; default: `<http.host>/jwt/auth`, or the listening
+    /// address when `http.host` is unset (never a request's `Host` header, which a client
+    /// controls).
     pub realm: Option<String>,
     /// PKCS#8 PEM file with a P-256 key to sign tokens; default: generated on first start and
     /// kept in the metadata database, shared by every instance.
@@ -247,6 +249,18 @@ impl Config {
         match &self.http.host {
             Some(host) if !host.is_empty() => host.trim_end_matches('/').to_string(),
             _ => format!("http://{}", self.http.addr),
+        }
+    }
+
+    /// The token endpoint clients are sent to: `auth.realm`, else `<http.host>/jwt/auth`, else
+    /// the address the server listens on.
+    pub fn token_realm(&self, listening: std::net::SocketAddr) -> String {
+        if let Some(realm) = self.auth.realm.as_ref().filter(|r| !r.is_empty()) {
+            return realm.clone();
+        }
+        match self.http.host.as_ref().filter(|h| !h.is_empty()) {
+            Some(_) => format!("{}/jwt/auth", self.external_url()),
+            None => format!("http://{listening}/jwt/auth"),
         }
     }
 

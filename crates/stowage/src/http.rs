@@ -1,5 +1,5 @@
 //! The HTTP application: every surface's router, plus the layers every request passes
-//! (request id, access log). Authentication will be one more layer here.
+//! (request id, access log).
 
 use std::time::Instant;
 
@@ -18,12 +18,8 @@ pub fn app(
     auth: Option<auth::web::AuthState>,
 ) -> Router {
     let request_id = axum::http::HeaderName::from_static(REQUEST_ID);
-    let mut v2 = registry::router(registry);
-    if let Some(auth) = &auth {
-        // The guard sits in front of the /v2 handlers only; they never see credentials.
-        v2 = v2.layer(middleware::from_fn_with_state(auth.clone(), auth::web::guard));
-    }
-    let mut app = v2.merge(api::router(api));
+    // The /v2 router makes its own access decisions (`registry.gate`), on the request it parsed.
+    let mut app = registry::router(registry).merge(api::router(api));
     if let Some(auth) = auth {
         app = app.merge(auth::web::token_router(auth));
     }

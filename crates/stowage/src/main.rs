@@ -68,7 +68,8 @@ async fn open_registry(config: &Config) -> anyhow::Result<registry::Registry> {
         max_blob_bytes: (config.limits.max_blob_bytes > 0).then_some(config.limits.max_blob_bytes),
         ..Default::default()
     };
-    Ok(registry::Registry { store, blobs, limits })
+    // The CLI commands that open the registry need no access decisions; `serve` sets the gate.
+    Ok(registry::Registry { store, blobs, limits, gate: auth::Gate::Open })
 }
 
 /// A database URL without its password, for messages.
@@ -118,24 +119,37 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         store: registry.store.clone(),
         job_token_lifetime: parse_duration(&config.auth.job_token_lifetime)?,
     };
+    let listener = tokio::net::TcpListener::bind(&config.http.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http.addr))?;
+    let local_addr = listener.local_addr()?;
+    let mut registry = registry;
     let auth = match config.auth.mode.as_str() {
         "token" => {
-            let tokens = auth::jwt::TokenService::load(
-                &registry.store,
-                config.auth.signing_key.as_deref(),
-                &config.auth.issuer,
-                &config.auth.service,
-                parse_duration(&config.auth.token_lifetime)?,
-            )
-            .await
-            .context("cannot load the token signing key")?;
+            let tokens = std::sync::Arc::new(
+                auth::jwt::TokenService::load(
+                    &registry.store,
+                    config.auth.signing_key.as_deref(),
+                    &config.auth.issuer,
+                    &config.auth.service,
+                    parse_duration(&config.auth.token_lifetime)?,
+                )
+                .await
+                .context("cannot load the token signing key")?,
+            );
             tracing::info!(kid = tokens.kid(), "token authentication on");
+            let realm = config.token_realm(local_addr);
+            if config.auth.realm.is_none() && config.http.host.is_none() {
+                tracing::warn!(
+                    %realm,
+                    "http.host is not set: clients are sent to the listening address for tokens; \
+                     set http.host to the URL clients reach this registry at"
+                );
+            }
+            registry.gate = auth::Gate::token(registry.store.clone(), tokens.clone(), realm);
             Some(auth::web::AuthState {
                 store: registry.store.clone(),
-                tokens: std::sync::Arc::new(tokens),
-                realm: config.auth.realm.clone().or_else(|| {
-                    config.http.host.as_ref().map(|_| format!("{}/jwt/auth", config.external_url()))
-                }),
+                tokens,
                 limiter: Default::default(),
             })
         }
@@ -147,10 +161,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     };
     let app = http::app(registry, api, auth);
-    let listener = tokio::net::TcpListener::bind(&config.http.addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.http.addr))?;
-    tracing::info!("listening on http://{}", listener.local_addr()?);
+    tracing::info!("listening on http://{local_addr}");
     axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(shutdown_signal())
         .await?;
