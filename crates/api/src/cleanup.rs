@@ -263,7 +263,7 @@ async fn dry_run_handler(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require_signed_in()?;
-    let project = svc::project(&s.store, &caller, &Ref::parse(&id)).await?;
+    let project = svc::project(&s.store, &caller, &Ref::parse("id", &id)?).await?;
     if svc::project_level(&s.store, &caller, &project).await? < access_level::MAINTAINER {
         return Err(ApiError::ForbiddenBecause(
             "a cleanup policy dry run needs the maintainer role or higher".into(),

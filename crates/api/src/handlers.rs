@@ -33,12 +33,12 @@ fn user_ref(id: &str) -> Result<Ref, ApiError> {
     numeric_id(id, USER_NOT_FOUND).map(Ref::Id)
 }
 
-/// A group or project reference given as a number or a path.
-fn ref_param(value: Option<Value>) -> Option<Ref> {
-    match value? {
-        Value::Number(n) => n.as_i64().map(Ref::Id),
-        Value::String(s) if !s.is_empty() => Some(Ref::parse(&s)),
-        _ => None,
+/// A group or project reference given as a number or a path in the body parameter `param`.
+fn ref_param(param: &str, value: Option<Value>) -> Result<Option<Ref>, ApiError> {
+    match value {
+        Some(Value::Number(n)) => Ok(n.as_i64().map(Ref::Id)),
+        Some(Value::String(s)) if !s.is_empty() => Ref::parse(param, &s).map(Some),
+        _ => Ok(None),
     }
 }
 
@@ -130,7 +130,7 @@ pub async fn create_group(
     let new = svc::NewGroup {
         name,
         path: p.path,
-        parent: ref_param(p.parent_id),
+        parent: ref_param("parent_id", p.parent_id)?,
         visibility: p.visibility,
     };
     created(GroupView::from(&svc::create_group(&s.store, &caller, new).await?))
@@ -145,7 +145,7 @@ pub async fn get_group(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Answer {
-    ok(GroupView::from(&svc::group(&s.store, &caller, &Ref::parse(&id)).await?))
+    ok(GroupView::from(&svc::group(&s.store, &caller, &Ref::parse("id", &id)?).await?))
 }
 
 // ---- projects -------------------------------------------------------------------------------
@@ -174,7 +174,7 @@ pub async fn create_project(
     let new = svc::NewProject {
         name: p.name,
         path: p.path,
-        namespace: ref_param(p.namespace_id),
+        namespace: ref_param("namespace_id", p.namespace_id)?,
         visibility: p.visibility,
         registry_access: p.container_registry_access_level,
     };
@@ -195,7 +195,7 @@ pub async fn get_project(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Answer {
-    let project = svc::project(&s.store, &caller, &Ref::parse(&id)).await?;
+    let project = svc::project(&s.store, &caller, &Ref::parse("id", &id)?).await?;
     ok(project_view(&s, &project).await?)
 }
 
@@ -222,7 +222,7 @@ pub async fn update_project(
     // The policy is validated first, so an invalid one leaves the project unchanged too.
     let policy = match p.container_expiration_policy_attributes {
         Some(attributes) => {
-            let current = svc::project(&s.store, &caller, &Ref::parse(&id)).await?;
+            let current = svc::project(&s.store, &caller, &Ref::parse("id", &id)?).await?;
             let now = meta::now_millis();
             Some(
                 crate::cleanup::plan_policy_update(&s.store, &caller, &current, attributes, now)
@@ -231,7 +231,7 @@ pub async fn update_project(
         }
         None => None,
     };
-    let project = svc::update_project(&s.store, &caller, &Ref::parse(&id), changes).await?;
+    let project = svc::update_project(&s.store, &caller, &Ref::parse("id", &id)?, changes).await?;
     if let Some(policy) = policy {
         s.store.save_cleanup_policy(&policy).await?;
     }
@@ -278,7 +278,7 @@ async fn source<K: SourceKind>(
     caller: &Caller,
     id: &str,
 ) -> Result<Source, ApiError> {
-    svc::source(&s.store, caller, K::KIND, &Ref::parse(id)).await
+    svc::source(&s.store, caller, K::KIND, &Ref::parse("id", id)?).await
 }
 
 pub async fn list_members<K: SourceKind>(
@@ -445,7 +445,7 @@ pub async fn create_job_token(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Answer {
-    let project = svc::project(&s.store, &caller, &Ref::parse(&id)).await?;
+    let project = svc::project(&s.store, &caller, &Ref::parse("id", &id)?).await?;
     let (token, secret) =
         svc::create_job_token(&s.store, &caller, &project, s.job_token_lifetime).await?;
     created(JobTokenView {
@@ -461,7 +461,7 @@ pub async fn job_token_allowlist(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Answer {
-    let project = svc::project(&s.store, &caller, &Ref::parse(&id)).await?;
+    let project = svc::project(&s.store, &caller, &Ref::parse("id", &id)?).await?;
     let mut out = Vec::new();
     for p in svc::job_token_allowlist(&s.store, &caller, &project).await? {
         out.push(project_view(&s, &p).await?);
@@ -480,8 +480,8 @@ pub async fn allow_job_token_project(
     Path(id): Path<String>,
     Params(p): Params<AllowlistEntry>,
 ) -> Answer {
-    let project = svc::project(&s.store, &caller, &Ref::parse(&id)).await?;
-    let target = ref_param(p.target_project_id)
+    let project = svc::project(&s.store, &caller, &Ref::parse("id", &id)?).await?;
+    let target = ref_param("target_project_id", p.target_project_id)?
         .ok_or_else(|| ApiError::invalid("target_project_id", "is required"))?;
     let allowed = svc::allow_job_token_project(&s.store, &caller, &project, &target).await?;
     created(AllowlistEntryView { source_project_id: project.id, target_project_id: allowed.id })
@@ -492,7 +492,7 @@ pub async fn disallow_job_token_project(
     caller: Caller,
     Path((id, target)): Path<(String, String)>,
 ) -> Answer {
-    let project = svc::project(&s.store, &caller, &Ref::parse(&id)).await?;
+    let project = svc::project(&s.store, &caller, &Ref::parse("id", &id)?).await?;
     let target = numeric_id(&target, crate::error::PROJECT_NOT_FOUND)?;
     svc::disallow_job_token_project(&s.store, &caller, &project, target).await?;
     no_content()

@@ -43,10 +43,44 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Params<T> {
                 }
             }
         }
+        refuse_nul(&params)?;
         serde_json::from_value(Value::Object(params))
             .map(Params)
             .map_err(|e| ApiError::bad_request(format!("invalid parameters: {e}")))
     }
+}
+
+/// No parameter may hold a NUL character: PostgreSQL cannot store one in text (it fails the
+/// query) while SQLite can, so letting one through would make the backends disagree. Checked
+/// once here, for every parameter of every endpoint, before anything reaches `meta`.
+fn refuse_nul(params: &Map<String, Value>) -> Result<(), ApiError> {
+    fn nul_at(value: &Value, at: &mut String) -> bool {
+        match value {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(items) => items.iter().any(|v| nul_at(v, at)),
+            Value::Object(fields) => fields.iter().any(|(k, v)| {
+                let len = at.len();
+                at.push('.');
+                at.push_str(k);
+                let found = k.contains('\0') || nul_at(v, at);
+                if !found {
+                    at.truncate(len);
+                }
+                found
+            }),
+            _ => false,
+        }
+    }
+    for (name, value) in params {
+        let mut at = name.clone();
+        if name.contains('\0') || nul_at(value, &mut at) {
+            return Err(ApiError::bad_request(format!(
+                "parameter {} contains a NUL character (%00 or \\u0000), which no parameter accepts",
+                oci::preview(&at)
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn add_form_pairs(params: &mut Map<String, Value>, encoded: &[u8]) {
@@ -121,15 +155,128 @@ pub enum Ref {
 }
 
 impl Ref {
-    pub fn parse(text: &str) -> Ref {
-        match text.parse::<i64>() {
-            Ok(id) if !text.starts_with('+') && !text.starts_with('-') => Ref::Id(id),
-            _ => Ref::Path(text.trim_matches('/').to_string()),
+    /// THE parser of group and project references from requests (path `:id`, `parent_id`,
+    /// `namespace_id`, `target_project_id`): digits are an id, anything else must be a full
+    /// path that could exist — valid segments, no control characters, not longer than any
+    /// path — or the request is refused (400, naming `param`) before it reaches a query.
+    pub fn parse(param: &str, text: &str) -> Result<Ref, ApiError> {
+        if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+            if let Ok(id) = text.parse::<i64>() {
+                return Ok(Ref::Id(id));
+            }
+            // Too large for an id: as a path it names nothing, and answers so.
         }
+        let path = text.trim_matches('/');
+        match crate::names::why_not_full_path(path) {
+            None => Ok(Ref::Path(path.to_string())),
+            Some(why) => Err(ApiError::bad_request(format!(
+                "{param} {} is neither a numeric id nor a URL-encoded full path: {why}",
+                oci::preview(text)
+            ))),
+        }
+    }
+}
+
+/// A tag name given as a parameter (`tag_name`, keyset markers, `name_exact`); anything that
+/// is not a valid tag is refused (400, naming `param`), as no tag could match it.
+pub fn tag_param(param: &str, text: &str) -> Result<oci::Tag, ApiError> {
+    text.parse().map_err(|e: oci::NameError| ApiError::bad_request(format!("{param}: {e}")))
+}
+
+/// One page of a page-numbered listing (`?page=&per_page=`), as GitLab counts them:
+/// `per_page` defaults to 20 and is held to 1..=100, a `page` below 1 is page 1. Pages past
+/// [`Page::MAX`] are refused, so the row offset can never overflow (PostgreSQL refuses a
+/// negative OFFSET, SQLite does not) and stays a number a database can skip to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Page {
+    pub number: i64,
+    pub per_page: i64,
+}
+
+impl Page {
+    pub const MAX: i64 = 1_000_000;
+    pub const MAX_PER_PAGE: i64 = 100;
+
+    pub fn parse(page: Option<i64>, per_page: Option<i64>) -> Result<Page, ApiError> {
+        let per_page = per_page.unwrap_or(20).clamp(1, Page::MAX_PER_PAGE);
+        let number = page.unwrap_or(1).max(1);
+        if number > Page::MAX {
+            return Err(ApiError::bad_request(format!(
+                "page must be at most {}: for more, ask for larger pages (per_page up to {})",
+                Page::MAX,
+                Page::MAX_PER_PAGE
+            )));
+        }
+        Ok(Page { number, per_page })
+    }
+
+    /// Rows before this page: at most `(MAX - 1) * MAX_PER_PAGE`, far below `i64::MAX`.
+    pub fn offset(&self) -> i64 {
+        (self.number - 1) * self.per_page
     }
 }
 
 /// A numeric path parameter (user id, token id); anything else names nothing.
 pub fn numeric_id(text: &str, not_found: &'static str) -> Result<i64, ApiError> {
     text.parse::<i64>().map_err(|_| ApiError::NotFound(not_found))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references() {
+        assert_eq!(Ref::parse("id", "42").unwrap(), Ref::Id(42));
+        assert_eq!(Ref::parse("id", "acme/platform").unwrap(), Ref::Path("acme/platform".into()));
+        assert_eq!(Ref::parse("id", "/acme/").unwrap(), Ref::Path("acme".into()));
+        // Too large for an id, but digits are a valid path segment: found by path, or not.
+        assert!(matches!(Ref::parse("id", "99999999999999999999").unwrap(), Ref::Path(_)));
+        for bad in [
+            "",
+            "a\0b",
+            "a\nb",
+            "a\u{7f}b",
+            "-1",
+            "+1",
+            "Acme",
+            "a//b",
+            "a/../b",
+            "a b",
+            "a%2Fb",
+            &"a".repeat(100_000),
+        ] {
+            let e = Ref::parse("namespace_id", bad).unwrap_err();
+            assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST, "{bad:?}");
+            let message = e.to_string();
+            assert!(message.starts_with("namespace_id "), "{message}");
+            assert!(message.len() < 500, "no echo of long input: {}", message.len());
+        }
+    }
+
+    #[test]
+    fn pages() {
+        assert_eq!(Page::parse(None, None).unwrap(), Page { number: 1, per_page: 20 });
+        assert_eq!(Page::parse(Some(-5), Some(0)).unwrap(), Page { number: 1, per_page: 1 });
+        assert_eq!(Page::parse(Some(3), Some(i64::MAX)).unwrap().offset(), 200);
+        assert_eq!(Page::parse(Some(Page::MAX), Some(100)).unwrap().offset(), 99_999_900);
+        for huge in [Page::MAX + 1, i64::MAX] {
+            assert!(Page::parse(Some(huge), Some(100)).is_err());
+        }
+    }
+
+    #[test]
+    fn nul_is_refused_anywhere() {
+        let params = |v: Value| v.as_object().unwrap().clone();
+        assert!(refuse_nul(&params(serde_json::json!({"a": "b", "n": 1, "l": ["x"]}))).is_ok());
+        for (v, at) in [
+            (serde_json::json!({"name": "a\0"}), "name"),
+            (serde_json::json!({"scopes": ["api", "\0"]}), "scopes"),
+            (serde_json::json!({"p": {"q": {"r": "\0"}}}), "p.q.r"),
+            (serde_json::json!({"p": {"k\0": 1}}), "p.k"),
+        ] {
+            let e = refuse_nul(&params(v)).unwrap_err().to_string();
+            assert!(e.contains(at), "{e}");
+        }
+    }
 }

@@ -78,6 +78,23 @@ fn why_invalid(path: &str) -> Option<String> {
     None
 }
 
+/// Why `path` cannot be the full path of any group or project (`acme/platform/api`), as a
+/// sentence, or `None` when it could be one.
+pub fn why_not_full_path(path: &str) -> Option<String> {
+    if path.is_empty() {
+        return Some("it is empty".into());
+    }
+    if path.len() > MAX_FULL_PATH {
+        return Some(format!(
+            "it is {} bytes long, and no full path is longer than {MAX_FULL_PATH}",
+            path.len()
+        ));
+    }
+    path.split('/').find_map(|segment| {
+        why_invalid(segment).map(|why| format!("segment {} {why}", oci::preview(segment)))
+    })
+}
+
 /// Checks that `full_path` leaves room for image names below it.
 pub fn check_full_path_length(full_path: &str) -> Result<(), ApiError> {
     if full_path.len() > MAX_FULL_PATH {

@@ -104,7 +104,7 @@ async fn managed_project(
     id: &str,
 ) -> Result<(meta::Project, i64), ApiError> {
     caller.require_signed_in()?;
-    let project = svc::project(store, caller, &Ref::parse(id)).await?;
+    let project = svc::project(store, caller, &Ref::parse("id", id)?).await?;
     let level = rule_level(store, caller, &project).await?;
     require(level, access_level::MAINTAINER, "managing container protection rules")?;
     Ok((project, level))

@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 
 use crate::caller::Caller;
 use crate::error::ApiError;
-use crate::input::{flag, int, numeric_id, Params, Ref};
+use crate::input::{flag, int, numeric_id, tag_param, Page, Params, Ref};
 use crate::service as svc;
 use crate::time::iso8601;
 use crate::ApiState;
@@ -491,7 +491,7 @@ async fn list_project_repositories(
     Params(extras): Params<RepositoryExtras>,
 ) -> Answer {
     let host = request_host(&headers);
-    let project = readable_project(&s.store, &caller, &Ref::parse(&id)).await?;
+    let project = readable_project(&s.store, &caller, &Ref::parse("id", &id)?).await?;
     let mut out = Vec::new();
     for repository in s.store.repositories_at_or_below(&project.full_path).await? {
         out.push(repository_view(&s.store, &host, &project, &repository, &extras).await?);
@@ -508,7 +508,9 @@ async fn list_group_repositories(
 ) -> Answer {
     let host = request_host(&headers);
     let mut out = Vec::new();
-    for (project, repository) in group_repositories(&s.store, &caller, &Ref::parse(&id)).await? {
+    for (project, repository) in
+        group_repositories(&s.store, &caller, &Ref::parse("id", &id)?).await?
+    {
         out.push(repository_view(&s.store, &host, &project, &repository, &extras).await?);
     }
     Ok(Json(out).into_response())
@@ -544,7 +546,8 @@ async fn repository_details(
         Some("self_with_descendants") => true,
         Some(other) => {
             return Err(ApiError::bad_request(format!(
-                "size {other:?} is not supported: use self or self_with_descendants"
+                "size {} is not supported: use self or self_with_descendants",
+                oci::preview(other)
             )))
         }
     };
@@ -566,7 +569,8 @@ async fn delete_repository(
     Path((id, repo_id)): Path<(String, String)>,
 ) -> Answer {
     let (project, repository) =
-        project_repository(&s.store, &caller, &Ref::parse(&id), repository_id(&repo_id)?).await?;
+        project_repository(&s.store, &caller, &Ref::parse("id", &id)?, repository_id(&repo_id)?)
+            .await?;
     require_delete(&s.store, &caller, &project).await?;
     let store = s.store.clone();
     tokio::spawn(async move {
@@ -610,12 +614,13 @@ async fn list_tags(
     Params(p): Params<PageParams>,
 ) -> Answer {
     let (project, repository) =
-        project_repository(&s.store, &caller, &Ref::parse(&id), repository_id(&repo_id)?).await?;
-    let per_page = p.per_page.unwrap_or(20).clamp(1, 100);
-    let page = p.page.unwrap_or(1).max(1);
+        project_repository(&s.store, &caller, &Ref::parse("id", &id)?, repository_id(&repo_id)?)
+            .await?;
+    let pages = Page::parse(p.page, p.per_page)?;
+    let (page, per_page) = (pages.number, pages.per_page);
     let total = s.store.count_tags(repository.id).await?;
     let total_pages = ((total + per_page - 1) / per_page).max(1);
-    let names = s.store.tag_names_page(repository.id, (page - 1) * per_page, per_page).await?;
+    let names = s.store.tag_names_page(repository.id, pages.offset(), per_page).await?;
     let host = request_host(&headers);
     let body: Vec<TagSummaryView> =
         names.iter().map(|t| TagSummaryView::new(&host, &repository.name, t)).collect();
@@ -654,9 +659,14 @@ async fn get_tag(
     Path((id, repo_id, tag)): Path<(String, String, String)>,
 ) -> Answer {
     let (_, repository) =
-        project_repository(&s.store, &caller, &Ref::parse(&id), repository_id(&repo_id)?).await?;
-    let detail =
-        s.store.tag_detail(repository.id, &tag).await?.ok_or(ApiError::NotFound(TAG_NOT_FOUND))?;
+        project_repository(&s.store, &caller, &Ref::parse("id", &id)?, repository_id(&repo_id)?)
+            .await?;
+    let tag = tag_param("tag_name", &tag)?;
+    let detail = s
+        .store
+        .tag_detail(repository.id, tag.as_str())
+        .await?
+        .ok_or(ApiError::NotFound(TAG_NOT_FOUND))?;
     let host = request_host(&headers);
     let summary = TagSummaryView::new(&host, &repository.name, &detail.name);
     let revision = detail
@@ -682,10 +692,12 @@ async fn delete_one_tag(
     Path((id, repo_id, tag)): Path<(String, String, String)>,
 ) -> Answer {
     let (project, repository) =
-        project_repository(&s.store, &caller, &Ref::parse(&id), repository_id(&repo_id)?).await?;
+        project_repository(&s.store, &caller, &Ref::parse("id", &id)?, repository_id(&repo_id)?)
+            .await?;
     require_delete(&s.store, &caller, &project).await?;
-    if delete_tag(&s.store, &caller, &project, &repository, &tag, TagDeletionOrigin::Single).await?
-    {
+    let tag = tag_param("tag_name", &tag)?;
+    let origin = TagDeletionOrigin::Single;
+    if delete_tag(&s.store, &caller, &project, &repository, tag.as_str(), origin).await? {
         Ok(StatusCode::OK.into_response())
     } else {
         Err(ApiError::NotFound(TAG_NOT_FOUND))
@@ -710,7 +722,8 @@ async fn bulk_delete_tags(
     Params(p): Params<BulkDeleteParams>,
 ) -> Answer {
     let (project, repository) =
-        project_repository(&s.store, &caller, &Ref::parse(&id), repository_id(&repo_id)?).await?;
+        project_repository(&s.store, &caller, &Ref::parse("id", &id)?, repository_id(&repo_id)?)
+            .await?;
     require_delete(&s.store, &caller, &project).await?;
     let cleanup = TagCleanup::new(
         p.name_regex_delete.as_deref().or(p.name_regex.as_deref()),
@@ -743,10 +756,12 @@ struct KeysetParams {
     name_exact: Option<String>,
 }
 
-/// `name`, or `<published_at ms>|name` when ordering by published time.
+/// `name`, or `<published_at ms>|name` when ordering by published time; the name must be a
+/// valid tag (GitLab's registry refuses others the same way).
 fn parse_marker(order: TagOrder, field: &str, text: &str) -> Result<TagMarker, ApiError> {
     if matches!(order, TagOrder::Name | TagOrder::NameDesc) {
-        return Ok(TagMarker { published_at: 0, name: text.to_string() });
+        let name = tag_param(field, text)?;
+        return Ok(TagMarker { published_at: 0, name: name.as_str().to_string() });
     }
     let (time, name) = text.split_once('|').ok_or_else(|| {
         ApiError::bad_request(format!(
@@ -754,9 +769,26 @@ fn parse_marker(order: TagOrder, field: &str, text: &str) -> Result<TagMarker, A
         ))
     })?;
     let published_at = time.parse().map_err(|_| {
-        ApiError::bad_request(format!("{field} has no valid published_at: {time:?}"))
+        ApiError::bad_request(format!("{field} has no valid published_at: {}", oci::preview(time)))
     })?;
-    Ok(TagMarker { published_at, name: name.to_string() })
+    let name = tag_param(field, name)?;
+    Ok(TagMarker { published_at, name: name.as_str().to_string() })
+}
+
+/// The `name` filter: a part of a tag name, `[A-Za-z0-9._-]{1,128}` as in GitLab's registry.
+/// Nothing else could match a tag; and a bounded pattern keeps SQLite's `LIKE` (which refuses
+/// patterns over 50 000 bytes) and PostgreSQL's answering alike.
+fn name_filter(text: &str) -> Result<String, ApiError> {
+    let valid = text.len() <= 128
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if valid {
+        Ok(text.to_string())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "name {} is not part of a tag name: use 1 to 128 letters, digits, '.', '_' and '-'",
+            oci::preview(text)
+        )))
+    }
 }
 
 fn marker_text(order: TagOrder, tag: &TagDetail) -> String {
@@ -794,7 +826,8 @@ async fn list_tag_details(
         "-published_at" => TagOrder::PublishedDesc,
         other => {
             return Err(ApiError::bad_request(format!(
-                "sort {other:?} is not supported: use name, -name, published_at or -published_at"
+                "sort {} is not supported: use name, -name, published_at or -published_at",
+                oci::preview(other)
             )))
         }
     };
@@ -807,8 +840,13 @@ async fn list_tag_details(
         order,
         after: last.map(|t| parse_marker(order, "last", t)).transpose()?,
         before: before.map(|t| parse_marker(order, "before", t)).transpose()?,
-        name_contains: p.name.clone().filter(|t| !t.is_empty()),
-        name_exact: p.name_exact.clone().filter(|t| !t.is_empty()),
+        name_contains: p.name.as_deref().filter(|t| !t.is_empty()).map(name_filter).transpose()?,
+        name_exact: p
+            .name_exact
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .map(|t| tag_param("name_exact", t).map(|t| t.as_str().to_string()))
+            .transpose()?,
         limit: n,
     };
     let tags = s.store.tag_details_page(repository.id, &query).await?;

@@ -23,6 +23,8 @@ use crate::views::CI_USERNAME;
 
 /// Scopes a personal access token may have.
 pub const PAT_SCOPES: &[&str] = &["api", "read_registry", "write_registry"];
+/// Longest email address accepted (GitLab's limit).
+pub const MAX_EMAIL_LEN: usize = 255;
 /// Scopes a deploy token may have.
 pub const DEPLOY_SCOPES: &[&str] = &["read_registry", "write_registry"];
 
@@ -175,6 +177,14 @@ pub async fn create_user(store: &Store, caller: &Caller, new: NewUser) -> Result
     check_username(&new.username)?;
     if !new.email.contains('@') {
         return Err(ApiError::invalid("email", "is not an email address"));
+    }
+    // Emails are unique, so indexed: PostgreSQL cannot index a value of a few kilobytes,
+    // SQLite can. GitLab's limit keeps both backends answering alike.
+    if new.email.len() > MAX_EMAIL_LEN {
+        return Err(ApiError::invalid(
+            "email",
+            format!("is too long (maximum is {MAX_EMAIL_LEN} characters)"),
+        ));
     }
     if new.name.trim().is_empty() {
         return Err(ApiError::invalid("name", "must not be empty"));

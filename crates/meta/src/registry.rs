@@ -1,6 +1,6 @@
 //! Queries for the registry surface: repositories, blobs, manifests, tags, uploads, referrers.
 
-use oci::{Digest, RepositoryName, Tag};
+use oci::{Digest, MediaType, RepositoryName, Tag};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
@@ -58,6 +58,25 @@ impl From<sqlx::Error> for PutManifestError {
     fn from(e: sqlx::Error) -> Self {
         PutManifestError::Meta(MetaError::Database(e))
     }
+}
+
+/// What [`Store::unlink_blob`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UnlinkOutcome {
+    /// The link is gone; the bytes are reclaimed later by GC.
+    Unlinked,
+    /// The repository does not hold the blob (or does not exist).
+    NotLinked,
+    /// A manifest of the repository references the blob, so it stays linked: unlinking it
+    /// would leave that manifest (and every tag on it) pointing at content that is gone.
+    Referenced {
+        /// The referencing manifest's digest (a tagged one when there is one).
+        manifest: String,
+        /// A tag pointing at that manifest, if any.
+        tag: Option<String>,
+        /// Whether the blob is the manifest's config rather than one of its layers.
+        as_config: bool,
+    },
 }
 
 /// One entry of a referrers listing.
@@ -126,12 +145,12 @@ impl Store {
     /// Repository names in lexical (byte) order, after `last`, at most `n`.
     pub async fn list_repositories(
         &self,
-        last: Option<&str>,
+        last: Option<&RepositoryName>,
         n: i64,
     ) -> Result<Vec<String>, MetaError> {
         let rows =
             sqlx::query("SELECT name FROM repositories WHERE name > $1 ORDER BY name LIMIT $2")
-                .bind(last.unwrap_or(""))
+                .bind(last.map_or("", |l| l.as_str()))
                 .bind(n)
                 .fetch_all(&self.pool)
                 .await?;
@@ -217,23 +236,63 @@ impl Store {
         w.commit().await
     }
 
-    /// Removes the link between `repo` and the blob; bytes are reclaimed later by GC.
+    /// Removes the link between `repo` and the blob, unless a manifest of `repo` references it
+    /// as config or layer; bytes are reclaimed later by GC.
+    ///
+    /// The link row is deleted first and the references are looked at after, in the same
+    /// transaction, and [`Store::put_manifest`] locks every link it relies on: whichever of the
+    /// two gets the row first, the other sees its outcome. On PostgreSQL a manifest PUT that
+    /// locked the link first makes this delete wait for its commit, after which the reference
+    /// check sees the new manifest; one that comes second finds the link gone. On SQLite every
+    /// write transaction runs alone.
     pub async fn unlink_blob(
         &self,
         repo: &RepositoryName,
         digest: &Digest,
-    ) -> Result<bool, MetaError> {
+    ) -> Result<UnlinkOutcome, MetaError> {
         let mut w = self.write_tx().await?;
-        let result = sqlx::query(
-            "DELETE FROM repository_blobs WHERE blob_digest = $1 AND repository_id = \
-             (SELECT id FROM repositories WHERE name = $2)",
+        let Some(row) = sqlx::query("SELECT id FROM repositories WHERE name = $1")
+            .bind(repo.as_str())
+            .fetch_optional(&mut *w.tx)
+            .await?
+        else {
+            return Ok(UnlinkOutcome::NotLinked);
+        };
+        let repo_id = get_i64(&row, "id");
+        let deleted = sqlx::query(
+            "DELETE FROM repository_blobs WHERE repository_id = $1 AND blob_digest = $2",
         )
+        .bind(repo_id)
         .bind(digest.as_str())
-        .bind(repo.as_str())
         .execute(&mut *w.tx)
         .await?;
+        if deleted.rows_affected() == 0 {
+            return Ok(UnlinkOutcome::NotLinked);
+        }
+        // A tagged manifest first: it names the image the user would otherwise have broken.
+        let referencing = sqlx::query(
+            "SELECT m.digest, m.config_digest, \
+             (SELECT MIN(t.name) FROM tags t WHERE t.manifest_id = m.id) AS tag \
+             FROM manifest_blobs mb JOIN manifests m ON m.id = mb.manifest_id \
+             WHERE m.repository_id = $1 AND mb.blob_digest = $2 \
+             ORDER BY CASE WHEN EXISTS (SELECT 1 FROM tags t WHERE t.manifest_id = m.id) \
+             THEN 0 ELSE 1 END, m.digest LIMIT 1",
+        )
+        .bind(repo_id)
+        .bind(digest.as_str())
+        .fetch_optional(&mut *w.tx)
+        .await?;
+        if let Some(row) = referencing {
+            // Dropping the transaction rolls the delete back.
+            let config: Option<String> = row.get("config_digest");
+            return Ok(UnlinkOutcome::Referenced {
+                manifest: row.get("digest"),
+                tag: row.get("tag"),
+                as_config: config.as_deref() == Some(digest.as_str()),
+            });
+        }
         w.commit().await?;
-        Ok(result.rows_affected() > 0)
+        Ok(UnlinkOutcome::Unlinked)
     }
 
     // ---- manifests and tags -------------------------------------------------------------
@@ -251,15 +310,23 @@ impl Store {
         let mut w = self.write_tx().await?;
         let repo_id = ensure_repository(&mut w, repo).await?;
 
-        for blob in &manifest.blobs {
+        // Each link is checked with a no-op UPDATE rather than a SELECT: the UPDATE locks the
+        // row until this transaction ends, so a concurrent `unlink_blob` either waits and then
+        // sees this manifest referencing the blob, or has removed the link and this finds it
+        // gone (see there). Sorted, so two manifest PUTs lock shared blobs in the same order.
+        let mut blobs: Vec<&Digest> = manifest.blobs.iter().collect();
+        blobs.sort();
+        blobs.dedup();
+        for blob in blobs {
             let linked = sqlx::query(
-                "SELECT 1 AS one FROM repository_blobs WHERE repository_id = $1 AND blob_digest = $2",
+                "UPDATE repository_blobs SET created_at = created_at \
+                 WHERE repository_id = $1 AND blob_digest = $2",
             )
             .bind(repo_id)
             .bind(blob.as_str())
-            .fetch_optional(&mut *w.tx)
+            .execute(&mut *w.tx)
             .await?;
-            if linked.is_none() {
+            if linked.rows_affected() == 0 {
                 return Err(PutManifestError::BlobUnknown(blob.to_string()));
             }
         }
@@ -473,7 +540,7 @@ impl Store {
     pub async fn list_tags(
         &self,
         repo: &RepositoryName,
-        last: Option<&str>,
+        last: Option<&Tag>,
         n: i64,
     ) -> Result<Option<Vec<String>>, MetaError> {
         let Some(repo_id) = self.repository_id(repo).await? else { return Ok(None) };
@@ -481,7 +548,7 @@ impl Store {
             "SELECT name FROM tags WHERE repository_id = $1 AND name > $2 ORDER BY name LIMIT $3",
         )
         .bind(repo_id)
-        .bind(last.unwrap_or(""))
+        .bind(last.map_or("", |l| l.as_str()))
         .bind(n)
         .fetch_all(&self.pool)
         .await?;
@@ -493,7 +560,7 @@ impl Store {
         &self,
         repo: &RepositoryName,
         subject: &Digest,
-        artifact_type: Option<&str>,
+        artifact_type: Option<&MediaType>,
     ) -> Result<Vec<Referrer>, MetaError> {
         let rows = sqlx::query(
             "SELECT m.digest, m.media_type, m.artifact_type, m.annotations, \
@@ -504,7 +571,7 @@ impl Store {
         )
         .bind(repo.as_str())
         .bind(subject.as_str())
-        .bind(artifact_type.unwrap_or(""))
+        .bind(artifact_type.map_or("", |t| t.as_str()))
         .fetch_all(&self.pool)
         .await?;
         Ok(rows

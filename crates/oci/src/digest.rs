@@ -30,11 +30,12 @@ impl Algorithm {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DigestError {
-    #[error("digest {0:?} is not of the form algorithm:hex")]
+    // Each holds the refused text as `crate::preview` shows it: quoted and cut short.
+    #[error("digest {0} is not of the form algorithm:hex")]
     Malformed(String),
-    #[error("digest algorithm {0:?} is not supported: use sha256 or sha512")]
+    #[error("digest algorithm {0} is not supported: use sha256 or sha512")]
     UnsupportedAlgorithm(String),
-    #[error("digest {0:?} must have {1} lowercase hex characters after the algorithm")]
+    #[error("digest {0} must have {1} lowercase hex characters after the algorithm")]
     BadHex(String, usize),
 }
 
@@ -84,18 +85,19 @@ impl FromStr for Digest {
     type Err = DigestError;
 
     fn from_str(s: &str) -> Result<Digest, DigestError> {
-        let (alg, hex) = s.split_once(':').ok_or_else(|| DigestError::Malformed(s.into()))?;
+        let (alg, hex) =
+            s.split_once(':').ok_or_else(|| DigestError::Malformed(crate::preview(s)))?;
         let algorithm = match alg {
             "sha256" => Algorithm::Sha256,
             "sha512" => Algorithm::Sha512,
-            "" => return Err(DigestError::Malformed(s.into())),
-            other => return Err(DigestError::UnsupportedAlgorithm(other.into())),
+            "" => return Err(DigestError::Malformed(crate::preview(s))),
+            other => return Err(DigestError::UnsupportedAlgorithm(crate::preview(other))),
         };
         let want = algorithm.hex_len();
         if hex.len() != want
             || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
-            return Err(DigestError::BadHex(s.into(), want));
+            return Err(DigestError::BadHex(crate::preview(s), want));
         }
         Ok(Digest { text: s.to_string(), algorithm })
     }
@@ -156,5 +158,7 @@ mod tests {
         ] {
             assert!(bad.parse::<Digest>().is_err(), "{bad} should be refused");
         }
+        let huge = format!("sha256:{}", "a".repeat(100_000));
+        assert!(huge.parse::<Digest>().unwrap_err().to_string().len() < 300);
     }
 }

@@ -19,6 +19,9 @@ pub enum ErrorCode {
     TooManyRequests,
     RangeInvalid,
     PaginationNumberInvalid,
+    /// A query parameter's value is not what the endpoint takes, such as a `last` that is not
+    /// a tag (GitLab's registry extension; the spec has no code for it).
+    InvalidQueryParameterValue,
     /// A tag protection rule refused a push or delete (GitLab's extension).
     ProtectedTag,
     /// An immutable tag rule refused moving or deleting a tag (GitLab's extension).
@@ -46,6 +49,7 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
             ErrorCode::RangeInvalid => "RANGE_INVALID",
             ErrorCode::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
+            ErrorCode::InvalidQueryParameterValue => "INVALID_QUERY_PARAMETER_VALUE",
             ErrorCode::ProtectedTag => "PROTECTED_TAG",
             ErrorCode::ImmutableTag => "IMMUTABLE_TAG",
             ErrorCode::ProtectedManifest => "PROTECTED_MANIFEST",
@@ -65,7 +69,8 @@ impl ErrorCode {
             | ErrorCode::ManifestInvalid
             | ErrorCode::NameInvalid
             | ErrorCode::SizeInvalid
-            | ErrorCode::PaginationNumberInvalid => 400,
+            | ErrorCode::PaginationNumberInvalid
+            | ErrorCode::InvalidQueryParameterValue => 400,
             ErrorCode::Unauthorized => 401,
             ErrorCode::Denied
             | ErrorCode::ProtectedTag

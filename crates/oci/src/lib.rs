@@ -8,13 +8,27 @@
 mod digest;
 mod error;
 pub mod manifest;
+mod media;
 mod name;
 
 pub use digest::{Algorithm, Digest, DigestError};
 pub use error::ErrorCode;
 pub use manifest::ManifestKind;
 pub use manifest::{Descriptor, ManifestError, ParsedManifest};
+pub use media::{MediaType, MediaTypeError};
 pub use name::{NameError, Reference, ReferenceError, RepositoryName, Tag};
+
+/// Characters of untrusted text an error message shows before cutting it short.
+const PREVIEW_CHARS: usize = 64;
+
+/// Untrusted text as error messages show it: quoted and escaped (`"a\0b"`), and cut short, so
+/// a 100 KB parameter does not come back 100 KB long.
+pub fn preview(text: &str) -> String {
+    match text.char_indices().nth(PREVIEW_CHARS) {
+        Some((end, _)) => format!("{:?}… ({} bytes)", &text[..end], text.len()),
+        None => format!("{text:?}"),
+    }
+}
 
 /// Media types the registry understands.
 pub mod media_type {
@@ -27,4 +41,15 @@ pub mod media_type {
     pub const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
     pub const DOCKER_SCHEMA1_SIGNED: &str =
         "application/vnd.docker.distribution.manifest.v1+prettyjws";
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn previews_are_short_and_escaped() {
+        assert_eq!(super::preview("a\0b"), "\"a\\0b\"");
+        let long = super::preview(&"x".repeat(100_000));
+        assert!(long.len() < 100 && long.ends_with("(100000 bytes)"), "{long}");
+        assert!(super::preview(&"é".repeat(70)).contains('…'));
+    }
 }

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::{media_type as mt, Digest};
+use crate::{media_type as mt, Digest, MediaType};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {
@@ -79,6 +79,19 @@ pub struct ParsedManifest {
     pub manifests: Vec<Descriptor>,
     pub subject: Option<Descriptor>,
     pub annotations: Option<Value>,
+}
+
+/// An `artifactType`: empty means none; anything else must be a media type, as the image spec
+/// requires (and the value is stored, so it must be text every database takes, which a
+/// media type is).
+fn artifact_type(raw: Option<String>, what: &str) -> Result<Option<String>, ManifestError> {
+    match raw.filter(|t| !t.is_empty()) {
+        None => Ok(None),
+        Some(t) => match t.parse::<MediaType>() {
+            Ok(_) => Ok(Some(t)),
+            Err(e) => Err(ManifestError::Invalid(format!("{what} artifactType: {e}"))),
+        },
+    }
 }
 
 fn descriptor(raw: RawDescriptor, what: &str) -> Result<Descriptor, ManifestError> {
@@ -164,6 +177,10 @@ impl ParsedManifest {
                 .config
                 .ok_or_else(|| ManifestError::Invalid("an image manifest needs a config".into()))?;
             let config = descriptor(config, "config")?;
+            // The config's media type doubles as the artifact type, so it obeys the same grammar.
+            if let Err(e) = config.media_type.parse::<MediaType>() {
+                return Err(ManifestError::Invalid(format!("the config's mediaType: {e}")));
+            }
             let layers = raw
                 .layers
                 .unwrap_or_default()
@@ -176,7 +193,7 @@ impl ParsedManifest {
                     "an image manifest cannot list manifests".into(),
                 ));
             }
-            let artifact_type = raw.artifact_type.clone().or_else(|| {
+            let artifact_type = artifact_type(raw.artifact_type, "the manifest's")?.or_else(|| {
                 Some(config.media_type.clone()).filter(|m| {
                     // Ordinary image configs are not artifact types.
                     m != "application/vnd.oci.image.config.v1+json"
@@ -207,7 +224,7 @@ impl ParsedManifest {
             Ok(ParsedManifest {
                 media_type,
                 kind: ManifestKind::Index,
-                artifact_type: raw.artifact_type,
+                artifact_type: artifact_type(raw.artifact_type, "the index's")?,
                 config: None,
                 layers: Vec::new(),
                 manifests,
@@ -275,6 +292,33 @@ mod tests {
         assert_eq!(m.artifact_type.as_deref(), Some("application/vnd.example.sbom"));
         assert_eq!(m.required_blobs().len(), 2, "foreign layer is not required");
         assert_eq!(m.subject.unwrap().digest.to_string(), d(4));
+    }
+
+    #[test]
+    fn artifact_types_are_media_types() {
+        let image = |artifact_type: &str, config_type: &str| {
+            serde_json::json!({
+                "schemaVersion": 2, "mediaType": mt::OCI_MANIFEST, "artifactType": artifact_type,
+                "config": {"mediaType": config_type, "digest": d(1), "size": 2}, "layers": []
+            })
+            .to_string()
+        };
+        for bad in ["a\0b/c", "application/x\n", "not-a-media-type", "a/b; x=y"] {
+            let body = image(bad, mt::OCI_EMPTY);
+            let e = ParsedManifest::parse(None, body.as_bytes()).unwrap_err();
+            assert!(e.to_string().contains("artifactType"), "{bad:?}: {e}");
+            let body = image("", bad);
+            let e = ParsedManifest::parse(None, body.as_bytes()).unwrap_err();
+            assert!(e.to_string().contains("config's mediaType"), "{bad:?}: {e}");
+        }
+        // Empty means none: the config's media type stands in, as the spec says.
+        let m =
+            ParsedManifest::parse(None, image("", "application/vnd.x.config").as_bytes()).unwrap();
+        assert_eq!(m.artifact_type.as_deref(), Some("application/vnd.x.config"));
+        let index = serde_json::json!({
+            "schemaVersion": 2, "mediaType": mt::OCI_INDEX, "artifactType": "x\0y", "manifests": []
+        });
+        assert!(ParsedManifest::parse(None, index.to_string().as_bytes()).is_err());
     }
 
     #[test]

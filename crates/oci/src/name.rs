@@ -14,13 +14,14 @@ pub enum NameError {
     Empty,
     #[error("repository name is {0} characters long; the limit is {MAX_NAME_LEN}")]
     TooLong(usize),
+    // `Invalid` and `InvalidTag` hold the refused text as `crate::preview` shows it.
     #[error(
-        "repository name {0:?} is invalid: use path components of lowercase letters and digits, \
+        "repository name {0} is invalid: use path components of lowercase letters and digits, \
          separated by '/', each optionally joined by '.', '_', '__' or '-'"
     )]
     Invalid(String),
     #[error(
-        "tag {0:?} is invalid: a tag is 1 to 128 characters of letters, digits, '_', '.' and '-', \
+        "tag {0} is invalid: a tag is 1 to 128 characters of letters, digits, '_', '.' and '-', \
          and must not start with '.' or '-'"
     )]
     InvalidTag(String),
@@ -78,7 +79,7 @@ impl FromStr for RepositoryName {
             return Err(NameError::TooLong(s.len()));
         }
         if !s.split('/').all(|c| valid_component(c.as_bytes())) {
-            return Err(NameError::Invalid(s.into()));
+            return Err(NameError::Invalid(crate::preview(s)));
         }
         Ok(RepositoryName(s.into()))
     }
@@ -115,7 +116,7 @@ impl FromStr for Tag {
         let rest_ok =
             b.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c == b'-');
         if !first_ok || !rest_ok || b.len() > 128 {
-            return Err(NameError::InvalidTag(s.into()));
+            return Err(NameError::InvalidTag(crate::preview(s)));
         }
         Ok(Tag(s.into()))
     }
@@ -209,9 +210,11 @@ mod tests {
         assert!("latest".parse::<Tag>().is_ok());
         assert!("_x.Y-1".parse::<Tag>().is_ok());
         assert!("a".repeat(128).parse::<Tag>().is_ok());
-        for bad in ["", "-bad", ".bad", "a:b", "a/b", &"a".repeat(129)] {
+        for bad in ["", "-bad", ".bad", "a:b", "a/b", "a\0b", "a\tb", &"a".repeat(129)] {
             assert!(bad.parse::<Tag>().is_err(), "{bad:?}");
         }
+        let e = "a".repeat(100_000).parse::<Tag>().unwrap_err().to_string();
+        assert!(e.len() < 300, "a refusal does not echo 100 KB: {} bytes", e.len());
         let d = Digest::sha256_of(b"");
         assert_eq!(Reference::parse(d.as_str()).unwrap(), Reference::Digest(d));
         assert!(matches!(Reference::parse("v1").unwrap(), Reference::Tag(_)));

@@ -5,6 +5,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
+use meta::UnlinkOutcome;
 use oci::{Digest, ErrorCode, RepositoryName};
 
 use crate::error::{RegistryError, Result};
@@ -104,10 +105,37 @@ pub(crate) async fn delete(
     digest: &Digest,
 ) -> Result<Response> {
     let name = access.name();
-    if !registry.store.unlink_blob(name, digest).await? {
-        return Err(blob_unknown(digest, name));
+    match registry.store.unlink_blob(name, digest).await? {
+        UnlinkOutcome::Unlinked => {
+            Ok((StatusCode::ACCEPTED, [("docker-content-digest", digest.to_string())])
+                .into_response())
+        }
+        UnlinkOutcome::NotLinked => Err(blob_unknown(digest, name)),
+        UnlinkOutcome::Referenced { manifest, tag, as_config } => {
+            Err(still_referenced(name, digest, &manifest, tag.as_deref(), as_config))
+        }
     }
-    Ok((StatusCode::ACCEPTED, [("docker-content-digest", digest.to_string())]).into_response())
+}
+
+/// Why a blob a manifest still uses cannot go, and what to do instead.
+fn still_referenced(
+    name: &RepositoryName,
+    digest: &Digest,
+    manifest: &str,
+    tag: Option<&str>,
+    as_config: bool,
+) -> RegistryError {
+    let role = if as_config { "the config" } else { "a layer" };
+    let tagged = tag.map(|t| format!(" (tag {t})")).unwrap_or_default();
+    RegistryError::new(
+        ErrorCode::Denied,
+        format!(
+            "blob {digest} is {role} of manifest {manifest}{tagged} in repository {name}: \
+             deleting it would break that image; delete the manifest first \
+             (DELETE /v2/{name}/manifests/{manifest}), then the blob"
+        ),
+    )
+    .with_detail(serde_json::json!({ "digest": digest.as_str(), "manifest": manifest, "tag": tag }))
 }
 
 #[cfg(test)]

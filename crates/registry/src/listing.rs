@@ -2,7 +2,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use oci::{media_type, ErrorCode, ParsedManifest, RepositoryName, Tag};
+use oci::{media_type, ErrorCode, MediaType, ParsedManifest, RepositoryName, Tag};
 
 use auth::access::{CatalogAccess, RepositoryAccess};
 use oci::Digest;
@@ -10,22 +10,38 @@ use oci::Digest;
 use crate::error::{RegistryError, Result};
 use crate::{Query, Registry};
 
-/// Page size and start marker from `?n=&last=`. No `n` means "everything" (up to the cap).
-fn page(registry: &Registry, query: &Query) -> Result<(i64, Option<String>)> {
+/// Page size from `?n=`. No `n` means "everything" (up to the cap).
+fn page_size(registry: &Registry, query: &Query) -> Result<i64> {
     let cap = registry.limits.max_page;
-    let n = match query.get("n") {
-        None | Some("") => cap,
+    match query.get("n") {
+        None | Some("") => Ok(cap),
         Some(n) => match n.parse::<i64>() {
-            Ok(n) if n >= 0 => n.min(cap),
-            _ => {
-                return Err(RegistryError::new(
-                    ErrorCode::PaginationNumberInvalid,
-                    format!("n={n:?} is not a page size; use a number from 0 to {cap}"),
-                ))
-            }
+            Ok(n) if n >= 0 => Ok(n.min(cap)),
+            _ => Err(RegistryError::new(
+                ErrorCode::PaginationNumberInvalid,
+                format!("n={} is not a page size; use a number from 0 to {cap}", oci::preview(n)),
+            )),
         },
-    };
-    Ok((n, query.get("last").filter(|l| !l.is_empty()).map(str::to_string)))
+    }
+}
+
+/// The query parameter `name` parsed as a `T` (a tag, a repository name, a media type), or
+/// `None` when absent or empty. Anything else is refused before it reaches a query.
+fn query_value<T>(query: &Query, name: &'static str, what: &str) -> Result<Option<T>>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    match query.get(name).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(text) => text.parse().map(Some).map_err(|e: T::Err| {
+            RegistryError::new(
+                ErrorCode::InvalidQueryParameterValue,
+                format!("query parameter {name} must be {what}: {e}"),
+            )
+            .with_detail(serde_json::json!({ "parameter": name }))
+        }),
+    }
 }
 
 /// A JSON response with a `Link` to the next page when `items` filled the page and more exist.
@@ -49,11 +65,12 @@ pub(crate) async fn catalog(
     query: &Query,
     access: &CatalogAccess,
 ) -> Result<Response> {
-    let (n, last) = page(registry, query)?;
+    let n = page_size(registry, query)?;
+    let last: Option<RepositoryName> = query_value(query, "last", "a repository name")?;
     let mut names = if n == 0 {
         Vec::new()
     } else if access.sees_everything() {
-        registry.store.list_repositories(last.as_deref(), n + 1).await?
+        registry.store.list_repositories(last.as_ref(), n + 1).await?
     } else {
         visible_repositories(registry, access, last, n + 1).await?
     };
@@ -71,14 +88,20 @@ pub(crate) async fn catalog(
 async fn visible_repositories(
     registry: &Registry,
     access: &CatalogAccess,
-    mut last: Option<String>,
+    mut last: Option<RepositoryName>,
     want: i64,
 ) -> Result<Vec<String>> {
     let mut out = Vec::new();
     loop {
-        let batch = registry.store.list_repositories(last.as_deref(), 500).await?;
+        let batch = registry.store.list_repositories(last.as_ref(), 500).await?;
         let done = batch.len() < 500;
-        last = batch.last().cloned();
+        // Stored names were valid when they were written; one that no longer parses ends
+        // the walk rather than restarting it from the beginning.
+        last = match batch.last().map(|l| l.parse::<RepositoryName>()) {
+            Some(Ok(name)) => Some(name),
+            Some(Err(_)) => return Ok(out),
+            None => None,
+        };
         for name in batch {
             let readable = match name.parse::<RepositoryName>() {
                 Ok(parsed) => access.may_pull(&parsed).await?,
@@ -103,11 +126,12 @@ pub(crate) async fn tags(
     query: &Query,
 ) -> Result<Response> {
     let name = access.name();
-    let (n, last) = page(registry, query)?;
+    let n = page_size(registry, query)?;
+    let last: Option<Tag> = query_value(query, "last", "a tag")?;
     let fetch = if n == 0 { 0 } else { n + 1 };
     let mut tags = registry
         .store
-        .list_tags(name, last.as_deref(), fetch)
+        .list_tags(name, last.as_ref(), fetch)
         .await?
         .ok_or_else(|| RegistryError::name_unknown(name))?;
     let next = if tags.len() as i64 > n {
@@ -129,7 +153,9 @@ pub(crate) async fn referrers(
     query: &Query,
 ) -> Result<Response> {
     let name = access.name();
-    let artifact_type = query.get("artifactType").filter(|a| !a.is_empty());
+    let artifact_type: Option<MediaType> =
+        query_value(query, "artifactType", "a media type such as application/vnd.example+json")?;
+    let artifact_type = artifact_type.as_ref();
     let mut manifests: Vec<serde_json::Value> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for r in registry.store.referrers(name, subject, artifact_type).await? {
@@ -155,7 +181,8 @@ pub(crate) async fn referrers(
         if let Some(index) = registry.store.manifest_by_tag(name, &tag).await? {
             if let Ok(parsed) = ParsedManifest::parse(Some(&index.media_type), &index.payload) {
                 for d in parsed.manifests {
-                    if artifact_type.is_some() && d.artifact_type.as_deref() != artifact_type {
+                    if artifact_type.is_some_and(|t| d.artifact_type.as_deref() != Some(t.as_str()))
+                    {
                         continue;
                     }
                     if !seen.insert(d.digest.to_string()) {
