@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use crate::caller::Caller;
 use crate::error::ApiError;
-use crate::input::{flag, int, Ref};
+use crate::input::{flag, int, Path, Ref};
 use crate::registry_api::TagCleanup;
 use crate::service as svc;
 use crate::time::iso8601;

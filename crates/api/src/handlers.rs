@@ -1,6 +1,6 @@
 //! HTTP handlers: parse the request, call [`crate::service`], shape the answer. No rules here.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::caller::Caller;
 use crate::error::{ApiError, TOKEN_NOT_FOUND, USER_NOT_FOUND};
-use crate::input::{flag, int, list, numeric_id, Params, Ref};
+use crate::input::{flag, int, list, numeric_id, Params, Path, Ref};
 use crate::service::{self as svc, Source};
 use crate::views::*;
 use crate::ApiState;

@@ -2,11 +2,14 @@
 //! string (`scopes[]=api` repeats become arrays), all turned into one typed struct. Numbers and
 //! booleans may arrive as strings, as they do from forms and shell scripts.
 
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
+
+use oci::preview;
 
 use crate::error::ApiError;
 
@@ -50,6 +53,21 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Params<T> {
     }
 }
 
+/// Path parameters, like axum's `Path`, but a path that cannot be decoded (invalid UTF-8 in
+/// `%FF`) is refused as every other bad request is: `{"message": ...}`, not plain text.
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Path(value)),
+            Err(rejection) => Err(ApiError::bad_request(rejection.body_text())),
+        }
+    }
+}
+
 /// No parameter may hold a NUL character: PostgreSQL cannot store one in text (it fails the
 /// query) while SQLite can, so letting one through would make the backends disagree. Checked
 /// once here, for every parameter of every endpoint, before anything reaches `meta`.
@@ -76,7 +94,7 @@ fn refuse_nul(params: &Map<String, Value>) -> Result<(), ApiError> {
         if name.contains('\0') || nul_at(value, &mut at) {
             return Err(ApiError::bad_request(format!(
                 "parameter {} contains a NUL character (%00 or \\u0000), which no parameter accepts",
-                oci::preview(&at)
+                preview(&at)
             )));
         }
     }
@@ -99,6 +117,16 @@ fn add_form_pairs(params: &mut Map<String, Value>, encoded: &[u8]) {
     }
 }
 
+/// A JSON value as a refusal shows it: cut short like any untrusted text.
+fn shown(value: &Value) -> String {
+    let text = value.to_string();
+    if text.len() <= 64 {
+        text
+    } else {
+        preview(&text)
+    }
+}
+
 /// An integer given as a JSON number or a string of digits.
 pub fn int<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     match Option::<Value>::deserialize(d)? {
@@ -111,8 +139,10 @@ pub fn int<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
             .trim()
             .parse()
             .map(Some)
-            .map_err(|_| serde::de::Error::custom(format!("{s:?} is not an integer"))),
-        Some(other) => Err(serde::de::Error::custom(format!("{other} is not an integer"))),
+            .map_err(|_| serde::de::Error::custom(format!("{} is not an integer", preview(&s)))),
+        Some(other) => {
+            Err(serde::de::Error::custom(format!("{} is not an integer", shown(&other))))
+        }
     }
 }
 
@@ -123,7 +153,7 @@ pub fn flag<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
         Some(Value::Bool(b)) => Ok(Some(b)),
         Some(Value::String(s)) if matches!(s.as_str(), "true" | "1") => Ok(Some(true)),
         Some(Value::String(s)) if matches!(s.as_str(), "false" | "0" | "") => Ok(Some(false)),
-        Some(other) => Err(serde::de::Error::custom(format!("{other} is not a boolean"))),
+        Some(other) => Err(serde::de::Error::custom(format!("{} is not a boolean", shown(&other)))),
     }
 }
 
@@ -138,11 +168,13 @@ pub fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::E
             .into_iter()
             .map(|v| match v {
                 Value::String(s) => Ok(s),
-                other => Err(serde::de::Error::custom(format!("{other} is not a string"))),
+                other => {
+                    Err(serde::de::Error::custom(format!("{} is not a string", shown(&other))))
+                }
             })
             .collect::<Result<_, _>>()
             .map(Some),
-        Some(other) => Err(serde::de::Error::custom(format!("{other} is not a list"))),
+        Some(other) => Err(serde::de::Error::custom(format!("{} is not a list", shown(&other)))),
     }
 }
 
@@ -171,7 +203,7 @@ impl Ref {
             None => Ok(Ref::Path(path.to_string())),
             Some(why) => Err(ApiError::bad_request(format!(
                 "{param} {} is neither a numeric id nor a URL-encoded full path: {why}",
-                oci::preview(text)
+                preview(text)
             ))),
         }
     }

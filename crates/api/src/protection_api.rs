@@ -12,7 +12,7 @@
 //! above their own level (a maintainer cannot create an `owner` rule). The rules themselves are
 //! evaluated in `meta`; [`TagDeleteGuard`] applies them to REST tag deletes.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch};
@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use crate::caller::Caller;
 use crate::error::ApiError;
-use crate::input::{flag, Params, Ref};
+use crate::input::{flag, Params, Path, Ref};
 use crate::service as svc;
 use crate::ApiState;
 

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 
 use crate::caller::Caller;
 use crate::error::ApiError;
-use crate::input::{flag, int, numeric_id, tag_param, Page, Params, Ref};
+use crate::input::{flag, int, numeric_id, tag_param, Page, Params, Path, Ref};
 use crate::service as svc;
 use crate::time::iso8601;
 use crate::ApiState;
