@@ -299,6 +299,8 @@ async fn api_v4_paths_and_bodies(backend: MetaBackend) {
             ("Acme", 400, "must be lowercase"),
             ("acme%2F..%2Fapp", 400, "neither a numeric id nor"),
             ("acme%2F%2Fapp", 400, "neither a numeric id nor"),
+            ("%2Facme", 400, "neither a numeric id nor"),
+            ("acme%2F", 400, "neither a numeric id nor"),
             ("99999999999999999999", 404, "Not Found"),
             ("acme%2Fnope", 404, "Not Found"),
         ] {

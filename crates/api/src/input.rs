@@ -198,9 +198,9 @@ impl Ref {
             }
             // Too large for an id: as a path it names nothing, and answers so.
         }
-        let path = text.trim_matches('/');
-        match crate::names::why_not_full_path(path) {
-            None => Ok(Ref::Path(path.to_string())),
+        // One spelling per path: `/acme/app/` is not another name for `acme/app`.
+        match crate::names::why_not_full_path(text) {
+            None => Ok(Ref::Path(text.to_string())),
             Some(why) => Err(ApiError::bad_request(format!(
                 "{param} {} is neither a numeric id nor a URL-encoded full path: {why}",
                 preview(text)
@@ -261,7 +261,6 @@ mod tests {
     fn references() {
         assert_eq!(Ref::parse("id", "42").unwrap(), Ref::Id(42));
         assert_eq!(Ref::parse("id", "acme/platform").unwrap(), Ref::Path("acme/platform".into()));
-        assert_eq!(Ref::parse("id", "/acme/").unwrap(), Ref::Path("acme".into()));
         // Too large for an id, but digits are a valid path segment: found by path, or not.
         assert!(matches!(Ref::parse("id", "99999999999999999999").unwrap(), Ref::Path(_)));
         for bad in [
@@ -273,6 +272,9 @@ mod tests {
             "+1",
             "Acme",
             "a//b",
+            "/acme",
+            "acme/",
+            "/",
             "a/../b",
             "a b",
             "a%2Fb",
