@@ -157,7 +157,7 @@ fn parse_reference(reference: &str) -> Result<Reference> {
         }
         oci::ReferenceError::Tag(e) => {
             RegistryError::new(ErrorCode::ManifestInvalid, e.to_string())
-                .with_detail(serde_json::json!({"tag": reference}))
+                .with_detail(serde_json::json!({"tag": oci::preview(reference)}))
         }
     })
 }
@@ -165,7 +165,10 @@ fn parse_reference(reference: &str) -> Result<Reference> {
 pub(crate) fn upload_unknown(id: &str) -> RegistryError {
     RegistryError::new(
         ErrorCode::BlobUploadUnknown,
-        format!("upload {id} is not in progress here: it finished, was cancelled or expired; start a new one"),
+        format!(
+            "upload {} is not in progress here: it finished, was cancelled or expired; start a new one",
+            oci::preview(id)
+        ),
     )
 }
 
