@@ -1,6 +1,6 @@
 //! Queries for the registry surface: repositories, blobs, manifests, tags, uploads, referrers.
 
-use oci::{Digest, MediaType, RepositoryName, Tag};
+use oci::{Digest, IndexChild, MediaType, RepositoryName, Tag};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
@@ -29,6 +29,8 @@ pub struct ManifestRecord {
 pub struct NewManifest {
     pub digest: Digest,
     pub media_type: String,
+    /// The effective artifact type (`oci::effective_artifact_type`): the referrers filter
+    /// compares it.
     pub artifact_type: Option<String>,
     pub subject: Option<Digest>,
     pub config_digest: Option<Digest>,
@@ -38,8 +40,10 @@ pub struct NewManifest {
     pub payload: Vec<u8>,
     /// Config and distributable layers: each must already be linked to the repository.
     pub blobs: Vec<Digest>,
-    /// Index children: each must already exist in the repository.
-    pub children: Vec<Digest>,
+    /// Index children. Those that exist in the repository are linked in `manifest_references`;
+    /// an absent one refuses the manifest if it `must_exist`, else it is recorded by digest in
+    /// `manifest_digest_references`.
+    pub children: Vec<IndexChild>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -331,16 +335,20 @@ impl Store {
             }
         }
         let mut child_ids = Vec::with_capacity(manifest.children.len());
+        let mut absent_children = Vec::new();
         for child in &manifest.children {
             let row =
                 sqlx::query("SELECT id FROM manifests WHERE repository_id = $1 AND digest = $2")
                     .bind(repo_id)
-                    .bind(child.as_str())
+                    .bind(child.digest.as_str())
                     .fetch_optional(&mut *w.tx)
                     .await?;
             match row {
                 Some(row) => child_ids.push(get_i64(&row, "id")),
-                None => return Err(PutManifestError::ManifestUnknown(child.to_string())),
+                None if child.must_exist => {
+                    return Err(PutManifestError::ManifestUnknown(child.digest.to_string()))
+                }
+                None => absent_children.push(&child.digest),
             }
         }
 
@@ -399,6 +407,17 @@ impl Store {
                                 .execute(&mut *w.tx)
                                 .await?;
                             }
+                        }
+                        for child in &absent_children {
+                            sqlx::query(
+                                "INSERT INTO manifest_digest_references \
+                                 (parent_id, repository_id, child_digest) VALUES ($1, $2, $3)",
+                            )
+                            .bind(id)
+                            .bind(repo_id)
+                            .bind(child.as_str())
+                            .execute(&mut *w.tx)
+                            .await?;
                         }
                         id
                     }
@@ -508,11 +527,23 @@ impl Store {
         .await?;
         let Some(row) = row else { return Ok(false) };
         let id = get_i64(&row, "id");
+        // Indexes that list this manifest keep listing it: their references become references
+        // by digest, which count again if the manifest is pushed anew.
+        sqlx::query(
+            "INSERT INTO manifest_digest_references (parent_id, repository_id, child_digest) \
+             SELECT mr.parent_id, m.repository_id, m.digest FROM manifest_references mr \
+             JOIN manifests m ON m.id = mr.child_id WHERE mr.child_id = $1 AND mr.parent_id <> $1 \
+             ON CONFLICT (parent_id, child_digest) DO NOTHING",
+        )
+        .bind(id)
+        .execute(&mut *w.tx)
+        .await?;
         // Explicit deletes keep both backends identical even where cascades are off.
         for sql in [
             "DELETE FROM tags WHERE manifest_id = $1",
             "DELETE FROM manifest_blobs WHERE manifest_id = $1",
             "DELETE FROM manifest_references WHERE parent_id = $1 OR child_id = $1",
+            "DELETE FROM manifest_digest_references WHERE parent_id = $1",
             "DELETE FROM manifests WHERE id = $1",
         ] {
             sqlx::query(sql).bind(id).execute(&mut *w.tx).await?;
@@ -584,6 +615,35 @@ impl Store {
                 annotations: r.get("annotations"),
             })
             .collect())
+    }
+
+    /// The effective artifact types of those of `digests` that are manifests in `repo`
+    /// (digest → artifact type; `None` for a manifest without one). Digests that are not
+    /// manifests there are left out.
+    pub async fn artifact_types(
+        &self,
+        repo: &RepositoryName,
+        digests: &[Digest],
+    ) -> Result<std::collections::HashMap<String, Option<String>>, MetaError> {
+        let mut out = std::collections::HashMap::new();
+        let Some(repo_id) = self.repository_id(repo).await? else { return Ok(out) };
+        // Bounded batches keep every statement under both backends' parameter limits.
+        for batch in digests.chunks(200) {
+            let placeholders: Vec<String> = (2..batch.len() + 2).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT digest, artifact_type FROM manifests \
+                 WHERE repository_id = $1 AND digest IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(&sql).bind(repo_id);
+            for digest in batch {
+                query = query.bind(digest.as_str());
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                out.insert(row.get("digest"), row.get("artifact_type"));
+            }
+        }
+        Ok(out)
     }
 
     // ---- upload sessions ----------------------------------------------------------------
@@ -686,4 +746,239 @@ async fn ensure_repository(w: &mut WriteTx<'_>, repo: &RepositoryName) -> Result
         .fetch_one(&mut *w.tx)
         .await?;
     Ok(get_i64(&row, "id"))
+}
+
+#[cfg(test)]
+mod tests {
+    use oci::{media_type as mt, Digest, IndexChild, RepositoryName, Tag};
+    use serde_json::json;
+
+    use super::{NewManifest, PutManifestError};
+    use crate::store::testing::TestDb;
+    use crate::Backend;
+
+    const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+    const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+    const CUSTOM_CONFIG: &str = "application/vnd.example.config.v1+json";
+
+    fn digest_of(label: &str) -> Digest {
+        Digest::sha256_of(label.as_bytes())
+    }
+
+    /// A row as the code before migration 0006 wrote it, with `artifact_type` as stored then.
+    async fn insert_old_row(
+        db: &TestDb,
+        repo_id: i64,
+        media_type: &str,
+        artifact_type: Option<&str>,
+        subject: &Digest,
+        payload: &[u8],
+    ) -> String {
+        let digest = Digest::sha256_of(payload).to_string();
+        sqlx::query(
+            "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, \
+             subject_digest, config_digest, total_size, annotations, payload, created_at) \
+             VALUES ($1, $2, $3, $4, $5, NULL, $6, NULL, $7, 0)",
+        )
+        .bind(repo_id)
+        .bind(&digest)
+        .bind(media_type)
+        .bind(artifact_type)
+        .bind(subject.as_str())
+        .bind(payload.len() as i64)
+        .bind(payload.to_vec())
+        .execute(&db.store.pool)
+        .await
+        .expect("insert old-style manifest row");
+        digest
+    }
+
+    fn image(media_type: &str, config_type: &str, extra: serde_json::Value) -> Vec<u8> {
+        let mut m = json!({
+            "schemaVersion": 2,
+            "mediaType": media_type,
+            "config": {"mediaType": config_type, "digest": digest_of("config").as_str(), "size": 2},
+            "layers": []
+        });
+        for (k, v) in extra.as_object().expect("object") {
+            m[k] = v.clone();
+        }
+        serde_json::to_vec(&m).expect("JSON")
+    }
+
+    /// Migration 0006 gives rows stored before it the effective artifact type, so the referrers
+    /// listing and its filter see them as new rows are seen.
+    async fn backfill_of_artifact_types(backend: Backend) {
+        let db = TestDb::new(backend, Some(6)).await;
+        let repo: RepositoryName = "old/rows".parse().unwrap();
+        db.store.link_blob(&repo, &digest_of("config"), 2).await.unwrap();
+        let repo_id = db.store.repository_id(&repo).await.unwrap().unwrap();
+        let subject = digest_of("subject");
+        let plain_oci = image(mt::OCI_MANIFEST, OCI_CONFIG, json!({}));
+        let plain_docker = image(mt::DOCKER_MANIFEST, DOCKER_CONFIG, json!({}));
+        let declared_empty = image(
+            mt::OCI_MANIFEST,
+            CUSTOM_CONFIG,
+            json!({"artifactType": "", "annotations": {"n": "1"}}),
+        );
+        let declared =
+            image(mt::OCI_MANIFEST, OCI_CONFIG, json!({"artifactType": "application/x.sbom"}));
+        // jsonb would refuse this escape; the migration must not.
+        let nul_escape = image(
+            mt::OCI_MANIFEST,
+            OCI_CONFIG,
+            json!({"annotations": {"k": "a\u{0}b", "l": "c\\u0000d"}}),
+        );
+        let index_empty = serde_json::to_vec(
+            &json!({"schemaVersion": 2, "mediaType": mt::OCI_INDEX, "artifactType": "", "manifests": []}),
+        )
+        .unwrap();
+        let index_none = serde_json::to_vec(
+            &json!({"schemaVersion": 2, "mediaType": mt::OCI_INDEX, "manifests": [], "annotations": {}}),
+        )
+        .unwrap();
+        let rows = [
+            (mt::OCI_MANIFEST, None, &plain_oci, Some(OCI_CONFIG)),
+            (mt::DOCKER_MANIFEST, None, &plain_docker, Some(DOCKER_CONFIG)),
+            (mt::OCI_MANIFEST, Some(""), &declared_empty, Some(CUSTOM_CONFIG)),
+            (mt::OCI_MANIFEST, Some("application/x.sbom"), &declared, Some("application/x.sbom")),
+            (mt::OCI_MANIFEST, None, &nul_escape, Some(OCI_CONFIG)),
+            (mt::OCI_INDEX, Some(""), &index_empty, None),
+            (mt::OCI_INDEX, None, &index_none, None),
+        ];
+        let mut expected = std::collections::BTreeMap::new();
+        for (media_type, stored, payload, effective) in rows {
+            let digest = insert_old_row(&db, repo_id, media_type, stored, &subject, payload).await;
+            expected.insert(digest, effective.map(str::to_string));
+        }
+        assert!(
+            String::from_utf8_lossy(&nul_escape).contains("\\u0000"),
+            "the payload carries the escape"
+        );
+
+        db.store.migrate().await.expect("migration 0006 runs over old rows");
+        let listed: std::collections::BTreeMap<_, _> = db
+            .store
+            .referrers(&repo, &subject, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.digest, r.artifact_type))
+            .collect();
+        assert_eq!(listed, expected, "{backend:?}");
+        let filtered: Vec<String> = db
+            .store
+            .referrers(&repo, &subject, Some(&OCI_CONFIG.parse().unwrap()))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.digest)
+            .collect();
+        let mut want = vec![
+            Digest::sha256_of(&plain_oci).to_string(),
+            Digest::sha256_of(&nul_escape).to_string(),
+        ];
+        want.sort();
+        assert_eq!(filtered, want, "{backend:?}: the filter matches backfilled rows");
+        db.drop_database().await;
+    }
+
+    fn new_manifest(payload: &[u8], blobs: Vec<Digest>, children: Vec<IndexChild>) -> NewManifest {
+        NewManifest {
+            digest: Digest::sha256_of(payload),
+            media_type: if children.is_empty() { mt::OCI_MANIFEST } else { mt::OCI_INDEX }.into(),
+            artifact_type: None,
+            subject: None,
+            config_digest: None,
+            total_size: payload.len() as i64,
+            annotations: None,
+            payload: payload.to_vec(),
+            blobs,
+            children,
+        }
+    }
+
+    async fn digest_references(db: &TestDb) -> Vec<(i64, String)> {
+        let rows = sqlx::query(
+            "SELECT parent_id, child_digest FROM manifest_digest_references ORDER BY child_digest",
+        )
+        .fetch_all(&db.store.pool)
+        .await
+        .unwrap();
+        use sqlx::Row;
+        rows.iter()
+            .map(|r| (crate::store::get_i64(r, "parent_id"), r.get("child_digest")))
+            .collect()
+    }
+
+    /// An index may list manifests the repository does not hold (when validation allows it);
+    /// they are kept by digest, so a child pushed later counts for usage as a linked one does,
+    /// and a deleted child stays listed.
+    async fn sparse_index_references(backend: Backend) {
+        let db = TestDb::new(backend, None).await;
+        let store = &db.store;
+        let repo: RepositoryName = "sparse/index".parse().unwrap();
+        let (blob_a, blob_b) = (digest_of("layer a"), digest_of("layer b"));
+        store.link_blob(&repo, &blob_a, 1000).await.unwrap();
+        store.link_blob(&repo, &blob_b, 30).await.unwrap();
+        let a = new_manifest(b"manifest a", vec![blob_a.clone()], vec![]);
+        let b = new_manifest(b"manifest b", vec![blob_b.clone()], vec![]);
+        store.put_manifest(&repo, &a, &[], &[]).await.unwrap();
+
+        let child =
+            |m: &NewManifest, must_exist| IndexChild { digest: m.digest.clone(), must_exist };
+        let refused = new_manifest(b"index 0", vec![], vec![child(&a, true), child(&b, true)]);
+        let tag: Tag = "multi".parse().unwrap();
+        match store.put_manifest(&repo, &refused, std::slice::from_ref(&tag), &[]).await {
+            Err(PutManifestError::ManifestUnknown(d)) => assert_eq!(d, b.digest.to_string()),
+            other => panic!("an absent required child refuses the index: {other:?}"),
+        }
+        assert!(store.manifest_by_tag(&repo, &tag).await.unwrap().is_none(), "nothing written");
+
+        let index = new_manifest(b"index 1", vec![], vec![child(&a, true), child(&b, false)]);
+        store.put_manifest(&repo, &index, std::slice::from_ref(&tag), &[]).await.unwrap();
+        let index_id = store.manifest_by_tag(&repo, &tag).await.unwrap().unwrap().id;
+        assert_eq!(digest_references(&db).await, vec![(index_id, b.digest.to_string())]);
+        assert_eq!(store.deduplicated_size("sparse/index", false).await.unwrap(), 1000);
+
+        // The absent child arrives later, untagged: the tagged index makes it count.
+        store.put_manifest(&repo, &b, &[], &[]).await.unwrap();
+        assert_eq!(store.deduplicated_size("sparse/index", false).await.unwrap(), 1030);
+
+        // A listed child is deleted: the index keeps listing it by digest; pushed again, it
+        // counts again.
+        assert!(store.delete_manifest(&repo, &a.digest).await.unwrap());
+        let mut expected = vec![(index_id, a.digest.to_string()), (index_id, b.digest.to_string())];
+        expected.sort_by(|x, y| x.1.cmp(&y.1));
+        assert_eq!(digest_references(&db).await, expected);
+        assert_eq!(store.deduplicated_size("sparse/index", false).await.unwrap(), 30);
+        store.put_manifest(&repo, &a, &[], &[]).await.unwrap();
+        assert_eq!(store.deduplicated_size("sparse/index", false).await.unwrap(), 1030);
+
+        // Deleting the index removes what it recorded.
+        assert!(store.delete_manifest(&repo, &index.digest).await.unwrap());
+        assert!(digest_references(&db).await.is_empty());
+        assert_eq!(store.deduplicated_size("sparse/index", false).await.unwrap(), 0);
+
+        // And deleting the repository removes the rows of its indexes.
+        store.put_manifest(&repo, &index, std::slice::from_ref(&tag), &[]).await.unwrap();
+        assert!(store.delete_manifest(&repo, &b.digest).await.unwrap());
+        assert_eq!(digest_references(&db).await.len(), 1);
+        let repo_id = store.repository_id(&repo).await.unwrap().unwrap();
+        assert!(store.delete_repository(repo_id).await.unwrap());
+        assert!(digest_references(&db).await.is_empty());
+        db.drop_database().await;
+    }
+
+    macro_rules! on_both_backends {
+        ($($name:ident),*) => {
+            mod sqlite {
+                $(#[tokio::test] async fn $name() { super::$name(crate::Backend::Sqlite).await })*
+            }
+            mod postgres {
+                $(#[tokio::test] async fn $name() { super::$name(crate::Backend::Postgres).await })*
+            }
+        };
+    }
+    on_both_backends!(backfill_of_artifact_types, sparse_index_references);
 }

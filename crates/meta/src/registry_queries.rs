@@ -294,6 +294,7 @@ impl Store {
              (SELECT id FROM manifests WHERE repository_id = $1)",
             "DELETE FROM manifest_blobs WHERE manifest_id IN \
              (SELECT id FROM manifests WHERE repository_id = $1)",
+            "DELETE FROM manifest_digest_references WHERE repository_id = $1",
             "DELETE FROM manifests WHERE repository_id = $1",
             "DELETE FROM repository_blobs WHERE repository_id = $1",
         ] {
@@ -308,8 +309,9 @@ impl Store {
     }
 
     /// Bytes of the distinct blobs (configs and layers) that tagged manifests reference,
-    /// directly or through an index, in the repository `path` and, with `with_descendants`,
-    /// every repository below it. A blob shared by many tags or repositories counts once.
+    /// directly or through an index (children linked by id, or by digest when the index was
+    /// pushed before them), in the repository `path` and, with `with_descendants`, every
+    /// repository below it. A blob shared by many tags or repositories counts once.
     pub async fn deduplicated_size(
         &self,
         path: &str,
@@ -326,7 +328,11 @@ impl Store {
              WHERE b.digest IN (SELECT mb.blob_digest FROM manifest_blobs mb WHERE mb.manifest_id IN ( \
                SELECT t.manifest_id FROM tags t WHERE t.repository_id IN ({repos}) \
                UNION SELECT mr.child_id FROM manifest_references mr \
-                 JOIN tags t ON t.manifest_id = mr.parent_id WHERE t.repository_id IN ({repos})))"
+                 JOIN tags t ON t.manifest_id = mr.parent_id WHERE t.repository_id IN ({repos}) \
+               UNION SELECT m.id FROM manifest_digest_references md \
+                 JOIN tags t ON t.manifest_id = md.parent_id \
+                 JOIN manifests m ON m.repository_id = md.repository_id AND m.digest = md.child_digest \
+                 WHERE t.repository_id IN ({repos})))"
         );
         let row = sqlx::query(&sql).bind(path).bind(&low).bind(&high).fetch_one(&self.pool).await?;
         Ok(get_i64(&row, "size"))

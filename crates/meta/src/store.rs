@@ -99,6 +99,13 @@ impl WriteTx<'_> {
 impl Store {
     /// Connects to `url` (`sqlite://path`, `postgres://…`) and applies pending migrations.
     pub async fn connect(url: &str) -> Result<Store, MetaError> {
+        let store = Store::open(url).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Connects to `url` without touching the schema.
+    async fn open(url: &str) -> Result<Store, MetaError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -139,16 +146,19 @@ impl Store {
             sqlite_writer: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
             tag_cache: (backend == Backend::Sqlite).then(|| Arc::new(TagCache::default())),
         };
-        store.migrate().await?;
         Ok(store)
+    }
+
+    fn migrator(&self) -> sqlx::migrate::Migrator {
+        match self.backend {
+            Backend::Sqlite => sqlx::migrate!("migrations/sqlite"),
+            Backend::Postgres => sqlx::migrate!("migrations/postgres"),
+        }
     }
 
     /// Applies every pending schema migration (idempotent; also run on start).
     pub async fn migrate(&self) -> Result<(), MetaError> {
-        match self.backend {
-            Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&self.pool).await?,
-            Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&self.pool).await?,
-        }
+        self.migrator().run(&self.pool).await?;
         Ok(())
     }
 
@@ -173,4 +183,69 @@ impl Store {
 pub(crate) fn get_i64(row: &AnyRow, col: &str) -> i64 {
     use sqlx::Row;
     row.get::<i64, _>(col)
+}
+
+/// Stores on both backends for the crate's tests: a SQLite file in a temporary directory, and
+/// a fresh PostgreSQL database on `STOWAGE_TEST_PG` (default `postgres://postgres@127.0.0.1:5432`,
+/// as for the end-to-end tests), dropped again by [`TestDb::drop_database`].
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub struct TestDb {
+        pub store: Store,
+        _dir: Option<tempfile::TempDir>,
+        postgres: Option<(String, String)>,
+    }
+
+    impl TestDb {
+        /// An empty database with migrations up to (not including) `before`, or all of them.
+        pub async fn new(backend: Backend, before: Option<i64>) -> TestDb {
+            let (url, dir, postgres) = match backend {
+                Backend::Sqlite => {
+                    let dir = tempfile::tempdir().expect("tempdir");
+                    let url = format!("sqlite://{}", dir.path().join("meta.db").display());
+                    (url, Some(dir), None)
+                }
+                Backend::Postgres => {
+                    let server = std::env::var("STOWAGE_TEST_PG")
+                        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+                    let name = format!("stowage_meta_{}", uuid::Uuid::new_v4().simple());
+                    admin(&server, &format!("CREATE DATABASE {name}")).await;
+                    (format!("{server}/{name}"), None, Some((server, name)))
+                }
+            };
+            let store = Store::open(&url).await.expect("open test database");
+            let mut migrator = store.migrator();
+            if let Some(before) = before {
+                migrator.migrations = migrator
+                    .migrations
+                    .iter()
+                    .filter(|m| m.version < before)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .into();
+            }
+            migrator.run(&store.pool).await.expect("migrate test database");
+            TestDb { store, _dir: dir, postgres }
+        }
+
+        pub async fn drop_database(self) {
+            self.store.close().await;
+            if let Some((server, name)) = &self.postgres {
+                admin(server, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+            }
+        }
+    }
+
+    async fn admin(server: &str, sql: &str) {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(&format!("{server}/postgres"))
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {server} (set STOWAGE_TEST_PG): {e}"));
+        sqlx::query(sql).execute(&pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        pool.close().await;
+    }
 }

@@ -14,7 +14,10 @@ mod name;
 pub use digest::{Algorithm, Digest, DigestError};
 pub use error::ErrorCode;
 pub use manifest::ManifestKind;
-pub use manifest::{Descriptor, ManifestError, ParsedManifest};
+pub use manifest::{
+    effective_artifact_type, Descriptor, IndexChild, IndexValidation, ManifestError,
+    ParsedManifest, Platform,
+};
 pub use media::{MediaType, MediaTypeError};
 pub use name::{NameError, Reference, ReferenceError, RepositoryName, Tag};
 

@@ -28,8 +28,65 @@ pub struct Descriptor {
     pub digest: Digest,
     pub size: i64,
     pub urls: Vec<String>,
+    /// The declared `artifactType`; an empty one counts as missing.
     pub artifact_type: Option<String>,
     pub annotations: Option<Value>,
+    /// The platform of an index entry, when it names both architecture and os.
+    pub platform: Option<Platform>,
+}
+
+/// The platform an index entry is for, as far as the registry compares platforms: the
+/// architecture and operating system (the keys CNCF distribution's `platformlist` uses).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Platform {
+    pub architecture: String,
+    pub os: String,
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)
+    }
+}
+
+/// Which of the manifests an index lists must already be in the repository when the index is
+/// pushed: CNCF distribution's `validation.manifests.indexes.platforms`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum IndexValidation {
+    /// Every listed manifest (the default; a complete index).
+    #[default]
+    All,
+    /// None of them: a sparse index, e.g. a mirror of only some platforms, is accepted.
+    None,
+    /// Those whose platform is in the list; entries of other platforms, or without a
+    /// platform, may be absent.
+    Platforms(Vec<Platform>),
+}
+
+/// A manifest an index lists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexChild {
+    pub digest: Digest,
+    /// Whether the index is refused when the repository does not hold this manifest.
+    pub must_exist: bool,
+}
+
+/// The `artifactType` a manifest is listed under by the referrers API, and the value its
+/// `artifactType` filter compares: the declared one; for an image manifest without one
+/// (missing or empty), its config's media type; for an index without one, none
+/// (distribution-spec, "Listing Referrers"). Migration 0006 applies the same rule in SQL to
+/// manifests stored before it.
+pub fn effective_artifact_type(
+    kind: ManifestKind,
+    declared: Option<&str>,
+    config_media_type: Option<&str>,
+) -> Option<String> {
+    let declared = declared.filter(|a| !a.is_empty());
+    match kind {
+        ManifestKind::Image => declared.or(config_media_type.filter(|m| !m.is_empty())),
+        ManifestKind::Index => declared,
+    }
+    .map(str::to_string)
 }
 
 #[derive(Deserialize)]
@@ -42,6 +99,8 @@ struct RawDescriptor {
     urls: Vec<String>,
     artifact_type: Option<String>,
     annotations: Option<Value>,
+    /// Read leniently: the registry only compares platforms, it does not validate them.
+    platform: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -72,7 +131,7 @@ pub struct ParsedManifest {
     /// The effective media type (body field, else the request's Content-Type).
     pub media_type: String,
     pub kind: ManifestKind,
-    /// `artifactType`, or for image manifests without one, the config media type.
+    /// The effective artifact type: see [`effective_artifact_type`].
     pub artifact_type: Option<String>,
     pub config: Option<Descriptor>,
     pub layers: Vec<Descriptor>,
@@ -108,13 +167,18 @@ fn descriptor(raw: RawDescriptor, what: &str) -> Result<Descriptor, ManifestErro
     if size < 0 {
         return Err(ManifestError::Invalid(format!("{what} has a negative size")));
     }
+    let platform = raw.platform.as_ref().and_then(|p| {
+        let text = |key: &str| p.get(key).and_then(Value::as_str).map(str::to_string);
+        Some(Platform { architecture: text("architecture")?, os: text("os")? })
+    });
     Ok(Descriptor {
         media_type,
         digest,
         size,
         urls: raw.urls,
-        artifact_type: raw.artifact_type,
+        artifact_type: raw.artifact_type.filter(|a| !a.is_empty()),
         annotations: raw.annotations,
+        platform,
     })
 }
 
@@ -193,13 +257,12 @@ impl ParsedManifest {
                     "an image manifest cannot list manifests".into(),
                 ));
             }
-            let artifact_type = artifact_type(raw.artifact_type, "the manifest's")?.or_else(|| {
-                Some(config.media_type.clone()).filter(|m| {
-                    // Ordinary image configs are not artifact types.
-                    m != "application/vnd.oci.image.config.v1+json"
-                        && m != "application/vnd.docker.container.image.v1+json"
-                })
-            });
+            let declared = artifact_type(raw.artifact_type, "the manifest's")?;
+            let artifact_type = effective_artifact_type(
+                ManifestKind::Image,
+                declared.as_deref(),
+                Some(&config.media_type),
+            );
             Ok(ParsedManifest {
                 media_type,
                 kind: ManifestKind::Image,
@@ -224,7 +287,11 @@ impl ParsedManifest {
             Ok(ParsedManifest {
                 media_type,
                 kind: ManifestKind::Index,
-                artifact_type: artifact_type(raw.artifact_type, "the index's")?,
+                artifact_type: effective_artifact_type(
+                    ManifestKind::Index,
+                    artifact_type(raw.artifact_type, "the index's")?.as_deref(),
+                    None,
+                ),
                 config: None,
                 layers: Vec::new(),
                 manifests,
@@ -247,12 +314,21 @@ impl ParsedManifest {
         out
     }
 
-    /// Manifests an index lists, which must be in the repository.
-    pub fn children(&self) -> Vec<Digest> {
-        let mut out: Vec<Digest> = Vec::new();
+    /// Manifests an index lists, once each, with whether `validation` requires the repository
+    /// to hold them. A manifest listed for several platforms must exist if any of them says so.
+    pub fn children(&self, validation: &IndexValidation) -> Vec<IndexChild> {
+        let mut out: Vec<IndexChild> = Vec::new();
         for d in &self.manifests {
-            if !out.contains(&d.digest) {
-                out.push(d.digest.clone());
+            let must_exist = match validation {
+                IndexValidation::All => true,
+                IndexValidation::None => false,
+                IndexValidation::Platforms(list) => {
+                    d.platform.as_ref().is_some_and(|p| list.contains(p))
+                }
+            };
+            match out.iter_mut().find(|c| c.digest == d.digest) {
+                Some(child) => child.must_exist |= must_exist,
+                None => out.push(IndexChild { digest: d.digest.clone(), must_exist }),
             }
         }
         out
@@ -330,7 +406,80 @@ mod tests {
         let m = ParsedManifest::parse(Some(mt::DOCKER_MANIFEST_LIST), body.to_string().as_bytes())
             .unwrap();
         assert_eq!(m.media_type, mt::DOCKER_MANIFEST_LIST);
-        assert_eq!(m.children().len(), 1);
+        assert_eq!(m.children(&IndexValidation::All).len(), 1);
+    }
+
+    fn image_with(artifact_type: Option<&str>, config_type: &str) -> ParsedManifest {
+        let mut body = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": mt::OCI_MANIFEST,
+            "config": {"mediaType": config_type, "digest": d(1), "size": 2},
+            "layers": []
+        });
+        if let Some(a) = artifact_type {
+            body["artifactType"] = a.into();
+        }
+        ParsedManifest::parse(None, body.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn artifact_type_falls_back_to_the_config_media_type_for_images_only() {
+        let oci_config = "application/vnd.oci.image.config.v1+json";
+        let docker_config = "application/vnd.docker.container.image.v1+json";
+        assert_eq!(image_with(None, oci_config).artifact_type.as_deref(), Some(oci_config));
+        assert_eq!(image_with(None, docker_config).artifact_type.as_deref(), Some(docker_config));
+        assert_eq!(image_with(Some(""), oci_config).artifact_type.as_deref(), Some(oci_config));
+        assert_eq!(
+            image_with(Some("application/x.sbom"), oci_config).artifact_type.as_deref(),
+            Some("application/x.sbom")
+        );
+        for declared in [None, Some(""), Some("application/x.sig")] {
+            let mut body = serde_json::json!({
+                "schemaVersion": 2, "mediaType": mt::OCI_INDEX, "manifests": []
+            });
+            if let Some(a) = declared {
+                body["artifactType"] = a.into();
+            }
+            let index = ParsedManifest::parse(None, body.to_string().as_bytes()).unwrap();
+            assert_eq!(index.artifact_type.as_deref(), declared.filter(|a| !a.is_empty()));
+        }
+    }
+
+    #[test]
+    fn index_children_required_by_each_validation_mode() {
+        let body = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": mt::OCI_INDEX,
+            "manifests": [
+                {"mediaType": mt::OCI_MANIFEST, "digest": d(1), "size": 3,
+                 "platform": {"architecture": "amd64", "os": "linux"}},
+                {"mediaType": mt::OCI_MANIFEST, "digest": d(2), "size": 3,
+                 "platform": {"architecture": "arm64", "os": "linux", "variant": "v8"}},
+                {"mediaType": mt::OCI_MANIFEST, "digest": d(3), "size": 3},
+                {"mediaType": mt::OCI_MANIFEST, "digest": d(4), "size": 3,
+                 "platform": {"architecture": 7, "os": "linux"}},
+                // The same manifest listed again, for a platform on the list.
+                {"mediaType": mt::OCI_MANIFEST, "digest": d(3), "size": 3,
+                 "platform": {"architecture": "arm64", "os": "linux"}}
+            ]
+        });
+        let m = ParsedManifest::parse(None, body.to_string().as_bytes()).unwrap();
+        let required = |v: &IndexValidation| -> Vec<(String, bool)> {
+            m.children(v).into_iter().map(|c| (c.digest.to_string(), c.must_exist)).collect()
+        };
+        let all = required(&IndexValidation::All);
+        assert_eq!(all.len(), 4, "each manifest once: {all:?}");
+        assert!(all.iter().all(|(_, must)| *must));
+        assert!(required(&IndexValidation::None).iter().all(|(_, must)| !*must));
+        let arm = IndexValidation::Platforms(vec![Platform {
+            architecture: "arm64".into(),
+            os: "linux".into(),
+        }]);
+        assert_eq!(
+            required(&arm),
+            vec![(d(1), false), (d(2), true), (d(3), true), (d(4), false)],
+            "variants are not compared; malformed platforms match nothing"
+        );
     }
 
     #[test]

@@ -31,11 +31,19 @@ pub struct Limits {
     pub max_blob_bytes: Option<u64>,
     /// Largest page of tags or repositories one request may ask for.
     pub max_page: i64,
+    /// Which manifests an index lists must be in the repository before the index is pushed
+    /// (`validation.manifests.indexes`).
+    pub index_validation: oci::IndexValidation,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_manifest_bytes: 4 * 1024 * 1024, max_blob_bytes: None, max_page: 10_000 }
+        Limits {
+            max_manifest_bytes: 4 * 1024 * 1024,
+            max_blob_bytes: None,
+            max_page: 10_000,
+            index_validation: oci::IndexValidation::All,
+        }
     }
 }
 

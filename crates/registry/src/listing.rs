@@ -180,12 +180,30 @@ pub(crate) async fn referrers(
     if let Some(tag) = fallback_tag {
         if let Some(index) = registry.store.manifest_by_tag(name, &tag).await? {
             if let Ok(parsed) = ParsedManifest::parse(Some(&index.media_type), &index.payload) {
-                for d in parsed.manifests {
-                    if artifact_type.is_some_and(|t| d.artifact_type.as_deref() != Some(t.as_str()))
-                    {
-                        continue;
-                    }
-                    if !seen.insert(d.digest.to_string()) {
+                let entries: Vec<_> = parsed
+                    .manifests
+                    .into_iter()
+                    .filter(|d| seen.insert(d.digest.to_string()))
+                    .collect();
+                // An entry without an artifactType (written by a client that broke the spec's
+                // rule) gets the one the manifest it describes is listed under, when this
+                // repository holds it: both ways of finding referrers agree.
+                let undeclared: Vec<_> = entries
+                    .iter()
+                    .filter(|d| d.artifact_type.is_none())
+                    .map(|d| d.digest.clone())
+                    .collect();
+                let stored = if undeclared.is_empty() {
+                    Default::default()
+                } else {
+                    registry.store.artifact_types(name, &undeclared).await?
+                };
+                for d in entries {
+                    let effective = d
+                        .artifact_type
+                        .clone()
+                        .or_else(|| stored.get(d.digest.as_str()).cloned().flatten());
+                    if artifact_type.is_some_and(|t| effective.as_deref() != Some(t.as_str())) {
                         continue;
                     }
                     let mut entry = serde_json::json!({
@@ -193,7 +211,7 @@ pub(crate) async fn referrers(
                         "digest": d.digest.as_str(),
                         "size": d.size,
                     });
-                    if let Some(at) = d.artifact_type {
+                    if let Some(at) = effective {
                         entry["artifactType"] = at.into();
                     }
                     if let Some(a) = d.annotations {

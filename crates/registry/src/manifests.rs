@@ -116,6 +116,26 @@ pub(crate) async fn put(
     body: Body,
 ) -> Result<Response> {
     let name = access.name();
+    // `?tag=` names tags for a push by digest (distribution-spec, "Pushing Manifests"); a push
+    // by tag names its one tag in the path, and mixing both ways has no defined answer.
+    let mut query_tags: Vec<Tag> = Vec::new();
+    for tag in query.all("tag") {
+        let tag: Tag = tag.parse().map_err(|e: oci::NameError| {
+            RegistryError::new(ErrorCode::ManifestInvalid, e.to_string())
+        })?;
+        if !query_tags.contains(&tag) {
+            query_tags.push(tag);
+        }
+    }
+    if let (Reference::Tag(tag), Some(_)) = (reference, query_tags.first()) {
+        return Err(RegistryError::new(
+            ErrorCode::ManifestInvalid,
+            format!(
+                "the tag query parameter adds tags to a push by digest \
+                 (PUT /v2/{name}/manifests/<digest>?tag=…); this push names tag {tag} in its path"
+            ),
+        ));
+    }
     let limit = registry.limits.max_manifest_bytes;
     if let Some(length) = header(headers, "content-length").and_then(|l| l.parse::<usize>().ok()) {
         if length > limit {
@@ -128,8 +148,7 @@ pub(crate) async fn put(
     }
     let payload = read_limited(body, limit).await?;
 
-    let mut tags: Vec<Tag> = Vec::new();
-    let digest = match reference {
+    let (digest, tags) = match reference {
         Reference::Digest(given) => {
             let computed = Digest::of(given.algorithm(), &payload);
             if computed != *given {
@@ -138,21 +157,10 @@ pub(crate) async fn put(
                     format!("the manifest's digest is {computed}, not the {given} in the URL"),
                 ));
             }
-            computed
+            (computed, query_tags.clone())
         }
-        Reference::Tag(tag) => {
-            tags.push(tag.clone());
-            Digest::sha256_of(&payload)
-        }
+        Reference::Tag(tag) => (Digest::sha256_of(&payload), vec![tag.clone()]),
     };
-    for tag in query.all("tag") {
-        let tag: Tag = tag.parse().map_err(|e: oci::NameError| {
-            RegistryError::new(ErrorCode::ManifestInvalid, e.to_string())
-        })?;
-        if !tags.contains(&tag) {
-            tags.push(tag);
-        }
-    }
 
     // Protection is checked before anything is stored, for a clear answer; immutable tags are
     // checked again inside the write transaction, so a concurrent push cannot move one either.
@@ -182,7 +190,7 @@ pub(crate) async fn put(
         total_size: payload.len() as i64 + parsed.referenced_size(),
         annotations: parsed.annotations.as_ref().map(|a| a.to_string()),
         blobs: parsed.required_blobs(),
-        children: parsed.children(),
+        children: parsed.children(&registry.limits.index_validation),
         payload,
     };
     registry.store.put_manifest(name, &new, &tags, &frozen).await.map_err(|e| match e {
@@ -215,6 +223,13 @@ pub(crate) async fn put(
     if let Some(subject) = &parsed.subject {
         if let Ok(v) = subject.digest.as_str().parse() {
             response.headers_mut().insert("oci-subject", v);
+        }
+    }
+    // One `OCI-Tag` per tag accepted from `?tag=` (the spec's MUST for registries that support
+    // the parameter). A push by tag has none: the spec defines the header for a push by digest.
+    for tag in &query_tags {
+        if let Ok(v) = tag.as_str().parse() {
+            response.headers_mut().append("oci-tag", v);
         }
     }
     Ok(response)

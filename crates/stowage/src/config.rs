@@ -3,7 +3,8 @@
 //!
 //! Sections and keys follow the CNCF distribution registry's `config.yml` where the concept is
 //! the same (`http.addr`, `storage.filesystem.rootdirectory`,
-//! `storage.maintenance.uploadpurging`, `log.level`, `log.formatter`). Any key can be set
+//! `storage.maintenance.uploadpurging`, `validation.manifests.indexes`, `log.level`,
+//! `log.formatter`). Any key can be set
 //! from the environment with `__` between levels, e.g.
 //! `STOWAGE_STORAGE__MAINTENANCE__UPLOADPURGING__AGE=2h`; the documented short forms are
 //! `STOWAGE_HTTP_ADDR`, `STOWAGE_DATA_DIR` and `STOWAGE_DATABASE_URL`.
@@ -25,6 +26,7 @@ pub struct Config {
     pub database: Database,
     pub storage: Storage,
     pub limits: LimitsConfig,
+    pub validation: Validation,
     pub log: Log,
     pub auth: AuthConfig,
 }
@@ -121,6 +123,78 @@ pub struct LimitsConfig {
     pub max_blob_bytes: u64,
 }
 
+/// What the registry checks in pushed content (distribution's `validation` section; only
+/// `manifests.indexes` so far).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Validation {
+    pub manifests: ValidationManifests,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ValidationManifests {
+    pub indexes: ValidationIndexes,
+}
+
+/// Which manifests an index lists must be in the repository when the index is pushed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ValidationIndexes {
+    /// `all` (every one), `none` (sparse indexes are accepted) or `list` (those of the
+    /// platforms in `platformlist`); case does not matter, as in distribution.
+    pub platforms: String,
+    pub platformlist: Vec<PlatformEntry>,
+}
+
+/// One entry of `platformlist`: distribution's two keys, nothing else (a `variant` would not
+/// be compared, so it is refused rather than silently ignored).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformEntry {
+    pub architecture: String,
+    pub os: String,
+}
+
+impl Default for ValidationIndexes {
+    fn default() -> Self {
+        ValidationIndexes { platforms: "all".into(), platformlist: Vec::new() }
+    }
+}
+
+impl ValidationIndexes {
+    /// The setting as the registry applies it. A `platformlist` is only read with `list`
+    /// (distribution ignores it otherwise too).
+    pub fn index_validation(&self) -> anyhow::Result<oci::IndexValidation> {
+        const KEY: &str = "validation.manifests.indexes";
+        Ok(match self.platforms.to_ascii_lowercase().as_str() {
+            "all" => oci::IndexValidation::All,
+            "none" => oci::IndexValidation::None,
+            "list" => {
+                if self.platformlist.is_empty() {
+                    bail!(
+                        "{KEY}.platforms is list but {KEY}.platformlist is empty: name the \
+                         platforms whose manifests must be present, e.g. \
+                         [{{architecture: amd64, os: linux}}], or use all or none"
+                    );
+                }
+                let mut list = Vec::new();
+                for p in &self.platformlist {
+                    if p.architecture.is_empty() || p.os.is_empty() {
+                        bail!("{KEY}.platformlist entries need both architecture and os");
+                    }
+                    list.push(oci::Platform {
+                        architecture: p.architecture.clone(),
+                        os: p.os.clone(),
+                    });
+                }
+                oci::IndexValidation::Platforms(list)
+            }
+            other => bail!("{KEY}.platforms must be all, none or list, not {other:?}"),
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Log {
@@ -138,6 +212,7 @@ impl Default for Config {
             database: Database::default(),
             storage: Storage::default(),
             limits: LimitsConfig::default(),
+            validation: Validation::default(),
             log: Log::default(),
             auth: AuthConfig::default(),
         }
@@ -225,6 +300,7 @@ impl Config {
         if self.limits.max_manifest_bytes == 0 {
             bail!("limits.max_manifest_bytes must be greater than 0");
         }
+        self.validation.manifests.indexes.index_validation()?;
         Ok(())
     }
 
@@ -305,5 +381,88 @@ mod tests {
             assert_eq!(config.database.url.as_deref(), Some("postgres://x@y/z"));
             Ok(())
         });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail dictates the closure's error type
+    fn index_validation_from_file_and_environment() {
+        use oci::{IndexValidation, Platform};
+        let platform = |architecture: &str, os: &str| Platform {
+            architecture: architecture.into(),
+            os: os.into(),
+        };
+        figment::Jail::expect_with(|jail| {
+            assert_eq!(
+                Config::load()
+                    .map_err(|e| e.to_string())?
+                    .validation
+                    .manifests
+                    .indexes
+                    .index_validation()
+                    .unwrap(),
+                IndexValidation::All,
+                "all by default"
+            );
+            // Distribution's own example spells the value `List`.
+            jail.create_file(
+                "stowage.yml",
+                "validation:\n  manifests:\n    indexes:\n      platforms: List\n      platformlist:\n      - architecture: amd64\n        os: linux\n      - os: windows\n        architecture: arm64\n",
+            )?;
+            jail.set_env("STOWAGE_CONFIG", "stowage.yml");
+            let config = Config::load().map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.validation.manifests.indexes.index_validation().unwrap(),
+                IndexValidation::Platforms(vec![
+                    platform("amd64", "linux"),
+                    platform("arm64", "windows")
+                ])
+            );
+            jail.set_env("STOWAGE_VALIDATION__MANIFESTS__INDEXES__PLATFORMS", "none");
+            let config = Config::load().map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.validation.manifests.indexes.index_validation().unwrap(),
+                IndexValidation::None
+            );
+            jail.set_env("STOWAGE_VALIDATION__MANIFESTS__INDEXES__PLATFORMS", "list");
+            jail.set_env(
+                "STOWAGE_VALIDATION__MANIFESTS__INDEXES__PLATFORMLIST",
+                "[{architecture=s390x,os=linux}]",
+            );
+            let config = Config::load().map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.validation.manifests.indexes.index_validation().unwrap(),
+                IndexValidation::Platforms(vec![platform("s390x", "linux")])
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail dictates the closure's error type
+    fn index_validation_refusals() {
+        for (env, expected) in [
+            (vec![("PLATFORMS", "some")], "must be all, none or list, not \"some\""),
+            (vec![("PLATFORMS", "list")], "platformlist is empty"),
+            (
+                vec![("PLATFORMS", "list"), ("PLATFORMLIST", "[{architecture=amd64,os=\"\"}]")],
+                "need both",
+            ),
+            (
+                vec![
+                    ("PLATFORMS", "list"),
+                    ("PLATFORMLIST", "[{architecture=arm,os=linux,variant=v7}]"),
+                ],
+                "variant",
+            ),
+        ] {
+            figment::Jail::expect_with(|jail| {
+                for (key, value) in &env {
+                    jail.set_env(format!("STOWAGE_VALIDATION__MANIFESTS__INDEXES__{key}"), value);
+                }
+                let error = format!("{:#}", Config::load().unwrap_err());
+                assert!(error.contains(expected), "{env:?}: {error}");
+                Ok(())
+            });
+        }
     }
 }

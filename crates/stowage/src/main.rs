@@ -66,6 +66,7 @@ async fn open_registry(config: &Config) -> anyhow::Result<registry::Registry> {
     let limits = registry::Limits {
         max_manifest_bytes: config.limits.max_manifest_bytes,
         max_blob_bytes: (config.limits.max_blob_bytes > 0).then_some(config.limits.max_blob_bytes),
+        index_validation: config.validation.manifests.indexes.index_validation()?,
         ..Default::default()
     };
     // The CLI commands that open the registry need no access decisions; `serve` sets the gate.
@@ -91,6 +92,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         storage = %config.blob_root()?.display(),
         "metadata and storage ready"
     );
+    match &registry.limits.index_validation {
+        oci::IndexValidation::All => {}
+        oci::IndexValidation::None => tracing::warn!(
+            "validation.manifests.indexes.platforms is none: indexes may list manifests this \
+             registry does not hold, and pulls of those platforms will fail"
+        ),
+        oci::IndexValidation::Platforms(list) => tracing::warn!(
+            platforms = %list.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+            "validation.manifests.indexes.platforms is list: indexes may leave out manifests \
+             of other platforms"
+        ),
+    }
     let purging = config.storage.maintenance.uploadpurging.clone();
     if purging.enabled {
         let age = parse_duration(&purging.age)?;
