@@ -20,6 +20,7 @@ backend_tests!(
     manifest_size_limit,
     put_by_digest_checks_the_digest,
     put_by_digest_with_tags,
+    oci_tag_headers,
     artifact_manifest,
     delete_manifest_by_digest,
     delete_tag_keeps_manifest,
@@ -382,6 +383,65 @@ async fn put_by_digest_with_tags(backend: MetaBackend) {
     assert_oci_error(resp, &[400], &["TAG_INVALID", "MANIFEST_INVALID"]).await;
     let (tags, _) = reg.tags(&repo, "").await;
     assert_eq!(tags, vec!["alpha".to_string(), "beta".to_string()]);
+}
+
+/// Every `OCI-Tag` response header, in order, one value per header line.
+fn oci_tags(resp: &reqwest::Response) -> Vec<String> {
+    resp.headers()
+        .get_all("oci-tag")
+        .iter()
+        .map(|v| v.to_str().expect("ASCII OCI-Tag").to_string())
+        .collect()
+}
+
+/// distribution-spec, "Pushing Manifests": a registry that supports `?tag=` on a push by
+/// digest MUST answer with an `OCI-Tag` header for each accepted tag.
+async fn oci_tag_headers(backend: MetaBackend) {
+    let reg = Registry::start(backend);
+    let repo = unique_repo("oci-tag");
+    let image = Image::random("oci-tag");
+    reg.push_blob(&repo, &image.config).await;
+    reg.push_blob(&repo, &image.layer).await;
+
+    // Two tags, one of them percent-encoded, and one repeated: one header per distinct tag.
+    let reference = format!("{}?tag=a&tag=v1%2E0&tag=a", image.digest);
+    let resp = reg.put_manifest(&repo, &reference, OCI_MANIFEST, &image.manifest).await;
+    assert_status(&resp, 201);
+    assert_eq!(oci_tags(&resp), vec!["a".to_string(), "v1.0".to_string()]);
+    let (tags, _) = reg.tags(&repo, "").await;
+    assert_eq!(tags, vec!["a".to_string(), "v1.0".to_string()]);
+
+    // Re-pushing with a tag that already points at the manifest accepts it again.
+    let reference = format!("{}?tag=v1%2E0&tag=latest", image.digest);
+    let resp = reg.put_manifest(&repo, &reference, OCI_MANIFEST, &image.manifest).await;
+    assert_status(&resp, 201);
+    assert_eq!(oci_tags(&resp), vec!["v1.0".to_string(), "latest".to_string()]);
+
+    // No tag parameter, no header; a push by tag names its tag itself and gets none either.
+    let resp = reg.put_manifest(&repo, &image.digest, OCI_MANIFEST, &image.manifest).await;
+    assert_status(&resp, 201);
+    assert!(oci_tags(&resp).is_empty(), "{:?}", oci_tags(&resp));
+    let resp = reg.put_manifest(&repo, "by-tag", OCI_MANIFEST, &image.manifest).await;
+    assert_status(&resp, 201);
+    assert!(oci_tags(&resp).is_empty(), "a push by tag has no OCI-Tag: {:?}", oci_tags(&resp));
+
+    // `?tag=` belongs to a push by digest: on a push by tag it is refused, and nothing changes.
+    let resp = reg.put_manifest(&repo, "by-tag-2?tag=extra", OCI_MANIFEST, &image.manifest).await;
+    assert!(oci_tags(&resp).is_empty());
+    let v = assert_oci_error(resp, &[400], &["MANIFEST_INVALID"]).await;
+    assert!(v.to_string().contains("push by digest"), "{v}");
+    let (tags, _) = reg.tags(&repo, "").await;
+    assert_eq!(tags, vec!["a", "by-tag", "latest", "v1.0"]);
+
+    // A refused push accepts no tag, and says none was.
+    let other = Image::random("oci-tag-missing-layer");
+    reg.push_blob(&repo, &other.config).await;
+    let reference = format!("{}?tag=b", other.digest);
+    let resp = reg.put_manifest(&repo, &reference, OCI_MANIFEST, &other.manifest).await;
+    assert!(oci_tags(&resp).is_empty());
+    assert_oci_error(resp, &[400], &["MANIFEST_BLOB_UNKNOWN"]).await;
+    let resp = reg.get_manifest(&repo, "b").await;
+    assert_oci_error(resp, &[404], &["MANIFEST_UNKNOWN"]).await;
 }
 
 async fn artifact_manifest(backend: MetaBackend) {

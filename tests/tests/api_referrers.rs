@@ -14,6 +14,8 @@ backend_tests!(
     referrers_filter_by_artifact_type,
     referrers_of_unknown_subject,
     referrers_forget_deleted_manifests,
+    referrers_artifact_type_of_images_and_indexes,
+    referrers_tag_entries_without_artifact_type,
 );
 
 const SBOM: &str = "application/vnd.example.sbom.v1";
@@ -195,8 +197,7 @@ async fn referrers_filter_by_artifact_type(backend: MetaBackend) {
             .await;
     push_referrer(&reg, &repo, &subject, Some(SIG), empty_descriptor(), json!({})).await;
 
-    let (list, filters) =
-        referrers(&reg, &repo, &image.digest, &format!("artifactType={SBOM}")).await;
+    let (list, filters) = referrers(&reg, &repo, &image.digest, &artifact_type_query(SBOM)).await;
     let mut expected = vec![sbom, sbom2];
     expected.sort();
     assert_eq!(list.keys().cloned().collect::<Vec<_>>(), expected);
@@ -241,4 +242,139 @@ async fn referrers_forget_deleted_manifests(backend: MetaBackend) {
     assert_status(&resp, 202);
     let (list, _) = referrers(&reg, &repo, &image.digest, "").await;
     assert_eq!(list.keys().cloned().collect::<Vec<_>>(), vec![b]);
+}
+
+/// `artifactType=<t>`, percent-encoded as clients send it (a bare `+` in a query means a space).
+fn artifact_type_query(t: &str) -> String {
+    format!("artifactType={}", t.replace('+', "%2B"))
+}
+
+/// PUTs `manifest` by digest with `media_type`, asserting 201; returns (digest, bytes).
+async fn put_by_digest(
+    reg: &Registry,
+    repo: &str,
+    media_type: &str,
+    manifest: &Value,
+) -> (String, Vec<u8>) {
+    let body = to_bytes(manifest);
+    let digest = reg.push_manifest(repo, &sha256_digest(&body), media_type, &body).await;
+    (digest, body)
+}
+
+/// distribution-spec, "Listing Referrers": an image manifest without `artifactType` is listed
+/// under its config's media type — the plain image config types too — and the filter matches
+/// that value; an index without one is listed without one.
+async fn referrers_artifact_type_of_images_and_indexes(backend: MetaBackend) {
+    let reg = Registry::start(backend);
+    let repo = unique_repo("ref-types");
+    let image = reg.push_image(&repo, Some("v1")).await;
+    let subject = image.descriptor();
+    reg.push_blob(&repo, b"{}").await;
+
+    // An OCI image manifest with an ordinary image config, as `docker buildx` attestations
+    // and signatures by older tools look.
+    let layer = random_bytes(100);
+    reg.push_blob(&repo, &layer).await;
+    let config = config_json(&sha256_digest(&layer), "referrer");
+    reg.push_blob(&repo, &config).await;
+    let mut m =
+        oci_image_manifest(descriptor(OCI_CONFIG, &config), vec![descriptor(OCI_LAYER, &layer)]);
+    m["subject"] = subject.clone();
+    let (oci_plain, _) = put_by_digest(&reg, &repo, OCI_MANIFEST, &m).await;
+
+    // A Docker schema 2 manifest with a subject: its config type.
+    let docker_config = config_json(&sha256_digest(&layer), "docker referrer");
+    reg.push_blob(&repo, &docker_config).await;
+    let m = json!({
+        "schemaVersion": 2,
+        "mediaType": DOCKER_MANIFEST,
+        "config": descriptor(DOCKER_CONFIG, &docker_config),
+        "layers": [descriptor(DOCKER_LAYER, &layer)],
+        "subject": subject,
+    });
+    let (docker_plain, _) = put_by_digest(&reg, &repo, DOCKER_MANIFEST, &m).await;
+
+    // An empty artifactType counts as missing.
+    let mut m = oci_image_manifest(empty_descriptor(), vec![empty_descriptor()]);
+    m["artifactType"] = json!("");
+    m["subject"] = subject.clone();
+    let (declared_empty, _) = put_by_digest(&reg, &repo, OCI_MANIFEST, &m).await;
+
+    // Indexes: without an artifactType, none is listed; with one, it is.
+    let mut m = oci_index(vec![]);
+    m["subject"] = subject.clone();
+    m["annotations"] = json!({ "kind": "plain index" });
+    let (index_plain, _) = put_by_digest(&reg, &repo, OCI_INDEX, &m).await;
+    let mut m = oci_index(vec![]);
+    m["subject"] = subject.clone();
+    m["artifactType"] = json!(SIG);
+    let (index_typed, _) = put_by_digest(&reg, &repo, OCI_INDEX, &m).await;
+
+    let (list, _) = referrers(&reg, &repo, &image.digest, "").await;
+    let types: BTreeMap<String, Option<String>> = list
+        .iter()
+        .map(|(d, v)| {
+            (d.clone(), v.get("artifactType").map(|a| a.as_str().expect("string").to_string()))
+        })
+        .collect();
+    let expected: BTreeMap<String, Option<String>> = [
+        (oci_plain.clone(), Some(OCI_CONFIG)),
+        (docker_plain.clone(), Some(DOCKER_CONFIG)),
+        (declared_empty.clone(), Some(OCI_EMPTY)),
+        (index_plain.clone(), None),
+        (index_typed.clone(), Some(SIG)),
+    ]
+    .into_iter()
+    .map(|(d, a)| (d, a.map(str::to_string)))
+    .collect();
+    assert_eq!(types, expected, "{list:?}");
+    assert_eq!(list[&index_plain]["annotations"], json!({ "kind": "plain index" }));
+
+    for (filter, matching) in [
+        (OCI_CONFIG, &oci_plain),
+        (DOCKER_CONFIG, &docker_plain),
+        (OCI_EMPTY, &declared_empty),
+        (SIG, &index_typed),
+    ] {
+        let (list, filters) =
+            referrers(&reg, &repo, &image.digest, &artifact_type_query(filter)).await;
+        assert_eq!(list.keys().collect::<Vec<_>>(), vec![matching], "filter {filter}");
+        assert_eq!(list[matching]["artifactType"], json!(filter));
+        assert_eq!(filters.as_deref(), Some("artifactType"));
+    }
+}
+
+/// Entries of a client-kept referrers tag index (`sha256-<hex>`) that lack an `artifactType`
+/// get the one the registry lists the described manifest under, when it holds it; the filter
+/// compares that value. (The registry runs with sparse indexes allowed, so the tag index may
+/// list a manifest the repository does not hold.)
+async fn referrers_tag_entries_without_artifact_type(backend: MetaBackend) {
+    let reg = Registry::start_with(
+        backend,
+        &[("STOWAGE_VALIDATION__MANIFESTS__INDEXES__PLATFORMS", "none")],
+    );
+    let repo = unique_repo("ref-tag-types");
+    let image = reg.push_image(&repo, Some("v1")).await;
+    // A signature pushed without a subject (as for a registry without the referrers API),
+    // with an ordinary image config and no artifactType.
+    let held = reg.push_image(&repo, None).await;
+    let absent = Image::random("not pushed");
+    let sbom = reg.push_image(&repo, None).await;
+    let mut sbom_entry = sbom.descriptor();
+    sbom_entry["artifactType"] = json!(SBOM);
+    let tag_index = oci_index(vec![held.descriptor(), absent.descriptor(), sbom_entry]);
+    let fallback_tag = image.digest.replacen(':', "-", 1);
+    let body = to_bytes(&tag_index);
+    reg.push_manifest(&repo, &fallback_tag, OCI_INDEX, &body).await;
+
+    let (list, _) = referrers(&reg, &repo, &image.digest, "").await;
+    assert_eq!(list.len(), 3, "{list:?}");
+    assert_eq!(list[&held.digest]["artifactType"], json!(OCI_CONFIG), "{list:?}");
+    assert!(list[&absent.digest].get("artifactType").is_none(), "unknown, so left out: {list:?}");
+    assert_eq!(list[&sbom.digest]["artifactType"], json!(SBOM), "declared wins: {list:?}");
+
+    let (list, _) = referrers(&reg, &repo, &image.digest, &artifact_type_query(OCI_CONFIG)).await;
+    assert_eq!(list.keys().collect::<Vec<_>>(), vec![&held.digest]);
+    let (list, _) = referrers(&reg, &repo, &image.digest, &artifact_type_query(SBOM)).await;
+    assert_eq!(list.keys().collect::<Vec<_>>(), vec![&sbom.digest]);
 }

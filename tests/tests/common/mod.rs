@@ -48,7 +48,12 @@ pub struct Registry {
 
 impl Registry {
     pub fn start(backend: MetaBackend) -> Registry {
-        let server = TestServer::start(backend);
+        Registry::start_with(backend, &[])
+    }
+
+    /// Starts a registry with extra `STOWAGE_*` environment variables (settings).
+    pub fn start_with(backend: MetaBackend, env: &[(&str, &str)]) -> Registry {
+        let server = TestServer::start_with(backend, env);
         let http = Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(120))
