@@ -28,6 +28,8 @@ pub enum ErrorCode {
     ImmutableTag,
     /// Deleting a manifest would take protected or immutable tags along (GitLab's extension).
     ProtectedManifest,
+    /// The registry itself failed (the spec's catch-all code for server errors).
+    Unknown,
 }
 
 impl ErrorCode {
@@ -53,6 +55,7 @@ impl ErrorCode {
             ErrorCode::ProtectedTag => "PROTECTED_TAG",
             ErrorCode::ImmutableTag => "IMMUTABLE_TAG",
             ErrorCode::ProtectedManifest => "PROTECTED_MANIFEST",
+            ErrorCode::Unknown => "UNKNOWN",
         }
     }
 
@@ -79,6 +82,7 @@ impl ErrorCode {
             ErrorCode::Unsupported => 415,
             ErrorCode::TooManyRequests => 429,
             ErrorCode::RangeInvalid => 416,
+            ErrorCode::Unknown => 500,
         }
     }
 }

@@ -48,7 +48,7 @@ impl RegistryError {
         tracing::error!(%error, "internal error");
         RegistryError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: ErrorCode::Unsupported,
+            code: ErrorCode::Unknown,
             message: "the registry failed to complete the request; see its log for the cause"
                 .into(),
             detail: None,
