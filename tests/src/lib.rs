@@ -38,10 +38,23 @@ pub struct TestServer {
     pub base: String,
     pub backend: MetaBackend,
     child: Option<Child>,
-    data_dir: tempfile::TempDir,
+    data_dir: DataDir,
+    log_name: String,
     database_url: Option<String>,
+    /// The PostgreSQL database this server created and drops when dropped.
     pg_database: Option<String>,
     extra_env: Vec<(String, String)>,
+}
+
+/// A server's temporary data directory, removed when the last server using it (the first one
+/// and its siblings) is dropped.
+#[derive(Clone)]
+struct DataDir(std::sync::Arc<tempfile::TempDir>);
+
+impl DataDir {
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
 }
 
 /// Generates one `#[tokio::test]` per metadata backend for each named async test function
@@ -136,7 +149,8 @@ impl TestServer {
             base: String::new(),
             backend,
             child: None,
-            data_dir,
+            data_dir: DataDir(std::sync::Arc::new(data_dir)),
+            log_name: "server.log".into(),
             database_url,
             pg_database,
             extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
@@ -145,8 +159,29 @@ impl TestServer {
         server
     }
 
+    /// Starts a second `stowage serve` process on this server's data directory and
+    /// database, as a second instance behind a load balancer would run. PostgreSQL only:
+    /// SQLite means one process. The sibling logs to a file of its own; the database is
+    /// dropped with this server, so drop the sibling first.
+    pub fn start_sibling(&self) -> TestServer {
+        assert_eq!(self.backend, MetaBackend::Postgres, "several instances need PostgreSQL");
+        let mut sibling = TestServer {
+            addr: String::new(),
+            base: String::new(),
+            backend: self.backend,
+            child: None,
+            data_dir: self.data_dir.clone(),
+            log_name: format!("server-sibling-{}.log", random_suffix()),
+            database_url: self.database_url.clone(),
+            pg_database: None,
+            extra_env: self.extra_env.clone(),
+        };
+        sibling.spawn();
+        sibling
+    }
+
     fn log_path(&self) -> PathBuf {
-        self.data_dir.path().join("server.log")
+        self.data_dir.path().join(&self.log_name)
     }
 
     /// The data directory the server stores blobs (and, on SQLite, metadata) in.

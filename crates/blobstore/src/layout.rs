@@ -3,12 +3,24 @@
 //! ```text
 //! <root>/
 //!   blobs/
-//!     sha256/ab/abcdef0123…     one object per blob, named by its digest; written once,
-//!     sha512/cd/cdef…           never modified, removed only by garbage collection
+//!     sha256/ab/abcdef0123…     one object per blob, named by its digest. Only a commit
+//!     sha512/cd/cdef…           puts one here, and only bytes it has verified against the
+//!                               digest; it replaces whatever object was there before, so an
+//!                               object planted or damaged under a digest never outlives the
+//!                               next upload of the right bytes. Removed only by garbage
+//!                               collection.
 //!   uploads/
-//!     <upload uuid>/0, 1, 2…    the parts of an upload in progress, one per PATCH/PUT body,
-//!                               in order; concatenated (or renamed, for one part) into
-//!                               `blobs/…` on commit and deleted on commit, cancel or expiry
+//!     <upload uuid>/            everything one upload session stores; removed whole on
+//!                               commit, cancel or expiry (the purge lists this prefix)
+//!       <object uuid>           one part: the body of one PATCH/PUT, written by that request
+//!                               alone under a fresh name and never written again. It counts
+//!                               only once the metadata database lists it as a part of the
+//!                               session; a request that loses the race for the session's
+//!                               offset deletes its own object and nothing else
+//!       publish-<uuid>          a commit's private staging object on the filesystem: the
+//!                               parts joined (or, for one part, hard-linked), checked, then
+//!                               renamed into `blobs/…`. Left behind only by a crash, and
+//!                               then removed with its session
 //! ```
 //!
 //! Keys never contain repository or project names: renaming a project or moving a
@@ -24,9 +36,30 @@ pub fn blob(digest: &Digest) -> Path {
     Path::from(format!("blobs/{}/{}/{}", digest.algorithm().as_str(), &hex[..2], hex))
 }
 
-/// `uploads/<uuid>/<part>`
-pub fn upload_part(upload_id: &str, part: i64) -> Path {
-    Path::from(format!("uploads/{upload_id}/{part}"))
+/// `uploads/`: the prefix under which every upload session keeps its objects.
+pub fn uploads() -> Path {
+    Path::from("uploads")
+}
+
+/// `uploads/<upload uuid>/`: everything one upload session stores.
+pub fn upload_dir(upload_id: &str) -> Path {
+    Path::from(format!("uploads/{upload_id}"))
+}
+
+/// `uploads/<upload uuid>/<object>`: one part, or one commit's staging object.
+pub fn upload_object(upload_id: &str, object: &str) -> Path {
+    debug_assert!(!object.is_empty() && !object.contains('/'), "object {object:?}");
+    Path::from(format!("uploads/{upload_id}/{object}"))
+}
+
+/// A fresh name for a part: nobody else ever writes under it.
+pub(crate) fn new_part_name() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// A fresh name for a commit's staging object; never equal to a part's name.
+pub(crate) fn new_staging_name() -> String {
+    format!("publish-{}", uuid::Uuid::new_v4().simple())
 }
 
 #[cfg(test)]
@@ -37,6 +70,16 @@ mod tests {
     fn blob_keys_fan_out_by_digest_prefix() {
         let d: Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
         assert_eq!(blob(&d).as_ref(), format!("blobs/sha256/ab/{}", "ab".repeat(32)));
-        assert_eq!(upload_part("u", 3).as_ref(), "uploads/u/3");
+        assert_eq!(upload_object("u", "p1").as_ref(), "uploads/u/p1");
+        assert_eq!(upload_dir("u").as_ref(), "uploads/u");
+    }
+
+    #[test]
+    fn every_attempt_gets_its_own_name() {
+        let names: std::collections::HashSet<String> = (0..1000)
+            .map(|_| new_part_name())
+            .chain((0..1000).map(|_| new_staging_name()))
+            .collect();
+        assert_eq!(names.len(), 2000);
     }
 }

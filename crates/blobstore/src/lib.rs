@@ -41,6 +41,10 @@ pub enum BlobError {
     DigestMismatch { expected: String, computed: String },
     #[error("the upload's saved hash state is corrupt")]
     CorruptState,
+    #[error("upload part {0} is missing from storage")]
+    PartMissing(String),
+    #[error("the upload's stored parts do not match its record: {0}")]
+    Inconsistent(String),
     #[error("storage error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -131,26 +135,31 @@ impl BlobStore {
         Ok(BlobRead { size, stream })
     }
 
-    /// Streams `body` into part `part` of upload `upload_id`, feeding `hasher` as it goes.
-    /// Returns the number of bytes written. On any failure the part is removed and
-    /// `hasher` is left unchanged, so the session stays at its previous offset.
+    /// Streams `body` into a new object of upload `upload_id` that this call alone ever
+    /// writes, continuing the session's hash state `hasher` over exactly the bytes written.
+    /// The part counts only once the caller records it in the metadata database; a caller
+    /// that cannot (it lost the race for the session's offset) removes it with
+    /// [`discard_part`](Self::discard_part). On any failure nothing is left behind.
     pub async fn write_part<S, E>(
         &self,
         upload_id: &str,
-        part: i64,
-        hasher: &mut ResumableSha256,
+        hasher: &ResumableSha256,
         body: S,
         limit: Option<u64>,
-    ) -> Result<u64, BlobError>
+    ) -> Result<WrittenPart, BlobError>
     where
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let key = layout::upload_part(upload_id, part);
+        let object = layout::new_part_name();
+        let key = layout::upload_object(upload_id, &object);
         if let Some(root) = &self.local_root {
             let path = root.join(key.as_ref());
-            return write_local_part(path, hasher, body, limit).await;
+            let (size, hasher) = write_local_part(path, hasher.clone(), body, limit).await?;
+            return Ok(WrittenPart { object, size, hasher });
         }
+        // A multipart upload becomes visible only when finished, and under a name nobody else
+        // uses: a request dropped half-way leaves no object.
         let upload = self.store.put_multipart(&key).await?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, WRITE_CHUNK);
         let mut working = hasher.clone();
@@ -175,133 +184,340 @@ impl BlobStore {
         match outcome {
             Ok(()) => {
                 writer.finish().await?;
-                *hasher = working;
-                Ok(written)
+                Ok(WrittenPart { object, size: written, hasher: working })
             }
             Err(e) => {
                 let _ = writer.abort().await;
-                let _ = self.store.delete(&key).await;
                 Err(e)
             }
         }
     }
 
-    /// Turns the parts of an upload into the blob `expected`, after checking the digest.
-    /// `hasher` is the SHA-256 over all parts; other algorithms re-read the parts. On a
-    /// mismatch the parts are deleted and nothing is stored.
+    /// Turns `parts` (the session's parts as the metadata database lists them, in order)
+    /// into the blob `expected`. `hasher` is the session's SHA-256 over all parts, continued
+    /// by each part's writer as it wrote; for SHA-512 the joined bytes are hashed.
+    ///
+    /// What becomes the blob is exactly what was hashed: the parts are private objects that
+    /// nobody writes once recorded, they are joined into a private staging object (or, on
+    /// the filesystem, one part is hard-linked as it is) whose size is checked, and only that
+    /// object is published under the digest. Publication replaces any object already there,
+    /// so an existing object is never trusted for being present. Two commits of the same
+    /// digest publish identical bytes and both succeed. Deletes nothing of the session: the
+    /// caller ends it (and removes its objects) whatever the outcome.
     pub async fn commit_upload(
         &self,
         upload_id: &str,
-        parts: i64,
+        parts: &[UploadPart],
         hasher: &ResumableSha256,
         expected: &Digest,
     ) -> Result<(), BlobError> {
-        let computed = match expected.algorithm() {
-            Algorithm::Sha256 => Digest::from_sha256_bytes(hasher.finalize()),
-            Algorithm::Sha512 => {
-                let mut sha512 = sha2::Sha512::new();
-                for part in 0..parts {
-                    let mut stream =
-                        self.store.get(&layout::upload_part(upload_id, part)).await?.into_stream();
-                    while let Some(chunk) = stream.next().await {
-                        sha512.update(&chunk?);
+        let total: u64 = parts.iter().map(|p| p.size).sum();
+        if total != hasher.len() {
+            return Err(BlobError::Inconsistent(format!(
+                "upload {upload_id}: the parts hold {total} bytes but {} were hashed",
+                hasher.len()
+            )));
+        }
+        if expected.algorithm() == Algorithm::Sha256 {
+            let computed = Digest::from_sha256_bytes(hasher.finalize());
+            if &computed != expected {
+                return Err(BlobError::DigestMismatch {
+                    expected: expected.to_string(),
+                    computed: computed.to_string(),
+                });
+            }
+        }
+        match &self.local_root {
+            Some(root) => {
+                let job = LocalCommit {
+                    root: root.to_path_buf(),
+                    upload_id: upload_id.to_string(),
+                    parts: parts.to_vec(),
+                    total,
+                    expected: expected.clone(),
+                };
+                tokio::task::spawn_blocking(move || job.run())
+                    .await
+                    .map_err(|e| BlobError::Body(format!("commit thread failed: {e}")))?
+            }
+            None => self.commit_through_object_store(upload_id, parts, total, expected).await,
+        }
+    }
+
+    /// The object_store commit (S3, GCS, Azure, memory): the parts are streamed through the
+    /// digest's hash into a multipart upload at the blob's key, which is completed (published,
+    /// atomically replacing any object there) only if the hash matches and aborted otherwise.
+    /// Verifying costs a re-read of the parts; a server-side copy could not be verified (and
+    /// S3's stops at 5 GiB).
+    async fn commit_through_object_store(
+        &self,
+        upload_id: &str,
+        parts: &[UploadPart],
+        total: u64,
+        expected: &Digest,
+    ) -> Result<(), BlobError> {
+        let upload = self.store.put_multipart(&layout::blob(expected)).await?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, WRITE_CHUNK);
+        let mut hash = ContentHash::new(expected.algorithm());
+        let outcome: Result<(), BlobError> = async {
+            let mut written = 0u64;
+            for part in parts {
+                let key = layout::upload_object(upload_id, &part.object);
+                let mut stream = match self.store.get(&key).await {
+                    Ok(get) => get.into_stream(),
+                    Err(object_store::Error::NotFound { .. }) => {
+                        return Err(BlobError::PartMissing(key.to_string()))
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let mut in_part = 0u64;
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk?;
+                    in_part += chunk.len() as u64;
+                    hash.update(&chunk);
+                    writer.wait_for_capacity(2).await?;
+                    writer.write(&chunk);
+                }
+                if in_part != part.size {
+                    return Err(BlobError::Inconsistent(format!(
+                        "{key} holds {in_part} bytes, not the {} recorded",
+                        part.size
+                    )));
+                }
+                written += in_part;
+            }
+            debug_assert_eq!(written, total);
+            let computed = hash.finish();
+            if &computed != expected {
+                return Err(BlobError::DigestMismatch {
+                    expected: expected.to_string(),
+                    computed: computed.to_string(),
+                });
+            }
+            Ok(())
+        }
+        .await;
+        match outcome {
+            Ok(()) => {
+                writer.finish().await?;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = writer.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes every object of an upload session: its parts, also those of requests that
+    /// lost a race or were cut off, and staging objects of interrupted commits. Storage is
+    /// listed rather than trusting the metadata. Best effort: what is left is garbage that
+    /// [`idle_upload_sessions`](Self::idle_upload_sessions) finds again.
+    pub async fn delete_upload(&self, upload_id: &str) {
+        if let Some(root) = &self.local_root {
+            let dir = root.join(layout::upload_dir(upload_id).as_ref());
+            let outcome = tokio::task::spawn_blocking(move || {
+                // A request still writing a part may create a file while the directory is
+                // being emptied; try again rather than leave it.
+                let mut tries = 0;
+                loop {
+                    match std::fs::remove_dir_all(&dir) {
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                        Err(_) if tries < 3 => tries += 1,
+                        other => return other,
                     }
                 }
-                Digest::from_sha512_bytes(&sha512.finalize())
+            })
+            .await;
+            if let Ok(Err(e)) = outcome {
+                tracing::warn!(upload = upload_id, error = %e, "could not delete upload objects");
             }
-        };
-        if &computed != expected {
-            self.delete_upload(upload_id, parts).await;
+            return;
+        }
+        let prefix = layout::upload_dir(upload_id);
+        let objects: Vec<_> = self.store.list(Some(&prefix)).collect().await;
+        for object in objects {
+            let result = match object {
+                Ok(meta) => self.store.delete(&meta.location).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                if !matches!(e, object_store::Error::NotFound { .. }) {
+                    tracing::warn!(upload = upload_id, error = %e, "could not delete upload object");
+                }
+            }
+        }
+    }
+
+    /// Removes the part `object` of upload `upload_id`, written by a request that must not
+    /// count (a short chunk, or one that lost the race for the session's offset). A request
+    /// only ever discards the part it wrote itself.
+    pub async fn discard_part(&self, upload_id: &str, object: &str) {
+        let key = layout::upload_object(upload_id, object);
+        if let Err(e) = self.store.delete(&key).await {
+            if !matches!(e, object_store::Error::NotFound { .. }) {
+                tracing::warn!(upload = upload_id, object, error = %e, "could not delete upload part");
+            }
+        }
+    }
+
+    /// Upload sessions that have objects in storage none of which changed since `cutoff`.
+    /// For the purge: sessions the metadata database no longer knows (a crash between
+    /// ending a session and removing its objects, a request dropped mid-write) are found
+    /// only this way. Only the `uploads/` prefix is listed, never the blobs.
+    pub async fn idle_upload_sessions(
+        &self,
+        cutoff: std::time::SystemTime,
+    ) -> Result<Vec<String>, BlobError> {
+        if let Some(root) = &self.local_root {
+            let uploads = root.join(layout::uploads().as_ref());
+            return tokio::task::spawn_blocking(move || idle_local_sessions(&uploads, cutoff))
+                .await
+                .map_err(|e| BlobError::Body(format!("listing thread failed: {e}")))?
+                .map_err(BlobError::from);
+        }
+        let cutoff_millis =
+            cutoff.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        let mut newest: std::collections::BTreeMap<String, i64> = Default::default();
+        let mut objects = self.store.list(Some(&layout::uploads()));
+        while let Some(meta) = objects.next().await {
+            let meta = meta?;
+            let session = meta.location.parts().nth(1).map(|p| p.as_ref().to_string());
+            if let Some(session) = session {
+                let modified = meta.last_modified.timestamp_millis();
+                let entry = newest.entry(session).or_insert(modified);
+                *entry = (*entry).max(modified);
+            }
+        }
+        Ok(newest.into_iter().filter(|(_, t)| *t < cutoff_millis).map(|(id, _)| id).collect())
+    }
+
+    /// Stores small content (a manifest fetched as a blob, test fixtures) in one call, after
+    /// checking that it is the content `digest` names.
+    pub async fn put_small(&self, digest: &Digest, bytes: Bytes) -> Result<(), BlobError> {
+        let computed = Digest::of(digest.algorithm(), &bytes);
+        if &computed != digest {
             return Err(BlobError::DigestMismatch {
-                expected: expected.to_string(),
+                expected: digest.to_string(),
                 computed: computed.to_string(),
             });
         }
-        let target = layout::blob(expected);
-        if self.size(expected).await?.is_some() {
-            // Content-addressed: identical bytes are already stored.
-            self.delete_upload(upload_id, parts).await;
-            return Ok(());
-        }
-        match parts {
-            0 => {
-                self.store.put(&target, PutPayload::new()).await?;
-            }
-            1 => {
-                self.store.rename(&layout::upload_part(upload_id, 0), &target).await?;
-            }
-            _ => {
-                let upload = self.store.put_multipart(&target).await?;
-                let mut writer = WriteMultipart::new_with_chunk_size(upload, WRITE_CHUNK);
-                for part in 0..parts {
-                    let mut stream =
-                        self.store.get(&layout::upload_part(upload_id, part)).await?.into_stream();
-                    while let Some(chunk) = stream.next().await {
-                        writer.wait_for_capacity(2).await?;
-                        writer.write(&chunk?);
-                    }
-                }
-                writer.finish().await?;
-                self.delete_upload(upload_id, parts).await;
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes every part of an upload. Best effort: a leftover part is harmless garbage.
-    pub async fn delete_upload(&self, upload_id: &str, parts: i64) {
-        for part in 0..parts {
-            let key = layout::upload_part(upload_id, part);
-            if let Err(e) = self.store.delete(&key).await {
-                if !matches!(e, object_store::Error::NotFound { .. }) {
-                    tracing::warn!(upload = upload_id, part, error = %e, "could not delete upload part");
-                }
-            }
-        }
-    }
-
-    /// Removes one part that was written but must not count (a short or refused chunk).
-    pub async fn discard_part(&self, upload_id: &str, part: i64) {
-        if let Err(e) = self.store.delete(&layout::upload_part(upload_id, part)).await {
-            tracing::warn!(upload = upload_id, part, error = %e, "could not delete upload part");
-        }
-    }
-
-    /// Stores small content (a manifest fetched as a blob, test fixtures) in one call.
-    pub async fn put_small(&self, digest: &Digest, bytes: Bytes) -> Result<(), BlobError> {
         self.store.put(&layout::blob(digest), PutPayload::from_bytes(bytes)).await?;
         Ok(())
     }
 }
 
-/// Streams `body` into the local file `path` through one blocking thread that hashes and
+/// One part of an upload session, as the metadata database lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadPart {
+    /// The part's object name within its session (see [`layout::upload_object`]).
+    pub object: String,
+    pub size: u64,
+}
+
+/// What one write attempt stored: its own object, how many bytes, and the session's hash
+/// state continued over exactly those bytes.
+#[derive(Debug)]
+pub struct WrittenPart {
+    pub object: String,
+    pub size: u64,
+    pub hasher: ResumableSha256,
+}
+
+/// The hash of a digest's algorithm, over bytes as they are written.
+enum ContentHash {
+    Sha256(sha2::Sha256),
+    Sha512(sha2::Sha512),
+}
+
+impl ContentHash {
+    fn new(algorithm: Algorithm) -> ContentHash {
+        match algorithm {
+            Algorithm::Sha256 => ContentHash::Sha256(sha2::Sha256::new()),
+            Algorithm::Sha512 => ContentHash::Sha512(sha2::Sha512::new()),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            ContentHash::Sha256(h) => h.update(data),
+            ContentHash::Sha512(h) => h.update(data),
+        }
+    }
+
+    fn finish(self) -> Digest {
+        match self {
+            ContentHash::Sha256(h) => Digest::from_sha256_bytes(h.finalize().into()),
+            ContentHash::Sha512(h) => Digest::from_sha512_bytes(&h.finalize()),
+        }
+    }
+}
+
+/// Creates `path` for writing, failing if it exists: a part or staging object is only ever
+/// written through the handle that created it. Creates the session's directory if missing,
+/// also when a concurrent cleanup removes it in between.
+fn create_private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let mut tries = 0;
+    loop {
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 5 => {
+                tries += 1;
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
+/// What the writer thread of [`write_local_part`] receives.
+enum Feed {
+    Chunk(Bytes),
+    /// The body ended normally. A channel closed without it means the request failed or was
+    /// dropped half-way, and the thread removes its file.
+    End,
+}
+
+/// Streams `body` into the new local file `path` through one blocking thread that hashes and
 /// writes each chunk while the next one is received: no 8 MiB staging buffers, no copy
-/// besides the kernel's, and hashing overlaps the network. Same contract as `write_part`.
+/// besides the kernel's, and hashing overlaps the network. The file is closed before this
+/// returns, so a recorded part is never written again. Same contract as `write_part`.
 async fn write_local_part<S, E>(
     path: std::path::PathBuf,
-    hasher: &mut ResumableSha256,
+    mut working: ResumableSha256,
     body: S,
     limit: Option<u64>,
-) -> Result<u64, BlobError>
+) -> Result<(u64, ResumableSha256), BlobError>
 where
     S: Stream<Item = Result<Bytes, E>> + Send,
     E: std::fmt::Display,
 {
     use std::io::Write;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);
-    let mut working = hasher.clone();
-    let target = path.clone();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Feed>(16);
     let writer = tokio::task::spawn_blocking(move || -> std::io::Result<ResumableSha256> {
-        if let Some(dir) = target.parent() {
-            std::fs::create_dir_all(dir)?;
+        let mut file = std::io::BufWriter::with_capacity(1 << 20, create_private_file(&path)?);
+        let mut receive = || -> std::io::Result<()> {
+            loop {
+                match rx.blocking_recv() {
+                    Some(Feed::Chunk(chunk)) => {
+                        working.update(&chunk);
+                        file.write_all(&chunk)?;
+                    }
+                    Some(Feed::End) => return file.flush(),
+                    None => return Err(std::io::Error::other("the body ended early")),
+                }
+            }
+        };
+        let outcome = receive();
+        drop(file);
+        match outcome {
+            Ok(()) => Ok(working),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(e)
+            }
         }
-        let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&target)?);
-        while let Some(chunk) = rx.blocking_recv() {
-            working.update(&chunk);
-            file.write_all(&chunk)?;
-        }
-        file.flush()?;
-        Ok(working)
     });
     let mut written = 0u64;
     let mut body = std::pin::pin!(body);
@@ -314,41 +530,246 @@ where
                     return Err(BlobError::TooLarge { limit });
                 }
             }
-            if tx.send(chunk).await.is_err() {
-                break; // the writer failed; its error is reported below
+            if tx.send(Feed::Chunk(chunk)).await.is_err() {
+                return Ok(()); // the writer failed; its error is reported below
             }
         }
+        let _ = tx.send(Feed::End).await;
         Ok(())
     }
     .await;
     drop(tx);
     let stored = writer.await.map_err(|e| BlobError::Body(format!("writer thread failed: {e}")));
     match (received, stored) {
-        (Ok(()), Ok(Ok(hashed))) => {
-            *hasher = hashed;
-            Ok(written)
+        (Ok(()), Ok(Ok(hashed))) => Ok((written, hashed)),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+        (Ok(()), Ok(Err(io))) => Err(BlobError::Io(io)),
+    }
+}
+
+/// A commit on the filesystem, run on a blocking thread.
+struct LocalCommit {
+    root: std::path::PathBuf,
+    upload_id: String,
+    parts: Vec<UploadPart>,
+    total: u64,
+    expected: Digest,
+}
+
+impl LocalCommit {
+    fn path(&self, key: &object_store::path::Path) -> std::path::PathBuf {
+        self.root.join(key.as_ref())
+    }
+
+    fn run(self) -> Result<(), BlobError> {
+        let staging =
+            self.path(&layout::upload_object(&self.upload_id, &layout::new_staging_name()));
+        let outcome = self.stage(&staging).and_then(|()| self.publish(&staging));
+        if outcome.is_err() {
+            let _ = std::fs::remove_file(&staging);
         }
-        (received, stored) => {
-            let _ = tokio::fs::remove_file(&path).await;
-            Err(match (received, stored) {
-                (Err(e), _) => e,
-                (_, Err(e)) => e,
-                (_, Ok(Err(io))) => BlobError::Io(io),
-                (Ok(()), Ok(Ok(_))) => unreachable!("handled above"),
-            })
+        outcome
+    }
+
+    /// Builds the private staging object from the parts and checks it.
+    fn stage(&self, staging: &std::path::Path) -> Result<(), BlobError> {
+        let source =
+            |part: &UploadPart| self.path(&layout::upload_object(&self.upload_id, &part.object));
+        let missing = |part: &UploadPart| {
+            BlobError::PartMissing(layout::upload_object(&self.upload_id, &part.object).to_string())
+        };
+        let linked = match self.parts.as_slice() {
+            // One part is the blob as it is: link it (no copy). Its writer closed it before
+            // it was recorded and nobody opens it for writing again.
+            [part] => match std::fs::hard_link(source(part), staging) {
+                Ok(()) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing(part)),
+                Err(_) => false, // no hard links here: copy below
+            },
+            _ => false,
+        };
+        if !linked {
+            let mut out = create_private_file(staging)?;
+            for part in &self.parts {
+                let mut input = match std::fs::File::open(source(part)) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(missing(part))
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                // copy_file_range where the kernel offers it.
+                let copied = std::io::copy(&mut input, &mut out)?;
+                if copied != part.size {
+                    return Err(BlobError::Inconsistent(format!(
+                        "{} holds {copied} bytes, not the {} recorded",
+                        source(part).display(),
+                        part.size
+                    )));
+                }
+            }
+        }
+        let staged = std::fs::metadata(staging)?.len();
+        if staged != self.total {
+            return Err(BlobError::Inconsistent(format!(
+                "the joined upload {} holds {staged} bytes, not {}",
+                self.upload_id, self.total
+            )));
+        }
+        if self.expected.algorithm() != Algorithm::Sha256 {
+            // The SHA-256 state was carried through the writes; other digests are computed
+            // over the staging object itself, which is exactly what gets published.
+            let mut hash = ContentHash::new(self.expected.algorithm());
+            let mut file = std::fs::File::open(staging)?;
+            let mut buf = vec![0u8; READ_CHUNK];
+            loop {
+                let n = std::io::Read::read(&mut file, &mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hash.update(&buf[..n]);
+            }
+            let computed = hash.finish();
+            if computed != self.expected {
+                return Err(BlobError::DigestMismatch {
+                    expected: self.expected.to_string(),
+                    computed: computed.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Renames the staging object over the blob's key: atomic, and it replaces any object
+    /// already there (identical bytes from a concurrent commit, or a bad object).
+    fn publish(&self, staging: &std::path::Path) -> Result<(), BlobError> {
+        let target = self.path(&layout::blob(&self.expected));
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::rename(staging, &target)?;
+        Ok(())
+    }
+}
+
+/// Upload session directories under `uploads` whose entries all changed before `cutoff`.
+fn idle_local_sessions(
+    uploads: &std::path::Path,
+    cutoff: std::time::SystemTime,
+) -> std::io::Result<Vec<String>> {
+    let entries = match std::fs::read_dir(uploads) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut idle = Vec::new();
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.is_dir() {
+            continue;
+        }
+        let mut newest = meta.modified()?;
+        for inner in std::fs::read_dir(&dir)?.flatten() {
+            if let Ok(modified) = inner.metadata().and_then(|m| m.modified()) {
+                newest = newest.max(modified);
+            }
+        }
+        if newest < cutoff {
+            idle.push(entry.file_name().to_string_lossy().into_owned());
         }
     }
+    Ok(idle)
 }
 
 #[cfg(test)]
 mod tests {
+    //! One suite for every backend: each test runs on the filesystem (the local fast paths)
+    //! and on object_store's in-memory store (the S3/GCS/Azure code path).
     use super::*;
     use futures::stream;
+
+    struct Backend {
+        store: BlobStore,
+        _dir: Option<tempfile::TempDir>,
+    }
+
+    fn filesystem() -> Backend {
+        let dir = tempfile::tempdir().unwrap();
+        Backend { store: BlobStore::filesystem(dir.path()).unwrap(), _dir: Some(dir) }
+    }
+
+    fn memory() -> Backend {
+        let memory = Arc::new(object_store::memory::InMemory::new());
+        Backend { store: BlobStore::from_object_store(memory), _dir: None }
+    }
+
+    impl Backend {
+        /// Every key under `prefix`, plus (filesystem) every directory: nothing may be left.
+        async fn keys(&self, prefix: &str) -> Vec<String> {
+            if let Some(root) = &self.store.local_root {
+                fn walk(dir: &std::path::Path, root: &std::path::Path, out: &mut Vec<String>) {
+                    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                        let path = entry.path();
+                        out.push(path.strip_prefix(root).unwrap().display().to_string());
+                        if path.is_dir() {
+                            walk(&path, root, out);
+                        }
+                    }
+                }
+                let mut out = Vec::new();
+                walk(&root.join(prefix), root, &mut out);
+                return out;
+            }
+            let listed: Vec<_> = self.store.store.list(Some(&prefix.into())).collect().await;
+            listed.into_iter().map(|m| m.unwrap().location.to_string()).collect()
+        }
+
+        /// Puts `bytes` straight at the blob key of `digest`, bypassing every check (an
+        /// attacker's object, or one damaged on disk).
+        async fn plant(&self, digest: &Digest, bytes: &[u8]) {
+            let payload = PutPayload::from(bytes.to_vec());
+            self.store.store.put(&layout::blob(digest), payload).await.unwrap();
+        }
+    }
+
+    macro_rules! on_every_backend {
+        ($($name:ident),* $(,)?) => {
+            mod filesystem {
+                $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { super::$name(super::filesystem()).await })*
+            }
+            mod in_memory {
+                $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { super::$name(super::memory()).await })*
+            }
+        };
+    }
+
+    on_every_backend!(
+        multi_part_upload_commits_and_reads_back_by_range,
+        single_and_empty_uploads_commit,
+        sha512_digest_is_computed_over_what_is_published,
+        every_write_has_its_own_object_and_discarding_touches_only_it,
+        a_write_still_running_after_the_commit_cannot_touch_the_blob,
+        commit_replaces_a_bad_object_under_the_digest,
+        concurrent_commits_of_one_session_both_publish_the_same_bytes,
+        digest_mismatch_publishes_nothing,
+        missing_part_is_reported_not_papered_over,
+        parts_that_disagree_with_the_hash_are_refused,
+        failed_body_leaves_nothing_and_keeps_the_hash,
+        idle_sessions_are_found_by_listing_uploads,
+        put_small_checks_the_digest,
+    );
 
     fn chunks(data: &[u8], size: usize) -> impl Stream<Item = Result<Bytes, String>> + Send {
         let parts: Vec<Result<Bytes, String>> =
             data.chunks(size).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
         stream::iter(parts)
+    }
+
+    fn pattern(n: usize, seed: u8) -> Vec<u8> {
+        (0..n).map(|i| ((i % 251) as u8) ^ seed).collect()
     }
 
     async fn read_all(store: &BlobStore, digest: &Digest, range: Option<Range<u64>>) -> Vec<u8> {
@@ -360,77 +781,286 @@ mod tests {
         out
     }
 
-    #[tokio::test]
-    async fn multi_part_upload_commits_and_reads_back_by_range() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::filesystem(dir.path()).unwrap();
-        upload_in_two_parts_then_read(&store).await;
-        assert!(!dir.path().join("uploads/u1").exists(), "parts must be cleaned up");
+    fn recorded(written: &WrittenPart) -> UploadPart {
+        UploadPart { object: written.object.clone(), size: written.size }
     }
 
-    /// The object_store path (S3, GCS, Azure) gives the same results as the local fast path.
-    #[tokio::test]
-    async fn multi_part_upload_through_object_store() {
-        let memory = Arc::new(object_store::memory::InMemory::new());
-        let store = BlobStore::from_object_store(memory.clone());
-        upload_in_two_parts_then_read(&store).await;
-        let left: Vec<_> = memory.list(Some(&"uploads".into())).collect().await;
-        assert!(left.is_empty(), "parts must be cleaned up: {left:?}");
+    /// Writes `data` as one part continuing `hasher`; returns the part and the new state.
+    async fn write(
+        store: &BlobStore,
+        upload: &str,
+        hasher: &ResumableSha256,
+        data: &[u8],
+    ) -> (UploadPart, ResumableSha256) {
+        let written = store.write_part(upload, hasher, chunks(data, 7_000), None).await.unwrap();
+        assert_eq!(written.size, data.len() as u64);
+        (recorded(&written), written.hasher)
     }
 
-    async fn upload_in_two_parts_then_read(store: &BlobStore) {
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    async fn multi_part_upload_commits_and_reads_back_by_range(b: Backend) {
+        let store = &b.store;
+        let data = pattern(300_000, 0);
         let digest = Digest::sha256_of(&data);
-        let mut hasher = ResumableSha256::new();
-        let n1 = store.write_part("u1", 0, &mut hasher, chunks(&data[..100_000], 7_000), None);
-        assert_eq!(n1.await.unwrap(), 100_000);
+        let (p1, hasher) = write(store, "u1", &ResumableSha256::new(), &data[..100_000]).await;
         // Resume from saved state, as a second request on another instance would.
-        let mut hasher = ResumableSha256::from_bytes(&hasher.to_bytes()).unwrap();
-        let n2 = store.write_part("u1", 1, &mut hasher, chunks(&data[100_000..], 65_536), None);
-        assert_eq!(n2.await.unwrap(), 200_000);
-        store.commit_upload("u1", 2, &hasher, &digest).await.unwrap();
+        let hasher = ResumableSha256::from_bytes(&hasher.to_bytes()).unwrap();
+        let (p2, hasher) = write(store, "u1", &hasher, &data[100_000..]).await;
+        assert_ne!(p1.object, p2.object);
+        store.commit_upload("u1", &[p1, p2], &hasher, &digest).await.unwrap();
         assert_eq!(store.size(&digest).await.unwrap(), Some(300_000));
         assert_eq!(read_all(store, &digest, None).await, data);
         assert_eq!(read_all(store, &digest, Some(10..20)).await, &data[10..20]);
+        // Commit leaves the session's objects to the caller, who removes them all.
+        store.delete_upload("u1").await;
+        assert_eq!(b.keys("uploads").await, Vec::<String>::new());
+        assert_eq!(read_all(store, &digest, None).await, data, "the blob outlives its parts");
     }
 
-    #[tokio::test]
-    async fn digest_mismatch_leaves_nothing_behind() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::filesystem(dir.path()).unwrap();
-        let mut hasher = ResumableSha256::new();
-        store.write_part("u2", 0, &mut hasher, chunks(b"hello", 2), None).await.unwrap();
+    async fn single_and_empty_uploads_commit(b: Backend) {
+        let store = &b.store;
+        let data = pattern(70_001, 1);
+        let digest = Digest::sha256_of(&data);
+        let (part, hasher) = write(store, "one", &ResumableSha256::new(), &data).await;
+        store.commit_upload("one", &[part], &hasher, &digest).await.unwrap();
+        store.delete_upload("one").await;
+        assert_eq!(read_all(store, &digest, None).await, data);
+
+        let empty = Digest::sha256_of(b"");
+        store.commit_upload("none", &[], &ResumableSha256::new(), &empty).await.unwrap();
+        store.delete_upload("none").await;
+        assert_eq!(store.size(&empty).await.unwrap(), Some(0));
+        assert_eq!(b.keys("uploads").await, Vec::<String>::new());
+    }
+
+    async fn sha512_digest_is_computed_over_what_is_published(b: Backend) {
+        let store = &b.store;
+        for (upload, split) in [("s1", None), ("s2", Some(5))] {
+            let data = b"sha512 content, in one part or two";
+            let digest = Digest::of(Algorithm::Sha512, data);
+            let mut parts = Vec::new();
+            let mut hasher = ResumableSha256::new();
+            for piece in match split {
+                None => vec![&data[..]],
+                Some(at) => vec![&data[..at], &data[at..]],
+            } {
+                let (part, next) = write(store, upload, &hasher, piece).await;
+                parts.push(part);
+                hasher = next;
+            }
+            store.commit_upload(upload, &parts, &hasher, &digest).await.unwrap();
+            assert_eq!(read_all(store, &digest, None).await, data);
+            let wrong = Digest::of(Algorithm::Sha512, b"something else");
+            let err = store.commit_upload(upload, &parts, &hasher, &wrong).await.unwrap_err();
+            assert!(matches!(err, BlobError::DigestMismatch { .. }), "{err}");
+            assert_eq!(store.size(&wrong).await.unwrap(), None);
+            store.delete_upload(upload).await;
+        }
+        assert_eq!(b.keys("uploads").await, Vec::<String>::new());
+    }
+
+    /// Two requests racing from the same offset: each has its own object, the loser removes
+    /// only its own, and the winner's part still commits to the right bytes.
+    async fn every_write_has_its_own_object_and_discarding_touches_only_it(b: Backend) {
+        let store = &b.store;
+        let (a, b_bytes) = (pattern(50_000, 2), pattern(50_000, 3));
+        let start = ResumableSha256::new();
+        let (winner, winner_hash) = write(store, "race", &start, &a).await;
+        let (loser, _) = write(store, "race", &start, &b_bytes).await;
+        assert_ne!(winner.object, loser.object);
+        store.discard_part("race", &loser.object).await;
+        let digest = Digest::sha256_of(&a);
+        store.commit_upload("race", &[winner], &winner_hash, &digest).await.unwrap();
+        assert_eq!(read_all(store, &digest, None).await, a);
+        store.delete_upload("race").await;
+        assert_eq!(b.keys("uploads").await, Vec::<String>::new());
+    }
+
+    /// The poisoning: a slow request is still writing when another one's bytes are
+    /// committed. Whatever the slow one writes afterwards never reaches the blob.
+    async fn a_write_still_running_after_the_commit_cannot_touch_the_blob(b: Backend) {
+        let store = b.store.clone();
+        let good = pattern(200_000, 4);
+        let digest = Digest::sha256_of(&good);
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let (started, has_started) = tokio::sync::oneshot::channel::<()>();
+        // First half now, then wait; the rest (other bytes) after the commit.
+        let slow_body = stream::once(async move {
+            let _ = started.send(());
+            Ok::<_, String>(Bytes::from(vec![0xEE; 100_000]))
+        })
+        .chain(stream::once(async move {
+            let _ = released.await;
+            Ok(Bytes::from(vec![0xEE; 100_000]))
+        }));
+        let slow = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store.write_part("poison", &ResumableSha256::new(), slow_body, None).await
+            })
+        };
+        has_started.await.unwrap();
+        let (part, hasher) = write(&store, "poison", &ResumableSha256::new(), &good).await;
+        store.commit_upload("poison", &[part], &hasher, &digest).await.unwrap();
+        release.send(()).unwrap();
+        let loser = slow.await.unwrap().unwrap();
+        store.discard_part("poison", &loser.object).await;
+        assert_eq!(read_all(&store, &digest, None).await, good);
+        store.delete_upload("poison").await;
+        assert_eq!(read_all(&store, &digest, None).await, good);
+    }
+
+    async fn commit_replaces_a_bad_object_under_the_digest(b: Backend) {
+        let store = &b.store;
+        let good = pattern(120_000, 5);
+        let digest = Digest::sha256_of(&good);
+        b.plant(&digest, &pattern(120_000, 6)).await; // same size, wrong bytes
+        for upload in ["again1", "again2"] {
+            let (part, hasher) = write(store, upload, &ResumableSha256::new(), &good).await;
+            store.commit_upload(upload, &[part], &hasher, &digest).await.unwrap();
+            store.delete_upload(upload).await;
+            assert_eq!(read_all(store, &digest, None).await, good);
+            b.plant(&digest, b"short and wrong").await; // damaged after a push, too
+        }
+        // Multi-part commits replace it as well.
+        let (p1, h) = write(store, "again3", &ResumableSha256::new(), &good[..1]).await;
+        let (p2, h) = write(store, "again3", &h, &good[1..]).await;
+        store.commit_upload("again3", &[p1, p2], &h, &digest).await.unwrap();
+        assert_eq!(read_all(store, &digest, None).await, good);
+    }
+
+    async fn concurrent_commits_of_one_session_both_publish_the_same_bytes(b: Backend) {
+        let store = &b.store;
+        let data = pattern(400_000, 7);
+        let digest = Digest::sha256_of(&data);
+        for split in [None, Some(123_456)] {
+            let upload = format!("twice-{split:?}");
+            let mut parts = Vec::new();
+            let mut hasher = ResumableSha256::new();
+            let pieces = match split {
+                None => vec![&data[..]],
+                Some(at) => vec![&data[..at], &data[at..]],
+            };
+            for piece in pieces {
+                let (part, next) = write(store, &upload, &hasher, piece).await;
+                parts.push(part);
+                hasher = next;
+            }
+            let (one, two) = tokio::join!(
+                store.commit_upload(&upload, &parts, &hasher, &digest),
+                store.commit_upload(&upload, &parts, &hasher, &digest),
+            );
+            one.unwrap();
+            two.unwrap();
+            assert_eq!(read_all(store, &digest, None).await, data);
+            store.delete_upload(&upload).await;
+        }
+        assert_eq!(b.keys("uploads").await, Vec::<String>::new());
+    }
+
+    async fn digest_mismatch_publishes_nothing(b: Backend) {
+        let store = &b.store;
+        let (part, hasher) = write(store, "u2", &ResumableSha256::new(), b"hello").await;
         let wrong = Digest::sha256_of(b"other");
-        let err = store.commit_upload("u2", 1, &hasher, &wrong).await.unwrap_err();
+        let err = store.commit_upload("u2", &[part], &hasher, &wrong).await.unwrap_err();
         assert!(matches!(err, BlobError::DigestMismatch { .. }), "{err}");
         assert_eq!(store.size(&wrong).await.unwrap(), None);
-        assert!(!dir.path().join("uploads/u2").exists());
-        assert!(!dir.path().join("blobs").exists());
+        assert_eq!(b.keys("blobs").await, Vec::<String>::new());
+        store.delete_upload("u2").await;
+        assert_eq!(b.keys("uploads").await, Vec::<String>::new());
     }
 
-    #[tokio::test]
-    async fn failed_body_removes_the_part_and_keeps_the_hash() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::filesystem(dir.path()).unwrap();
-        let mut hasher = ResumableSha256::new();
+    async fn missing_part_is_reported_not_papered_over(b: Backend) {
+        let store = &b.store;
+        let data = pattern(10_000, 8);
+        let digest = Digest::sha256_of(&data);
+        let (p1, h1) = write(store, "gone", &ResumableSha256::new(), &data[..5_000]).await;
+        let (p2, h2) = write(store, "gone", &h1, &data[5_000..]).await;
+        let (only, h) = write(store, "gone", &ResumableSha256::new(), &data).await;
+        store.discard_part("gone", &p1.object).await;
+        store.discard_part("gone", &only.object).await;
+        for (parts, hasher) in [(vec![only], &h), (vec![p1, p2], &h2)] {
+            let err = store.commit_upload("gone", &parts, hasher, &digest).await.unwrap_err();
+            assert!(matches!(err, BlobError::PartMissing(_)), "{err}");
+        }
+        assert_eq!(store.size(&digest).await.unwrap(), None);
+        store.delete_upload("gone").await;
+        assert_eq!(b.keys("uploads").await, Vec::<String>::new());
+    }
+
+    async fn parts_that_disagree_with_the_hash_are_refused(b: Backend) {
+        let store = &b.store;
+        let data = pattern(10_000, 9);
+        let (part, hasher) = write(store, "odd", &ResumableSha256::new(), &data).await;
+        // A record claiming fewer bytes than the hash covers.
+        let short = UploadPart { size: 9_999, ..part.clone() };
+        let digest = Digest::sha256_of(&data);
+        let err = store.commit_upload("odd", &[short], &hasher, &digest).await.unwrap_err();
+        assert!(matches!(err, BlobError::Inconsistent(_)), "{err}");
+        // A part whose object holds other bytes than recorded (hash and record agree).
+        let mut h = ResumableSha256::new();
+        h.update(&data);
+        h.update(b"x");
+        let claimed = UploadPart { size: 10_001, ..part };
+        let digest = Digest::from_sha256_bytes(h.finalize());
+        let err = store.commit_upload("odd", &[claimed], &h, &digest).await.unwrap_err();
+        assert!(matches!(err, BlobError::Inconsistent(_)), "{err}");
+        assert_eq!(store.size(&digest).await.unwrap(), None);
+        store.delete_upload("odd").await;
+        assert_eq!(b.keys("uploads").await, Vec::<String>::new());
+    }
+
+    async fn failed_body_leaves_nothing_and_keeps_the_hash(b: Backend) {
+        let store = &b.store;
+        let start = ResumableSha256::new();
         let body = stream::iter(vec![Ok(Bytes::from_static(b"abc")), Err("connection reset")]);
-        let err = store.write_part("u3", 0, &mut hasher, body, None).await.unwrap_err();
-        assert!(matches!(err, BlobError::Body(_)));
-        assert!(hasher.is_empty());
-        assert!(!dir.path().join("uploads/u3/0").exists());
-        let big = chunks(&[0u8; 100], 10);
-        let err = store.write_part("u3", 0, &mut hasher, big, Some(50)).await.unwrap_err();
-        assert!(matches!(err, BlobError::TooLarge { limit: 50 }));
+        let err = store.write_part("u3", &start, body, None).await.unwrap_err();
+        assert!(matches!(err, BlobError::Body(_)), "{err}");
+        let err = store.write_part("u3", &start, chunks(&[0u8; 100], 10), Some(50)).await;
+        assert!(matches!(err.unwrap_err(), BlobError::TooLarge { limit: 50 }));
+        // A request dropped half-way (the client went away) leaves nothing either.
+        let pending = stream::iter(vec![Ok::<_, String>(Bytes::from_static(b"abc"))])
+            .chain(stream::pending());
+        let dropped = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            store.write_part("u3", &start, pending, None),
+        )
+        .await;
+        assert!(dropped.is_err(), "the body never ends");
+        // The writer thread notices the dropped request and removes its file.
+        let mut left = b.keys("uploads/u3").await;
+        for _ in 0..100 {
+            if left.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            left = b.keys("uploads/u3").await;
+        }
+        assert_eq!(left, Vec::<String>::new());
     }
 
-    #[tokio::test]
-    async fn sha512_digest_is_verified_by_rereading() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::filesystem(dir.path()).unwrap();
-        let mut hasher = ResumableSha256::new();
-        store.write_part("u4", 0, &mut hasher, chunks(b"sha512 content", 3), None).await.unwrap();
-        let digest = Digest::of(Algorithm::Sha512, b"sha512 content");
-        store.commit_upload("u4", 1, &hasher, &digest).await.unwrap();
-        assert_eq!(read_all(&store, &digest, None).await, b"sha512 content");
+    async fn idle_sessions_are_found_by_listing_uploads(b: Backend) {
+        let store = &b.store;
+        let now = std::time::SystemTime::now;
+        assert_eq!(store.idle_upload_sessions(now()).await.unwrap(), Vec::<String>::new());
+        write(store, "s-a", &ResumableSha256::new(), b"a").await;
+        write(store, "s-b", &ResumableSha256::new(), b"b").await;
+        let later = now() + std::time::Duration::from_secs(5);
+        let mut idle = store.idle_upload_sessions(later).await.unwrap();
+        idle.sort();
+        assert_eq!(idle, ["s-a", "s-b"]);
+        let earlier = now() - std::time::Duration::from_secs(3600);
+        assert_eq!(store.idle_upload_sessions(earlier).await.unwrap(), Vec::<String>::new());
+        store.delete_upload("s-a").await;
+        assert_eq!(store.idle_upload_sessions(later).await.unwrap(), ["s-b"]);
+    }
+
+    async fn put_small_checks_the_digest(b: Backend) {
+        let store = &b.store;
+        let digest = Digest::sha256_of(b"small");
+        let err = store.put_small(&digest, Bytes::from_static(b"other")).await.unwrap_err();
+        assert!(matches!(err, BlobError::DigestMismatch { .. }), "{err}");
+        assert_eq!(store.size(&digest).await.unwrap(), None);
+        store.put_small(&digest, Bytes::from_static(b"small")).await.unwrap();
+        assert_eq!(read_all(store, &digest, None).await, b"small");
     }
 }

@@ -93,7 +93,7 @@ pub struct Referrer {
     pub annotations: Option<String>,
 }
 
-/// A persisted upload session: bytes so far live in `parts` storage objects.
+/// A persisted upload session: its bytes so far are its [`UploadPart`]s, `parts` of them.
 #[derive(Clone, Debug)]
 pub struct UploadRecord {
     pub id: String,
@@ -103,6 +103,15 @@ pub struct UploadRecord {
     pub hash_state: Vec<u8>,
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+/// One part of an upload session: `size` bytes from `start` of the upload, held by the storage
+/// object `object` of that session, which one request wrote and nobody else ever writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadPart {
+    pub start: i64,
+    pub size: i64,
+    pub object: String,
 }
 
 fn upload_from_row(row: &AnyRow) -> UploadRecord {
@@ -674,36 +683,84 @@ impl Store {
         Ok(row.as_ref().map(upload_from_row))
     }
 
-    /// Records a new chunk, but only if nobody else appended since `expected_size` was read
-    /// (optimistic concurrency: two racing chunks cannot both land at the same offset).
-    pub async fn advance_upload(
+    /// Appends `part` (written from offset `expected_size`) to the session, with the hash state
+    /// after it, but only if the session still holds exactly `expected_size` bytes: of two
+    /// requests racing from one offset exactly one lands, and the loser learns it (`false`)
+    /// and must delete its own object. A zero-length part only marks the session as active.
+    /// Sizes only grow and only a non-empty part changes the hash state, so the offset alone
+    /// identifies which bytes `hash_state` continues from.
+    pub async fn append_upload_part(
         &self,
         id: &str,
         expected_size: i64,
-        new_size: i64,
-        parts: i64,
+        part: &UploadPart,
         hash_state: &[u8],
     ) -> Result<bool, MetaError> {
+        let recorded = i64::from(part.size > 0);
         let mut w = self.write_tx().await?;
         let result = sqlx::query(
-            "UPDATE uploads SET size = $1, parts = $2, hash_state = $3, updated_at = $4 \
+            "UPDATE uploads SET size = $1, parts = parts + $2, hash_state = $3, updated_at = $4 \
              WHERE id = $5 AND size = $6",
         )
-        .bind(new_size)
-        .bind(parts)
+        .bind(expected_size + part.size)
+        .bind(recorded)
         .bind(hash_state)
         .bind(now_millis())
         .bind(id)
         .bind(expected_size)
         .execute(&mut *w.tx)
         .await?;
+        if result.rows_affected() != 1 {
+            return Ok(false);
+        }
+        if part.size > 0 {
+            sqlx::query(
+                "INSERT INTO upload_parts (upload_id, start_offset, size, object) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(id)
+            .bind(expected_size)
+            .bind(part.size)
+            .bind(&part.object)
+            .execute(&mut *w.tx)
+            .await?;
+        }
         w.commit().await?;
-        Ok(result.rows_affected() == 1)
+        Ok(true)
     }
 
-    /// Removes the session row; returns whether it existed (the caller removes the parts).
+    /// The parts holding the first `size` bytes of the upload, in order. Parts are only ever
+    /// appended while the session lives, so these are exactly its parts when it held `size`
+    /// bytes, even if another request has appended since.
+    pub async fn upload_parts(&self, id: &str, size: i64) -> Result<Vec<UploadPart>, MetaError> {
+        let rows = sqlx::query(
+            "SELECT start_offset, size, object FROM upload_parts \
+             WHERE upload_id = $1 AND start_offset < $2 ORDER BY start_offset",
+        )
+        .bind(id)
+        .bind(size)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| UploadPart {
+                start: get_i64(r, "start_offset"),
+                size: get_i64(r, "size"),
+                object: r.get("object"),
+            })
+            .collect())
+    }
+
+    /// Removes the session row and its part list; returns whether it existed (the caller
+    /// removes the session's storage objects).
     pub async fn delete_upload(&self, id: &str) -> Result<bool, MetaError> {
         let mut w = self.write_tx().await?;
+        // Also cascaded by the foreign key; explicit so it holds whatever the connection's
+        // foreign-key setting.
+        sqlx::query("DELETE FROM upload_parts WHERE upload_id = $1")
+            .bind(id)
+            .execute(&mut *w.tx)
+            .await?;
         let result =
             sqlx::query("DELETE FROM uploads WHERE id = $1").bind(id).execute(&mut *w.tx).await?;
         w.commit().await?;

@@ -58,23 +58,37 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Removes upload sessions idle for longer than `max_idle`, with their stored parts.
-    /// Returns how many were removed. Safe to run on every instance at once.
+    /// Removes upload sessions idle for longer than `max_idle`, with every object they
+    /// stored, and objects in storage of sessions the database no longer knows (left by a
+    /// crash or a request cut off mid-write) untouched for as long. Returns how many sessions
+    /// were removed from the database. Safe to run on every instance at once.
     pub async fn purge_idle_uploads(&self, max_idle: Duration) -> Result<usize, meta::MetaError> {
         let cutoff = meta::now_millis() - max_idle.as_millis() as i64;
         let mut removed = 0;
         loop {
             let batch = self.store.idle_uploads(cutoff, 100).await?;
             if batch.is_empty() {
-                return Ok(removed);
+                break;
             }
             for upload in batch {
                 if self.store.delete_upload(&upload.id).await? {
-                    self.blobs.delete_upload(&upload.id, upload.parts).await;
+                    self.blobs.delete_upload(&upload.id).await;
                     removed += 1;
                 }
             }
         }
+        let idle_since = std::time::SystemTime::now() - max_idle;
+        match self.blobs.idle_upload_sessions(idle_since).await {
+            Ok(sessions) => {
+                for id in sessions {
+                    if self.store.upload(&id).await?.is_none() {
+                        self.blobs.delete_upload(&id).await;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not list upload objects to purge"),
+        }
+        Ok(removed)
     }
 }
 

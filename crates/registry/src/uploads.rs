@@ -1,17 +1,19 @@
 //! Blob uploads: `POST /v2/<name>/blobs/uploads/` (session, monolithic, mount) and
 //! `GET`/`PATCH`/`PUT`/`DELETE /v2/<name>/blobs/uploads/<id>`.
 //!
-//! A session's state (offset, number of stored parts, saved SHA-256 state) lives in the
-//! metadata database and its bytes in storage, so any instance can continue it, also after a
-//! restart. Each PATCH streams its body into a new part while hashing it; PUT verifies the
-//! digest and turns the parts into the blob. A failed or short chunk leaves the session at its
-//! previous offset.
-
+//! A session's state (offset, saved SHA-256 state, list of parts) lives in the metadata
+//! database and its bytes in storage, so any instance can continue it, also after a restart.
+//! Each PATCH (or PUT with a body) streams its body into a storage object of its own while
+//! hashing it, and only then tries to append that part to the session at the offset it
+//! started from; of requests racing on one session exactly one lands, and the others delete
+//! their own objects and answer 416 with the session's current state. PUT verifies the digest
+//! and publishes exactly the listed parts. A failed, short or losing chunk leaves the session
+//! at its previous offset.
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use blobstore::ResumableSha256;
-use meta::UploadRecord;
+use meta::{UploadPart, UploadRecord};
 use oci::{Digest, ErrorCode, RepositoryName};
 
 use auth::access::RepositoryAccess;
@@ -123,7 +125,8 @@ fn out_of_order(name: &RepositoryName, upload: &UploadRecord, start: i64) -> Reg
     .with_header("docker-upload-uuid", upload.id.clone())
 }
 
-/// Streams `body` into the session's next part and records it. Returns the updated session.
+/// Streams `body` into a new part of its own and appends it to the session, unless another
+/// request appended first. Returns the updated session.
 async fn append(
     registry: &Registry,
     name: &RepositoryName,
@@ -137,48 +140,53 @@ async fn append(
             return Err(out_of_order(name, &upload, start));
         }
     }
-    let mut hasher = hasher_of(&upload)?;
-    let part = upload.parts;
+    let hasher = hasher_of(&upload)?;
     let written = registry
         .blobs
-        .write_part(
-            &upload.id,
-            part,
-            &mut hasher,
-            body.into_data_stream(),
-            remaining(registry, upload.size),
-        )
+        .write_part(&upload.id, &hasher, body.into_data_stream(), remaining(registry, upload.size))
         .await?;
     if let Some((start, end)) = range {
         let expected = (end - start + 1) as u64;
-        if written != expected {
-            registry.blobs.discard_part(&upload.id, part).await;
+        if written.size != expected {
+            registry.blobs.discard_part(&upload.id, &written.object).await;
             return Err(RegistryError::new(
                 ErrorCode::BlobUploadInvalid,
-                format!("Content-Range announced {expected} bytes but the body had {written}; resend the chunk"),
+                format!(
+                    "Content-Range announced {expected} bytes but the body had {}; resend the chunk",
+                    written.size
+                ),
             ));
         }
     }
-    let new_size = upload.size + written as i64;
-    let state = hasher.to_bytes();
-    let advanced =
-        registry.store.advance_upload(&upload.id, upload.size, new_size, part + 1, &state).await?;
-    if !advanced {
-        // Another request appended first; this chunk does not count.
-        registry.blobs.discard_part(&upload.id, part).await;
-        let current = match registry.store.upload(&upload.id).await? {
-            Some(current) => current,
-            None => return Err(upload_gone()),
-        };
-        return Err(out_of_order(name, &current, upload.size));
+    let part = UploadPart { start: upload.size, size: written.size as i64, object: written.object };
+    let state = written.hasher.to_bytes();
+    let appended = registry.store.append_upload_part(&upload.id, upload.size, &part, &state).await;
+    match appended {
+        Ok(true) => {}
+        Ok(false) => {
+            // Another request appended first (or the session ended): this chunk does not
+            // count, and only this request's own object goes.
+            registry.blobs.discard_part(&upload.id, &part.object).await;
+            let current = match registry.store.upload(&upload.id).await? {
+                Some(current) => current,
+                None => return Err(upload_gone()),
+            };
+            return Err(out_of_order(name, &current, upload.size));
+        }
+        Err(e) => {
+            registry.blobs.discard_part(&upload.id, &part.object).await;
+            return Err(e.into());
+        }
     }
-    upload.size = new_size;
-    upload.parts = part + 1;
+    if part.size > 0 {
+        upload.parts += 1;
+    }
+    upload.size += part.size;
     upload.hash_state = state;
     Ok(upload)
 }
 
-/// Verifies the digest, stores the blob, links it to `name` and ends the session.
+/// Verifies the digest, publishes the blob, links it to `name` and ends the session.
 async fn commit(
     registry: &Registry,
     name: &RepositoryName,
@@ -186,20 +194,43 @@ async fn commit(
     digest: &Digest,
 ) -> Result<Response> {
     let hasher = hasher_of(upload)?;
-    match registry.blobs.commit_upload(&upload.id, upload.parts, &hasher, digest).await {
+    let parts: Vec<blobstore::UploadPart> = registry
+        .store
+        .upload_parts(&upload.id, upload.size)
+        .await?
+        .into_iter()
+        .map(|p| blobstore::UploadPart { object: p.object, size: p.size as u64 })
+        .collect();
+    match registry.blobs.commit_upload(&upload.id, &parts, &hasher, digest).await {
         Ok(()) => {}
         Err(e @ blobstore::BlobError::DigestMismatch { .. }) => {
-            // The parts are gone already; the session cannot be completed any more.
-            registry.store.delete_upload(&upload.id).await?;
+            // The session cannot be completed any more: end it with everything it stored.
+            end_session(registry, &upload.id).await?;
             return Err(
                 RegistryError::from(e).with_detail(serde_json::json!({"digest": digest.as_str()}))
             );
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            // A concurrent PUT finished (or a cancel ended) this session while this one read
+            // its parts: the client's answer is that the session is over. Anything else is a
+            // server fault.
+            return match registry.store.upload(&upload.id).await? {
+                None => Err(upload_unknown(&upload.id)),
+                Some(_) => Err(e.into()),
+            };
+        }
     }
     registry.store.link_blob(name, digest, upload.size).await?;
-    registry.store.delete_upload(&upload.id).await?;
+    end_session(registry, &upload.id).await?;
     Ok(blob_created(name, digest))
+}
+
+/// Ends a session: its row first (no request can append or commit any more), then every
+/// object it stored, found by listing its storage prefix.
+async fn end_session(registry: &Registry, id: &str) -> Result<bool> {
+    let existed = registry.store.delete_upload(id).await?;
+    registry.blobs.delete_upload(id).await;
+    Ok(existed)
 }
 
 pub(crate) async fn start(
@@ -228,9 +259,7 @@ pub(crate) async fn start(
         .await;
         if result.is_err() {
             // A failed monolithic upload leaves no session behind.
-            if registry.store.delete_upload(&upload.id).await.unwrap_or(false) {
-                registry.blobs.delete_upload(&upload.id, upload.parts + 1).await;
-            }
+            let _ = end_session(registry, &upload.id).await;
         }
         return result;
     }
@@ -321,9 +350,8 @@ pub(crate) async fn cancel(
 ) -> Result<Response> {
     let name = access.name();
     let upload = load(registry, name, id).await?;
-    if !registry.store.delete_upload(&upload.id).await? {
+    if !end_session(registry, &upload.id).await? {
         return Err(upload_unknown(id.as_str()));
     }
-    registry.blobs.delete_upload(&upload.id, upload.parts).await;
     Ok((StatusCode::NO_CONTENT, [("content-length", "0")]).into_response())
 }
