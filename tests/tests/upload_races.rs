@@ -16,7 +16,11 @@ use rand::Rng;
 use reqwest::Method;
 use tokio::sync::oneshot;
 
-backend_tests!(racing_patches_on_one_instance, repush_replaces_a_bad_object_under_the_digest);
+backend_tests!(
+    racing_patches_on_one_instance,
+    repush_replaces_a_bad_object_under_the_digest,
+    purge_removes_every_object_an_upload_left,
+);
 
 const TRIALS: usize = 30;
 const MIB: usize = 1024 * 1024;
@@ -367,4 +371,43 @@ async fn repush_replaces_a_bad_object_under_the_digest(backend: MetaBackend) {
         .unwrap();
     assert_oci_error(resp, &[400], &["DIGEST_INVALID"]).await;
     assert_serves(&reg, &repo, &digest, &data).await;
+}
+
+/// The purge removes everything stored under an idle session's prefix, not only the parts
+/// the database lists (a losing request that crashed leaves an object nobody recorded), and
+/// objects of sessions the database no longer knows (a crash between ending a session and
+/// removing its objects).
+async fn purge_removes_every_object_an_upload_left(backend: MetaBackend) {
+    if external() {
+        return;
+    }
+    let reg = Registry {
+        server: TestServer::start_with(
+            backend,
+            &[
+                ("STOWAGE_STORAGE__MAINTENANCE__UPLOADPURGING__AGE", "1s"),
+                ("STOWAGE_STORAGE__MAINTENANCE__UPLOADPURGING__INTERVAL", "1s"),
+            ],
+        ),
+        http: unpooled_client(),
+    };
+    let repo = unique_repo("purge-all");
+    let location = reg.start_upload(&repo).await;
+    let id = location.rsplit('/').next().unwrap().to_string();
+    let resp = patch(&reg, &location, 4096, vec![7u8; 4096].into()).send().await.unwrap();
+    assert_status(&resp, 202);
+    let uploads = reg.server.data_dir().join("data/uploads");
+    // A loser's object that survived a crash, in the live session…
+    std::fs::write(uploads.join(&id).join("0123456789abcdef0123456789abcdef"), b"lost").unwrap();
+    // …and the objects of a session the database has forgotten.
+    let forgotten = "5d4f3c2b-1a09-4876-8543-210fedcba987";
+    std::fs::create_dir_all(uploads.join(forgotten)).unwrap();
+    std::fs::write(uploads.join(forgotten).join("fedcba98765432100123456789abcdef"), b"x").unwrap();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while reg.data_dir_mentions(&id) || reg.data_dir_mentions(forgotten) {
+        assert!(std::time::Instant::now() < deadline, "the purge left objects behind");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_oci_error(reg.get(&location).await, &[404], &["BLOB_UPLOAD_UNKNOWN"]).await;
 }

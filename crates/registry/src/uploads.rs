@@ -9,6 +9,7 @@
 //! their own objects and answer 416 with the session's current state. PUT verifies the digest
 //! and publishes exactly the listed parts. A failed, short or losing chunk leaves the session
 //! at its previous offset.
+
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
