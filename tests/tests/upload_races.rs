@@ -164,7 +164,7 @@ async fn race_once(
             if meeting == Meeting::LoserEndsBeforeTheCommit {
                 let _ = release.take().unwrap().send(());
             }
-            let patch_b = tokio::time::timeout(Duration::from_secs(60), async {
+            let (patch_b, put_a) = tokio::time::timeout(Duration::from_secs(60), async {
                 if let Some(release) = release.take() {
                     // Close A's session first, with B still sending.
                     let put_a =
@@ -180,7 +180,7 @@ async fn race_once(
             })
             .await
             .unwrap_or_else(|_| panic!("{what}: B's PATCH got no answer within 60 s"));
-            (patch_a, patch_b.0, patch_b.1)
+            (patch_a, patch_b, put_a)
         }
         Meeting::Together => {
             let (patch_a, patch_b) = tokio::join!(

@@ -644,11 +644,18 @@ impl LocalCommit {
     /// already there (identical bytes from a concurrent commit, or a bad object).
     fn publish(&self, staging: &std::path::Path) -> Result<(), BlobError> {
         let target = self.path(&layout::blob(&self.expected));
-        if let Some(dir) = target.parent() {
-            std::fs::create_dir_all(dir)?;
+        let mut tries = 0;
+        loop {
+            // The fan-out directory may be missing, or removed by a concurrent delete that
+            // emptied it.
+            if let Some(dir) = target.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            match std::fs::rename(staging, &target) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 3 => tries += 1,
+                other => return Ok(other?),
+            }
         }
-        std::fs::rename(staging, &target)?;
-        Ok(())
     }
 }
 
