@@ -18,7 +18,7 @@ mod tenancy;
 pub use cleanup::*;
 pub use protection::*;
 pub use registry::*;
-pub use store::{Backend, MetaError, Store};
+pub use store::{sqlite_database_file, Backend, MetaError, Store};
 pub use tenancy::*;
 
 /// Milliseconds since the Unix epoch: the portable timestamp every table uses.

@@ -23,6 +23,20 @@ pub enum MetaError {
     UnsupportedUrl(String),
 }
 
+/// The file a `sqlite:` database URL names, read the way sqlx reads it; `None` for other URLs
+/// and for in-memory SQLite databases.
+pub fn sqlite_database_file(url: &str) -> Option<std::path::PathBuf> {
+    if !url.starts_with("sqlite:") {
+        return None;
+    }
+    let options: sqlx::sqlite::SqliteConnectOptions = url.parse().ok()?;
+    let file = options.get_filename();
+    let in_memory = url.contains("mode=memory")
+        || file.as_os_str().is_empty()
+        || file.to_string_lossy().starts_with("file:sqlx-in-memory-");
+    (!in_memory).then(|| file.to_path_buf())
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -247,5 +261,26 @@ pub(crate) mod testing {
             .unwrap_or_else(|e| panic!("PostgreSQL at {server} (set STOWAGE_TEST_PG): {e}"));
         sqlx::query(sql).execute(&pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
         pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sqlite_database_file;
+    use std::path::Path;
+
+    #[test]
+    fn sqlite_database_files() {
+        let file = |url| sqlite_database_file(url);
+        assert_eq!(
+            file("sqlite:///var/lib/s/stowage.db").as_deref(),
+            Some(Path::new("/var/lib/s/stowage.db"))
+        );
+        assert_eq!(file("sqlite://data/m.db?mode=rwc").as_deref(), Some(Path::new("data/m.db")));
+        assert_eq!(file("sqlite:m.db").as_deref(), Some(Path::new("m.db")));
+        assert_eq!(file("sqlite:///a%3Fb/m.db").as_deref(), Some(Path::new("/a?b/m.db")));
+        assert_eq!(file("sqlite::memory:"), None);
+        assert_eq!(file("sqlite://?mode=memory"), None);
+        assert_eq!(file("postgres://u@h/db"), None);
     }
 }

@@ -5,6 +5,7 @@ mod admin;
 mod bootstrap;
 mod config;
 mod http;
+mod sqlite_lock;
 
 use std::time::Duration;
 
@@ -85,6 +86,12 @@ fn redact(url: &str) -> String {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // Before the database is opened (and migrated): a second process on the same SQLite file
+    // must not touch it at all.
+    let _sqlite_lock = match meta::sqlite_database_file(&config.database_url()?) {
+        Some(database) => Some(sqlite_lock::SqliteLock::acquire(&database)?),
+        None => None,
+    };
     let registry = open_registry(&config).await?;
     bootstrap::ensure_admin(&registry.store).await?;
     tracing::info!(
