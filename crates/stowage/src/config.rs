@@ -76,6 +76,22 @@ pub struct Http {
     /// The URL clients reach the registry at (e.g. `https://registry.example.com`);
     /// default `http://<addr>`. Used for `CI_REGISTRY` and the token realm.
     pub host: Option<String>,
+    pub timeouts: HttpTimeouts,
+    /// Open client connections at most. When every slot is taken, the connection that has
+    /// waited longest without a request in progress is closed to make room; if every
+    /// connection has a request in progress, new connections wait in the listen queue.
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpTimeouts {
+    /// Time a client has to send a complete request head (request line and headers): from
+    /// the connection's start, or from the first byte of a later request on a kept-alive
+    /// connection. Request bodies are not covered: a slow, steady upload is never cut.
+    pub header_read: String,
+    /// Time a kept-alive connection may wait for the next request before it is closed.
+    pub idle: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -221,7 +237,18 @@ impl Default for Config {
 
 impl Default for Http {
     fn default() -> Self {
-        Http { addr: "127.0.0.1:5000".into(), host: None }
+        Http {
+            addr: "127.0.0.1:5000".into(),
+            host: None,
+            timeouts: HttpTimeouts::default(),
+            max_connections: 1024,
+        }
+    }
+}
+
+impl Default for HttpTimeouts {
+    fn default() -> Self {
+        HttpTimeouts { header_read: "10s".into(), idle: "60s".into() }
     }
 }
 
@@ -243,22 +270,16 @@ impl Default for Log {
     }
 }
 
-/// Parses durations such as `90s`, `30m`, `24h`, `7d` (a bare number is seconds).
+/// Parses durations such as `90s`, `30m`, `24h`, `7d`, `250ms` or `1h 30m` (a bare number is
+/// seconds). The one place configuration durations are read.
 pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let n: u64 =
-        number.parse().with_context(|| format!("{s:?} is not a duration like 30m or 24h"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => return Ok(Duration::from_millis(n)),
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => bail!("{s:?} has unknown unit {unit:?}: use ms, s, m, h or d"),
-    };
-    Ok(Duration::from_secs(secs))
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        let secs: u64 = s.parse().with_context(|| format!("{s:?} is too large a duration"))?;
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s)
+        .with_context(|| format!("{s:?} is not a duration like 250ms, 90s, 30m, 24h or 7d"))
 }
 
 impl Config {
@@ -294,6 +315,17 @@ impl Config {
             .context("storage.maintenance.uploadpurging.interval")?;
         parse_duration(&self.auth.token_lifetime).context("auth.token_lifetime")?;
         parse_duration(&self.auth.job_token_lifetime).context("auth.job_token_lifetime")?;
+        for (key, value) in [
+            ("http.timeouts.header_read", &self.http.timeouts.header_read),
+            ("http.timeouts.idle", &self.http.timeouts.idle),
+        ] {
+            if parse_duration(value).context(key)?.is_zero() {
+                bail!("{key} must be longer than 0");
+            }
+        }
+        if self.http.max_connections == 0 {
+            bail!("http.max_connections must be greater than 0");
+        }
         if !matches!(self.auth.mode.as_str(), "token" | "none") {
             bail!("auth.mode must be token or none, not {:?}", self.auth.mode);
         }
@@ -360,6 +392,27 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("1 fortnight").is_err());
         assert!(parse_duration("h").is_err());
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration(" 1h 30m ").unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-5s").is_err());
+        assert!(parse_duration("99999999999999999999999").is_err());
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail dictates the closure's error type
+    fn connection_limits_must_be_positive() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("STOWAGE_HTTP__TIMEOUTS__IDLE", "0s");
+            let error = format!("{:#}", Config::load().unwrap_err());
+            assert!(error.contains("http.timeouts.idle must be longer than 0"), "{error}");
+            jail.set_env("STOWAGE_HTTP__TIMEOUTS__IDLE", "1m");
+            jail.set_env("STOWAGE_HTTP__MAX_CONNECTIONS", "0");
+            let error = format!("{:#}", Config::load().unwrap_err());
+            assert!(error.contains("http.max_connections must be greater than 0"), "{error}");
+            Ok(())
+        });
     }
 
     #[test]
@@ -373,7 +426,12 @@ mod tests {
             jail.set_env("STOWAGE_CONFIG", "stowage.yml");
             jail.set_env("STOWAGE_HTTP_ADDR", "127.0.0.1:7000");
             jail.set_env("STOWAGE_DATABASE_URL", "postgres://x@y/z");
+            jail.set_env("STOWAGE_HTTP__TIMEOUTS__HEADER_READ", "3s");
+            jail.set_env("STOWAGE_HTTP__MAX_CONNECTIONS", "64");
             let config = Config::load().map_err(|e| e.to_string())?;
+            assert_eq!(config.http.timeouts.header_read, "3s");
+            assert_eq!(config.http.timeouts.idle, "60s");
+            assert_eq!(config.http.max_connections, 64);
             assert_eq!(config.http.addr, "127.0.0.1:7000");
             assert_eq!(config.storage.maintenance.uploadpurging.age, "2h");
             assert_eq!(config.storage.maintenance.uploadpurging.interval, "1h");

@@ -1,16 +1,35 @@
 //! The HTTP application: every surface's router, plus the layers every request passes
-//! (request id, access log).
+//! (security headers, request id, access log, JSON errors). The `/v2` router makes its own
+//! access decisions.
+//!
+//! Answers the HTTP machinery gives by itself — axum's rejections (a path that does not decode
+//! to UTF-8, a query or body it cannot parse), 404 for unknown paths, 405, 413 — are rewritten
+//! here into the error JSON of the surface the path belongs to, so no client ever gets plain
+//! text. The few answers hyper writes before a request reaches the application (a request line
+//! or header it cannot parse) are rewritten with [`automatic_error_response`] by the server loop.
 
 use std::time::Instant;
 
+use axum::body::Body;
 use axum::extract::Request;
-use axum::http::HeaderValue;
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 const REQUEST_ID: &str = "x-request-id";
+
+/// Headers every response carries: no content sniffing, no framing. The CSP forbids loading
+/// anything — responses are JSON and blobs; a web UI will send its own policy.
+pub const SECURITY_HEADERS: [(&str, &str); 3] = [
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("content-security-policy", "default-src 'none'; frame-ancestors 'none'"),
+];
+
+/// The API version header Docker clients expect on `/v2/` and on errors.
+pub const API_VERSION_HEADER: (&str, &str) = ("docker-distribution-api-version", "registry/2.0");
 
 pub fn app(
     registry: registry::Registry,
@@ -23,10 +42,202 @@ pub fn app(
     if let Some(auth) = auth {
         app = app.merge(auth::web::token_router(auth));
     }
-    app.layer(middleware::from_fn(access_log))
+    app.fallback(unknown_path)
+        .layer(middleware::from_fn(errors_as_json))
+        .layer(middleware::from_fn(access_log))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .layer(middleware::from_fn(api_version_header))
+        .layer(middleware::from_fn(security_headers))
+}
+
+/// Which error format a path's clients read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Surface {
+    /// `/v2` and below: OCI error JSON, `{"errors":[{"code":…,"message":…}]}`.
+    Registry,
+    /// `/api/v4`: GitLab's `{"message":…}`.
+    Api,
+    /// `/jwt/auth`, the Docker token service.
+    Token,
+    /// Anything else; answered like the API, with an OCI `errors` array as well.
+    Other,
+}
+
+impl Surface {
+    pub fn of(path: &str) -> Surface {
+        let under = |prefix: &str| {
+            path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        };
+        if under("/v2") {
+            Surface::Registry
+        } else if under("/api/v4") {
+            Surface::Api
+        } else if under("/jwt/auth") {
+            Surface::Token
+        } else {
+            Surface::Other
+        }
+    }
+
+    /// Responses that may carry credentials or tokens must not be stored by any cache.
+    fn never_cached(self) -> bool {
+        matches!(self, Surface::Api | Surface::Token)
+    }
+}
+
+/// The error JSON for an answer of the HTTP layer itself: OCI's format on `/v2`, GitLab's
+/// `{"message": "<status> - <sentence>"}` elsewhere (with the OCI `errors` array too, so any
+/// client finds a message). `detail` is the text axum or hyper gave, if any.
+pub fn error_body(status: StatusCode, surface: Surface, method: &Method, detail: &str) -> String {
+    let code = match status.as_u16() {
+        400 if surface == Surface::Registry => "NAME_INVALID",
+        401 => "UNAUTHORIZED",
+        403 => "DENIED",
+        404 if surface == Surface::Registry => "NAME_UNKNOWN",
+        413 => "SIZE_INVALID",
+        429 => "TOOMANYREQUESTS",
+        s if s >= 500 => "UNKNOWN",
+        _ => "UNSUPPORTED",
+    };
+    let path_not_utf8 = detail.contains("UTF-8") || detail.contains("percent");
+    let message = match status.as_u16() {
+        400 if path_not_utf8 => "the request path does not decode to UTF-8: percent-encode \
+             the UTF-8 bytes of names, tags and ids"
+            .to_string(),
+        400 if detail.is_empty() => "the request is malformed: check the request line and \
+             headers (a path holds ASCII only; percent-encode anything else)"
+            .to_string(),
+        404 => "there is nothing at this path: the registry serves /v2/, /api/v4/ and /jwt/auth"
+            .to_string(),
+        405 => format!(
+            "{method} is not allowed on this path: the Allow header lists the methods it accepts"
+        ),
+        413 => "the request body is larger than this server accepts".to_string(),
+        414 => "the request path is longer than this server accepts".to_string(),
+        431 => "the request headers are larger than this server accepts".to_string(),
+        s if s >= 500 => {
+            "the server failed to complete the request; see its log for the cause".to_string()
+        }
+        _ if !detail.is_empty() => format!("the request was refused: {detail}"),
+        _ => format!(
+            "the request was refused ({})",
+            status.canonical_reason().unwrap_or("unknown status")
+        ),
+    };
+    let errors = serde_json::json!([{ "code": code, "message": message }]);
+    let body = match surface {
+        Surface::Registry => serde_json::json!({ "errors": errors }),
+        _ => serde_json::json!({
+            "message": format!("{} {} - {message}", status.as_u16(),
+                status.canonical_reason().unwrap_or("Error")),
+            "errors": errors,
+        }),
+    };
+    body.to_string()
+}
+
+/// What a path no surface serves answers.
+async fn unknown_path(request: Request) -> Response {
+    let surface = Surface::of(request.uri().path());
+    json_error(StatusCode::NOT_FOUND, surface, request.method(), "")
+}
+
+fn json_error(status: StatusCode, surface: Surface, method: &Method, detail: &str) -> Response {
+    let body = error_body(status, surface, method, detail);
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Rewrites error answers that are not JSON — axum's rejections and the router's bare 404
+/// and 405 — into the surface's error JSON, keeping status and headers (`Allow`, …).
+async fn errors_as_json(request: Request, next: Next) -> Response {
+    let surface = Surface::of(request.uri().path());
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) || is_json(&response) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // axum's rejections are one short line of text, e.g. "Invalid URL: Invalid UTF-8 in `path`".
+    let detail = match axum::body::to_bytes(body, 1024).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_string(),
+        Err(_) => String::new(),
+    };
+    let body = error_body(status, surface, &method, &detail);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Response::from_parts(parts, Body::from(body))
+}
+
+fn is_json(response: &Response) -> bool {
+    let Some(content_type) = response.headers().get(header::CONTENT_TYPE) else {
+        return false;
+    };
+    let essence = content_type.to_str().unwrap_or("").split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
+        || essence.to_ascii_lowercase().ends_with("+json")
+}
+
+/// Adds [`SECURITY_HEADERS`] to every response (a handler's own value wins), and
+/// `Cache-Control: no-store` to token and API answers and to every 401 — unless the handler
+/// chose a `Cache-Control` itself (blobs are immutable and say so).
+async fn security_headers(request: Request, next: Next) -> Response {
+    let surface = Surface::of(request.uri().path());
+    let mut response = next.run(request).await;
+    let unauthorized = response.status() == StatusCode::UNAUTHORIZED;
+    let headers = response.headers_mut();
+    for (name, value) in SECURITY_HEADERS {
+        headers.entry(name).or_insert(HeaderValue::from_static(value));
+    }
+    if surface.never_cached() || unauthorized {
+        headers.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+/// The answer hyper gives by itself to a request it cannot parse (status 400, 414 or 431 and
+/// an empty body), rewritten as this server's error JSON with the security headers. `head` is
+/// the response head hyper wrote; `None` if it is not such an answer.
+pub fn automatic_error_response(head: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(head).ok()?;
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next()?;
+    let code: u16 = status_line.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()?;
+    let status = StatusCode::from_u16(code).ok()?;
+    if !(status.is_client_error() || status.is_server_error()) {
+        return None;
+    }
+    let mut date = None;
+    for line in lines.by_ref() {
+        let Some((name, value)) = line.split_once(':') else { continue };
+        match name.trim().to_ascii_lowercase().as_str() {
+            "content-length" if value.trim() != "0" => return None,
+            "transfer-encoding" => return None,
+            "date" => date = Some(value.trim()),
+            _ => {}
+        }
+    }
+    // The request could not be read, so its path is unknown: the body carries both formats.
+    let body = error_body(status, Surface::Other, &Method::GET, "");
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\ncache-control: no-store\r\n{}: {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error"),
+        body.len(),
+        API_VERSION_HEADER.0,
+        API_VERSION_HEADER.1,
+    );
+    for (name, value) in SECURITY_HEADERS {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if let Some(date) = date {
+        out.push_str(&format!("date: {date}\r\n"));
+    }
+    out.push_str("\r\n");
+    out.push_str(&body);
+    Some(out.into_bytes())
 }
 
 /// Every response says which API it speaks, as Docker clients expect on `/v2/` and errors.
@@ -34,7 +245,7 @@ async fn api_version_header(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     response
         .headers_mut()
-        .insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
+        .insert(API_VERSION_HEADER.0, HeaderValue::from_static(API_VERSION_HEADER.1));
     response
 }
 
@@ -67,4 +278,41 @@ async fn access_log(request: Request, next: Next) -> Response {
         "request"
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn surfaces() {
+        assert_eq!(Surface::of("/v2"), Surface::Registry);
+        assert_eq!(Surface::of("/v2/a/b/manifests/x"), Surface::Registry);
+        assert_eq!(Surface::of("/v2x"), Surface::Other);
+        assert_eq!(Surface::of("/api/v4/projects"), Surface::Api);
+        assert_eq!(Surface::of("/api/v40"), Surface::Other);
+        assert_eq!(Surface::of("/jwt/auth"), Surface::Token);
+        assert_eq!(Surface::of("/"), Surface::Other);
+    }
+
+    #[test]
+    fn hyper_answers_become_json() {
+        let head = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\
+                     date: Sun, 29 Nov 2026 22:56:34 GMT\r\n\r\n";
+        let out = String::from_utf8(automatic_error_response(head).unwrap()).unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
+        assert!(head.contains("content-type: application/json"));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        assert!(head.contains("x-content-type-options: nosniff"));
+        assert!(head.contains("date: Sun, 29 Nov 2026 22:56:34 GMT"));
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["errors"][0]["code"], "UNSUPPORTED");
+        assert!(json["message"].as_str().unwrap().starts_with("400 Bad Request - "));
+        // Anything that is not an empty error answer stays as hyper wrote it.
+        assert!(automatic_error_response(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").is_none());
+        assert!(automatic_error_response(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 5\r\n\r\n")
+            .is_none());
+        assert!(automatic_error_response(b"\x00\x00\x12\x04").is_none());
+    }
 }

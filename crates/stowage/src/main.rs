@@ -5,6 +5,7 @@ mod admin;
 mod bootstrap;
 mod config;
 mod http;
+mod server;
 mod sqlite_lock;
 
 use std::time::Duration;
@@ -181,10 +182,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     };
     let app = http::app(registry, api, auth);
+    let limits = server::ConnectionLimits {
+        header_read: parse_duration(&config.http.timeouts.header_read)?,
+        idle: parse_duration(&config.http.timeouts.idle)?,
+        max_connections: config.http.max_connections,
+    };
+    server::raise_open_file_limit(limits.max_connections);
     tracing::info!("listening on http://{local_addr}");
-    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    server::serve(listener, app, limits, shutdown_signal()).await;
     tracing::info!("stopped");
     Ok(())
 }
