@@ -115,6 +115,7 @@ async fn accept(listener: &TcpListener, connections: &Connections) -> (TcpStream
             Ok((stream, remote)) => {
                 if connections.full() {
                     connections.close_longest_waiting();
+                    connections.warn_full();
                 }
                 // Small answers (tokens, manifests, errors) go out at once.
                 let _ = stream.set_nodelay(true);
@@ -280,6 +281,10 @@ impl Connections {
             victim.evicted.store(true, Ordering::Release);
             victim.changed.notify_one();
         }
+    }
+
+    /// Says that the cap was reached, once a minute at most.
+    fn warn_full(&self) {
         let now = self.epoch.elapsed().as_millis() as u64;
         let last = self.last_full_warning.load(Ordering::Relaxed);
         if last == u64::MAX || now.saturating_sub(last) >= 60_000 {
