@@ -358,7 +358,6 @@ async fn http_layer_errors_are_json(backend: MetaBackend) {
     )
     .await;
     assert_oci_error(&post_base, 405, "UNSUPPORTED", "POST /v2/");
-    assert!(post_base.header("allow").is_some_and(|allow| allow.contains("GET")));
 
     // Requests hyper cannot parse.
     let malformed: [(&str, Vec<u8>, u16); 6] = [
@@ -452,6 +451,8 @@ async fn token_and_api_answers_are_not_cached(backend: MetaBackend) {
     )
     .await;
     assert_message_error(&put, 405, "PUT /jwt/auth");
+    // axum's own 405: rewritten as JSON, its Allow header kept.
+    assert!(put.header("allow").is_some_and(|allow| allow.contains("POST")), "{}", put.head);
     no_store(&put, "PUT /jwt/auth");
 
     let challenge = answer(addr, &get(b"/v2/")).await;
