@@ -344,8 +344,11 @@ async fn http_layer_errors_are_json(backend: MetaBackend) {
         let refused = answer(addr, &get(&path)).await;
         assert_message_error(&refused, 400, &format!("raw byte {byte:#x} in an API path"));
     }
+    // The API answers bad UTF-8 in its path parameters itself, GitLab's way.
     let api = answer(addr, &get(b"/api/v4/projects/a%FF")).await;
-    assert_message_error(&api, 400, "bad UTF-8 in an API path");
+    assert_eq!(api.status, 400, "bad UTF-8 in an API path: {}", api.head);
+    assert!(api.json()["message"].is_string(), "bad UTF-8 in an API path");
+    assert_security_headers(&api, "bad UTF-8 in an API path");
 
     // Unknown paths, wrong methods.
     for path in ["/", "/nonexistent", "/v2x", "/api/v40/x", "/.env"] {
