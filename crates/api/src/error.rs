@@ -33,6 +33,9 @@ pub enum ApiError {
     /// The name or path is taken.
     #[error("{0}")]
     Conflict(String),
+    /// Too many passwords are being hashed right now (see `auth::secret`).
+    #[error("429 Too Many Requests - {0}")]
+    Busy(#[from] auth::secret::Busy),
     #[error("internal error: {0}")]
     Internal(#[from] meta::MetaError),
 }
@@ -55,6 +58,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) | ApiError::Invalid { .. } => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(meta::MetaError::Conflict(_)) => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -73,7 +77,11 @@ impl IntoResponse for ApiError {
             }
             other => json!({ "message": other.to_string() }),
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            response.headers_mut().insert("retry-after", axum::http::HeaderValue::from(1));
+        }
+        response
     }
 }
 

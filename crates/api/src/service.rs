@@ -199,7 +199,17 @@ pub async fn create_user(store: &Store, caller: &Caller, new: NewUser) -> Result
         Some(p) if p.chars().count() < 8 => {
             return Err(ApiError::invalid("password", "is too short (minimum is 8 characters)"))
         }
-        Some(p) => Some(auth::secret::hash_password(p)),
+        // The rule logins apply, so every stored password can be used to log in.
+        Some(p) if auth::credentials::acceptable(p).is_err() => {
+            return Err(ApiError::invalid(
+                "password",
+                format!(
+                    "is too long or contains control characters (at most {} bytes)",
+                    auth::credentials::MAX_CREDENTIAL_BYTES
+                ),
+            ))
+        }
+        Some(p) => Some(auth::secret::hash_password(p).await?),
         None => None,
     };
     Ok(store

@@ -23,9 +23,10 @@
 //! `read_registry` and `write_registry`; `api` implies both.
 
 use crate::access::Action;
+use crate::credentials::Credentials;
 use meta::{
-    access_level as level, DeployToken, JobToken, MetaError, Project, RegistryAccess, SourceType,
-    Store, User, Visibility,
+    access_level as level, DeployToken, JobToken, MetaError, PersonalAccessToken, Project,
+    RegistryAccess, SourceType, Store, User, Visibility,
 };
 
 /// How many components an image name may have below its project's path.
@@ -91,26 +92,61 @@ pub async fn load_identity(store: &Store, cred: &str) -> Result<Option<Identity>
             .await?
             .filter(|u| !u.blocked)
             .map(|user| Identity::User { user, pat: None }),
-        "pat" => match store.personal_access_token_by_id(id).await? {
-            Some(pat) if !pat.revoked && !expired(pat.expires_at) => store
-                .user_by_id(pat.user_id)
-                .await?
-                .filter(|u| !u.blocked)
-                .map(|user| Identity::User { user, pat: Some((pat.id, pat.scopes)) }),
-            _ => None,
-        },
-        "deploy" => store
-            .deploy_token_by_id(id)
+        "pat" => active_personal_access_token(store, PatLookup::Id(id))
             .await?
-            .filter(|d| !d.revoked && !expired(d.expires_at))
-            .map(Identity::Deploy),
+            .map(|(pat, user)| Identity::User { user, pat: Some((pat.id, pat.scopes)) }),
+        "deploy" => {
+            store.deploy_token_by_id(id).await?.filter(deploy_token_active).map(Identity::Deploy)
+        }
         "job" => store
             .job_token_by_id(id)
             .await?
-            .filter(|j| j.expires_at > now_ms())
+            .filter(job_token_active)
             .map(|token| Identity::Job { token }),
         _ => None,
     })
+}
+
+/// How a personal access token is looked up.
+#[derive(Clone, Copy)]
+pub enum PatLookup<'a> {
+    /// By the secret a client presented.
+    Secret(&'a str),
+    /// By id, from a registry token's `cred` claim.
+    Id(i64),
+}
+
+/// The personal access token, with its user, if it may be used now: it exists, is neither
+/// revoked nor expired, and its user exists and is not blocked. The one place that decides
+/// whether a personal access token is valid — for logins, for registry tokens issued from one,
+/// and for the REST API. What a valid token may do (its scopes) is each caller's question.
+pub async fn active_personal_access_token(
+    store: &Store,
+    lookup: PatLookup<'_>,
+) -> Result<Option<(PersonalAccessToken, User)>, MetaError> {
+    let pat = match lookup {
+        PatLookup::Id(id) => store.personal_access_token_by_id(id).await?,
+        PatLookup::Secret(secret) => {
+            let hash = crate::secret::token_hash(secret);
+            store
+                .personal_access_token_by_hash(&hash)
+                .await?
+                .filter(|(_, stored)| crate::secret::hashes_equal(stored, &hash))
+                .map(|(pat, _)| pat)
+        }
+    };
+    let Some(pat) = pat.filter(|p| !p.revoked && !expired(p.expires_at)) else {
+        return Ok(None);
+    };
+    Ok(store.user_by_id(pat.user_id).await?.filter(|u| !u.blocked).map(|user| (pat, user)))
+}
+
+fn deploy_token_active(token: &DeployToken) -> bool {
+    !token.revoked && !expired(token.expires_at)
+}
+
+fn job_token_active(token: &JobToken) -> bool {
+    token.expires_at > now_ms()
 }
 
 /// The project an image name belongs to, if any (and if the name is not too deep below it).
@@ -268,57 +304,82 @@ pub async fn allowed_on_image(
     }
 }
 
-/// Checks a username/secret pair: a CI job token (username `stowage-ci-token`), a deploy
-/// token (its username), a personal access token (its owner's username) or a password.
-/// `None` for anything invalid — one answer, so a caller cannot tell which part was wrong.
-pub async fn authenticate(
-    store: &Store,
-    username: &str,
-    secret: &str,
-) -> Result<Option<Identity>, MetaError> {
-    use crate::secret::{hashes_equal, token_hash, verify_password};
-    if username == crate::CI_USERNAME || username == "gitlab-ci-token" {
-        let hash = token_hash(secret);
-        return Ok(store
-            .job_token_by_hash(&hash)
-            .await?
-            .filter(|j| j.expires_at > now_ms())
-            .map(|token| Identity::Job { token }));
-    }
-    if let Some(deploy) = store.deploy_token_by_username(username).await? {
-        let ok = hashes_equal(&deploy.token_hash, &token_hash(secret))
-            && !deploy.revoked
-            && !expired(deploy.expires_at);
-        return Ok(ok.then_some(Identity::Deploy(deploy)));
-    }
-    let Some(user) = store.user_by_username(username).await? else {
-        // Spend the time a password check would, so unknown usernames are not revealed.
-        let _ = verify_password(secret, dummy_hash());
-        return Ok(None);
-    };
-    if user.blocked {
-        return Ok(None);
-    }
-    // Any secret may be a personal access token (seeded admin tokens carry no prefix); the
-    // lookup is by hash, so trying it first costs one indexed query.
-    let hash = token_hash(secret);
-    if let Some((pat, stored)) = store.personal_access_token_by_hash(&hash).await? {
-        if hashes_equal(&stored, &hash)
-            && pat.user_id == user.id
-            && !pat.revoked
-            && !expired(pat.expires_at)
-        {
-            store.touch_personal_access_token(pat.id).await?;
-            return Ok(Some(Identity::User { user, pat: Some((pat.id, pat.scopes)) }));
-        }
-        return Ok(None);
-    }
-    let ok = user.password_hash.as_deref().is_some_and(|h| verify_password(secret, h));
-    Ok(ok.then_some(Identity::User { user, pat: None }))
+/// Why credentials could not be checked.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Too many passwords are being checked right now: try again in a moment.
+    #[error(transparent)]
+    Busy(#[from] crate::secret::Busy),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
 }
 
-/// An argon2 hash of a random password, verified against when the user does not exist.
-fn dummy_hash() -> &'static str {
-    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    HASH.get_or_init(|| crate::secret::hash_password(&crate::secret::new_password()))
+/// What the secret must still be checked against once the username is known.
+enum Check {
+    /// The secret was a valid token: no password hash to verify.
+    Token(Identity),
+    /// A user's password (argon2).
+    Password(User, String),
+    /// Nothing the secret could match.
+    Nothing,
+}
+
+/// Checks a username/secret pair: a CI job token (username `stowage-ci-token` or
+/// `gitlab-ci-token`), a deploy token (its username), a personal access token (its owner's
+/// username) or a password. `None` for anything invalid — one answer, so a caller cannot tell
+/// which part was wrong.
+///
+/// Every failure costs one argon2 verification — against the user's password hash, or against
+/// [`crate::secret::DUMMY_HASH`] when there is none to check (unknown or blocked user, a token
+/// username with a wrong secret) — so the time a refusal takes does not tell blocked users,
+/// token usernames and real accounts apart. A valid token is accepted without argon2: tokens
+/// are long and random, a SHA-256 lookup is enough.
+pub async fn authenticate(
+    store: &Store,
+    credentials: &Credentials,
+) -> Result<Option<Identity>, AuthError> {
+    let secret = credentials.secret();
+    match check_for(store, credentials.username(), secret).await? {
+        Check::Token(identity) => Ok(Some(identity)),
+        Check::Password(user, hash) => Ok(crate::secret::verify_password(secret, &hash)
+            .await?
+            .then_some(Identity::User { user, pat: None })),
+        Check::Nothing => {
+            crate::secret::verify_password(secret, crate::secret::DUMMY_HASH).await?;
+            Ok(None)
+        }
+    }
+}
+
+async fn check_for(store: &Store, username: &str, secret: &str) -> Result<Check, MetaError> {
+    use crate::secret::{hashes_equal, token_hash};
+    if crate::is_ci_username(username) {
+        return Ok(match store.job_token_by_hash(&token_hash(secret)).await? {
+            Some(token) if job_token_active(&token) => Check::Token(Identity::Job { token }),
+            _ => Check::Nothing,
+        });
+    }
+    if let Some(deploy) = store.deploy_token_by_username(username).await? {
+        let ok =
+            hashes_equal(&deploy.token_hash, &token_hash(secret)) && deploy_token_active(&deploy);
+        return Ok(if ok { Check::Token(Identity::Deploy(deploy)) } else { Check::Nothing });
+    }
+    let Some(user) = store.user_by_username(username).await? else { return Ok(Check::Nothing) };
+    // Any secret may be a personal access token (seeded admin tokens carry no prefix); the
+    // lookup is by hash, so trying it first costs one indexed query.
+    if let Some((pat, owner)) =
+        active_personal_access_token(store, PatLookup::Secret(secret)).await?
+    {
+        if owner.id == user.id {
+            store.touch_personal_access_token(pat.id).await?;
+            return Ok(Check::Token(Identity::User {
+                user: owner,
+                pat: Some((pat.id, pat.scopes)),
+            }));
+        }
+    }
+    Ok(match user.password_hash.clone() {
+        Some(hash) if !user.blocked => Check::Password(user, hash),
+        _ => Check::Nothing,
+    })
 }

@@ -3,59 +3,32 @@
 //! surface checks those tokens through [`crate::access::Gate`].
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Extension, Router};
 use base64::Engine;
 
+use crate::credentials::{loggable, Credentials};
 use crate::jwt::TokenService;
-use crate::policy::{self, Identity};
+use crate::policy::{self, AuthError, Identity};
 use crate::scope::{ResourceAccess, Scope};
+use crate::throttle::LoginLimiter;
 
-/// Failed logins allowed per user within [`LOGIN_WINDOW`].
-const MAX_USER_FAILURES: u32 = 10;
-/// Failed logins allowed per client address: higher, since many users (a CI runner, an
-/// office behind NAT) may share one address and one user's typos must not lock them all out.
-const MAX_ADDRESS_FAILURES: u32 = 50;
-const LOGIN_WINDOW: Duration = Duration::from_secs(300);
+/// The address of the client a request comes from: the connection's peer, or — when the peer
+/// is a proxy the operator trusts (`http.trusted_proxies`) — the client that proxy reports in
+/// `X-Forwarded-For`. The HTTP layer of the binary computes it once per request and puts it in
+/// the request's extensions; failed logins are throttled by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
 
-/// Counts failed logins per key (`user:<name>`, `ip:<addr>`) in fixed windows.
-#[derive(Default)]
-pub struct LoginLimiter {
-    failures: Mutex<HashMap<String, (u32, Instant)>>,
-}
-
-/// A limiter key (`user:<name>`, `ip:<addr>`) with the failures it allows per window.
-type LimitKey = (String, u32);
-
-impl LoginLimiter {
-    fn blocked(&self, keys: &[LimitKey]) -> bool {
-        let map = self.failures.lock().expect("limiter lock");
-        keys.iter().any(|(k, max)| {
-            map.get(k).is_some_and(|(n, since)| *n >= *max && since.elapsed() < LOGIN_WINDOW)
-        })
-    }
-
-    fn failed(&self, keys: &[LimitKey]) {
-        let mut map = self.failures.lock().expect("limiter lock");
-        if map.len() > 100_000 {
-            map.retain(|_, (_, since)| since.elapsed() < LOGIN_WINDOW);
-        }
-        for (k, _) in keys {
-            let entry = map.entry(k.clone()).or_insert((0, Instant::now()));
-            if entry.1.elapsed() >= LOGIN_WINDOW {
-                *entry = (0, Instant::now());
-            }
-            entry.0 += 1;
-        }
-    }
-}
+/// The largest `POST /jwt/auth` form read: a real one is a few hundred bytes.
+const MAX_FORM_BYTES: usize = 64 * 1024;
 
 /// Shared state of the token service and the `/v2/` guard.
 #[derive(Clone)]
@@ -67,7 +40,12 @@ pub struct AuthState {
 
 /// `/jwt/auth`.
 pub fn token_router(state: AuthState) -> Router {
-    Router::new().route("/jwt/auth", get(token_get).post(token_post)).with_state(state)
+    Router::new()
+        .route(
+            "/jwt/auth",
+            get(token_get).post(token_post).layer(DefaultBodyLimit::max(MAX_FORM_BYTES)),
+        )
+        .with_state(state)
 }
 
 fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -79,9 +57,27 @@ fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, [("content-type", "application/json")], body.to_string()).into_response()
 }
 
-fn client_ip(info: Option<&axum::Extension<ConnectInfo<SocketAddr>>>) -> String {
-    info.map(|axum::Extension(ConnectInfo(addr))| addr.ip().to_string())
-        .unwrap_or_else(|| "unknown".into())
+/// 429 TOOMANYREQUESTS telling the client when to try again.
+fn too_many(message: &str, retry_after: Duration) -> Response {
+    let mut response = json_error(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", message);
+    let secs = retry_after.as_secs().max(1);
+    response.headers_mut().insert("retry-after", HeaderValue::from(secs));
+    response
+}
+
+/// The one answer to credentials that do not log in, whatever was wrong with them.
+fn invalid_credentials() -> Response {
+    json_error(
+        StatusCode::UNAUTHORIZED,
+        "UNAUTHORIZED",
+        "invalid username or password (use a personal access token, deploy token or CI job token as the password)",
+    )
+}
+
+/// The client address the HTTP layer computed; the unspecified address when the router runs
+/// without that layer (then all clients share one throttling address, which fails safe).
+fn client_of(addr: Option<Extension<ClientAddr>>) -> IpAddr {
+    addr.map(|Extension(ClientAddr(ip))| ip).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
 }
 
 /// Username and secret from `Authorization: Basic …`; `Err` when the header is malformed.
@@ -100,37 +96,58 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, ()
     Ok(Some((user.to_string(), secret.to_string())))
 }
 
-/// Checks credentials with rate limiting. `Err` is the response to send.
+/// Checks presented credentials. In order, so that nothing expensive happens for a request
+/// that will be refused anyway: the client's address limit; the form of the credentials
+/// (bounded length, no control characters); the address-and-username limit; and only then
+/// the database and the password pool. `Err` is the response to send.
 async fn login(
     state: &AuthState,
+    client: IpAddr,
     username: &str,
     secret: &str,
-    ip: &str,
 ) -> Result<Identity, Response> {
-    let keys = [
-        (format!("user:{username}"), MAX_USER_FAILURES),
-        (format!("ip:{ip}"), MAX_ADDRESS_FAILURES),
-    ];
-    if state.limiter.blocked(&keys) {
-        tracing::warn!(username, ip, "login refused: too many failed attempts");
-        return Err(json_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "TOOMANYREQUESTS",
-            "too many failed login attempts; wait a few minutes before trying again",
-        ));
+    let throttled = |wait: Duration| {
+        tracing::warn!(
+            username = %loggable(username),
+            %client,
+            "login refused: too many failed attempts"
+        );
+        too_many(
+            "too many failed login attempts from this address; wait a few minutes before trying again",
+            wait,
+        )
+    };
+    let address = [state.limiter.address_key(client)];
+    if let Some(wait) = state.limiter.blocked(&address) {
+        return Err(throttled(wait));
     }
-    match policy::authenticate(&state.store, username, secret).await {
-        Ok(Some(identity)) => Ok(identity),
+    let credentials = match Credentials::parse(username, secret) {
+        Ok(credentials) => credentials,
+        Err(why) => {
+            state.limiter.failed(&address);
+            tracing::info!(username = %loggable(username), %client, reason = %why, "login refused");
+            return Err(invalid_credentials());
+        }
+    };
+    let keys = state.limiter.keys(client, credentials.username());
+    if let Some(wait) = state.limiter.blocked(&keys) {
+        return Err(throttled(wait));
+    }
+    match policy::authenticate(&state.store, &credentials).await {
+        Ok(Some(identity)) => {
+            state.limiter.succeeded(&keys);
+            Ok(identity)
+        }
         Ok(None) => {
             state.limiter.failed(&keys);
-            tracing::info!(username, ip, "login failed");
-            Err(json_error(
-                StatusCode::UNAUTHORIZED,
-                "UNAUTHORIZED",
-                "invalid username or password (use a personal access token, deploy token or CI job token as the password)",
-            ))
+            tracing::info!(username = %loggable(username), %client, "login failed");
+            Err(invalid_credentials())
         }
-        Err(e) => {
+        Err(AuthError::Busy(busy)) => {
+            tracing::warn!(%client, "login refused: the password pool is full");
+            Err(too_many(&busy.to_string(), Duration::from_secs(1)))
+        }
+        Err(AuthError::Meta(e)) => {
             tracing::error!(error = %e, "login check failed");
             Err(json_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -139,6 +156,10 @@ async fn login(
             ))
         }
     }
+}
+
+fn too_many_scopes(e: crate::scope::TooManyScopes) -> Response {
+    json_error(StatusCode::BAD_REQUEST, "UNSUPPORTED", &e.to_string())
 }
 
 /// The requested scopes the identity is allowed, each cut down to its allowed actions.
@@ -221,7 +242,7 @@ fn token_response(
 /// `GET /jwt/auth?service=&scope=&account=&offline_token=` with optional Basic credentials.
 async fn token_get(
     State(state): State<AuthState>,
-    info: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+    client: Option<Extension<ClientAddr>>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     headers: HeaderMap,
 ) -> Response {
@@ -229,6 +250,12 @@ async fn token_get(
         .as_deref()
         .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
+    let scopes = match Scope::parse_all(
+        params.iter().filter(|(k, _)| k == "scope").map(|(_, v)| v.as_str()),
+    ) {
+        Ok(scopes) => scopes,
+        Err(e) => return too_many_scopes(e),
+    };
     let identity = match basic_credentials(&headers) {
         Err(()) => {
             return json_error(
@@ -238,15 +265,11 @@ async fn token_get(
             )
         }
         Ok(None) => Identity::Anonymous,
-        Ok(Some((user, secret))) => {
-            match login(&state, &user, &secret, &client_ip(info.as_ref())).await {
-                Ok(identity) => identity,
-                Err(response) => return response,
-            }
-        }
+        Ok(Some((user, secret))) => match login(&state, client_of(client), &user, &secret).await {
+            Ok(identity) => identity,
+            Err(response) => return response,
+        },
     };
-    let scopes =
-        Scope::parse_all(params.iter().filter(|(k, _)| k == "scope").map(|(_, v)| v.as_str()));
     let offline = params.iter().any(|(k, v)| k == "offline_token" && v == "true");
     match grant(&state.store, &identity, &scopes).await {
         Ok(access) => token_response(&state, &identity, access, offline),
@@ -265,16 +288,29 @@ async fn token_get(
 /// containerd and buildkit use.
 async fn token_post(
     State(state): State<AuthState>,
-    info: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
-    body: axum::body::Bytes,
+    client: Option<Extension<ClientAddr>>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "SIZE_INVALID",
+                &format!("the token request form is larger than {MAX_FORM_BYTES} bytes"),
+            )
+        }
+        Err(e) => return json_error(e.status(), "UNKNOWN", "the request body could not be read"),
+    };
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
     let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+    let scopes = match Scope::parse_all([field("scope")]) {
+        Ok(scopes) => scopes,
+        Err(e) => return too_many_scopes(e),
+    };
     let identity = match field("grant_type") {
         "password" => {
-            match login(&state, field("username"), field("password"), &client_ip(info.as_ref()))
-                .await
-            {
+            match login(&state, client_of(client), field("username"), field("password")).await {
                 Ok(identity) => identity,
                 Err(response) => return response,
             }
@@ -305,7 +341,6 @@ async fn token_post(
             )
         }
     };
-    let scopes = Scope::parse_all([field("scope")]);
     match grant(&state.store, &identity, &scopes).await {
         Ok(access) => token_response(&state, &identity, access, true),
         Err(e) => {

@@ -21,7 +21,7 @@ pub async fn ensure_admin(store: &meta::Store) -> anyhow::Result<()> {
                 Ok(p) if !p.is_empty() => (p, false),
                 _ => (auth::secret::new_password(), true),
             };
-            let hash = auth::secret::hash_password(&password);
+            let hash = auth::secret::hash_password(&password).await?;
             let root = match store
                 .create_user("root", "root@localhost", "Administrator", Some(&hash), true)
                 .await
