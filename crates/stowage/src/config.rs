@@ -17,6 +17,8 @@ use figment::providers::{Env, Format, Serialized, Yaml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::client_addr::TrustedProxies;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
@@ -81,6 +83,9 @@ pub struct Http {
     /// waited longest without a request in progress is closed to make room; if every
     /// connection has a request in progress, new connections wait in the listen queue.
     pub max_connections: usize,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` names the client; default none. From the
+    /// environment: `STOWAGE_HTTP__TRUSTED_PROXIES=[10.0.0.0/8,127.0.0.1/32]`.
+    pub trusted_proxies: TrustedProxies,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -242,6 +247,7 @@ impl Default for Http {
             host: None,
             timeouts: HttpTimeouts::default(),
             max_connections: 1024,
+            trusted_proxies: Default::default(),
         }
     }
 }
@@ -522,5 +528,33 @@ mod tests {
                 Ok(())
             });
         }
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail dictates the closure's error type
+    fn trusted_proxies_from_file_and_environment() {
+        figment::Jail::expect_with(|jail| {
+            let load = |jail: &mut figment::Jail, value: &str| {
+                jail.set_env("STOWAGE_HTTP__TRUSTED_PROXIES", value);
+                Config::load().map(|c| c.http.trusted_proxies).map_err(|e| format!("{e:#}"))
+            };
+            let both = TrustedProxies::parse(&["10.0.0.0/8", "127.0.0.1/32"]).unwrap();
+            assert_eq!(load(jail, "[10.0.0.0/8,127.0.0.1/32]")?, both);
+            assert_eq!(load(jail, "[10.0.0.0/8, 127.0.0.1]")?, both);
+            assert_eq!(load(jail, "10.0.0.0/8,127.0.0.1/32")?, both);
+            assert_eq!(load(jail, "127.0.0.1/32")?, TrustedProxies::parse(&["127.0.0.1"]).unwrap());
+            assert_eq!(load(jail, "[fd00::/8]")?, TrustedProxies::parse(&["fd00::/8"]).unwrap());
+            let bad = load(jail, "[10.0.0.0/33]").unwrap_err();
+            assert!(bad.contains("CIDR"), "{bad}");
+            jail.set_env("STOWAGE_HTTP__TRUSTED_PROXIES", "");
+            jail.create_file(
+                "stowage.yml",
+                "http:\n  trusted_proxies: [10.0.0.0/8, 127.0.0.1/32]\n",
+            )?;
+            jail.set_env("STOWAGE_CONFIG", "stowage.yml");
+            // An empty variable still wins over the file (and means none).
+            assert!(Config::load().map_err(|e| e.to_string())?.http.trusted_proxies.is_empty());
+            Ok(())
+        });
     }
 }

@@ -1,5 +1,5 @@
 //! The HTTP application: every surface's router, plus the layers every request passes
-//! (security headers, request id, access log, JSON errors). The `/v2` router makes its own
+//! (security headers, request id, client address, access log, JSON errors). The `/v2` router makes its own
 //! access decisions.
 //!
 //! Answers the HTTP machinery gives by itself — axum's rejections (a path that does not decode
@@ -18,6 +18,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
+use crate::client_addr::{self, TrustedProxies};
+
 const REQUEST_ID: &str = "x-request-id";
 
 /// Headers every response carries: no content sniffing, no framing. The CSP forbids loading
@@ -35,6 +37,7 @@ pub fn app(
     registry: registry::Registry,
     api: api::ApiState,
     auth: Option<auth::web::AuthState>,
+    trusted_proxies: TrustedProxies,
 ) -> Router {
     let request_id = axum::http::HeaderName::from_static(REQUEST_ID);
     // The /v2 router makes its own access decisions (`registry.gate`), on the request it parsed.
@@ -45,6 +48,7 @@ pub fn app(
     app.fallback(unknown_path)
         .layer(middleware::from_fn(errors_as_json))
         .layer(middleware::from_fn(access_log))
+        .layer(middleware::from_fn_with_state(trusted_proxies, client_addr::layer))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .layer(middleware::from_fn(api_version_header))
@@ -249,7 +253,8 @@ async fn api_version_header(request: Request, next: Next) -> Response {
     response
 }
 
-/// One log line per request: method, path, status, response bytes, duration, request id.
+/// One log line per request: method, path, status, response bytes, duration, request id,
+/// client address.
 async fn access_log(request: Request, next: Next) -> Response {
     // Filtered out (e.g. `RUST_LOG=warn`): skip building the line on this hot path.
     if !tracing::enabled!(target: "access", tracing::Level::INFO) {
@@ -260,6 +265,7 @@ async fn access_log(request: Request, next: Next) -> Response {
     let path = request.uri().path().to_string();
     let request_id =
         request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
+    let client = request.extensions().get::<auth::ClientAddr>().map(|c| c.0);
     let response = next.run(request).await;
     let bytes = response
         .headers()
@@ -275,6 +281,7 @@ async fn access_log(request: Request, next: Next) -> Response {
         bytes = %bytes,
         duration_ms = started.elapsed().as_secs_f64() * 1000.0,
         request_id = %request_id,
+        client = client.map(tracing::field::display),
         "request"
     );
     response

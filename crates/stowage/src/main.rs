@@ -3,6 +3,7 @@
 
 mod admin;
 mod bootstrap;
+mod client_addr;
 mod config;
 mod http;
 mod server;
@@ -181,7 +182,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             None
         }
     };
-    let app = http::app(registry, api, auth);
+    let app = http::app(registry, api, auth, config.http.trusted_proxies.clone());
     let limits = server::ConnectionLimits {
         header_read: parse_duration(&config.http.timeouts.header_read)?,
         idle: parse_duration(&config.http.timeouts.idle)?,
