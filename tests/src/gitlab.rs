@@ -327,6 +327,18 @@ pub async fn request_token(
     cred: Cred<'_>,
     scopes: &[String],
 ) -> Result<String, (StatusCode, String)> {
+    request_token_from(http, base, cred, scopes, None).await
+}
+
+/// Like [`request_token`], sent as if through a proxy for client address `client`
+/// (`X-Forwarded-For: <client>`; the server believes it only from `http.trusted_proxies`).
+pub async fn request_token_from(
+    http: &Client,
+    base: &str,
+    cred: Cred<'_>,
+    scopes: &[String],
+    client: Option<&str>,
+) -> Result<String, (StatusCode, String)> {
     let mut query: Vec<(&str, &str)> = vec![("service", SERVICE)];
     for s in scopes {
         query.push(("scope", s));
@@ -335,6 +347,9 @@ pub async fn request_token(
         query.push(("account", user));
     }
     let mut req = http.get(format!("{base}/jwt/auth")).query(&query);
+    if let Some(client) = client {
+        req = req.header("X-Forwarded-For", client);
+    }
     if let Some((user, secret)) = cred {
         req = req.basic_auth(user, Some(secret));
     }

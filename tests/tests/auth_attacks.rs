@@ -1,9 +1,10 @@
 //! Attacks on authentication and authorization. Each must fail cleanly: no 2xx, no 5xx, and a
 //! 401/403 (429 for rate limiting) with the OCI error JSON; and no secret ever reaches the log.
 //!
-//! Failed logins count against the client address (127.0.0.1 for every test), so each test
-//! that fails logins on purpose stays well below the limit (10), except the brute-force test,
-//! which has a server of its own.
+//! Failed logins count against the client address (127.0.0.1 for every test) and the address
+//! and username, so each test that fails logins on purpose stays well below the limits (50 and
+//! 10), except the brute-force test, which has a server of its own. Lockout and enumeration
+//! attacks are in `attack_enumeration.rs`, floods and huge inputs in `attack_exhaustion.rs`.
 
 use std::time::Duration;
 
@@ -622,7 +623,9 @@ async fn revoked_blocked_and_expired_credentials_cannot_log_in(backend: MetaBack
     ]);
 }
 
-/// More than 10 wrong passwords for one user: 429 TOOMANYREQUESTS, even for the right password.
+/// More than 10 wrong passwords for one user from one address: 429 TOOMANYREQUESTS from that
+/// address, even for the right password, with `Retry-After`. (From another address the right
+/// password works at once: see `attack_enumeration.rs`.)
 async fn brute_force_logins_are_rate_limited(backend: MetaBackend) {
     let w = world(backend, &[]).await;
     let scopes = vec![repo_scope("acme/a", "pull")];
@@ -646,8 +649,8 @@ async fn brute_force_logins_are_rate_limited(backend: MetaBackend) {
             assert_eq!(v["errors"][0]["code"], "TOOMANYREQUESTS", "{body}");
         }
     }
-    // The lock is per user: another user logging in from the same address is not locked out
-    // (the address limit is higher, for runners and offices behind one address).
+    // The limit is per address and user: another user logging in from the same address is not
+    // throttled (the address limit is higher, for runners and offices behind one address).
     request_token(
         &w.http,
         &w.server.base,
@@ -673,6 +676,11 @@ async fn brute_force_logins_are_rate_limited(backend: MetaBackend) {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok());
+    assert!(
+        retry_after.and_then(|v| v.parse::<u64>().ok()).is_some_and(|s| (1..=300).contains(&s)),
+        "Retry-After: {retry_after:?}"
+    );
     let guesses: Vec<&str> = wrong.iter().map(String::as_str).collect();
     let mut secrets = guesses.clone();
     secrets.push(&w.alice.password);
