@@ -14,7 +14,7 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use base64::Engine;
 
-use crate::credentials::{loggable, Credentials};
+use crate::credentials::Credentials;
 use crate::jwt::TokenService;
 use crate::policy::{self, AuthError, Identity};
 use crate::scope::{ResourceAccess, Scope};
@@ -108,7 +108,7 @@ async fn login(
 ) -> Result<Identity, Response> {
     let throttled = |wait: Duration| {
         tracing::warn!(
-            username = %loggable(username),
+            username = %oci::preview(username),
             %client,
             "login refused: too many failed attempts"
         );
@@ -125,7 +125,7 @@ async fn login(
         Ok(credentials) => credentials,
         Err(why) => {
             state.limiter.failed(&address);
-            tracing::info!(username = %loggable(username), %client, reason = %why, "login refused");
+            tracing::info!(username = %oci::preview(username), %client, reason = %why, "login refused");
             return Err(invalid_credentials());
         }
     };
@@ -140,7 +140,7 @@ async fn login(
         }
         Ok(None) => {
             state.limiter.failed(&keys);
-            tracing::info!(username = %loggable(username), %client, "login failed");
+            tracing::info!(username = %oci::preview(username), %client, "login failed");
             Err(invalid_credentials())
         }
         Err(AuthError::Busy(busy)) => {
