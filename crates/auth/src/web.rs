@@ -27,7 +27,8 @@ use crate::throttle::LoginLimiter;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientAddr(pub IpAddr);
 
-/// The largest `POST /jwt/auth` form read: a real one is a few hundred bytes.
+/// The largest `POST /jwt/auth` form read: a real one is a few hundred bytes. A larger body is
+/// refused with 413 (the HTTP layer renders axum's rejection as error JSON).
 const MAX_FORM_BYTES: usize = 64 * 1024;
 
 /// Shared state of the token service and the `/v2/` guard.
@@ -289,19 +290,8 @@ async fn token_get(
 async fn token_post(
     State(state): State<AuthState>,
     client: Option<Extension<ClientAddr>>,
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    body: axum::body::Bytes,
 ) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return json_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "SIZE_INVALID",
-                &format!("the token request form is larger than {MAX_FORM_BYTES} bytes"),
-            )
-        }
-        Err(e) => return json_error(e.status(), "UNKNOWN", "the request body could not be read"),
-    };
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
     let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
     let scopes = match Scope::parse_all([field("scope")]) {
