@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Transaction};
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
@@ -93,20 +93,38 @@ impl TagCache {
 }
 
 /// A write transaction; on SQLite it also holds the process-wide writer lock.
+///
+/// A request whose client goes away is dropped at its next await, possibly in the middle of
+/// a write. Two things keep that safe: on SQLite a write transaction begins with
+/// `BEGIN IMMEDIATE`, so it takes the database's write lock before reading anything (a writer
+/// that began while an abandoned one was still finishing waits for it, instead of failing with
+/// "database is locked" because its snapshot went stale); and [`WriteTx::commit`] runs in a
+/// task of its own, so once a commit has started it completes, the tag cache learns of it,
+/// and only then is the writer lock released.
 pub(crate) struct WriteTx<'a> {
     pub tx: Transaction<'static, Any>,
-    _guard: Option<MutexGuard<'a, ()>>,
-    cache: Option<&'a TagCache>,
+    guard: Option<OwnedMutexGuard<()>>,
+    cache: Option<Arc<TagCache>>,
+    _store: std::marker::PhantomData<&'a Store>,
 }
 
 impl WriteTx<'_> {
     pub async fn commit(self) -> Result<(), MetaError> {
-        self.tx.commit().await?;
-        // After the commit: a reader that saw the old data cached it under the old generation.
-        if let Some(cache) = self.cache {
-            cache.generation.fetch_add(1, Ordering::AcqRel);
+        let WriteTx { tx, guard, cache, .. } = self;
+        let committing = tokio::spawn(async move {
+            let result = tx.commit().await;
+            // After the commit: a reader that saw the old data cached it under the old
+            // generation.
+            if let Some(cache) = cache {
+                cache.generation.fetch_add(1, Ordering::AcqRel);
+            }
+            drop(guard);
+            result
+        });
+        match committing.await {
+            Ok(result) => Ok(result?),
+            Err(e) => Err(MetaError::Conflict(format!("the commit task failed: {e}"))),
         }
-        Ok(())
     }
 }
 
@@ -185,12 +203,14 @@ impl Store {
     }
 
     pub(crate) async fn write_tx(&self) -> Result<WriteTx<'_>, MetaError> {
-        let guard = match &self.sqlite_writer {
-            Some(lock) => Some(lock.lock().await),
-            None => None,
+        let (guard, tx) = match &self.sqlite_writer {
+            Some(lock) => {
+                let guard = lock.clone().lock_owned().await;
+                (Some(guard), self.pool.begin_with("BEGIN IMMEDIATE").await?)
+            }
+            None => (None, self.pool.begin().await?),
         };
-        let tx = self.pool.begin().await?;
-        Ok(WriteTx { tx, _guard: guard, cache: self.tag_cache.as_deref() })
+        Ok(WriteTx { tx, guard, cache: self.tag_cache.clone(), _store: std::marker::PhantomData })
     }
 }
 
