@@ -10,6 +10,7 @@ mod error;
 pub mod manifest;
 mod media;
 mod name;
+pub mod range;
 
 pub use digest::{Algorithm, Digest, DigestError};
 pub use error::ErrorCode;
@@ -20,6 +21,7 @@ pub use manifest::{
 };
 pub use media::{MediaType, MediaTypeError};
 pub use name::{NameError, Reference, ReferenceError, RepositoryName, Tag};
+pub use range::{ByteRange, ChunkRange, ChunkRangeError, RangeNotSatisfiable};
 
 /// Characters of untrusted text an error message shows before cutting it short.
 const PREVIEW_CHARS: usize = 64;

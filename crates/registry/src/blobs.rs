@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use meta::UnlinkOutcome;
-use oci::{Digest, ErrorCode, RepositoryName};
+use oci::{ByteRange, Digest, ErrorCode, RepositoryName};
 
 use crate::error::{RegistryError, Result};
 use crate::{header, Registry};
@@ -14,34 +14,6 @@ use crate::{header, Registry};
 fn blob_unknown(digest: &Digest, name: &RepositoryName) -> RegistryError {
     RegistryError::new(ErrorCode::BlobUnknown, format!("blob {digest} is not in repository {name}"))
         .with_detail(serde_json::json!({ "digest": digest.as_str() }))
-}
-
-/// A single byte range of a `size`-byte blob, parsed from `bytes=a-b`, `bytes=a-` or `bytes=-n`.
-/// `Err` when the range cannot be satisfied.
-fn parse_range(value: &str, size: u64) -> std::result::Result<std::ops::Range<u64>, ()> {
-    let spec = value.trim().strip_prefix("bytes=").ok_or(())?;
-    if spec.contains(',') {
-        return Err(()); // multipart ranges are not served
-    }
-    let (start, end) = spec.split_once('-').ok_or(())?;
-    let (start, end) = match (start.trim(), end.trim()) {
-        ("", suffix) => {
-            let n: u64 = suffix.parse().map_err(|_| ())?;
-            if n == 0 {
-                return Err(());
-            }
-            (size.saturating_sub(n), size.saturating_sub(1))
-        }
-        (s, "") => (s.parse().map_err(|_| ())?, size.saturating_sub(1)),
-        (s, e) => {
-            let e: u64 = e.parse().map_err(|_| ())?;
-            (s.parse().map_err(|_| ())?, e.min(size.saturating_sub(1)))
-        }
-    };
-    if size == 0 || start > end || start >= size {
-        return Err(());
-    }
-    Ok(start..end + 1)
 }
 
 pub(crate) async fn get(
@@ -59,12 +31,9 @@ pub(crate) async fn get(
         .ok_or_else(|| blob_unknown(digest, name))?;
     let size = blob.size as u64;
     let range = match header(headers, "range") {
-        Some(value) => Some(parse_range(value, size).map_err(|()| {
-            RegistryError::new(
-                ErrorCode::RangeInvalid,
-                format!("range {value:?} cannot be served from a blob of {size} bytes"),
-            )
-            .with_header("content-range", format!("bytes */{size}"))
+        Some(value) => Some(ByteRange::parse(value, size).map_err(|e| {
+            RegistryError::new(ErrorCode::RangeInvalid, e.to_string())
+                .with_header("content-range", format!("bytes */{size}"))
         })?),
         None => None,
     };
@@ -77,9 +46,8 @@ pub(crate) async fn get(
     ];
     let (status, length) = match &range {
         Some(r) => {
-            response_headers
-                .push(("content-range", format!("bytes {}-{}/{size}", r.start, r.end - 1)));
-            (StatusCode::PARTIAL_CONTENT, r.end - r.start)
+            response_headers.push(("content-range", r.content_range(size)));
+            (StatusCode::PARTIAL_CONTENT, r.len())
         }
         None => (StatusCode::OK, size),
     };
@@ -87,7 +55,7 @@ pub(crate) async fn get(
     let body = if head_only {
         Body::empty()
     } else {
-        let read = registry.blobs.read(digest, range).await?;
+        let read = registry.blobs.read(digest, range.map(|r| r.as_range())).await?;
         Body::from_stream(read.stream.map(|r| r.map_err(std::io::Error::other)))
     };
     let mut response = (status, body).into_response();
@@ -136,21 +104,4 @@ fn still_referenced(
         ),
     )
     .with_detail(serde_json::json!({ "digest": digest.as_str(), "manifest": manifest, "tag": tag }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_range;
-
-    #[test]
-    fn ranges() {
-        assert_eq!(parse_range("bytes=0-9", 100), Ok(0..10));
-        assert_eq!(parse_range("bytes=90-", 100), Ok(90..100));
-        assert_eq!(parse_range("bytes=-10", 100), Ok(90..100));
-        assert_eq!(parse_range("bytes=50-500", 100), Ok(50..100));
-        assert!(parse_range("bytes=100-", 100).is_err());
-        assert!(parse_range("bytes=5-1", 100).is_err());
-        assert!(parse_range("items=0-1", 100).is_err());
-        assert!(parse_range("bytes=0-1,3-4", 100).is_err());
-    }
 }

@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use blobstore::ResumableSha256;
 use meta::{UploadPart, UploadRecord};
-use oci::{Digest, ErrorCode, RepositoryName};
+use oci::{ChunkRange, Digest, ErrorCode, RepositoryName};
 
 use auth::access::RepositoryAccess;
 
@@ -96,24 +96,15 @@ fn remaining(registry: &Registry, size_so_far: i64) -> Option<u64> {
     registry.limits.max_blob_bytes.map(|max| max.saturating_sub(size_so_far as u64))
 }
 
-/// Parses `Content-Range: <start>-<end>` (also accepting a `bytes ` or `bytes=` prefix).
-fn content_range(headers: &HeaderMap) -> Result<Option<(i64, i64)>> {
+/// The request's `Content-Range`, if it has one.
+fn content_range(headers: &HeaderMap) -> Result<Option<ChunkRange>> {
     let Some(value) = header(headers, "content-range") else { return Ok(None) };
-    let spec = value.trim().trim_start_matches("bytes").trim_start_matches(['=', ' ']);
-    let spec = spec.split('/').next().unwrap_or("");
-    let parsed = spec
-        .split_once('-')
-        .and_then(|(a, b)| Some((a.trim().parse::<i64>().ok()?, b.trim().parse::<i64>().ok()?)));
-    match parsed {
-        Some((start, end)) if start >= 0 && end >= start => Ok(Some((start, end))),
-        _ => Err(RegistryError::new(
-            ErrorCode::RangeInvalid,
-            format!("Content-Range {value:?} is not of the form <start>-<end>"),
-        )),
-    }
+    ChunkRange::parse(value)
+        .map(Some)
+        .map_err(|e| RegistryError::new(ErrorCode::RangeInvalid, e.to_string()))
 }
 
-fn out_of_order(name: &RepositoryName, upload: &UploadRecord, start: i64) -> RegistryError {
+fn out_of_order(name: &RepositoryName, upload: &UploadRecord, start: u64) -> RegistryError {
     RegistryError::new(
         ErrorCode::RangeInvalid,
         format!(
@@ -136,9 +127,9 @@ async fn append(
     body: Body,
 ) -> Result<UploadRecord> {
     let range = content_range(headers)?;
-    if let Some((start, _)) = range {
-        if start != upload.size {
-            return Err(out_of_order(name, &upload, start));
+    if let Some(range) = range {
+        if range.start() != upload.size as u64 {
+            return Err(out_of_order(name, &upload, range.start()));
         }
     }
     let hasher = hasher_of(&upload)?;
@@ -146,8 +137,8 @@ async fn append(
         .blobs
         .write_part(&upload.id, &hasher, body.into_data_stream(), remaining(registry, upload.size))
         .await?;
-    if let Some((start, end)) = range {
-        let expected = (end - start + 1) as u64;
+    if let Some(range) = range {
+        let expected = range.len();
         if written.size != expected {
             registry.blobs.discard_part(&upload.id, &written.object).await;
             return Err(RegistryError::new(
@@ -172,7 +163,7 @@ async fn append(
                 Some(current) => current,
                 None => return Err(upload_gone()),
             };
-            return Err(out_of_order(name, &current, upload.size));
+            return Err(out_of_order(name, &current, upload.size as u64));
         }
         Err(e) => {
             registry.blobs.discard_part(&upload.id, &part.object).await;
