@@ -17,7 +17,10 @@ pub enum ManifestError {
          push with a current client, which sends schema 2 or OCI manifests"
     )]
     Schema1,
-    #[error("manifest media type {0:?} is not supported: use an OCI or Docker schema 2 manifest or index")]
+    /// Holds the media type as `crate::preview` shows it.
+    #[error(
+        "manifest media type {0} is not supported: use an OCI or Docker schema 2 manifest or index"
+    )]
     UnsupportedMediaType(String),
 }
 
@@ -153,6 +156,19 @@ fn artifact_type(raw: Option<String>, what: &str) -> Result<Option<String>, Mani
     }
 }
 
+/// A JSON syntax or type error, as a refusal says it: serde quotes offending strings whole,
+/// so a long message is cut short.
+fn json_error(e: serde_json::Error) -> ManifestError {
+    const MAX_CHARS: usize = 200;
+    let message = e.to_string();
+    match message.char_indices().nth(MAX_CHARS) {
+        Some((end, _)) => {
+            ManifestError::Json(format!("{}… (at {}:{})", &message[..end], e.line(), e.column()))
+        }
+        None => ManifestError::Json(message),
+    }
+}
+
 fn descriptor(raw: RawDescriptor, what: &str) -> Result<Descriptor, ManifestError> {
     let media_type = raw
         .media_type
@@ -208,8 +224,7 @@ impl ParsedManifest {
         if matches!(content_type, Some(mt::DOCKER_SCHEMA1 | mt::DOCKER_SCHEMA1_SIGNED)) {
             return Err(ManifestError::Schema1);
         }
-        let raw: RawManifest =
-            serde_json::from_slice(body).map_err(|e| ManifestError::Json(e.to_string()))?;
+        let raw: RawManifest = serde_json::from_slice(body).map_err(json_error)?;
         if raw.schema_version == Some(1) || raw.fs_layers.is_some() {
             return Err(ManifestError::Schema1);
         }
@@ -222,7 +237,8 @@ impl ParsedManifest {
                 if body_type != header && (is_image_type(header) || is_index_type(header)) =>
             {
                 return Err(ManifestError::Invalid(format!(
-                    "mediaType {body_type:?} in the body does not match Content-Type {header:?}"
+                    "mediaType {} in the body does not match Content-Type {header:?}",
+                    crate::preview(body_type)
                 )));
             }
             (Some(body_type), _) => body_type.clone(),
@@ -255,6 +271,13 @@ impl ParsedManifest {
             if raw.manifests.is_some() {
                 return Err(ManifestError::Invalid(
                     "an image manifest cannot list manifests".into(),
+                ));
+            }
+            // Sizes are added up (usage, quotas), so together they must fit the sum's type;
+            // no content is that large anyway.
+            if layers.iter().try_fold(config.size, |sum, l| sum.checked_add(l.size)).is_none() {
+                return Err(ManifestError::Invalid(
+                    "the sizes of the config and layers add up to more than 2^63-1 bytes".into(),
                 ));
             }
             let declared = artifact_type(raw.artifact_type, "the manifest's")?;
@@ -299,7 +322,7 @@ impl ParsedManifest {
                 annotations: raw.annotations,
             })
         } else {
-            Err(ManifestError::UnsupportedMediaType(media_type))
+            Err(ManifestError::UnsupportedMediaType(crate::preview(&media_type)))
         }
     }
 
@@ -337,7 +360,8 @@ impl ParsedManifest {
     /// Bytes this manifest and what it references take: payload, config, layers (children of
     /// an index are counted by their own manifests).
     pub fn referenced_size(&self) -> i64 {
-        self.config.iter().chain(self.layers.iter()).map(|d| d.size).sum()
+        // `parse` refuses sizes that overflow; saturating keeps hand-built values safe too.
+        self.config.iter().chain(self.layers.iter()).fold(0i64, |sum, d| sum.saturating_add(d.size))
     }
 }
 
@@ -480,6 +504,26 @@ mod tests {
             vec![(d(1), false), (d(2), true), (d(3), true), (d(4), false)],
             "variants are not compared; malformed platforms match nothing"
         );
+    }
+
+    #[test]
+    fn sizes_that_overflow_together_are_refused() {
+        // Found by the property tests: two sizes of i64::MAX made `referenced_size` overflow
+        // (a panic in debug builds, a negative total in release ones).
+        let body = serde_json::json!({
+            "schemaVersion": 2, "mediaType": mt::OCI_MANIFEST,
+            "config": {"mediaType": mt::OCI_EMPTY, "digest": d(1), "size": i64::MAX},
+            "layers": [{"mediaType": "application/x", "digest": d(2), "size": 1}]
+        });
+        let e = ParsedManifest::parse(None, body.to_string().as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("add up to more than"), "{e}");
+        // A JSON error quoting a huge string stays short.
+        let body = format!(r#"{{"schemaVersion": "{}"}}"#, "9".repeat(100_000));
+        let e = ParsedManifest::parse(None, body.as_bytes()).unwrap_err();
+        assert!(e.to_string().len() < 400, "{} bytes", e.to_string().len());
+        let body = serde_json::json!({"schemaVersion": 2, "mediaType": "x".repeat(100_000)});
+        let e = ParsedManifest::parse(None, body.to_string().as_bytes()).unwrap_err();
+        assert!(e.to_string().len() < 400, "{} bytes", e.to_string().len());
     }
 
     #[test]

@@ -187,7 +187,7 @@ pub(crate) async fn put(
         artifact_type: parsed.artifact_type.clone(),
         subject: parsed.subject.as_ref().map(|s| s.digest.clone()),
         config_digest: parsed.config.as_ref().map(|c| c.digest.clone()),
-        total_size: payload.len() as i64 + parsed.referenced_size(),
+        total_size: (payload.len() as i64).saturating_add(parsed.referenced_size()),
         annotations: parsed.annotations.as_ref().map(|a| a.to_string()),
         blobs: parsed.required_blobs(),
         children: parsed.children(&registry.limits.index_validation),
