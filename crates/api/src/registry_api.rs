@@ -232,14 +232,17 @@ pub struct TagCleanup {
 /// The tag a bulk delete never removes.
 pub const LATEST: &str = "latest";
 
-/// An RE2-style regex matched against the whole tag name.
+/// An RE2-style regex matched against the whole tag name. The pattern must be a regex on its
+/// own: wrapped unchecked, `a)|(b` would compile as `^(?:a)|(b)$`, which is not anchored.
 fn whole_name_regex(field: &str, pattern: &str) -> Result<Regex, ApiError> {
-    Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
-        ApiError::bad_request(format!(
-            "{field} is not a valid regular expression (RE2 syntax): {}",
-            e.to_string().lines().last().unwrap_or("invalid")
-        ))
-    })
+    meta::tag_regex(pattern).and_then(|_| meta::tag_regex(&format!("^(?:{pattern})$"))).map_err(
+        |e| {
+            ApiError::bad_request(format!(
+                "{field} is not a valid regular expression (RE2 syntax): {}",
+                e.to_string().lines().last().unwrap_or("invalid")
+            ))
+        },
+    )
 }
 
 impl TagCleanup {
@@ -301,7 +304,8 @@ impl TagCleanup {
 pub fn parse_duration_ms(text: &str) -> Result<i64, ApiError> {
     let bad = || {
         ApiError::bad_request(format!(
-            "older_than {text:?} is not a duration: use a number and a unit, e.g. 1h, 7d, 2w or 1month"
+            "older_than {} is not a duration: use a number and a unit, e.g. 1h, 7d, 2w or 1month",
+            oci::preview(text)
         ))
     };
     let text = text.trim();

@@ -15,18 +15,35 @@ pub fn date(ms: i64) -> String {
     meta::rfc3339(ms)[..10].to_string()
 }
 
-/// Parses GitLab's `expires_at` (`YYYY-MM-DD`, or an ISO 8601 date-time whose date part is
-/// used) into the millisecond timestamp of that day's start, UTC.
+/// Parses GitLab's `expires_at` (`YYYY-MM-DD`, or an ISO 8601 date-time `YYYY-MM-DDT…` whose
+/// date part is used) into the millisecond timestamp of that day's start, UTC. Digits only:
+/// `+024-01-01` is not another spelling of year 24.
 pub fn parse_expiry_date(text: &str) -> Result<i64, ApiError> {
-    let bad = || ApiError::invalid("expires_at", format!("{text:?} is not a date: use YYYY-MM-DD"));
-    let day = text.get(..10).ok_or_else(bad)?;
+    let bad = || {
+        ApiError::invalid(
+            "expires_at",
+            format!("{} is not a date: use YYYY-MM-DD", oci::preview(text)),
+        )
+    };
+    let (day, rest) = match text.get(..10) {
+        Some(day) => (day, &text[10..]),
+        None => return Err(bad()),
+    };
+    if !(rest.is_empty() || rest.starts_with('T')) {
+        return Err(bad());
+    }
+    let number = |digits: &str| -> Result<u32, ApiError> {
+        if digits.bytes().all(|b| b.is_ascii_digit()) {
+            digits.parse().map_err(|_| bad())
+        } else {
+            Err(bad())
+        }
+    };
     let mut parts = day.split('-');
     let (y, m, d) = match (parts.next(), parts.next(), parts.next()) {
-        (Some(y), Some(m), Some(d)) if y.len() == 4 && m.len() == 2 && d.len() == 2 => (
-            y.parse::<i64>().map_err(|_| bad())?,
-            m.parse::<u32>().map_err(|_| bad())?,
-            d.parse::<u32>().map_err(|_| bad())?,
-        ),
+        (Some(y), Some(m), Some(d)) if y.len() == 4 && m.len() == 2 && d.len() == 2 => {
+            (i64::from(number(y)?), number(m)?, number(d)?)
+        }
         _ => return Err(bad()),
     };
     if !(1..=12).contains(&m) || d < 1 || d > days_in_month(y, m) {
@@ -66,7 +83,18 @@ mod tests {
         assert_eq!(date(1_709_164_800_000), "2024-02-29");
         assert_eq!(parse_expiry_date("2024-02-29").unwrap(), 1_709_164_800_000);
         assert_eq!(parse_expiry_date("2024-02-29T10:00:00Z").unwrap(), 1_709_164_800_000);
-        for bad in ["2023-02-29", "2024-13-01", "tomorrow", "2024-1-01", ""] {
+        for bad in [
+            "2023-02-29",
+            "2024-13-01",
+            "tomorrow",
+            "2024-1-01",
+            "",
+            "+024-01-01",
+            "2024-+1-01",
+            "2024-01-+1",
+            "2024-02-29garbage",
+            "2024-02-29 10:00",
+        ] {
             assert!(parse_expiry_date(bad).is_err(), "{bad}");
         }
     }

@@ -9,7 +9,7 @@
 //!   to another manifest or delete it. While a project has one, no manifest of it may be
 //!   deleted by digest (that could take an immutable tag's image along).
 
-use regex::Regex;
+use regex::{Regex, RegexBuilder};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
@@ -79,6 +79,23 @@ pub fn wildcard_match(pattern: &str, text: &str) -> bool {
     true
 }
 
+/// Compiled size a tag-name regex may take, in bytes. Tags are at most 128 characters, so a
+/// useful pattern is tiny; the cap bounds the time and memory a hostile one costs to compile
+/// (a rule's pattern is compiled on every push it guards), and such a pattern is refused
+/// when it is given, with the regex crate's reason.
+pub const TAG_REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// THE compiler of the tag-name regexes users give: tag protection patterns, cleanup
+/// policies' and bulk deletes' `name_regex…`. RE2 syntax: the `regex` crate matches in time
+/// linear in the tag, whatever the pattern; compiled size and nesting depth are bounded here.
+pub fn tag_regex(pattern: &str) -> Result<Regex, regex::Error> {
+    RegexBuilder::new(pattern)
+        .size_limit(TAG_REGEX_SIZE_LIMIT)
+        .dfa_size_limit(TAG_REGEX_SIZE_LIMIT)
+        .nest_limit(64)
+        .build()
+}
+
 /// Compiles a tag pattern as the rules use it; `Err` is a sentence for the user.
 pub fn compile_tag_pattern(pattern: &str) -> Result<Regex, String> {
     if pattern.is_empty() {
@@ -89,7 +106,7 @@ pub fn compile_tag_pattern(pattern: &str) -> Result<Regex, String> {
             "tag_name_pattern is too long (at most {MAX_TAG_PATTERN_CHARS} characters)"
         ));
     }
-    Regex::new(pattern).map_err(|e| {
+    tag_regex(pattern).map_err(|e| {
         format!("tag_name_pattern {pattern:?} is not a valid RE2 regular expression: {e}")
     })
 }
@@ -579,11 +596,11 @@ impl Store {
             .tag_protection_rules(project.id)
             .await?
             .into_iter()
-            .filter_map(|r| match Regex::new(&r.tag_name_pattern) {
+            .filter_map(|r| match tag_regex(&r.tag_name_pattern) {
                 Ok(re) => Some((r, re)),
                 Err(e) => {
                     // Patterns are validated on the way in; this is only reachable if the
-                    // regex crate changed what it accepts.
+                    // regex crate or the limits of `tag_regex` changed what it accepts.
                     tracing::warn!(rule = r.id, error = %e, "skipping a tag rule whose pattern no longer compiles");
                     None
                 }
