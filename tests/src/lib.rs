@@ -16,6 +16,7 @@
 
 pub mod dockerd;
 pub mod gitlab;
+pub mod tenants;
 pub mod tools;
 
 use std::path::{Path, PathBuf};

@@ -10,16 +10,22 @@
 //! different addresses (nothing is sent to those addresses: they are header values).
 //!
 //! A failed login costs the same (one argon2 verification) whatever the username: a real user,
-//! a blocked one, an unknown one, the CI username or a deploy token's username.
+//! a blocked one, an unknown one, the CI username or a deploy token's username. More than 10
+//! wrong passwords for one user from one address answer 429 there, even for the right one.
+//!
+//! Private repositories, projects and groups answer exactly as nonexistent ones (name aside)
+//! to everyone who may not see them, on every `/v2` route and on `/api/v4`, and listings leave
+//! them out.
 
 use std::time::{Duration, Instant};
 
 use e2e::gitlab::{
-    level, repo_scope, request_token_from, start_auth_server, GitLab, Registry, Token, User,
-    ADMIN_PASSWORD, ADMIN_TOKEN, CI_USERNAME, SERVICE,
+    level, repo_scope, request_token, request_token_from, start_auth_server, GitLab, Outcome,
+    Registry, Token, User, ADMIN_PASSWORD, ADMIN_TOKEN, CI_USERNAME, SERVICE,
 };
+use e2e::tenants::{self, assert_challenged, assert_login_refused};
 use e2e::{MetaBackend, TestServer};
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 e2e::backend_tests!(
@@ -27,6 +33,8 @@ e2e::backend_tests!(
     the_address_limit_stops_guessing_across_usernames,
     forwarded_addresses_count_only_from_trusted_proxies,
     failed_logins_take_as_long_for_every_kind_of_username,
+    brute_force_logins_are_rate_limited,
+    private_repositories_and_projects_answer_as_nonexistent,
 );
 
 const TRUSTED_PROXY: (&str, &str) = ("STOWAGE_HTTP__TRUSTED_PROXIES", "[127.0.0.1/32]");
@@ -306,4 +314,217 @@ async fn failed_logins_take_as_long_for_every_kind_of_username(backend: MetaBack
             median(t)
         );
     }
+}
+
+/// More than 10 wrong passwords for one user from one address: 429 TOOMANYREQUESTS from that
+/// address, even for the right password, with `Retry-After`. (From another address the right
+/// password works at once: see `attack_enumeration.rs`.)
+async fn brute_force_logins_are_rate_limited(backend: MetaBackend) {
+    let w = tenants::world(backend, &[]).await;
+    let scopes = vec![repo_scope("acme/a", "pull")];
+    let user = w.alice.username.as_str();
+    let mut wrong = Vec::new();
+    for i in 0..12 {
+        let guess = format!("wrong-guess-{i}-{}", e2e::random_suffix());
+        let got = request_token(&w.http, &w.server.base, Some((user, &guess)), &scopes).await;
+        let expected =
+            if i < 10 { StatusCode::UNAUTHORIZED } else { StatusCode::TOO_MANY_REQUESTS };
+        assert_login_refused(got, expected, &format!("wrong password #{}", i + 1));
+        wrong.push(guess);
+    }
+    let right =
+        request_token(&w.http, &w.server.base, Some((user, &w.alice.password)), &scopes).await;
+    match right {
+        Ok(_) => panic!("the right password was accepted after 12 wrong guesses"),
+        Err((status, body)) => {
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+            let v: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["errors"][0]["code"], "TOOMANYREQUESTS", "{body}");
+        }
+    }
+    // The limit is per address and user: another user logging in from the same address is not
+    // throttled (the address limit is higher, for runners and offices behind one address).
+    request_token(
+        &w.http,
+        &w.server.base,
+        Some((w.rita.username.as_str(), &w.rita.password)),
+        &scopes,
+    )
+    .await
+    .map(|_| ())
+    .unwrap_or_else(|(status, body)| {
+        assert_ne!(status, StatusCode::TOO_MANY_REQUESTS, "rita is locked out: {body}")
+    });
+    // The OAuth2 form is limited alike.
+    let resp = w
+        .http
+        .post(w.server.url("/jwt/auth"))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", user),
+            ("password", w.alice.password.as_str()),
+            ("service", SERVICE),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok());
+    assert!(
+        retry_after.and_then(|v| v.parse::<u64>().ok()).is_some_and(|s| (1..=300).contains(&s)),
+        "Retry-After: {retry_after:?}"
+    );
+    let guesses: Vec<&str> = wrong.iter().map(String::as_str).collect();
+    let mut secrets = guesses.clone();
+    secrets.push(&w.alice.password);
+    w.assert_log_free_of(&secrets);
+}
+
+/// Everyone who may not see `acme/b` (private, holding `latest`) gets from every `/v2` route
+/// exactly the answer `acme/none` gets, name aside: no token (401 `UNAUTHORIZED`), an
+/// anonymous token and alice's token for project A (401 `DENIED`), each with its challenge.
+/// On `/api/v4`, alice's API token finds a private project, its registry repositories and a
+/// private group neither by path nor by id, exactly as if they did not exist (404); the
+/// catalog leaves `acme/b` out.
+async fn private_repositories_and_projects_answer_as_nonexistent(backend: MetaBackend) {
+    let w = tenants::world(backend, &[]).await;
+    let secret = w.api.create_group("secret", None, "private").await;
+    let secret_app = w.api.create_project(secret, "app", "private").await;
+    let root_token = w.token(("root", ADMIN_PASSWORD), &[repo_scope("acme/b", "pull")]).await;
+    let latest = w.registry(&root_token).pull("acme/b", "latest").await;
+    latest.assert_allowed("root pulls acme/b");
+    let digest = e2e::sha256_digest(latest.body.as_bytes());
+    let manifest: Value = serde_json::from_str(&latest.body).unwrap();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap().to_string();
+
+    let names = ["acme/b", "acme/none"];
+    let scopes: Vec<String> = names
+        .iter()
+        .map(|n| repo_scope(n, "pull,push,delete"))
+        .chain([repo_scope("acme/a", "pull,push"), "registry:catalog:*".to_string()])
+        .collect();
+    let anonymous =
+        request_token(&w.http, &w.server.base, None, &scopes).await.expect("anonymous token");
+    let alice = w.token((&w.alice.username, &w.alice.password), &scopes).await;
+    let routes = [
+        (Method::GET, "manifests/latest".to_string()),
+        (Method::HEAD, "manifests/latest".to_string()),
+        (Method::GET, format!("manifests/{digest}")),
+        (Method::GET, "tags/list".to_string()),
+        (Method::GET, format!("blobs/{layer}")),
+        (Method::HEAD, format!("blobs/{layer}")),
+        (Method::GET, format!("referrers/{digest}")),
+        (Method::POST, "blobs/uploads/".to_string()),
+        (Method::PUT, "manifests/latest".to_string()),
+        (Method::DELETE, "manifests/latest".to_string()),
+        (Method::DELETE, format!("blobs/{layer}")),
+    ];
+    for (caller, token, code) in [
+        ("no token", None, "UNAUTHORIZED"),
+        ("an anonymous token", Some(anonymous), "DENIED"),
+        ("alice's token", Some(alice.clone()), "DENIED"),
+    ] {
+        let r = Registry::new(&w.server, token);
+        for (method, route) in &routes {
+            let mut answers: Vec<(StatusCode, String, Option<String>)> = Vec::new();
+            for name in names {
+                let path = format!("/v2/{name}/{route}");
+                let mut req = r.req(method.clone(), &path);
+                if *method == Method::PUT {
+                    req = req
+                        .header("Content-Type", e2e::gitlab::OCI_MANIFEST)
+                        .body(latest.body.clone());
+                }
+                let resp = req.send().await.unwrap();
+                let status = resp.status();
+                let www_authenticate = resp
+                    .headers()
+                    .get("www-authenticate")
+                    .and_then(|v| v.to_str().ok())
+                    .map(String::from);
+                let o = Outcome {
+                    what: format!("{method} {path}"),
+                    status,
+                    www_authenticate,
+                    body: resp.text().await.unwrap_or_default(),
+                };
+                let context = format!("{caller}: {method} {path}");
+                if *method == Method::HEAD {
+                    // No body to carry a code: the status and the challenge say it.
+                    assert_eq!(o.status, StatusCode::UNAUTHORIZED, "{context}");
+                    assert!(o.www_authenticate.is_some(), "{context}: no challenge");
+                } else {
+                    assert_challenged(&o, &context);
+                    assert_eq!(o.error_code().as_deref(), Some(code), "{context}: {}", o.body);
+                }
+                answers.push(o.normalized(name));
+            }
+            assert_eq!(
+                answers[0], answers[1],
+                "{caller}: {method} {route} tells acme/b from acme/none"
+            );
+        }
+    }
+    let listed = w.registry(&alice).catalog().await.expect("alice's catalog");
+    assert!(
+        !listed.iter().any(|n| n.starts_with("acme/b") || n.starts_with("secret/")),
+        "{listed:?}"
+    );
+
+    // The REST API, as alice (member of acme/a only) and without a token.
+    let repos =
+        w.api.call(Method::GET, &format!("/projects/{}/registry/repositories", w.b), None).await;
+    let b_repository = repos[0]["id"].as_i64().expect("acme/b's repository");
+    let pat = w.api.create_pat(&w.alice, &["api"]).await;
+    let missing = 999_999;
+    let pairs = [
+        ("/projects/acme%2Fb".to_string(), "/projects/acme%2Fnone".to_string()),
+        (format!("/projects/{}", w.b), format!("/projects/{missing}")),
+        ("/projects/secret%2Fapp".to_string(), "/projects/secret%2Fnone".to_string()),
+        (format!("/projects/{secret_app}"), format!("/projects/{missing}")),
+        (
+            format!("/projects/{}/registry/repositories", w.b),
+            format!("/projects/{missing}/registry/repositories"),
+        ),
+        (
+            format!("/registry/repositories/{b_repository}"),
+            format!("/registry/repositories/{missing}"),
+        ),
+        (
+            format!("/registry/repositories/{b_repository}/tags/list"),
+            format!("/registry/repositories/{missing}/tags/list"),
+        ),
+        ("/groups/secret".to_string(), "/groups/nothing".to_string()),
+        (format!("/groups/{secret}"), format!("/groups/{missing}")),
+        (format!("/groups/{secret}/members"), format!("/groups/{missing}/members")),
+    ];
+    let get = |token: Option<String>, path: String| {
+        let req = w.http.get(format!("{}/api/v4{path}", w.server.base));
+        let req = match token {
+            Some(t) => req.header("PRIVATE-TOKEN", t),
+            None => req,
+        };
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status(), resp.text().await.unwrap_or_default())
+        }
+    };
+    for (who, token) in [("alice", Some(pat.token.clone())), ("anonymous", None)] {
+        for (private, absent) in &pairs {
+            let seen = get(token.clone(), private.clone()).await;
+            let none = get(token.clone(), absent.clone()).await;
+            assert_eq!(seen.0, StatusCode::NOT_FOUND, "{who}: GET {private}: {}", seen.1);
+            assert_eq!(seen, none, "{who}: GET {private} and GET {absent} answer differently");
+        }
+    }
+    let projects = GitLab::with_token(&w.server, &pat.token)
+        .call(Method::GET, "/projects?per_page=100", None)
+        .await;
+    let paths: Vec<&str> = projects
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["path_with_namespace"].as_str())
+        .collect();
+    assert!(!paths.contains(&"acme/b") && !paths.contains(&"secret/app"), "{paths:?}");
 }

@@ -9,6 +9,10 @@
 //! - Token requests: repeated or unknown actions are dropped, at most 32 resources per
 //!   request, so every issued token is small; tokens longer than any issued are not read.
 //!
+//! - Regexes users give (tag protection patterns, cleanup policies, bulk deletes) compile within
+//!   a bounded size, or are refused with 400 when given; manifests beyond the size limit are
+//!   refused with 413 `SIZE_INVALID` before they are read whole.
+//!
 //! Clients at many addresses are played through a trusted proxy (`X-Forwarded-For`), so that
 //! throttling does not answer before the password check does.
 
@@ -29,6 +33,7 @@ e2e::backend_tests!(
     a_login_flood_beyond_the_password_pool_is_refused_with_retry_after,
     huge_and_control_character_credentials_are_refused_unread,
     token_requests_and_tokens_are_bounded,
+    regex_bombs_and_oversized_manifests_are_refused,
 );
 
 const TRUSTED_PROXY: (&str, &str) = ("STOWAGE_HTTP__TRUSTED_PROXIES", "[127.0.0.1/32]");
@@ -396,4 +401,85 @@ fn code(body: &str) -> String {
     let v: Value =
         serde_json::from_str(body).unwrap_or_else(|e| panic!("refusal is not JSON ({e}): {body}"));
     v["errors"][0]["code"].as_str().unwrap_or_else(|| panic!("no OCI error: {body}")).to_string()
+}
+
+/// Patterns that would compile to huge automata, and a manifest past the 4 MiB limit.
+async fn regex_bombs_and_oversized_manifests_are_refused(backend: MetaBackend) {
+    let w = e2e::tenants::world(backend, &[]).await;
+    let repos =
+        w.api.call(Method::GET, &format!("/projects/{}/registry/repositories", w.a), None).await;
+    let repository = repos[0]["id"].as_i64().expect("acme/a's repository");
+    let tags = format!("/projects/{}/registry/repositories/{repository}/tags", w.a);
+    let bombs = [
+        "(a{1000}){1000}",
+        r"\w{1000}",
+        "((((((((((a{20}){20}){20}){20}){20}){20}){20}){20}){20}){20})",
+    ];
+    for bomb in bombs {
+        let (status, body) =
+            w.api.request(Method::DELETE, &tags, Some(json!({"name_regex_delete": bomb}))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "bulk delete with {bomb:?}: {body}");
+        assert!(
+            body["message"].as_str().unwrap_or_default().contains("regular expression"),
+            "{body}"
+        );
+        let policy = json!({"container_expiration_policy_attributes":
+            {"enabled": true, "name_regex": ".*", "name_regex_keep": bomb}});
+        let (status, body) =
+            w.api.request(Method::PUT, &format!("/projects/{}", w.a), Some(policy)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "cleanup policy keeping {bomb:?}: {body}");
+        let rule = json!({"tag_name_pattern": bomb, "immutable": true});
+        let rules = format!("/projects/{}/registry/protection/tag/rules", w.a);
+        let (status, body) = w.api.request(Method::POST, &rules, Some(rule)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "tag rule {bomb:?}: {body}");
+    }
+    // Nothing was changed by the refused requests: the tag is still there, no rule exists.
+    let left = w.api.call(Method::GET, &tags, None).await;
+    assert_eq!(left.as_array().map(Vec::len), Some(1), "{left}");
+    let rules = w
+        .api
+        .call(Method::GET, &format!("/projects/{}/registry/protection/tag/rules", w.a), None)
+        .await;
+    assert_eq!(rules, json!([]));
+
+    let token = w.token(("root", ADMIN_PASSWORD), &[repo_scope("acme/a", "pull,push")]).await;
+    let huge = format!(r#"{{"schemaVersion":2,"annotations":{{"x":"{}"}}}}"#, "x".repeat(5 << 20));
+    for reference in ["big".to_string(), e2e::sha256_digest(huge.as_bytes())] {
+        let path = format!("/v2/acme/a/manifests/{reference}");
+        let (status, body) = put_early_answer(&w.server.addr, &path, &token, huge.as_bytes()).await;
+        assert_eq!(status, 413, "PUT {path}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap_or_default();
+        assert_eq!(v["errors"][0]["code"], "SIZE_INVALID", "{body}");
+    }
+    let o = w.registry(&token).pull("acme/a", "big").await;
+    assert_eq!(o.status, StatusCode::NOT_FOUND, "{}", o.body);
+}
+
+/// `PUT path` of `body` over raw TCP, reading the answer even when the server sends it (and
+/// closes) before the whole body is written: a client library would report a broken pipe.
+async fn put_early_answer(addr: &str, path: &str, token: &str, body: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/vnd.oci.image.manifest.v1+json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let (mut reader, mut writer) = stream.split();
+    let write = async {
+        let _ = writer.write_all(head.as_bytes()).await;
+        let _ = writer.write_all(body).await;
+    };
+    let mut answer = Vec::new();
+    let read = reader.read_to_end(&mut answer);
+    let (_, read) = tokio::join!(write, read);
+    if let Err(e) = read {
+        // A reset after the answer (the server closed with the body unread) is fine.
+        assert!(!answer.is_empty(), "no answer to PUT {path}: {e}");
+    }
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
 }

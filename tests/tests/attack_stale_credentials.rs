@@ -5,13 +5,18 @@
 //! password's user is not blocked, that the token was not revoked, and that the caller still
 //! has push rights; a CI job token acts with its user's current rights. Also here: the token
 //! realm never follows a request's `Host` header (a client would send its password there).
+//!
+//! Revoked personal access tokens and deploy tokens, blocked users and expired CI job tokens
+//! cannot log in any more; an expired registry token pulls and starts nothing, and only the
+//! upload it started may be finished with it.
 
 use std::time::Duration;
 
 use e2e::gitlab::{
-    level, raw_request, repo_scope, seed_image, start_auth_server, token_for, GitLab, Outcome,
-    Registry, User, ADMIN_PASSWORD, CI_USERNAME,
+    granted_actions, jwt_parts, level, raw_request, repo_scope, request_token, seed_image,
+    start_auth_server, token_for, GitLab, Outcome, Registry, User, ADMIN_PASSWORD, CI_USERNAME,
 };
+use e2e::tenants::{self, assert_challenged, assert_login_refused};
 use e2e::{random_bytes, sha256_digest, MetaBackend, TestServer};
 use reqwest::{Method, StatusCode};
 
@@ -20,6 +25,8 @@ e2e::backend_tests!(
     expired_tokens_cannot_continue_uploads_for_a_blocked_user,
     job_tokens_follow_their_users_current_rights,
     the_token_realm_ignores_the_host_header,
+    expired_tokens_fail_but_a_started_push_completes,
+    revoked_blocked_and_expired_credentials_cannot_log_in,
 );
 
 /// A private project `acme/a` with an image, and `alice`, a developer there.
@@ -277,4 +284,142 @@ async fn the_token_realm_ignores_the_host_header(backend: MetaBackend) {
     )
     .await;
     assert!(text.contains("realm=\"https://registry.example.com/jwt/auth\""), "{text}");
+}
+
+/// Registry tokens and CI job tokens expire; an upload started before the token expired may
+/// still be finished with it (the long-push rule), but nothing new may be started.
+async fn expired_tokens_fail_but_a_started_push_completes(backend: MetaBackend) {
+    let w = tenants::world(
+        backend,
+        &[("STOWAGE_AUTH__TOKEN_LIFETIME", "2s"), ("STOWAGE_AUTH__JOB_TOKEN_LIFETIME", "3s")],
+    )
+    .await;
+    let scopes = vec![repo_scope("acme/a", "pull,push")];
+    let token = w.token((&w.alice.username, &w.alice.password), &scopes).await;
+    let (_, claims) = jwt_parts(&token);
+    let lifetime = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+    assert!(lifetime <= 2, "token lifetime is {lifetime} s, configured 2 s: {claims}");
+    let alice = w.registry(&token);
+    alice.pull("acme/a", "latest").await.assert_allowed("fresh token");
+    let started = alice.start_upload("acme/a").await;
+    started.assert_allowed("start of a long push");
+    let location = started.body.clone();
+
+    let job = w.api.create_job_token(w.a).await;
+    let job_registry_token = w.token((CI_USERNAME, &job.token), &scopes).await;
+    assert_eq!(granted_actions(&job_registry_token, "acme/a"), vec!["pull", "push"]);
+
+    // Past the lifetime, and past any clock-skew leeway the server allows (5 s).
+    tokio::time::sleep(Duration::from_secs(9)).await;
+
+    // The expired registry token no longer pulls or starts anything.
+    assert_challenged(&alice.pull("acme/a", "latest").await, "pull with an expired token");
+    assert_challenged(&alice.start_upload("acme/a").await, "new upload with an expired token");
+    assert_challenged(
+        &w.registry(&job_registry_token).pull("acme/a", "latest").await,
+        "pull with an expired token from a job token",
+    );
+
+    // But the upload it started continues and completes: two PATCH chunks and the PUT.
+    let data = random_bytes(64 * 1024);
+    let digest = sha256_digest(&data);
+    let mut location = location;
+    for (i, chunk) in data.chunks(32 * 1024).enumerate() {
+        let start = i * 32 * 1024;
+        let resp = alice
+            .req(Method::PATCH, &location)
+            .header("Content-Type", "application/octet-stream")
+            .header("Content-Range", format!("{start}-{}", start + chunk.len() - 1))
+            .body(chunk.to_vec())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let next = resp.headers().get("location").and_then(|v| v.to_str().ok()).map(String::from);
+        let body = resp.text().await.unwrap_or_default();
+        assert_eq!(status, StatusCode::ACCEPTED, "PATCH chunk {i} with the expired token: {body}");
+        location = next.expect("PATCH answers a Location");
+    }
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let put = alice.send(Method::PUT, &format!("{location}{sep}digest={digest}")).await;
+    assert_eq!(
+        put.status,
+        StatusCode::CREATED,
+        "finishing the upload with the expired token: {}",
+        put.body
+    );
+
+    // The CI job token itself has expired too (3 s): it cannot log in any more.
+    assert_login_refused(
+        request_token(&w.http, &w.server.base, Some((CI_USERNAME, &job.token)), &scopes).await,
+        StatusCode::UNAUTHORIZED,
+        "expired job token",
+    );
+    // A fresh token sees the finished blob.
+    let fresh = w.registry(&w.token((&w.alice.username, &w.alice.password), &scopes).await);
+    fresh
+        .send(Method::HEAD, &format!("/v2/acme/a/blobs/{digest}"))
+        .await
+        .assert_allowed("HEAD of the pushed blob");
+    w.assert_log_free_of(&[&w.alice.password, &job.token]);
+}
+
+/// Revoked tokens, blocked users and revoked deploy tokens cannot log in any more.
+async fn revoked_blocked_and_expired_credentials_cannot_log_in(backend: MetaBackend) {
+    let w = tenants::world(backend, &[]).await;
+    let scopes = vec![repo_scope("acme/a", "pull,push"), "registry:catalog:*".to_string()];
+
+    // A PAT works, then is revoked.
+    let pat = w.api.create_pat(&w.alice, &["read_registry", "write_registry"]).await;
+    let t = w.token((&w.alice.username, &pat.token), &scopes).await;
+    assert_eq!(granted_actions(&t, "acme/a"), vec!["pull", "push"]);
+    w.api.revoke_pat(pat.id).await;
+    assert_login_refused(
+        request_token(&w.http, &w.server.base, Some((&w.alice.username, &pat.token)), &scopes)
+            .await,
+        StatusCode::UNAUTHORIZED,
+        "revoked PAT",
+    );
+    // A registry token issued before the revocation lists nothing through the catalog.
+    if let Ok(listed) = w.registry(&t).catalog().await {
+        assert!(listed.is_empty(), "catalog with a revoked PAT's token lists {listed:?}");
+    }
+
+    // A deploy token works, then is revoked.
+    let dt = w.api.create_deploy_token("projects", w.a, "deploy-revoked", &["read_registry"]).await;
+    w.token((&dt.username, &dt.token), &scopes).await;
+    w.api.call(Method::DELETE, &format!("/projects/{}/deploy_tokens/{}", w.a, dt.id), None).await;
+    assert_login_refused(
+        request_token(&w.http, &w.server.base, Some((&dt.username, &dt.token)), &scopes).await,
+        StatusCode::UNAUTHORIZED,
+        "revoked deploy token",
+    );
+
+    // rita is blocked: neither her password nor her PAT logs in.
+    let rita_pat = w.api.create_pat(&w.rita, &["read_registry"]).await;
+    let before = w.token((&w.rita.username, &w.rita.password), &scopes).await;
+    assert_eq!(granted_actions(&before, "acme/a"), vec!["pull"]);
+    w.api.block_user(w.rita.id).await;
+    for (what, secret) in [("password", w.rita.password.as_str()), ("PAT", rita_pat.token.as_str())]
+    {
+        assert_login_refused(
+            request_token(&w.http, &w.server.base, Some((&w.rita.username, secret)), &scopes).await,
+            StatusCode::UNAUTHORIZED,
+            &format!("blocked user's {what}"),
+        );
+    }
+    if let Ok(listed) = w.registry(&before).catalog().await {
+        assert!(listed.is_empty(), "catalog with a blocked user's token lists {listed:?}");
+    }
+    // The blocked user's API token no longer works either.
+    let (status, body) =
+        GitLab::with_token(&w.server, &rita_pat.token).request(Method::GET, "/user", None).await;
+    assert!(matches!(status.as_u16(), 401 | 403), "blocked user's PAT on the API: {status} {body}");
+    w.assert_log_free_of(&[
+        &pat.token,
+        &dt.token,
+        &w.rita.password,
+        &rita_pat.token,
+        &w.alice.password,
+    ]);
 }
