@@ -1,5 +1,6 @@
 //! Pure OCI distribution types: digests, repository names, tags, references, media types,
-//! manifest parsing and validation, and the spec's error codes.
+//! manifest parsing and validation, the byte ranges of blob reads and chunked uploads, and the
+//! spec's error codes.
 //!
 //! Untrusted strings from the wire become these typed values at the edge of the program, so
 //! nothing inside handles a raw digest or name. This crate does no I/O and knows nothing of
