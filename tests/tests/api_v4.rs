@@ -619,7 +619,8 @@ async fn private_projects_are_invisible_to_outsiders(backend: MetaBackend) {
     assert_eq!(anonymous, vec!["acme/open"]);
     let signed_in =
         names(api.get(Some(&outsider), "/projects").await.expect(StatusCode::OK, "outsider list"));
-    assert_eq!(signed_in, vec!["acme/internal", "acme/open"]);
+    // GitLab's default order: newest first.
+    assert_eq!(signed_in, vec!["acme/open", "acme/internal"]);
     let root =
         names(api.get(Some(ROOT_TOKEN), "/projects").await.expect(StatusCode::OK, "root list"));
     assert_eq!(root.len(), 3);

@@ -96,6 +96,23 @@ pub async fn authenticate(store: &meta::Store, token: &str) -> Result<Caller, Ap
     Ok(Caller::User(user))
 }
 
+/// The active personal access token this request authenticated with (for `self` in
+/// `/personal_access_tokens/self`).
+pub async fn presented_personal_access_token(
+    store: &meta::Store,
+    headers: &HeaderMap,
+) -> Result<meta::PersonalAccessToken, ApiError> {
+    let token = presented_token(headers).ok_or(ApiError::Unauthorized)?;
+    if token.is_empty() || auth::credentials::acceptable(token).is_err() {
+        return Err(ApiError::Unauthorized);
+    }
+    let lookup = auth::policy::PatLookup::Secret(token);
+    match auth::policy::active_personal_access_token(store, lookup).await? {
+        Some((pat, _)) => Ok(pat),
+        None => Err(ApiError::Unauthorized),
+    }
+}
+
 impl FromRequestParts<ApiState> for Caller {
     type Rejection = ApiError;
 

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+
+use axum::Json;
 use meta::{access_level, CleanupPolicy, Project, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -23,6 +23,7 @@ use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::input::{flag, int, Path, Ref};
 use crate::registry_api::TagCleanup;
+use crate::routing::Routes;
 use crate::service as svc;
 use crate::time::iso8601;
 use crate::ApiState;
@@ -33,8 +34,8 @@ pub const KEEP_N: &[i64] = &[1, 5, 10, 25, 50, 100];
 pub const OLDER_THAN: &[&str] = &["7d", "14d", "30d", "90d"];
 const DAY: i64 = 86_400_000;
 
-pub fn routes() -> Router<ApiState> {
-    Router::new().route("/projects/{id}/registry/cleanup_policy/dry_run", get(dry_run_handler))
+pub fn routes() -> Routes {
+    Routes::new().get("/projects/{id}/registry/cleanup_policy/dry_run", dry_run_handler)
 }
 
 // ---- settings -------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 //! HTTP handlers: parse the request, call [`crate::service`], shape the answer. No rules here.
 
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use meta::SourceType;
@@ -9,8 +10,11 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::caller::Caller;
-use crate::error::{ApiError, TOKEN_NOT_FOUND, USER_NOT_FOUND};
-use crate::input::{flag, int, list, numeric_id, Params, Path, Ref};
+use crate::error::{ApiError, MEMBER_NOT_FOUND, TOKEN_NOT_FOUND, USER_NOT_FOUND};
+use crate::input::{
+    flag, int, list, numeric_id, request_host, ListFilters, Listing, NoFilters, Params, Path, Ref,
+    Sort,
+};
 use crate::service::{self as svc, Source};
 use crate::views::*;
 use crate::ApiState;
@@ -27,6 +31,17 @@ fn ok(body: impl serde::Serialize) -> Answer {
 
 fn no_content() -> Answer {
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The registry host as the client called us (`Host`), for image locations in answers.
+pub struct RegistryHost(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for RegistryHost {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(RegistryHost(request_host(&parts.headers)))
+    }
 }
 
 fn user_ref(id: &str) -> Result<Ref, ApiError> {
@@ -73,9 +88,96 @@ pub async fn create_user(
     created(UserView::new(&user, true))
 }
 
-pub async fn list_users(State(s): State<ApiState>, caller: Caller) -> Answer {
-    let users = svc::list_users(&s.store, &caller).await?;
-    ok(users.iter().map(|u| UserView::new(u, true)).collect::<Vec<_>>())
+/// `GET /users` filters.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserListFilters {
+    username: Option<String>,
+    search: Option<String>,
+    #[serde(default, deserialize_with = "flag")]
+    active: Option<bool>,
+    #[serde(default, deserialize_with = "flag")]
+    blocked: Option<bool>,
+    #[serde(default, deserialize_with = "flag")]
+    admins: Option<bool>,
+}
+
+impl ListFilters for UserListFilters {
+    const ORDER_BY: &'static [&'static str] = &["id", "name", "username", "created_at"];
+    const SORT: Sort = Sort::Desc;
+}
+
+pub async fn list_users(
+    State(s): State<ApiState>,
+    caller: Caller,
+    listing: Listing<UserListFilters>,
+) -> Answer {
+    let f = &listing.filters;
+    let filter = svc::UserFilter {
+        username: f.username.clone(),
+        search: f.search.clone(),
+        active: f.active,
+        blocked: f.blocked,
+        admins: f.admins,
+    };
+    let mut users = svc::list_users(&s.store, &caller, &filter).await?;
+    listing.order(&mut users, |u, order_by| match order_by {
+        "name" => (u.name.to_lowercase(), u.id),
+        "username" => (u.username.clone(), u.id),
+        "created_at" => (format!("{:020}", u.created_at), u.id),
+        _ => (String::new(), u.id),
+    });
+    Ok(listing.answer(users.iter().map(|u| UserView::new(u, sees_private(&caller, u))).collect()))
+}
+
+/// `PUT /users/:id` (admins): what may change. Anything else is refused, naming it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUser {
+    name: Option<String>,
+    email: Option<String>,
+    password: Option<String>,
+    #[serde(default, deserialize_with = "flag")]
+    admin: Option<bool>,
+    /// `active` or `blocked`, as `GET` shows it.
+    state: Option<String>,
+}
+
+pub async fn update_user(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Params(p): Params<UpdateUser>,
+) -> Answer {
+    let blocked = match p.state.as_deref() {
+        None => None,
+        Some("active") => Some(false),
+        Some("blocked") => Some(true),
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "state",
+                format!("{} is not a state: use active or blocked", oci::preview(other)),
+            ))
+        }
+    };
+    let changes = svc::UserChanges {
+        name: p.name,
+        email: p.email,
+        password: p.password,
+        admin: p.admin,
+        blocked,
+    };
+    let user = svc::update_user(&s.store, &caller, &user_ref(&id)?, changes).await?;
+    ok(UserView::new(&user, true))
+}
+
+/// `GET /version`: what is answering, for clients that check before they call.
+pub async fn version() -> Answer {
+    ok(serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "revision": "stowage",
+        "product": "stowage",
+    }))
 }
 
 fn sees_private(caller: &Caller, user: &meta::User) -> bool {
@@ -136,8 +238,48 @@ pub async fn create_group(
     created(GroupView::from(&svc::create_group(&s.store, &caller, new).await?))
 }
 
-pub async fn list_groups(State(s): State<ApiState>, caller: Caller) -> Answer {
-    ok(svc::list_groups(&s.store, &caller).await?.iter().map(GroupView::from).collect::<Vec<_>>())
+/// `GET /groups` and `GET /projects` filters (projects add `membership`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupListFilters {
+    search: Option<String>,
+    #[serde(default, deserialize_with = "flag")]
+    owned: Option<bool>,
+    #[serde(default, deserialize_with = "int")]
+    min_access_level: Option<i64>,
+    visibility: Option<String>,
+    #[serde(default, deserialize_with = "flag")]
+    top_level_only: Option<bool>,
+}
+
+impl ListFilters for GroupListFilters {
+    const ORDER_BY: &'static [&'static str] = &["name", "path", "id"];
+    const SORT: Sort = Sort::Asc;
+}
+
+pub async fn list_groups(
+    State(s): State<ApiState>,
+    caller: Caller,
+    listing: Listing<GroupListFilters>,
+) -> Answer {
+    let f = &listing.filters;
+    let filter = svc::MembershipFilter {
+        search: f.search.clone(),
+        owned: f.owned.unwrap_or(false),
+        membership: false,
+        min_access_level: svc::parse_min_access_level(f.min_access_level)?,
+        visibility: svc::parse_visibility_filter(f.visibility.as_deref())?,
+    };
+    let mut groups = svc::list_groups(&s.store, &caller, &filter).await?;
+    if f.top_level_only == Some(true) {
+        groups.retain(|g| g.parent_id.is_none());
+    }
+    listing.order(&mut groups, |g, order_by| match order_by {
+        "name" => (g.name.to_lowercase(), g.id),
+        "path" => (g.full_path.clone(), g.id),
+        _ => (String::new(), g.id),
+    });
+    Ok(listing.answer(groups.iter().map(GroupView::from).collect()))
 }
 
 pub async fn get_group(
@@ -159,8 +301,14 @@ pub struct CreateProject {
     container_registry_access_level: Option<String>,
 }
 
-async fn project_view(s: &ApiState, project: &meta::Project) -> Result<ProjectView, ApiError> {
+/// A project as the API shows it; `host` is the registry host the client called us by.
+async fn project_view(
+    s: &ApiState,
+    host: &RegistryHost,
+    project: &meta::Project,
+) -> Result<ProjectView, ApiError> {
     let mut view = ProjectView::new(project, &svc::project_group(&s.store, project).await?);
+    view.container_registry_image_prefix = Some(format!("{}/{}", host.0, project.full_path));
     view.container_expiration_policy =
         Some(crate::cleanup::policy_view(&s.store, project.id).await?);
     Ok(view)
@@ -169,6 +317,7 @@ async fn project_view(s: &ApiState, project: &meta::Project) -> Result<ProjectVi
 pub async fn create_project(
     State(s): State<ApiState>,
     caller: Caller,
+    host: RegistryHost,
     Params(p): Params<CreateProject>,
 ) -> Answer {
     let new = svc::NewProject {
@@ -179,24 +328,64 @@ pub async fn create_project(
         registry_access: p.container_registry_access_level,
     };
     let project = svc::create_project(&s.store, &caller, new).await?;
-    created(project_view(&s, &project).await?)
+    created(project_view(&s, &host, &project).await?)
 }
 
-pub async fn list_projects(State(s): State<ApiState>, caller: Caller) -> Answer {
+/// `GET /projects` filters.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectListFilters {
+    search: Option<String>,
+    #[serde(default, deserialize_with = "flag")]
+    owned: Option<bool>,
+    #[serde(default, deserialize_with = "flag")]
+    membership: Option<bool>,
+    #[serde(default, deserialize_with = "int")]
+    min_access_level: Option<i64>,
+    visibility: Option<String>,
+}
+
+impl ListFilters for ProjectListFilters {
+    const ORDER_BY: &'static [&'static str] = &["created_at", "id", "name", "path"];
+    const SORT: Sort = Sort::Desc;
+}
+
+pub async fn list_projects(
+    State(s): State<ApiState>,
+    caller: Caller,
+    host: RegistryHost,
+    listing: Listing<ProjectListFilters>,
+) -> Answer {
+    let f = &listing.filters;
+    let filter = svc::MembershipFilter {
+        search: f.search.clone(),
+        owned: f.owned.unwrap_or(false),
+        membership: f.membership.unwrap_or(false),
+        min_access_level: svc::parse_min_access_level(f.min_access_level)?,
+        visibility: svc::parse_visibility_filter(f.visibility.as_deref())?,
+    };
+    let mut projects = svc::list_projects(&s.store, &caller, &filter).await?;
+    listing.order(&mut projects, |p, order_by| match order_by {
+        "name" => (p.name.to_lowercase(), p.id),
+        "path" => (p.full_path.clone(), p.id),
+        "created_at" => (format!("{:020}", p.created_at), p.id),
+        _ => (String::new(), p.id),
+    });
     let mut out = Vec::new();
-    for p in svc::list_projects(&s.store, &caller).await? {
-        out.push(project_view(&s, &p).await?);
+    for p in &projects {
+        out.push(project_view(&s, &host, p).await?);
     }
-    ok(out)
+    Ok(listing.answer(out))
 }
 
 pub async fn get_project(
     State(s): State<ApiState>,
     caller: Caller,
+    host: RegistryHost,
     Path(id): Path<String>,
 ) -> Answer {
     let project = svc::project(&s.store, &caller, &Ref::parse("id", &id)?).await?;
-    ok(project_view(&s, &project).await?)
+    ok(project_view(&s, &host, &project).await?)
 }
 
 #[derive(Deserialize)]
@@ -211,6 +400,7 @@ pub struct UpdateProject {
 pub async fn update_project(
     State(s): State<ApiState>,
     caller: Caller,
+    host: RegistryHost,
     Path(id): Path<String>,
     Params(p): Params<UpdateProject>,
 ) -> Answer {
@@ -235,7 +425,7 @@ pub async fn update_project(
     if let Some(policy) = policy {
         s.store.save_cleanup_policy(&policy).await?;
     }
-    ok(project_view(&s, &project).await?)
+    ok(project_view(&s, &host, &project).await?)
 }
 
 // ---- members --------------------------------------------------------------------------------
@@ -281,14 +471,84 @@ async fn source<K: SourceKind>(
     svc::source(&s.store, caller, K::KIND, &Ref::parse("id", id)?).await
 }
 
+/// Members listing filters, as GitLab's.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberListFilters {
+    /// A part of the username or name.
+    query: Option<String>,
+    #[serde(default, deserialize_with = "list")]
+    user_ids: Option<Vec<String>>,
+}
+
+impl ListFilters for MemberListFilters {
+    const ORDER_BY: &'static [&'static str] = &[];
+    const SORT: Sort = Sort::Asc;
+}
+
+fn member_answer(
+    listing: &Listing<MemberListFilters>,
+    members: Vec<(meta::Member, meta::User)>,
+) -> Answer {
+    let f = &listing.filters;
+    let query = f.query.as_deref().map(str::to_lowercase).filter(|q| !q.is_empty());
+    let ids = f
+        .user_ids
+        .as_ref()
+        .map(|ids| {
+            ids.iter()
+                .map(|id| id.parse::<i64>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| ApiError::invalid("user_ids", "must be numeric user ids"))
+        })
+        .transpose()?;
+    let out: Vec<MemberView> = members
+        .iter()
+        .filter(|(_, u)| {
+            query.as_deref().is_none_or(|q| {
+                u.username.to_lowercase().contains(q) || u.name.to_lowercase().contains(q)
+            }) && ids.as_ref().is_none_or(|ids| ids.contains(&u.id))
+        })
+        .map(|(m, u)| MemberView::new(m, u))
+        .collect();
+    Ok(listing.answer(out))
+}
+
 pub async fn list_members<K: SourceKind>(
     State(s): State<ApiState>,
     caller: Caller,
     Path(id): Path<String>,
+    listing: Listing<MemberListFilters>,
 ) -> Answer {
     let source = source::<K>(&s, &caller, &id).await?;
-    let members = svc::list_members(&s.store, &caller, &source).await?;
-    ok(members.iter().map(|(m, u)| MemberView::new(m, u)).collect::<Vec<_>>())
+    member_answer(&listing, svc::list_members(&s.store, &caller, &source).await?)
+}
+
+/// `members/all`: direct and inherited members, each once with their highest role.
+pub async fn list_all_members<K: SourceKind>(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    listing: Listing<MemberListFilters>,
+) -> Answer {
+    let source = source::<K>(&s, &caller, &id).await?;
+    member_answer(&listing, svc::list_all_members(&s.store, &caller, &source).await?)
+}
+
+/// `members/all/:user_id`: one member, direct or inherited.
+pub async fn get_any_member<K: SourceKind>(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path((id, user)): Path<(String, String)>,
+) -> Answer {
+    let source = source::<K>(&s, &caller, &id).await?;
+    let user_id = numeric_id(&user, MEMBER_NOT_FOUND)?;
+    let members = svc::list_all_members(&s.store, &caller, &source).await?;
+    let (m, u) = members
+        .iter()
+        .find(|(_, u)| u.id == user_id)
+        .ok_or(ApiError::NotFound(MEMBER_NOT_FOUND))?;
+    ok(MemberView::new(m, u))
 }
 
 pub async fn add_member<K: SourceKind>(
@@ -354,29 +614,93 @@ pub async fn create_personal_access_token(
     created(PersonalAccessTokenView::new(&token, Some(secret)))
 }
 
+/// `GET /personal_access_tokens` filters.
 #[derive(Deserialize)]
-pub struct TokenFilter {
+#[serde(deny_unknown_fields)]
+pub struct TokenListFilters {
     user_id: Option<String>,
+    /// `active` or `inactive` (revoked or expired).
+    state: Option<String>,
+    #[serde(default, deserialize_with = "flag")]
+    revoked: Option<bool>,
+    /// A part of the token's name.
+    search: Option<String>,
+}
+
+impl ListFilters for TokenListFilters {
+    const ORDER_BY: &'static [&'static str] = &[];
+    const SORT: Sort = Sort::Asc;
 }
 
 pub async fn list_personal_access_tokens(
     State(s): State<ApiState>,
     caller: Caller,
-    Query(f): Query<TokenFilter>,
+    listing: Listing<TokenListFilters>,
 ) -> Answer {
+    let f = &listing.filters;
     let user = f.user_id.as_deref().map(user_ref).transpose()?;
+    let active = match f.state.as_deref() {
+        None => None,
+        Some("active") => Some(true),
+        Some("inactive") => Some(false),
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "state",
+                format!("{} is not a token state: use active or inactive", oci::preview(other)),
+            ))
+        }
+    };
+    let search = f.search.as_deref().map(str::to_lowercase).filter(|q| !q.is_empty());
     let tokens = svc::list_personal_access_tokens(&s.store, &caller, user.as_ref()).await?;
-    ok(tokens.iter().map(|t| PersonalAccessTokenView::new(t, None)).collect::<Vec<_>>())
+    let views: Vec<PersonalAccessTokenView> = tokens
+        .iter()
+        .map(|t| PersonalAccessTokenView::new(t, None))
+        .filter(|v| active.is_none_or(|a| a == v.active))
+        .filter(|v| f.revoked.is_none_or(|r| r == v.revoked))
+        .filter(|v| search.as_deref().is_none_or(|q| v.name.to_lowercase().contains(q)))
+        .collect();
+    Ok(listing.answer(views))
+}
+
+/// A token by id, or `self`: the token this request authenticated with.
+async fn token_id(s: &ApiState, headers: &HeaderMap, id: &str) -> Result<i64, ApiError> {
+    if id == "self" {
+        Ok(crate::caller::presented_personal_access_token(&s.store, headers).await?.id)
+    } else {
+        numeric_id(id, TOKEN_NOT_FOUND)
+    }
 }
 
 pub async fn get_personal_access_token(
     State(s): State<ApiState>,
     caller: Caller,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Answer {
-    let token =
-        svc::personal_access_token(&s.store, &caller, numeric_id(&id, TOKEN_NOT_FOUND)?).await?;
+    let id = token_id(&s, &headers, &id).await?;
+    let token = svc::personal_access_token(&s.store, &caller, id).await?;
     ok(PersonalAccessTokenView::new(&token, None))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateToken {
+    expires_at: Option<String>,
+}
+
+/// `POST /personal_access_tokens/:id/rotate` (and `self/rotate`): a new secret, the old one
+/// revoked.
+pub async fn rotate_personal_access_token(
+    State(s): State<ApiState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Params(p): Params<RotateToken>,
+) -> Answer {
+    let id = token_id(&s, &headers, &id).await?;
+    let (token, secret) =
+        svc::rotate_personal_access_token(&s.store, &caller, id, p.expires_at.as_deref()).await?;
+    ok(PersonalAccessTokenView::new(&token, Some(secret)))
 }
 
 pub async fn revoke_personal_access_token(
@@ -417,14 +741,48 @@ pub async fn create_deploy_token<K: SourceKind>(
     created(DeployTokenView::new(&token, Some(secret)))
 }
 
+/// Deploy token listing filters.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployTokenListFilters {
+    #[serde(default, deserialize_with = "flag")]
+    active: Option<bool>,
+}
+
+impl ListFilters for DeployTokenListFilters {
+    const ORDER_BY: &'static [&'static str] = &[];
+    const SORT: Sort = Sort::Asc;
+}
+
+fn deploy_token_answer(
+    listing: &Listing<DeployTokenListFilters>,
+    tokens: Vec<meta::DeployToken>,
+) -> Answer {
+    let views: Vec<DeployTokenView> = tokens
+        .iter()
+        .map(|t| DeployTokenView::new(t, None))
+        .filter(|v| listing.filters.active.is_none_or(|a| a == (!v.revoked && !v.expired)))
+        .collect();
+    Ok(listing.answer(views))
+}
+
 pub async fn list_deploy_tokens<K: SourceKind>(
     State(s): State<ApiState>,
     caller: Caller,
     Path(id): Path<String>,
+    listing: Listing<DeployTokenListFilters>,
 ) -> Answer {
     let source = source::<K>(&s, &caller, &id).await?;
-    let tokens = svc::list_deploy_tokens(&s.store, &caller, &source).await?;
-    ok(tokens.iter().map(|t| DeployTokenView::new(t, None)).collect::<Vec<_>>())
+    deploy_token_answer(&listing, svc::list_deploy_tokens(&s.store, &caller, &source).await?)
+}
+
+/// `GET /deploy_tokens`: every deploy token of the instance (admins).
+pub async fn list_all_deploy_tokens(
+    State(s): State<ApiState>,
+    caller: Caller,
+    listing: Listing<DeployTokenListFilters>,
+) -> Answer {
+    deploy_token_answer(&listing, svc::list_all_deploy_tokens(&s.store, &caller, None).await?)
 }
 
 pub async fn revoke_deploy_token<K: SourceKind>(
@@ -459,14 +817,28 @@ pub async fn create_job_token(
 pub async fn job_token_allowlist(
     State(s): State<ApiState>,
     caller: Caller,
+    host: RegistryHost,
     Path(id): Path<String>,
+    listing: Listing<NoFilters>,
 ) -> Answer {
     let project = svc::project(&s.store, &caller, &Ref::parse("id", &id)?).await?;
     let mut out = Vec::new();
     for p in svc::job_token_allowlist(&s.store, &caller, &project).await? {
-        out.push(project_view(&s, &p).await?);
+        out.push(project_view(&s, &host, &p).await?);
     }
-    ok(out)
+    Ok(listing.answer(out))
+}
+
+/// `GET /projects/:id/job_token_scope`: whether job tokens of other projects are limited to
+/// the allowlist (always: Stowage has no other mode).
+pub async fn job_token_scope(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Answer {
+    let project = svc::project(&s.store, &caller, &Ref::parse("id", &id)?).await?;
+    svc::job_token_allowlist(&s.store, &caller, &project).await?;
+    ok(serde_json::json!({ "inbound_enabled": true, "outbound_enabled": false }))
 }
 
 #[derive(Deserialize)]

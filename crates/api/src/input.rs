@@ -5,6 +5,8 @@
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
@@ -47,9 +49,291 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Params<T> {
             }
         }
         refuse_nul(&params)?;
-        serde_json::from_value(Value::Object(params))
-            .map(Params)
-            .map_err(|e| ApiError::bad_request(format!("invalid parameters: {e}")))
+        from_params(params).map(Params)
+    }
+}
+
+/// Deserializes parameters into `T`; a refusal names the parameter at fault when one alone
+/// is (`flag "maybe" is not a boolean`), not just "invalid parameters".
+fn from_params<T: DeserializeOwned>(params: Map<String, Value>) -> Result<T, ApiError> {
+    match serde_json::from_value::<T>(Value::Object(params.clone())) {
+        Ok(value) => Ok(value),
+        Err(whole) => {
+            for (name, value) in &params {
+                let mut alone = Map::new();
+                alone.insert(name.clone(), value.clone());
+                if let Err(e) = serde_json::from_value::<T>(Value::Object(alone)) {
+                    if !e.to_string().starts_with("missing field") {
+                        return Err(ApiError::bad_request(format!("{} {e}", preview(name))));
+                    }
+                }
+            }
+            Err(ApiError::bad_request(format!("invalid parameters: {whole}")))
+        }
+    }
+}
+
+/// The field names of a struct deriving `Deserialize`, as serde knows them: what a listing
+/// accepts is read from its filter struct, so the list in a refusal cannot drift from it.
+pub fn field_names<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    use serde::de::{Error as _, Visitor};
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+    impl<'de> Deserializer<'de> for Probe<'_> {
+        type Error = serde::de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(Self::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(Self::Error::custom("probed"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+            ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Probe(&mut fields));
+    fields
+}
+
+// ---- listings -------------------------------------------------------------------------------
+
+/// Sort direction of a listing (`sort=asc|desc`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sort {
+    Asc,
+    Desc,
+}
+
+/// The filters one listing endpoint accepts (a struct whose fields are the query parameters
+/// besides `page`, `per_page`, `order_by` and `sort`), and how it may be ordered.
+pub trait ListFilters: DeserializeOwned {
+    /// The values `order_by` accepts; the first is the default. Empty: no ordering parameters.
+    const ORDER_BY: &'static [&'static str];
+    /// The direction when `sort` is not given.
+    const SORT: Sort;
+}
+
+/// A listing that takes no filters, only pages (and no ordering).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NoFilters {}
+
+impl ListFilters for NoFilters {
+    const ORDER_BY: &'static [&'static str] = &[];
+    const SORT: Sort = Sort::Asc;
+}
+
+/// THE extractor of every page-numbered `GET` listing: its filters `T`, the page, and the
+/// order. A parameter the listing does not know is refused (400, naming it and listing what is
+/// accepted), never ignored: a script filtering by a misspelt or unsupported name must not get
+/// everything back as if it had matched. Answers carry GitLab's pagination headers and `Link`
+/// URLs that keep the filters, so clients that follow `rel="next"` see the same listing.
+pub struct Listing<T> {
+    pub filters: T,
+    pub page: Page,
+    pub order_by: &'static str,
+    pub sort: Sort,
+    links: PageLinks,
+}
+
+const LISTING_PARAMS: &[&str] = &["page", "per_page"];
+const ORDER_PARAMS: &[&str] = &["order_by", "sort"];
+
+impl<S: Send + Sync, T: ListFilters> FromRequestParts<S> for Listing<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let mut params = Map::new();
+        if let Some(query) = parts.uri.query() {
+            add_form_pairs(&mut params, query.as_bytes());
+        }
+        refuse_nul(&params)?;
+        let fields = field_names::<T>();
+        let ordered = !T::ORDER_BY.is_empty();
+        let accepted = || {
+            let mut all: Vec<&str> = fields.to_vec();
+            if ordered {
+                all.extend(ORDER_PARAMS);
+            }
+            all.extend(LISTING_PARAMS);
+            all.join(", ")
+        };
+        for name in params.keys() {
+            let known = fields.contains(&name.as_str())
+                || LISTING_PARAMS.contains(&name.as_str())
+                || (ordered && ORDER_PARAMS.contains(&name.as_str()));
+            if !known {
+                return Err(ApiError::bad_request(format!(
+                    "unknown parameter {}: this listing accepts {}",
+                    preview(name),
+                    accepted()
+                )));
+            }
+        }
+        let text =
+            |params: &mut Map<String, Value>, name: &str| -> Result<Option<String>, ApiError> {
+                match params.remove(name) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(Value::String(s)) => Ok(Some(s)),
+                    Some(other) => Err(ApiError::bad_request(format!(
+                        "{name} {} is not a single value",
+                        shown(&other)
+                    ))),
+                }
+            };
+        let number =
+            |params: &mut Map<String, Value>, name: &str| -> Result<Option<i64>, ApiError> {
+                match text(params, name)? {
+                    None => Ok(None),
+                    Some(t) if t.trim().is_empty() => Ok(None),
+                    Some(t) => t.trim().parse().map(Some).map_err(|_| {
+                        ApiError::bad_request(format!("{name} {} is not an integer", preview(&t)))
+                    }),
+                }
+            };
+        let page = Page::parse(number(&mut params, "page")?, number(&mut params, "per_page")?)?;
+        let order_by = match text(&mut params, "order_by")? {
+            None => T::ORDER_BY.first().copied().unwrap_or(""),
+            Some(o) => T::ORDER_BY.iter().copied().find(|x| *x == o).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "order_by {} is not supported here: use {}",
+                    preview(&o),
+                    T::ORDER_BY.join(", ")
+                ))
+            })?,
+        };
+        let sort = match text(&mut params, "sort")?.map(|s| s.to_ascii_lowercase()) {
+            None => T::SORT,
+            Some(s) if s == "asc" => Sort::Asc,
+            Some(s) if s == "desc" => Sort::Desc,
+            Some(s) => {
+                return Err(ApiError::bad_request(format!(
+                    "sort {} is not supported: use asc or desc",
+                    preview(&s)
+                )))
+            }
+        };
+        let filters = from_params::<T>(params)?;
+        Ok(Listing { filters, page, order_by, sort, links: PageLinks::of(parts) })
+    }
+}
+
+impl<T> Listing<T> {
+    /// Where this listing's pages are, for a listing that pages in the database itself.
+    pub fn links(&self) -> &PageLinks {
+        &self.links
+    }
+
+    /// Sorts `items` by `key` (given the `order_by` value) in the requested direction. The sort
+    /// is stable, so give a key that ends in a unique value (an id) for a repeatable order.
+    pub fn order<I, K: Ord>(&self, items: &mut [I], key: impl Fn(&I, &str) -> K) {
+        items.sort_by(|a, b| {
+            let o = key(a, self.order_by).cmp(&key(b, self.order_by));
+            match self.sort {
+                Sort::Asc => o,
+                Sort::Desc => o.reverse(),
+            }
+        });
+    }
+
+    /// The requested page of `items` (all of the listing, filtered and ordered) as the answer,
+    /// with the pagination headers.
+    pub fn answer<I: serde::Serialize>(&self, items: Vec<I>) -> Response {
+        let total = items.len() as i64;
+        let offset = usize::try_from(self.page.offset()).unwrap_or(usize::MAX);
+        let page: Vec<I> =
+            items.into_iter().skip(offset).take(self.page.per_page as usize).collect();
+        let mut response = axum::Json(page).into_response();
+        self.links.apply(response.headers_mut(), self.page, total);
+        response
+    }
+}
+
+/// Where a listing's pages are: the absolute URL of the request and its query without the page
+/// number, for `Link` headers.
+pub struct PageLinks {
+    url: String,
+    query: Vec<(String, String)>,
+}
+
+/// `scheme://host` as the client reached us (`X-Forwarded-Proto` from a proxy, else http).
+pub fn origin(headers: &HeaderMap) -> String {
+    let scheme = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| matches!(*v, "http" | "https"))
+        .unwrap_or("http");
+    format!("{scheme}://{}", request_host(headers))
+}
+
+/// The host the client called us by (the `Host` header), for locations in answers.
+pub fn request_host(headers: &HeaderMap) -> String {
+    headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or("localhost")
+        .to_string()
+}
+
+impl PageLinks {
+    pub fn of(parts: &Parts) -> PageLinks {
+        // Nested under `/api/v4`, the router sees the path without it; links need all of it.
+        let uri = parts
+            .extensions
+            .get::<axum::extract::OriginalUri>()
+            .map(|u| u.0.clone())
+            .unwrap_or_else(|| parts.uri.clone());
+        let query = url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+            .filter(|(k, _)| k != "page")
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        PageLinks { url: format!("{}{}", origin(&parts.headers), uri.path()), query }
+    }
+
+    fn url(&self, page: i64) -> String {
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in &self.query {
+            q.append_pair(k, v);
+        }
+        q.append_pair("page", &page.to_string());
+        format!("{}?{}", self.url, q.finish())
+    }
+
+    /// GitLab's pagination headers for `page` of `total` items: `X-Total`, `X-Total-Pages`,
+    /// `X-Page`, `X-Per-Page`, `X-Next-Page`, `X-Prev-Page` and `Link`.
+    pub fn apply(&self, h: &mut HeaderMap, page: Page, total: i64) {
+        let per_page = page.per_page;
+        let total_pages = ((total + per_page - 1) / per_page).max(1);
+        let next = (page.number < total_pages).then_some(page.number + 1);
+        let prev = (page.number > 1).then(|| (page.number - 1).min(total_pages));
+        let mut links = Vec::new();
+        if let Some(n) = next {
+            links.push(format!("<{}>; rel=\"next\"", self.url(n)));
+        }
+        if let Some(p) = prev {
+            links.push(format!("<{}>; rel=\"prev\"", self.url(p)));
+        }
+        links.push(format!("<{}>; rel=\"first\"", self.url(1)));
+        links.push(format!("<{}>; rel=\"last\"", self.url(total_pages)));
+        let value = |text: &str| {
+            HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
+        };
+        h.insert("x-total", value(&total.to_string()));
+        h.insert("x-total-pages", value(&total_pages.to_string()));
+        h.insert("x-page", value(&page.number.to_string()));
+        h.insert("x-per-page", value(&per_page.to_string()));
+        h.insert("x-next-page", value(&next.map(|n| n.to_string()).unwrap_or_default()));
+        h.insert("x-prev-page", value(&prev.map(|n| n.to_string()).unwrap_or_default()));
+        h.insert(axum::http::header::LINK, value(&links.join(", ")));
     }
 }
 
@@ -146,14 +430,38 @@ pub fn int<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     }
 }
 
-/// A boolean given as JSON `true`/`false` or the strings `true`/`false`/`1`/`0`.
+/// THE boolean parser of the API, as GitLab parses booleans: JSON `true`/`false`, the numbers
+/// `1`/`0`, or the strings `true`/`false`/`1`/`0` in any case (`True`, as Python's `str(True)`
+/// sends it). An empty string is `false`, as from an unchecked form field.
+pub fn parse_bool(text: &str) -> Option<bool> {
+    match text.to_ascii_lowercase().as_str() {
+        "true" | "1" => Some(true),
+        "false" | "0" | "" => Some(false),
+        _ => None,
+    }
+}
+
+/// A boolean parameter: see [`parse_bool`].
 pub fn flag<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
-    match Option::<Value>::deserialize(d)? {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(b)),
-        Some(Value::String(s)) if matches!(s.as_str(), "true" | "1") => Ok(Some(true)),
-        Some(Value::String(s)) if matches!(s.as_str(), "false" | "0" | "") => Ok(Some(false)),
-        Some(other) => Err(serde::de::Error::custom(format!("{} is not a boolean", shown(&other)))),
+    let value = Option::<Value>::deserialize(d)?;
+    let parsed = match &value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Bool(b)) => Some(*b),
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(1) => Some(true),
+            Some(0) => Some(false),
+            _ => None,
+        },
+        Some(Value::String(s)) => parse_bool(s),
+        Some(_) => None,
+    };
+    match (parsed, value) {
+        (Some(b), _) => Ok(Some(b)),
+        (None, Some(other)) => Err(serde::de::Error::custom(format!(
+            "{} is not a boolean: use true, false, 1 or 0",
+            shown(&other)
+        ))),
+        (None, None) => Ok(None),
     }
 }
 

@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use axum::routing::{get, post, put};
 use axum::Router;
 
 pub mod caller;
@@ -20,12 +19,14 @@ pub mod input;
 pub mod names;
 pub mod protection_api;
 pub mod registry_api;
+pub mod routing;
 pub mod service;
 pub mod time;
 pub mod views;
 
 pub use caller::Caller;
 pub use error::ApiError;
+pub use routing::Routes;
 
 /// What the API handlers need. Cheap to clone.
 #[derive(Clone)]
@@ -35,68 +36,69 @@ pub struct ApiState {
     pub job_token_lifetime: Duration,
 }
 
-/// Every `/api/v4` route.
+/// The `/api/v4` router: [`routes`] and GitLab's 404 for everything else.
 pub fn router(state: ApiState) -> Router {
-    use handlers::*;
-    let v4 = Router::new()
-        .route("/user", get(current_user))
-        .route("/users", get(list_users).post(create_user))
-        .route("/users/{id}", get(get_user))
-        .route("/users/{id}/block", post(block_user))
-        .route("/users/{id}/unblock", post(unblock_user))
-        .route("/users/{id}/personal_access_tokens", post(create_personal_access_token))
-        .route("/personal_access_tokens", get(list_personal_access_tokens))
-        .route(
-            "/personal_access_tokens/{id}",
-            get(get_personal_access_token).delete(revoke_personal_access_token),
-        )
-        .route("/groups", get(list_groups).post(create_group))
-        .route("/groups/{id}", get(get_group))
-        .route("/groups/{id}/members", get(list_members::<OnGroup>).post(add_member::<OnGroup>))
-        .route(
-            "/groups/{id}/members/{user_id}",
-            put(update_member::<OnGroup>).delete(remove_member::<OnGroup>),
-        )
-        .route(
-            "/groups/{id}/deploy_tokens",
-            get(list_deploy_tokens::<OnGroup>).post(create_deploy_token::<OnGroup>),
-        )
-        .route(
-            "/groups/{id}/deploy_tokens/{token_id}",
-            axum::routing::delete(revoke_deploy_token::<OnGroup>),
-        )
-        .route("/projects", get(list_projects).post(create_project))
-        .route("/projects/{id}", get(get_project).put(update_project))
-        .route(
-            "/projects/{id}/members",
-            get(list_members::<OnProject>).post(add_member::<OnProject>),
-        )
-        .route(
-            "/projects/{id}/members/{user_id}",
-            put(update_member::<OnProject>).delete(remove_member::<OnProject>),
-        )
-        .route(
-            "/projects/{id}/deploy_tokens",
-            get(list_deploy_tokens::<OnProject>).post(create_deploy_token::<OnProject>),
-        )
-        .route(
-            "/projects/{id}/deploy_tokens/{token_id}",
-            axum::routing::delete(revoke_deploy_token::<OnProject>),
-        )
-        .route("/projects/{id}/job_tokens", post(create_job_token))
-        .route(
-            "/projects/{id}/job_token_scope/allowlist",
-            get(job_token_allowlist).post(allow_job_token_project),
-        )
-        .route(
-            "/projects/{id}/job_token_scope/allowlist/{target_project_id}",
-            axum::routing::delete(disallow_job_token_project),
-        )
-        .merge(protection_api::routes())
-        .merge(registry_api::routes())
+    let v4 = routes()
+        .into_router()
         .route("/", axum::routing::any(error::route_not_found))
         .route("/{*rest}", axum::routing::any(error::route_not_found))
         .method_not_allowed_fallback(error::route_not_found)
         .with_state(state);
     Router::new().nest("/api/v4", v4)
+}
+
+/// Every `/api/v4` route, read top to bottom like GitLab's endpoint table. Registered through
+/// [`Routes`], which records what is served for the OpenAPI document's completeness test.
+pub fn routes() -> Routes {
+    use handlers::*;
+    Routes::new()
+        .get("/version", version)
+        .get("/user", current_user)
+        .get("/users", list_users)
+        .post("/users", create_user)
+        .get("/users/{id}", get_user)
+        .put("/users/{id}", update_user)
+        .post("/users/{id}/block", block_user)
+        .post("/users/{id}/unblock", unblock_user)
+        .post("/users/{id}/personal_access_tokens", create_personal_access_token)
+        .get("/personal_access_tokens", list_personal_access_tokens)
+        .get("/personal_access_tokens/{id}", get_personal_access_token)
+        .delete("/personal_access_tokens/{id}", revoke_personal_access_token)
+        .post("/personal_access_tokens/{id}/rotate", rotate_personal_access_token)
+        .get("/deploy_tokens", list_all_deploy_tokens)
+        .get("/groups", list_groups)
+        .post("/groups", create_group)
+        .get("/groups/{id}", get_group)
+        .get("/groups/{id}/members", list_members::<OnGroup>)
+        .post("/groups/{id}/members", add_member::<OnGroup>)
+        .get("/groups/{id}/members/all", list_all_members::<OnGroup>)
+        .get("/groups/{id}/members/all/{user_id}", get_any_member::<OnGroup>)
+        .put("/groups/{id}/members/{user_id}", update_member::<OnGroup>)
+        .delete("/groups/{id}/members/{user_id}", remove_member::<OnGroup>)
+        .get("/groups/{id}/deploy_tokens", list_deploy_tokens::<OnGroup>)
+        .post("/groups/{id}/deploy_tokens", create_deploy_token::<OnGroup>)
+        .delete("/groups/{id}/deploy_tokens/{token_id}", revoke_deploy_token::<OnGroup>)
+        .get("/projects", list_projects)
+        .post("/projects", create_project)
+        .get("/projects/{id}", get_project)
+        .put("/projects/{id}", update_project)
+        .get("/projects/{id}/members", list_members::<OnProject>)
+        .post("/projects/{id}/members", add_member::<OnProject>)
+        .get("/projects/{id}/members/all", list_all_members::<OnProject>)
+        .get("/projects/{id}/members/all/{user_id}", get_any_member::<OnProject>)
+        .put("/projects/{id}/members/{user_id}", update_member::<OnProject>)
+        .delete("/projects/{id}/members/{user_id}", remove_member::<OnProject>)
+        .get("/projects/{id}/deploy_tokens", list_deploy_tokens::<OnProject>)
+        .post("/projects/{id}/deploy_tokens", create_deploy_token::<OnProject>)
+        .delete("/projects/{id}/deploy_tokens/{token_id}", revoke_deploy_token::<OnProject>)
+        .post("/projects/{id}/job_tokens", create_job_token)
+        .get("/projects/{id}/job_token_scope", job_token_scope)
+        .get("/projects/{id}/job_token_scope/allowlist", job_token_allowlist)
+        .post("/projects/{id}/job_token_scope/allowlist", allow_job_token_project)
+        .delete(
+            "/projects/{id}/job_token_scope/allowlist/{target_project_id}",
+            disallow_job_token_project,
+        )
+        .merge(protection_api::routes())
+        .merge(registry_api::routes())
 }

@@ -15,8 +15,8 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch};
-use axum::{Json, Router};
+
+use axum::Json;
 use meta::{
     access_level, RepositoryProtection, RepositoryProtectionRule, RuleLevels, Store,
     TagProtectionRule, ADMIN_ACCESS_LEVEL,
@@ -27,28 +27,27 @@ use serde_json::Value;
 use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::input::{flag, Params, Path, Ref};
+use crate::routing::Routes;
 use crate::service as svc;
 use crate::ApiState;
 
 /// The routes of this module, merged into the `/api/v4` router.
-pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route(
-            "/projects/{id}/registry/protection/repository/rules",
-            get(list_repository_rules).post(create_repository_rule),
-        )
-        .route(
+pub fn routes() -> Routes {
+    Routes::new()
+        .get("/projects/{id}/registry/protection/repository/rules", list_repository_rules)
+        .post("/projects/{id}/registry/protection/repository/rules", create_repository_rule)
+        .patch(
             "/projects/{id}/registry/protection/repository/rules/{rule_id}",
-            patch(update_repository_rule).delete(delete_repository_rule),
+            update_repository_rule,
         )
-        .route(
-            "/projects/{id}/registry/protection/tag/rules",
-            get(list_tag_rules).post(create_tag_rule),
+        .delete(
+            "/projects/{id}/registry/protection/repository/rules/{rule_id}",
+            delete_repository_rule,
         )
-        .route(
-            "/projects/{id}/registry/protection/tag/rules/{rule_id}",
-            patch(update_tag_rule).delete(delete_tag_rule),
-        )
+        .get("/projects/{id}/registry/protection/tag/rules", list_tag_rules)
+        .post("/projects/{id}/registry/protection/tag/rules", create_tag_rule)
+        .patch("/projects/{id}/registry/protection/tag/rules/{rule_id}", update_tag_rule)
+        .delete("/projects/{id}/registry/protection/tag/rules/{rule_id}", delete_tag_rule)
         .merge(crate::cleanup::routes())
 }
 

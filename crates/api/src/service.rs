@@ -175,17 +175,7 @@ fn check_username(username: &str) -> Result<(), ApiError> {
 pub async fn create_user(store: &Store, caller: &Caller, new: NewUser) -> Result<User, ApiError> {
     caller.require_admin()?;
     check_username(&new.username)?;
-    if !new.email.contains('@') {
-        return Err(ApiError::invalid("email", "is not an email address"));
-    }
-    // Emails are unique, so indexed: PostgreSQL cannot index a value of a few kilobytes,
-    // SQLite can. GitLab's limit keeps both backends answering alike.
-    if new.email.len() > MAX_EMAIL_LEN {
-        return Err(ApiError::invalid(
-            "email",
-            format!("is too long (maximum is {MAX_EMAIL_LEN} characters)"),
-        ));
-    }
+    check_email(&new.email)?;
     if new.name.trim().is_empty() {
         return Err(ApiError::invalid("name", "must not be empty"));
     }
@@ -196,20 +186,7 @@ pub async fn create_user(store: &Store, caller: &Caller, new: NewUser) -> Result
         )));
     }
     let hash = match &new.password {
-        Some(p) if p.chars().count() < 8 => {
-            return Err(ApiError::invalid("password", "is too short (minimum is 8 characters)"))
-        }
-        // The rule logins apply, so every stored password can be used to log in.
-        Some(p) if auth::credentials::acceptable(p).is_err() => {
-            return Err(ApiError::invalid(
-                "password",
-                format!(
-                    "is too long or contains control characters (at most {} bytes)",
-                    auth::credentials::MAX_CREDENTIAL_BYTES
-                ),
-            ))
-        }
-        Some(p) => Some(auth::secret::hash_password(p).await?),
+        Some(p) => Some(hash_new_password(p).await?),
         None => None,
     };
     Ok(store
@@ -217,12 +194,118 @@ pub async fn create_user(store: &Store, caller: &Caller, new: NewUser) -> Result
         .await?)
 }
 
-pub async fn list_users(store: &Store, caller: &Caller) -> Result<Vec<User>, ApiError> {
+/// Checks a new password against THE rule ([`auth::credentials::check_new_password`]) and
+/// hashes it.
+pub async fn hash_new_password(password: &str) -> Result<String, ApiError> {
+    auth::credentials::check_new_password(password)
+        .map_err(|why| ApiError::invalid("password", why))?;
+    Ok(auth::secret::hash_password(password).await?)
+}
+
+/// What `GET /users` filters by, as GitLab does.
+#[derive(Default)]
+pub struct UserFilter {
+    /// Exactly this username (case-insensitive): zero or one user.
+    pub username: Option<String>,
+    /// A part of the username or name (or, for admins, the email), case-insensitive.
+    pub search: Option<String>,
+    pub active: Option<bool>,
+    pub blocked: Option<bool>,
+    pub admins: Option<bool>,
+}
+
+/// The users matching `filter`, by id. Any signed-in user may list users (as in GitLab: one
+/// needs to find a user to make them a member); what a non-admin sees of each is the public
+/// view, without email.
+pub async fn list_users(
+    store: &Store,
+    caller: &Caller,
+    filter: &UserFilter,
+) -> Result<Vec<User>, ApiError> {
     caller.require_signed_in()?;
-    match caller.user() {
-        Some(me) if !me.is_admin => Ok(vec![me.clone()]),
-        _ => Ok(store.list_users().await?),
+    if filter.admins.is_some() {
+        caller.require_admin()?;
     }
+    let search = filter.search.as_deref().map(str::to_lowercase).filter(|s| !s.is_empty());
+    let matches = |u: &User| {
+        filter.username.as_deref().is_none_or(|name| u.username.eq_ignore_ascii_case(name))
+            && search.as_deref().is_none_or(|s| {
+                u.username.to_lowercase().contains(s)
+                    || u.name.to_lowercase().contains(s)
+                    || (caller.is_admin() && u.email.to_lowercase().contains(s))
+            })
+            && filter.active.is_none_or(|a| a != u.blocked)
+            && filter.blocked.is_none_or(|b| b == u.blocked)
+            && filter.admins.is_none_or(|a| a == u.is_admin)
+    };
+    Ok(store.list_users().await?.into_iter().filter(matches).collect())
+}
+
+/// What an admin may change of a user (`PUT /users/:id`); `None` leaves it.
+#[derive(Default)]
+pub struct UserChanges {
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub password: Option<String>,
+    pub admin: Option<bool>,
+    pub blocked: Option<bool>,
+}
+
+/// Changes a user (admins only). Everything is validated before anything is written, so a
+/// refused change leaves the user as it was.
+pub async fn update_user(
+    store: &Store,
+    caller: &Caller,
+    user_ref: &Ref,
+    changes: UserChanges,
+) -> Result<User, ApiError> {
+    caller.require_admin()?;
+    let target = user(store, caller, user_ref).await?;
+    let is_me = caller.user().is_some_and(|me| me.id == target.id);
+    if is_me && changes.blocked == Some(true) {
+        return Err(ApiError::ForbiddenBecause("you cannot block yourself".into()));
+    }
+    if is_me && changes.admin == Some(false) {
+        return Err(ApiError::ForbiddenBecause(
+            "you cannot remove your own admin role: ask another admin".into(),
+        ));
+    }
+    let name = changes.name.as_deref().map(str::trim).unwrap_or(&target.name).to_string();
+    if name.is_empty() {
+        return Err(ApiError::invalid("name", "must not be empty"));
+    }
+    let email = changes.email.clone().unwrap_or_else(|| target.email.clone());
+    check_email(&email)?;
+    let hash = match &changes.password {
+        Some(p) => Some(hash_new_password(p).await?),
+        None => None,
+    };
+    let admin = changes.admin.unwrap_or(target.is_admin);
+    if name != target.name || email != target.email || admin != target.is_admin {
+        store.update_user_profile(target.id, &name, &email, admin).await?;
+    }
+    if let Some(hash) = hash {
+        store.set_user_password(target.id, &hash).await?;
+    }
+    if let Some(blocked) = changes.blocked {
+        store.set_user_blocked(target.id, blocked).await?;
+    }
+    store.user_by_id(target.id).await?.ok_or(ApiError::NotFound(USER_NOT_FOUND))
+}
+
+fn check_email(email: &str) -> Result<(), ApiError> {
+    if !email.contains('@') {
+        return Err(ApiError::invalid("email", "is not an email address"));
+    }
+    // Emails are unique, so indexed: PostgreSQL cannot index a value of a few kilobytes,
+    // SQLite can. GitLab's limit keeps both backends answering alike.
+    if email.len() > MAX_EMAIL_LEN {
+        return Err(ApiError::invalid(
+            "email",
+            format!("is too long (maximum is {MAX_EMAIL_LEN} characters)"),
+        ));
+    }
+    Ok(())
 }
 
 /// A user by id, or (for the CLI) by username.
@@ -274,9 +357,85 @@ pub async fn group(store: &Store, caller: &Caller, group: &Ref) -> Result<Group,
     }
 }
 
-pub async fn list_groups(store: &Store, caller: &Caller) -> Result<Vec<Group>, ApiError> {
+/// What `GET /groups` and `GET /projects` filter by besides visibility, as GitLab does.
+#[derive(Default)]
+pub struct MembershipFilter {
+    /// A part of the name or path (or full path), case-insensitive.
+    pub search: Option<String>,
+    /// Only what the caller owns (role owner, directly or through a group).
+    pub owned: bool,
+    /// Only what the caller is a member of (directly or through a group).
+    pub membership: bool,
+    /// Only what the caller has at least this role in.
+    pub min_access_level: Option<i64>,
+    pub visibility: Option<Visibility>,
+}
+
+impl MembershipFilter {
+    /// The least role the caller must hold itself (admins' implicit ownership does not count,
+    /// as in GitLab), if the filter asks for one.
+    fn least_role(&self) -> Option<i64> {
+        [
+            self.owned.then_some(access_level::OWNER),
+            self.membership.then_some(access_level::GUEST),
+            self.min_access_level,
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+    }
+
+    fn matches_text(&self, name: &str, full_path: &str) -> bool {
+        match self.search.as_deref().map(str::to_lowercase).filter(|s| !s.is_empty()) {
+            None => true,
+            Some(s) => name.to_lowercase().contains(&s) || full_path.to_lowercase().contains(&s),
+        }
+    }
+}
+
+/// A `min_access_level` as given: one of GitLab's roles.
+pub fn parse_min_access_level(level: Option<i64>) -> Result<Option<i64>, ApiError> {
+    match level {
+        Some(l) if !access_level::is_valid(l) => Err(ApiError::invalid(
+            "min_access_level",
+            "must be 10 (guest), 20 (reporter), 30 (developer), 40 (maintainer) or 50 (owner)",
+        )),
+        other => Ok(other),
+    }
+}
+
+/// A `visibility` filter as given.
+pub fn parse_visibility_filter(text: Option<&str>) -> Result<Option<Visibility>, ApiError> {
+    text.filter(|t| !t.is_empty())
+        .map(|t| parse_visibility(Some(t), Visibility::Private))
+        .transpose()
+}
+
+pub async fn list_groups(
+    store: &Store,
+    caller: &Caller,
+    filter: &MembershipFilter,
+) -> Result<Vec<Group>, ApiError> {
+    let least_role = filter.least_role();
+    if least_role.is_some() {
+        caller.require_signed_in()?;
+    }
     let mut out = Vec::new();
     for g in store.list_groups().await? {
+        if !filter.matches_text(&g.name, &g.full_path)
+            || filter.visibility.is_some_and(|v| v != g.visibility)
+        {
+            continue;
+        }
+        if let Some(least) = least_role {
+            let own = match caller {
+                Caller::User(user) => store.effective_group_access_level(user.id, &g).await?,
+                _ => access_level::NONE,
+            };
+            if own < least {
+                continue;
+            }
+        }
         let level = group_level(store, caller, &g).await?;
         if visible(caller, g.visibility, level) {
             out.push(g);
@@ -369,9 +528,31 @@ pub async fn project_group(store: &Store, project: &Project) -> Result<Group, Ap
     store.group_by_id(project.group_id).await?.ok_or(ApiError::NotFound(GROUP_NOT_FOUND))
 }
 
-pub async fn list_projects(store: &Store, caller: &Caller) -> Result<Vec<Project>, ApiError> {
+pub async fn list_projects(
+    store: &Store,
+    caller: &Caller,
+    filter: &MembershipFilter,
+) -> Result<Vec<Project>, ApiError> {
+    let least_role = filter.least_role();
+    if least_role.is_some() {
+        caller.require_signed_in()?;
+    }
     let mut out = Vec::new();
     for p in store.list_projects().await? {
+        if !filter.matches_text(&p.name, &p.full_path)
+            || filter.visibility.is_some_and(|v| v != p.visibility)
+        {
+            continue;
+        }
+        if let Some(least) = least_role {
+            let own = match caller {
+                Caller::User(user) => store.effective_access_level(user.id, &p).await?,
+                _ => access_level::NONE,
+            };
+            if own < least {
+                continue;
+            }
+        }
         let level = project_level(store, caller, &p).await?;
         if visible(caller, p.visibility, level) {
             out.push(p);
@@ -547,6 +728,45 @@ pub async fn list_members(
     caller.require_signed_in()?;
     let mut out = Vec::new();
     for m in store.list_members(source.source_type(), source.id()).await? {
+        if let Some(user) = store.user_by_id(m.user_id).await? {
+            out.push((m, user));
+        }
+    }
+    Ok(out)
+}
+
+/// The members of `source` including those inherited from its groups (GitLab's
+/// `members/all`): each user once, with their highest role.
+pub async fn list_all_members(
+    store: &Store,
+    caller: &Caller,
+    source: &Source,
+) -> Result<Vec<(meta::Member, User)>, ApiError> {
+    caller.require_signed_in()?;
+    let mut sources = Vec::new();
+    let group_path = match source {
+        Source::Project(p) => {
+            sources.push((SourceType::Project, p.id));
+            project_group(store, p).await?.full_path
+        }
+        Source::Group(g) => g.full_path.clone(),
+    };
+    for g in store.groups_by_full_paths(&meta::path_prefixes(&group_path)).await? {
+        sources.push((SourceType::Group, g.id));
+    }
+    let mut best: std::collections::BTreeMap<i64, meta::Member> = Default::default();
+    for (kind, id) in sources {
+        for m in store.list_members(kind, id).await? {
+            match best.get(&m.user_id) {
+                Some(b) if b.access_level >= m.access_level => {}
+                _ => {
+                    best.insert(m.user_id, m);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for m in best.into_values() {
         if let Some(user) = store.user_by_id(m.user_id).await? {
             out.push((m, user));
         }
@@ -794,6 +1014,36 @@ pub async fn revoke_personal_access_token(
     Ok(())
 }
 
+/// How long a rotated token lives when the request does not say: GitLab's default, a week.
+pub const ROTATED_TOKEN_DAYS: i64 = 7;
+
+/// Replaces an active token by a new one with the same name and scopes (the caller's own, or
+/// any for admins); the old one stops working at once. Answers the new token and its secret.
+pub async fn rotate_personal_access_token(
+    store: &Store,
+    caller: &Caller,
+    id: i64,
+    expires_at: Option<&str>,
+) -> Result<(meta::PersonalAccessToken, String), ApiError> {
+    let token = personal_access_token(store, caller, id).await?;
+    if token.revoked || token.expires_at.is_some_and(|at| at <= meta::now_millis()) {
+        return Err(ApiError::bad_request(
+            "the token is revoked or expired: create a new one instead of rotating it",
+        ));
+    }
+    let expires_at = match parse_future_expiry(expires_at)? {
+        Some(at) => at,
+        None => {
+            let day = 86_400_000;
+            (meta::now_millis() / day + ROTATED_TOKEN_DAYS + 1) * day - 1
+        }
+    };
+    let secret = auth::secret::new_token(auth::secret::PAT_PREFIX);
+    let hash = auth::secret::token_hash(&secret);
+    let new = store.rotate_personal_access_token(&token, &hash, Some(expires_at)).await?;
+    Ok((new, secret))
+}
+
 // ---- deploy tokens --------------------------------------------------------------------------
 
 pub struct NewDeployToken {
@@ -868,6 +1118,23 @@ pub async fn list_deploy_tokens(
         "managing deploy tokens",
     )?;
     Ok(store.list_deploy_tokens(source.source_type(), source.id()).await?)
+}
+
+/// Every deploy token of the instance (admins only), optionally only the active ones.
+pub async fn list_all_deploy_tokens(
+    store: &Store,
+    caller: &Caller,
+    active: Option<bool>,
+) -> Result<Vec<meta::DeployToken>, ApiError> {
+    caller.require_admin()?;
+    let now = meta::now_millis();
+    let is_active = |t: &meta::DeployToken| !t.revoked && t.expires_at.is_none_or(|at| at > now);
+    Ok(store
+        .list_all_deploy_tokens()
+        .await?
+        .into_iter()
+        .filter(|t| active.is_none_or(|a| a == is_active(t)))
+        .collect())
 }
 
 pub async fn revoke_deploy_token(

@@ -93,6 +93,9 @@ pub struct ProjectView {
     pub visibility: &'static str,
     pub container_registry_access_level: &'static str,
     pub container_registry_enabled: bool,
+    /// `<registry host>/<full path>`: where this project's images are pushed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_registry_image_prefix: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container_expiration_policy: Option<crate::cleanup::PolicyView>,
     pub created_at: String,
@@ -121,6 +124,7 @@ impl ProjectView {
             visibility: project.visibility.as_str(),
             container_registry_access_level: project.registry_access.as_str(),
             container_registry_enabled: project.registry_access != RegistryAccess::Disabled,
+            container_registry_image_prefix: None,
             container_expiration_policy: None,
             created_at: iso8601(project.created_at),
         }

@@ -207,10 +207,11 @@ proptest! {
     }
 
     #[test]
-    fn numbers_and_flags_as_strings(s in prop_oneof!["[ +-]?[0-9]{0,20} ?", any::<String>()]) {
+    fn numbers_and_flags_as_strings(s in prop_oneof!["[ +-]?[0-9]{0,20} ?", "(?i)true|false", any::<String>()]) {
         let parsed: Result<Parameters, _> = serde_json::from_value(json!({"page": s, "enabled": s}));
         let number = s.trim().parse::<i64>().ok();
-        let flag = match s.as_str() {
+        // GitLab's booleans: true/false/1/0 in any case (`True` from Python).
+        let flag = match s.to_ascii_lowercase().as_str() {
             "true" | "1" => Some(true),
             "false" | "0" | "" => Some(false),
             _ => None,

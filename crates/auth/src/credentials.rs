@@ -43,6 +43,25 @@ pub fn acceptable(s: &str) -> Result<(), MalformedCredentials> {
     Ok(())
 }
 
+/// The fewest characters a password may have, wherever one is set: the API, the admin CLI
+/// and `STOWAGE_ADMIN_PASSWORD`.
+pub const MIN_PASSWORD_CHARS: usize = 8;
+
+/// THE rule for a new password: at least [`MIN_PASSWORD_CHARS`] characters, and
+/// [`acceptable`] as a credential, so every stored password can be used to log in. The error is
+/// a sentence to show after "password".
+pub fn check_new_password(password: &str) -> Result<(), String> {
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(format!("is too short (minimum is {MIN_PASSWORD_CHARS} characters)"));
+    }
+    if acceptable(password).is_err() {
+        return Err(format!(
+            "is too long or contains control characters (at most {MAX_CREDENTIAL_BYTES} bytes)"
+        ));
+    }
+    Ok(())
+}
+
 impl Credentials {
     pub fn parse(username: &str, secret: &str) -> Result<Credentials, MalformedCredentials> {
         if username.is_empty() {

@@ -313,6 +313,27 @@ impl Store {
         Ok(rows.iter().map(user_from_row).collect())
     }
 
+    /// Changes a user's profile: name, email and admin flag (`PUT /users/:id`).
+    pub async fn update_user_profile(
+        &self,
+        id: i64,
+        name: &str,
+        email: &str,
+        is_admin: bool,
+    ) -> Result<bool, MetaError> {
+        let mut w = self.write_tx().await?;
+        let r = sqlx::query("UPDATE users SET name = $1, email = $2, is_admin = $3 WHERE id = $4")
+            .bind(name)
+            .bind(email)
+            .bind(is_admin as i64)
+            .bind(id)
+            .execute(&mut *w.tx)
+            .await
+            .map_err(|e| conflict(e, "a user with that email already exists"))?;
+        w.commit().await?;
+        Ok(r.rows_affected() > 0)
+    }
+
     pub async fn set_user_blocked(&self, id: i64, blocked: bool) -> Result<bool, MetaError> {
         let mut w = self.write_tx().await?;
         let r = sqlx::query("UPDATE users SET state = $1 WHERE id = $2")
@@ -656,6 +677,46 @@ impl Store {
     }
 
     /// The token with this hash, with its owner.
+    /// Replaces an active token by a new one with the same owner, name and scopes, in one
+    /// transaction: the old one is revoked exactly when the new one exists. A token revoked
+    /// meanwhile (a concurrent rotation) is a conflict, so one rotation wins.
+    pub async fn rotate_personal_access_token(
+        &self,
+        old: &PersonalAccessToken,
+        token_hash: &str,
+        expires_at: Option<i64>,
+    ) -> Result<PersonalAccessToken, MetaError> {
+        let mut w = self.write_tx().await?;
+        let revoked = sqlx::query(
+            "UPDATE personal_access_tokens SET revoked = 1 WHERE id = $1 AND revoked = 0",
+        )
+        .bind(old.id)
+        .execute(&mut *w.tx)
+        .await?;
+        if revoked.rows_affected() == 0 {
+            return Err(MetaError::Conflict("the token was revoked meanwhile".into()));
+        }
+        sqlx::query(
+            "INSERT INTO personal_access_tokens (user_id, name, token_hash, scopes, expires_at, revoked, created_at) \
+             VALUES ($1, $2, $3, $4, $5, 0, $6)",
+        )
+        .bind(old.user_id)
+        .bind(&old.name)
+        .bind(token_hash)
+        .bind(old.scopes.join(","))
+        .bind(expires_at)
+        .bind(now_millis())
+        .execute(&mut *w.tx)
+        .await
+        .map_err(|e| conflict(e, "token collision; try again"))?;
+        w.commit().await?;
+        let row = sqlx::query("SELECT * FROM personal_access_tokens WHERE token_hash = $1")
+            .bind(token_hash)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(pat_from_row(&row))
+    }
+
     pub async fn personal_access_token_by_hash(
         &self,
         token_hash: &str,
@@ -780,6 +841,13 @@ impl Store {
         .bind(source_id)
         .fetch_all(&self.pool)
         .await?;
+        Ok(rows.iter().map(deploy_from_row).collect())
+    }
+
+    /// Every deploy token of the instance, of groups and projects alike (`GET /deploy_tokens`).
+    pub async fn list_all_deploy_tokens(&self) -> Result<Vec<DeployToken>, MetaError> {
+        let rows =
+            sqlx::query("SELECT * FROM deploy_tokens ORDER BY id").fetch_all(&self.pool).await?;
         Ok(rows.iter().map(deploy_from_row).collect())
     }
 

@@ -259,7 +259,7 @@ pub async fn run(
                 print_json(&UserView::new(&user, true))
             }
             UsersCommand::List => print_json(
-                &svc::list_users(store, op)
+                &svc::list_users(store, op, &Default::default())
                     .await?
                     .iter()
                     .map(|u| UserView::new(u, true))
@@ -286,7 +286,11 @@ pub async fn run(
                 print_json(&GroupView::from(&svc::create_group(store, op, new).await?))
             }
             GroupsCommand::List => print_json(
-                &svc::list_groups(store, op).await?.iter().map(GroupView::from).collect::<Vec<_>>(),
+                &svc::list_groups(store, op, &Default::default())
+                    .await?
+                    .iter()
+                    .map(GroupView::from)
+                    .collect::<Vec<_>>(),
             ),
         },
         AdminCommand::Projects(cmd) => match cmd {
@@ -308,7 +312,7 @@ pub async fn run(
             }
             ProjectsCommand::List => {
                 let mut out = Vec::new();
-                for p in svc::list_projects(store, op).await? {
+                for p in svc::list_projects(store, op, &Default::default()).await? {
                     out.push(ProjectView::new(&p, &svc::project_group(store, &p).await?));
                 }
                 print_json(&out)
