@@ -6,9 +6,11 @@
 //! Storage only holds bytes, so no request ever needs to walk the storage tree.
 //!
 //! Every query is written once, with `$N` placeholders that both SQLite and PostgreSQL accept,
-//! and runs through sqlx's `Any` driver. This crate must not know about HTTP or blob bytes.
+//! and runs through sqlx's `Any` driver. The durable job queue's rows live here too ([`jobs`]).
+//! This crate must not know about HTTP or blob bytes.
 
 mod cleanup;
+pub mod jobs;
 mod protection;
 mod registry;
 pub mod registry_queries;
@@ -18,6 +20,8 @@ mod tenancy;
 pub use cleanup::*;
 pub use protection::*;
 pub use registry::*;
+#[cfg(any(test, feature = "testing"))]
+pub use store::testing;
 pub use store::{sqlite_database_file, Backend, MetaError, Store};
 pub use tenancy::*;
 

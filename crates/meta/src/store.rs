@@ -221,9 +221,10 @@ pub(crate) fn get_i64(row: &AnyRow, col: &str) -> i64 {
 
 /// Stores on both backends for the crate's tests: a SQLite file in a temporary directory, and
 /// a fresh PostgreSQL database on `STOWAGE_TEST_PG` (default `postgres://postgres@127.0.0.1:5432`,
-/// as for the end-to-end tests), dropped again by [`TestDb::drop_database`].
-#[cfg(test)]
-pub(crate) mod testing {
+/// as for the end-to-end tests), dropped again by [`TestDb::drop_database`]. Other crates' tests
+/// use it through the `testing` feature.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing {
     use super::*;
 
     pub struct TestDb {
