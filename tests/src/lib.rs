@@ -259,6 +259,63 @@ impl TestServer {
         self.spawn();
     }
 
+    /// Runs `stowage jobs run-due` (as of `at`, a `YYYY-MM-DD` day, when given) on this
+    /// server's data and returns what it printed: the deterministic way to run background work
+    /// (cleanup policies, deletes, the upload purge) now. SQLite mode is one process, so there
+    /// the server is stopped for the command and started again, on a new port: clients must
+    /// take `base`/`addr` afresh. On PostgreSQL it runs beside the server, as another instance.
+    pub fn run_due_jobs(&mut self, at: Option<&str>) -> String {
+        let sqlite = self.backend == MetaBackend::Sqlite;
+        if sqlite {
+            self.kill();
+        }
+        let mut args = vec!["jobs", "run-due"];
+        if let Some(at) = at {
+            args.extend(["--at", at]);
+        }
+        let out = self.stowage_command(&args).output().expect("run stowage jobs run-due");
+        if sqlite {
+            self.spawn();
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "stowage jobs run-due: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// The jobs `stowage jobs list --json` shows, newest first; only those of `kind` if given.
+    pub fn jobs(&self, kind: Option<&str>) -> Vec<serde_json::Value> {
+        let mut args = vec!["jobs", "list", "--json", "--limit", "1000"];
+        if let Some(kind) = kind {
+            args.extend(["--kind", kind]);
+        }
+        let out = self.stowage_command(&args).output().expect("run stowage jobs list");
+        assert!(out.status.success(), "jobs list: {}", String::from_utf8_lossy(&out.stderr));
+        match serde_json::from_slice(&out.stdout).expect("jobs list prints JSON") {
+            serde_json::Value::Array(jobs) => jobs,
+            other => panic!("jobs list printed {other}"),
+        }
+    }
+
+    /// Waits until `count` jobs of `kind` exist and all have finished (succeeded or dead) —
+    /// the server's workers start a job as soon as it is enqueued — and returns them, newest
+    /// first. Bounded: panics after 30 s.
+    pub fn await_jobs(&self, kind: &str, count: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let jobs = self.jobs(Some(kind));
+            let finished = jobs.iter().all(|j| j["state"] == "succeeded" || j["state"] == "dead");
+            if jobs.len() >= count && finished {
+                return jobs;
+            }
+            assert!(Instant::now() < deadline, "{kind} jobs did not finish: {jobs:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `http://addr` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)

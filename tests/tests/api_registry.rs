@@ -5,7 +5,7 @@
 //! would. A real client (`skopeo list-tags`) confirms what a bulk delete kept.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use e2e::{backend_tests, random_bytes, sha256_digest, MetaBackend, TestServer};
 use reqwest::{Client, Method, StatusCode};
@@ -289,18 +289,14 @@ impl Api {
         a.names().into_iter().collect()
     }
 
-    /// Waits for a background deletion to leave exactly `expected`.
-    async fn await_tags(&self, project: i64, repository: i64, expected: &[&str]) {
+    /// Waits for the `n`th bulk tag delete job to finish (they run in the background, as
+    /// durable jobs), then checks it succeeded and left exactly `expected`.
+    async fn await_bulk(&self, n: usize, project: i64, repository: i64, expected: &[&str]) {
+        let jobs = self.server.await_jobs("bulk_tag_delete", n);
+        assert_eq!(jobs.len(), n, "{jobs:?}");
+        assert_eq!(jobs[0]["state"], "succeeded", "{}", jobs[0]);
         let expected: BTreeSet<String> = expected.iter().map(|s| s.to_string()).collect();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let now = self.tag_names(project, repository).await;
-            if now == expected {
-                return;
-            }
-            assert!(Instant::now() < deadline, "tags are {now:?}, expected {expected:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        assert_eq!(self.tag_names(project, repository).await, expected);
     }
 }
 
@@ -492,15 +488,10 @@ async fn repositories_tags_and_permissions(backend: MetaBackend) {
     api.delete(Some(&maintainer), &format!("/projects/{project}/registry/repositories/{tool}"))
         .await
         .expect(StatusCode::ACCEPTED, "delete repository");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let a = api.get(Some(&reporter), &format!("/registry/repositories/{tool}")).await;
-        if a.status == StatusCode::NOT_FOUND {
-            break;
-        }
-        assert!(Instant::now() < deadline, "repository still there: {}", a.body);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let jobs = api.server.await_jobs("repository_delete", 1);
+    assert_eq!(jobs[0]["state"], "succeeded", "{}", jobs[0]);
+    let a = api.get(Some(&reporter), &format!("/registry/repositories/{tool}")).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND, "repository still there: {}", a.body);
     let list =
         api.get(Some(&reporter), &format!("/projects/{project}/registry/repositories")).await;
     assert_eq!(list.body.as_array().unwrap().len(), 1);
@@ -548,12 +539,17 @@ async fn bulk_delete(backend: MetaBackend) {
     api.delete(Some(&maintainer), &format!("{bulk}?name_regex_delete=dev"))
         .await
         .expect(StatusCode::ACCEPTED, "bulk");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(api.tag_names(project, id).await.len(), 9);
+    api.await_bulk(
+        1,
+        project,
+        id,
+        &["latest", "v1", "v2", "v3", "v4", "v5", "keep-1", "dev-a", "dev-b"],
+    )
+    .await;
     api.delete(Some(&maintainer), &format!("{bulk}?name_regex_delete=dev-.*"))
         .await
         .expect(StatusCode::ACCEPTED, "bulk");
-    api.await_tags(project, id, &["latest", "v1", "v2", "v3", "v4", "v5", "keep-1"]).await;
+    api.await_bulk(2, project, id, &["latest", "v1", "v2", "v3", "v4", "v5", "keep-1"]).await;
 
     // keep regex and keep_n (the newest two of the candidates, by published time); the legacy
     // `name_regex` name works too; `latest` is never bulk-deleted.
@@ -563,7 +559,7 @@ async fn bulk_delete(backend: MetaBackend) {
     )
     .await
     .expect(StatusCode::ACCEPTED, "bulk keep_n");
-    api.await_tags(project, id, &["latest", "v4", "v5", "keep-1"]).await;
+    api.await_bulk(3, project, id, &["latest", "v4", "v5", "keep-1"]).await;
 
     // older_than: only tags published longer ago than that go.
     api.push(repo, &other, &["old-1"]).await;
@@ -572,7 +568,7 @@ async fn bulk_delete(backend: MetaBackend) {
     api.delete(Some(&maintainer), &format!("{bulk}?name_regex_delete=(old|new)-.*&older_than=2s"))
         .await
         .expect(StatusCode::ACCEPTED, "bulk older_than");
-    api.await_tags(project, id, &["latest", "v4", "v5", "keep-1", "new-1"]).await;
+    api.await_bulk(4, project, id, &["latest", "v4", "v5", "keep-1", "new-1"]).await;
 
     // A real client sees exactly the kept tags.
     let out = std::process::Command::new("skopeo")

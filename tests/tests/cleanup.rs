@@ -243,7 +243,68 @@ fn day_from_now(days: u64) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// A cleanup policy runs as a periodic job: `stowage jobs run-due --at <day>` runs the pass due
+/// then, which deletes exactly what the dry run listed for that day, records the run on the
+/// policy, and runs once per period however often it is asked.
+async fn policy_runs_as_a_job(backend: MetaBackend) {
+    use e2e::gitlab::{self, GitLab, ADMIN_PASSWORD};
+    let mut server = gitlab::start_auth_server(backend, &[]);
+    let api = GitLab::root(&server);
+    let group = api.create_group("acme", None, "private").await;
+    let project = api.create_project(group, "app", "private").await;
+    let scopes = [gitlab::repo_scope("acme/app", "pull,push")];
+    let token =
+        gitlab::token_for(&api.http, &server.base, Some(("root", ADMIN_PASSWORD)), &scopes).await;
+    let registry = gitlab::Registry::new(&server, Some(token));
+    for tag in ["v1", "v2", "v3", "latest", "keep-me"] {
+        registry.push_image("acme/app", tag).await.assert_allowed(&format!("push {tag}"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = api
+        .request(
+            Method::PUT,
+            &format!("/projects/{project}"),
+            Some(json!({"container_expiration_policy_attributes": {
+                "enabled": true, "cadence": "7d", "keep_n": 1, "older_than": "7d",
+                "name_regex": ".*", "name_regex_keep": "keep-.*"
+            }})),
+        )
+        .await;
+    assert!(status.is_success(), "set policy: {status} {body}");
+
+    // Not due today: nothing runs the policy yet.
+    let out = server.run_due_jobs(None);
+    assert!(out.starts_with("ran "), "{out}");
+    let day = day_from_now(30);
+    let out = server.run_due_jobs(Some(&day));
+    assert!(out.contains("1 succeeded") || out.contains("2 succeeded"), "{out}");
+    let ran = server.jobs(Some("cleanup_policies"));
+    assert!(ran.iter().all(|j| j["state"] == "succeeded"), "{ran:?}");
+
+    // (On SQLite the server was restarted for the command: new clients for its new port.)
+    let api = GitLab::root(&server);
+    let token =
+        gitlab::token_for(&api.http, &server.base, Some(("root", ADMIN_PASSWORD)), &scopes).await;
+    let registry = gitlab::Registry::new(&server, Some(token));
+    for tag in ["v1", "v2"] {
+        let pulled = registry.pull("acme/app", tag).await;
+        assert_eq!(pulled.status, StatusCode::NOT_FOUND, "{tag} was cleaned up: {}", pulled.body);
+    }
+    for tag in ["v3", "latest", "keep-me"] {
+        registry.pull("acme/app", tag).await.assert_allowed(&format!("{tag} kept"));
+    }
+    let (_, shown) = api.request(Method::GET, &format!("/projects/{project}"), None).await;
+    let policy = &shown["container_expiration_policy"];
+    assert_eq!(policy["last_run_deleted_tags_count"], 2, "{policy}");
+    assert_eq!(policy["last_run_status"], "finished", "{policy}");
+
+    // The period of that day ran already: asking again runs nothing.
+    let out = server.run_due_jobs(Some(&day));
+    assert!(out.starts_with("ran 0 jobs"), "{out}");
+    assert_eq!(server.jobs(Some("cleanup_policies")).len(), ran.len());
+}
+
 mod cli {
     use super::*;
-    backend_tests!(cli_dry_run_previews_a_future_run);
+    backend_tests!(cli_dry_run_previews_a_future_run, policy_runs_as_a_job);
 }

@@ -1,6 +1,7 @@
 //! Cleanup policies (GitLab's `container_expiration_policy`): set with `PUT /projects/:id`
 //! (`container_expiration_policy_attributes`), shown by `GET /projects/:id`, previewed with
-//! `GET /projects/:id/registry/cleanup_policy/dry_run`, and run by [`run_due_policies`].
+//! `GET /projects/:id/registry/cleanup_policy/dry_run`, and run by [`run_due_policies`]
+//! (a periodic job, see `background`, so that with several instances each pass runs once).
 //!
 //! A run deletes, per repository of the project, the tags the bulk tag delete would delete
 //! with the policy's settings ([`TagCleanup`]: never `latest`; whole-name regexes; the `keep_n`
@@ -377,25 +378,4 @@ async fn finish(
     p.next_run_at = Some(now + cadence_ms(&p.cadence).unwrap_or(DAY));
     store.save_cleanup_policy(p).await?;
     Ok(())
-}
-
-/// Runs due policies every `interval` with the real clock, until the task is dropped.
-pub fn spawn_scheduler(
-    store: Store,
-    interval: Duration,
-    budget: CleanupBudget,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(interval);
-        loop {
-            ticker.tick().await;
-            match run_due_policies(&store, meta::now_millis(), budget).await {
-                Ok(report) if report.tags_removed > 0 || report.policies_finished > 0 => {
-                    tracing::info!(?report, "cleanup policies ran")
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "running cleanup policies failed"),
-            }
-        }
-    })
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use axum::Router;
 
+pub mod background;
 pub mod caller;
 pub mod cleanup;
 pub mod error;
@@ -34,6 +35,8 @@ pub struct ApiState {
     pub store: meta::Store,
     /// Lifetime of CI job tokens minted through the API.
     pub job_token_lifetime: Duration,
+    /// Where background work (repository and bulk tag deletes) is enqueued.
+    pub jobs: jobs::Queue,
 }
 
 /// The `/api/v4` router: [`routes`] and GitLab's 404 for everything else.
@@ -101,4 +104,5 @@ pub fn routes() -> Routes {
         )
         .merge(protection_api::routes())
         .merge(registry_api::routes())
+        .merge(background::routes())
 }

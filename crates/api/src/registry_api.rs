@@ -24,6 +24,9 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::background::{
+    BulkTagDelete, JobCaller, RepositoryDelete, BULK_TAG_DELETE, REPOSITORY_DELETE,
+};
 use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::input::{
@@ -578,15 +581,8 @@ async fn delete_repository(
         project_repository(&s.store, &caller, &Ref::parse("id", &id)?, repository_id(&repo_id)?)
             .await?;
     require_delete(&s.store, &caller, &project).await?;
-    let store = s.store.clone();
-    tokio::spawn(async move {
-        match store.delete_repository(repository.id).await {
-            Ok(_) => tracing::info!(repository = %repository.name, "deleted repository"),
-            Err(e) => {
-                tracing::error!(repository = %repository.name, error = %e, "deleting a repository failed")
-            }
-        }
-    });
+    let job = RepositoryDelete { repository_id: repository.id, repository: repository.name };
+    s.jobs.enqueue(REPOSITORY_DELETE, job).await?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
@@ -684,23 +680,19 @@ async fn bulk_delete_tags(
         project_repository(&s.store, &caller, &Ref::parse("id", &id)?, repository_id(&repo_id)?)
             .await?;
     require_delete(&s.store, &caller, &project).await?;
-    let cleanup = TagCleanup::new(
-        p.name_regex_delete.as_deref().or(p.name_regex.as_deref()),
-        p.name_regex_keep.as_deref(),
-        p.keep_n,
-        p.older_than.as_deref(),
-    )?;
-    let store = s.store.clone();
-    tokio::spawn(async move {
-        match run_tag_cleanup(&store, &caller, &project, &repository, &cleanup).await {
-            Ok(n) => {
-                tracing::info!(repository = %repository.name, deleted = n, "bulk tag delete done")
-            }
-            Err(e) => {
-                tracing::error!(repository = %repository.name, error = %e, "bulk tag delete failed")
-            }
-        }
-    });
+    let job = BulkTagDelete {
+        project_id: project.id,
+        repository_id: repository.id,
+        repository: repository.name,
+        caller: JobCaller::of(&caller),
+        name_regex_delete: p.name_regex_delete.or(p.name_regex),
+        name_regex_keep: p.name_regex_keep,
+        keep_n: p.keep_n,
+        older_than: p.older_than,
+    };
+    // Refused now, before anything is queued, if the rules are invalid.
+    job.cleanup()?;
+    s.jobs.enqueue(BULK_TAG_DELETE, job).await?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
@@ -1014,6 +1006,12 @@ pub const ROUTES: &[RouteDoc] = &[
     route("patch", "/projects/{id}/registry/protection/tag/rules/{rule_id}", "protection", "Change a tag protection rule (maintainers)", TAG_RULE, 200),
     route("delete", "/projects/{id}/registry/protection/tag/rules/{rule_id}", "protection", "Delete a tag protection rule (maintainers; owners for immutable ones)", &[], 204),
     route("get", "/projects/{id}/registry/cleanup_policy/dry_run", "registry", "The tags the project's cleanup policy would delete now, without deleting them", &[], 200),
+    // ---- background jobs ----
+    route("get", "/admin/jobs", "admin", "List background jobs, newest first (admins)", &[
+        ("state", "string", "queued, running, succeeded, failed or dead"),
+        ("kind", "string", "repository_delete, bulk_tag_delete, cleanup_policies, upload_purge"),
+        ("limit", "integer", "at most this many (default 100, at most 1000)"),
+    ], 200),
     route("get", "/openapi.json", "meta", "This OpenAPI document", &[], 200),
 ];
 

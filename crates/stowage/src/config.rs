@@ -31,6 +31,54 @@ pub struct Config {
     pub validation: Validation,
     pub log: Log,
     pub auth: AuthConfig,
+    pub jobs: JobsConfig,
+}
+
+/// The durable job queue's runtime (see the README's "Background jobs").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobsConfig {
+    /// Jobs one instance runs at once.
+    pub workers: usize,
+    /// How long a claimed job stays claimed without renewal (renewed every third of it while it
+    /// runs): a job of an instance that died is taken over after at most this long.
+    pub lease: String,
+    /// How long finished jobs stay listed before they are pruned, e.g. `7d`.
+    pub retention: String,
+    /// How often idle workers look for due jobs (retries, jobs enqueued by other instances).
+    pub poll: String,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig { workers: 2, lease: "60s".into(), retention: "7d".into(), poll: "1s".into() }
+    }
+}
+
+impl JobsConfig {
+    pub fn settings(&self) -> anyhow::Result<jobs::Settings> {
+        let positive = |key: &str, value: &str| -> anyhow::Result<Duration> {
+            let d = parse_duration(value).with_context(|| format!("jobs.{key}"))?;
+            if d.is_zero() {
+                bail!("jobs.{key} must be longer than 0");
+            }
+            Ok(d)
+        };
+        if self.workers == 0 {
+            bail!("jobs.workers must be greater than 0");
+        }
+        let lease = positive("lease", &self.lease)?;
+        if lease < Duration::from_secs(1) {
+            bail!("jobs.lease must be at least 1s");
+        }
+        Ok(jobs::Settings {
+            workers: self.workers,
+            lease,
+            retention: parse_duration(&self.retention).context("jobs.retention")?,
+            poll: positive("poll", &self.poll)?,
+            ..jobs::Settings::default()
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -236,6 +284,7 @@ impl Default for Config {
             validation: Validation::default(),
             log: Log::default(),
             auth: AuthConfig::default(),
+            jobs: JobsConfig::default(),
         }
     }
 }
@@ -339,6 +388,7 @@ impl Config {
             bail!("limits.max_manifest_bytes must be greater than 0");
         }
         self.validation.manifests.indexes.index_validation()?;
+        self.jobs.settings()?;
         Ok(())
     }
 

@@ -2,14 +2,13 @@
 //! store and the HTTP surfaces together, and runs the command the operator asked for.
 
 mod admin;
+mod background;
 mod bootstrap;
 mod client_addr;
 mod config;
 mod http;
 mod server;
 mod sqlite_lock;
-
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -34,6 +33,9 @@ enum Command {
     /// Manage users, groups, projects, members and tokens (acts as the instance admin).
     #[command(subcommand)]
     Admin(admin::AdminCommand),
+    /// The durable job queue: list jobs, or run the due ones now.
+    #[command(subcommand)]
+    Jobs(background::JobsCommand),
     /// Print CI_REGISTRY* variables with a fresh CI job token:
     /// eval "$(stowage ci-env --project acme/app)".
     CiEnv {
@@ -113,33 +115,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
              of other platforms"
         ),
     }
-    let purging = config.storage.maintenance.uploadpurging.clone();
-    if purging.enabled {
-        let age = parse_duration(&purging.age)?;
-        let interval = parse_duration(&purging.interval)?.max(Duration::from_secs(1));
-        let registry = registry.clone();
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            loop {
-                ticker.tick().await;
-                match registry.purge_idle_uploads(age).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(removed = n, "purged idle upload sessions"),
-                    Err(e) => tracing::warn!(error = %e, "purging idle uploads failed"),
-                }
-            }
-        });
-    }
-    // Cleanup policies: every instance looks for due policies once a minute; a pass is bounded
-    // (tags and time) and the next one resumes where it stopped.
-    let _cleanup = api::cleanup::spawn_scheduler(
-        registry.store.clone(),
-        Duration::from_secs(60),
-        api::cleanup::CleanupBudget::default(),
-    );
+    // Background work (deletes, cleanup policies, the upload purge) runs as durable jobs: with
+    // several instances each job, and each period of a periodic one, runs once.
+    let queue = background::queue(&registry.store);
+    let _jobs = background::runner(&config, &registry, queue.clone())?.start();
     let api = api::ApiState {
         store: registry.store.clone(),
         job_token_lifetime: parse_duration(&config.auth.job_token_lifetime)?,
+        jobs: queue,
     };
     let listener = tokio::net::TcpListener::bind(&config.http.addr)
         .await
@@ -229,6 +212,7 @@ async fn main() -> anyhow::Result<()> {
             let store = meta::Store::connect(&config.database_url()?).await?;
             admin::run(cmd, &store, &config.external_url()).await
         }
+        Command::Jobs(cmd) => background::run(cmd, &config).await,
         Command::CiEnv { project } => {
             let store = meta::Store::connect(&config.database_url()?).await?;
             let lifetime = parse_duration(&config.auth.job_token_lifetime)?;
