@@ -570,6 +570,17 @@ async fn bulk_delete(backend: MetaBackend) {
         .expect(StatusCode::ACCEPTED, "bulk older_than");
     api.await_bulk(4, project, id, &["latest", "v4", "v5", "keep-1", "new-1"]).await;
 
+    // Instance admins see the queue over REST too; others may not.
+    let jobs = api.get(Some(ROOT_TOKEN), "/admin/jobs?kind=bulk_tag_delete").await;
+    let jobs = jobs.expect(StatusCode::OK, "admin lists jobs").as_array().unwrap().clone();
+    assert_eq!(jobs.len(), 4);
+    assert!(jobs.iter().all(|j| j["state"] == "succeeded" && j["attempts"] == 1), "{jobs:?}");
+    assert_eq!(jobs[0]["payload"]["older_than"], "2s");
+    let a = api.get(Some(&maintainer), "/admin/jobs").await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let a = api.get(Some(ROOT_TOKEN), "/admin/jobs?state=sleeping").await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+
     // A real client sees exactly the kept tags.
     let out = std::process::Command::new("skopeo")
         .args(["list-tags", "--tls-verify=false", "--creds", &format!("root:{ROOT_PASSWORD}")])
