@@ -12,18 +12,22 @@
 mod cleanup;
 pub mod jobs;
 mod protection;
+mod quota;
 mod registry;
 pub mod registry_queries;
 mod store;
 mod tenancy;
+mod usage;
 
 pub use cleanup::*;
 pub use protection::*;
+pub use quota::*;
 pub use registry::*;
 #[cfg(any(test, feature = "testing"))]
 pub use store::testing;
 pub use store::{sqlite_database_file, Backend, MetaError, Store};
 pub use tenancy::*;
+pub use usage::*;
 
 /// Milliseconds since the Unix epoch: the portable timestamp every table uses.
 pub fn now_millis() -> i64 {
