@@ -282,12 +282,48 @@ pub async fn list_groups(
     Ok(listing.answer(groups.iter().map(GroupView::from).collect()))
 }
 
+#[derive(Deserialize)]
+pub struct Statistics {
+    #[serde(default, deserialize_with = "flag")]
+    statistics: Option<bool>,
+}
+
 pub async fn get_group(
     State(s): State<ApiState>,
     caller: Caller,
     Path(id): Path<String>,
+    Params(p): Params<Statistics>,
 ) -> Answer {
-    ok(GroupView::from(&svc::group(&s.store, &caller, &Ref::parse("id", &id)?).await?))
+    let group = svc::group(&s.store, &caller, &Ref::parse("id", &id)?).await?;
+    ok(crate::storage::group_view(&s.store, &group, p.statistics == Some(true)).await?)
+}
+
+#[derive(Deserialize)]
+pub struct UpdateGroup {
+    #[serde(default, deserialize_with = "int")]
+    container_registry_storage_limit: Option<i64>,
+}
+
+/// `PUT /groups/:id`: so far only the storage limit (instance admins).
+pub async fn update_group(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Params(p): Params<UpdateGroup>,
+) -> Answer {
+    let group_ref = Ref::parse("id", &id)?;
+    let group = match p.container_registry_storage_limit {
+        Some(bytes) => {
+            crate::storage::set_group_storage_limit(&s.store, &caller, &group_ref, bytes).await?
+        }
+        None => {
+            return Err(ApiError::bad_request(
+                "nothing to change: container_registry_storage_limit (bytes, 0 for no limit) is \
+                 the one group setting this API changes",
+            ))
+        }
+    };
+    ok(crate::storage::group_view(&s.store, &group, false).await?)
 }
 
 // ---- projects -------------------------------------------------------------------------------
@@ -383,9 +419,14 @@ pub async fn get_project(
     caller: Caller,
     host: RegistryHost,
     Path(id): Path<String>,
+    Params(p): Params<Statistics>,
 ) -> Answer {
     let project = svc::project(&s.store, &caller, &Ref::parse("id", &id)?).await?;
-    ok(project_view(&s, &host, &project).await?)
+    let mut view = project_view(&s, &host, &project).await?;
+    if p.statistics == Some(true) {
+        view.statistics = Some(crate::storage::project_statistics(&s.store, &project).await?);
+    }
+    ok(view)
 }
 
 #[derive(Deserialize)]

@@ -22,6 +22,7 @@ pub mod protection_api;
 pub mod registry_api;
 pub mod routing;
 pub mod service;
+pub mod storage;
 pub mod time;
 pub mod views;
 
@@ -72,6 +73,7 @@ pub fn routes() -> Routes {
         .get("/groups", list_groups)
         .post("/groups", create_group)
         .get("/groups/{id}", get_group)
+        .put("/groups/{id}", update_group)
         .get("/groups/{id}/members", list_members::<OnGroup>)
         .post("/groups/{id}/members", add_member::<OnGroup>)
         .get("/groups/{id}/members/all", list_all_members::<OnGroup>)

@@ -383,6 +383,9 @@ struct RepositoryView {
     tags: Option<Vec<TagSummaryView>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     size: Option<i64>,
+    /// With `size=true`: bytes deleting the repository would free after garbage collection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exclusive_size: Option<i64>,
 }
 
 /// What a repository answer may include besides the basics; the filters of the repository
@@ -426,9 +429,15 @@ async fn repository_view(
         }
         _ => None,
     };
-    let size = match extras.size {
-        Some(true) => Some(store.deduplicated_size(&repository.name, false).await?),
-        _ => None,
+    // The repository's stored, deduplicated bytes (every manifest, tagged or not, until GC
+    // removes it), as GitLab reports `size`; and what deleting it would free.
+    let (size, exclusive_size) = match extras.size {
+        Some(true) => {
+            let scope = meta::UsageScope::Repository(repository.id);
+            let namespace = store.repository_namespace(repository.id).await?;
+            (Some(store.usage(scope).await?), Some(store.exclusive_size(scope, namespace).await?))
+        }
+        _ => (None, None),
     };
     Ok(RepositoryView {
         id: repository.id,
@@ -441,6 +450,7 @@ async fn repository_view(
         tags_count,
         tags,
         size,
+        exclusive_size,
     })
 }
 
@@ -454,6 +464,8 @@ struct TagView {
     digest: String,
     created_at: String,
     total_size: i64,
+    /// Bytes deleting this tag would free after garbage collection.
+    exclusive_size: i64,
 }
 
 /// One tag of the keyset listing (GitLab's `/gitlab/v1/` shape).
@@ -561,12 +573,16 @@ async fn repository_details(
         }
     };
     let size = s.store.deduplicated_size(&repository.name, with_descendants).await?;
+    let scope = meta::UsageScope::Repository(repository.id);
+    let namespace = s.store.repository_namespace(repository.id).await?;
+    let exclusive_size = s.store.exclusive_size(scope, namespace).await?;
     let name = repository.name.rsplit('/').next().unwrap_or(&repository.name).to_string();
     Ok(Json(json!({
         "id": repository.id,
         "name": name,
         "path": repository.name,
         "size_bytes": size,
+        "exclusive_size": exclusive_size,
         "created_at": iso8601(repository.created_at),
     }))
     .into_response())
@@ -637,6 +653,7 @@ async fn get_tag(
         digest: detail.digest,
         created_at: iso8601(detail.created_at),
         total_size: detail.total_size,
+        exclusive_size: s.store.tag_exclusive_size(repository.id, &detail.name).await?,
     })
     .into_response())
 }
@@ -933,7 +950,12 @@ pub const ROUTES: &[RouteDoc] = &[
         ("name", "string", "display name"), ("path", "string", "URL path segment"),
         ("parent_id", "integer", "parent group"), ("visibility", "string", "private, internal or public"),
     ], 201),
-    route("get", "/groups/{id}", "groups", "Get a group by id or URL-encoded full path", &[], 200),
+    route("get", "/groups/{id}", "groups", "Get a group by id or URL-encoded full path; top-level groups show their storage limit, usage, percentage and notice", &[
+        ("statistics", "boolean", "include statistics.container_registry_size"),
+    ], 200),
+    route("put", "/groups/{id}", "groups", "Set a top-level group's container registry storage limit (instance admins)", &[
+        ("container_registry_storage_limit", "integer", "bytes, 0 for no limit"),
+    ], 200),
     route("get", "/groups/{id}/members", "members", "List a group's members", &[], 200),
     route("get", "/groups/{id}/members/all", "members", "List a group's members, inherited ones included", &[], 200),
     route("get", "/groups/{id}/members/all/{user_id}", "members", "Get a group member, inherited or not", &[], 200),
@@ -949,7 +971,9 @@ pub const ROUTES: &[RouteDoc] = &[
         ("namespace_id", "integer", "the group"), ("visibility", "string", "private, internal or public"),
         ("container_registry_access_level", "string", "enabled, private or disabled"),
     ], 201),
-    route("get", "/projects/{id}", "projects", "Get a project by id or URL-encoded full path", &[], 200),
+    route("get", "/projects/{id}", "projects", "Get a project by id or URL-encoded full path", &[
+        ("statistics", "boolean", "include statistics.container_registry_size and container_registry_exclusive_size"),
+    ], 200),
     route("put", "/projects/{id}", "projects", "Change a project's settings (maintainers)", &[
         ("visibility", "string", "private, internal or public"),
         ("container_registry_access_level", "string", "enabled, private or disabled"),

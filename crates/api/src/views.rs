@@ -3,6 +3,7 @@
 
 use meta::{DeployToken, Group, Member, PersonalAccessToken, Project, RegistryAccess, User};
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::time::{date, iso8601};
 
@@ -55,6 +56,24 @@ pub struct GroupView {
     pub parent_id: Option<i64>,
     pub visibility: &'static str,
     pub created_at: String,
+    /// With `statistics=true`: `container_registry_size`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub statistics: Option<Value>,
+    /// Quota figures of a top-level group (single-group answers only).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<GroupStorageView>,
+}
+
+/// A top-level group's container registry storage: limit (0 = none), usage, percentage and
+/// the notice of the threshold it is at.
+#[derive(Serialize)]
+pub struct GroupStorageView {
+    pub container_registry_storage_limit: i64,
+    /// Where the limit comes from: `group` (its own setting) or `instance` (the default).
+    pub container_registry_storage_limit_source: &'static str,
+    pub container_registry_storage_usage: i64,
+    pub container_registry_storage_percentage: Option<f64>,
+    pub container_registry_storage_notice: Option<Value>,
 }
 
 impl From<&Group> for GroupView {
@@ -68,6 +87,8 @@ impl From<&Group> for GroupView {
             parent_id: g.parent_id,
             visibility: g.visibility.as_str(),
             created_at: iso8601(g.created_at),
+            statistics: None,
+            storage: None,
         }
     }
 }
@@ -99,6 +120,9 @@ pub struct ProjectView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container_expiration_policy: Option<crate::cleanup::PolicyView>,
     pub created_at: String,
+    /// With `statistics=true`: `container_registry_size` and `container_registry_exclusive_size`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub statistics: Option<Value>,
 }
 
 impl ProjectView {
@@ -127,6 +151,7 @@ impl ProjectView {
             container_registry_image_prefix: None,
             container_expiration_policy: None,
             created_at: iso8601(project.created_at),
+            statistics: None,
         }
     }
 }

@@ -154,26 +154,9 @@ impl Store {
 
     /// The figures of top-level group `namespace_id`.
     pub async fn quota_status(&self, namespace_id: i64) -> Result<Option<QuotaStatus>, MetaError> {
-        let row = sqlx::query(
-            "SELECT n.id, n.full_path, n.container_registry_storage_limit AS group_limit, \
-             s.default_limit, COALESCE(u.bytes, 0) AS bytes FROM namespaces n \
-             JOIN quota_settings s ON s.id = 1 \
-             LEFT JOIN usage_totals u ON u.scope_kind = 'group' AND u.scope_id = n.id \
-             WHERE n.id = $1 AND n.parent_id IS NULL",
-        )
-        .bind(namespace_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|r| {
-            let group_limit = r.get::<Option<i64>, _>("group_limit");
-            QuotaStatus {
-                namespace_id: get_i64(&r, "id"),
-                namespace: r.get("full_path"),
-                usage_bytes: get_i64(&r, "bytes"),
-                limit_bytes: effective_limit(group_limit, get_i64(&r, "default_limit")),
-                group_limit,
-            }
-        }))
+        let sql = format!("{STATUS_SELECT} WHERE n.id = $1 AND n.parent_id IS NULL");
+        let row = sqlx::query(&sql).bind(namespace_id).fetch_optional(&self.pool).await?;
+        Ok(row.as_ref().map(status_from_row))
     }
 
     /// The figures of the top-level group repository `name` is (or would be) under: the group
@@ -181,15 +164,9 @@ impl Store {
     /// every instance.
     pub async fn quota_for_repository(&self, name: &str) -> Result<Option<QuotaStatus>, MetaError> {
         let top = name.split('/').next().unwrap_or(name);
-        let Some(row) =
-            sqlx::query("SELECT id FROM namespaces WHERE full_path = $1 AND parent_id IS NULL")
-                .bind(top)
-                .fetch_optional(&self.pool)
-                .await?
-        else {
-            return Ok(None);
-        };
-        self.quota_status(get_i64(&row, "id")).await
+        let sql = format!("{STATUS_SELECT} WHERE n.full_path = $1 AND n.parent_id IS NULL");
+        let row = sqlx::query(&sql).bind(top).fetch_optional(&self.pool).await?;
+        Ok(row.as_ref().map(status_from_row))
     }
 
     /// Whether any of `digests` is not yet counted in the namespace, i.e. whether a manifest
@@ -272,10 +249,48 @@ impl Store {
         Ok(taken)
     }
 
+    /// Writes notices recorded since the last call to the log (each once, whichever instance
+    /// takes it). Called after writes that may add bytes and after limit changes; failures
+    /// are logged, never returned: a notice is also kept in the database.
+    pub async fn log_storage_notices(&self) {
+        match self.take_unlogged_storage_notices().await {
+            Ok(notices) => {
+                for n in notices {
+                    tracing::warn!(
+                        namespace = %n.namespace,
+                        threshold = n.threshold,
+                        usage_bytes = n.usage_bytes,
+                        limit_bytes = n.limit_bytes,
+                        "{}",
+                        n.message()
+                    );
+                }
+            }
+            Err(error) => tracing::warn!(%error, "reading storage notices failed"),
+        }
+    }
+
     /// Usage of a scope for the quota figures of a group that is not top-level: its own
     /// deduplicated usage (limits apply to top-level groups only).
     pub async fn group_usage(&self, group_id: i64) -> Result<i64, MetaError> {
         self.usage(UsageScope::Group(group_id)).await
+    }
+}
+
+const STATUS_SELECT: &str = "SELECT n.id, n.full_path, \
+     n.container_registry_storage_limit AS group_limit, s.default_limit, \
+     COALESCE(u.bytes, 0) AS bytes FROM namespaces n \
+     JOIN quota_settings s ON s.id = 1 \
+     LEFT JOIN usage_totals u ON u.scope_kind = 'group' AND u.scope_id = n.id";
+
+fn status_from_row(r: &sqlx::any::AnyRow) -> QuotaStatus {
+    let group_limit = r.get::<Option<i64>, _>("group_limit");
+    QuotaStatus {
+        namespace_id: get_i64(r, "id"),
+        namespace: r.get("full_path"),
+        usage_bytes: get_i64(r, "bytes"),
+        limit_bytes: effective_limit(group_limit, get_i64(r, "default_limit")),
+        group_limit,
     }
 }
 

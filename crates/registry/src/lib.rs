@@ -11,6 +11,7 @@ mod blobs;
 mod error;
 mod listing;
 mod manifests;
+mod quota;
 mod routes;
 mod uploads;
 

@@ -193,6 +193,8 @@ pub(crate) async fn put(
         children: parsed.children(&registry.limits.index_validation),
         payload,
     };
+    let digests: Vec<&str> = new.blobs.iter().map(|d| d.as_str()).collect();
+    crate::quota::require_room(registry, name, Some(&digests)).await?;
     registry.store.put_manifest(name, &new, &tags, &frozen).await.map_err(|e| match e {
         PutManifestError::TagFrozen(tag) => RegistryError::new(
             ErrorCode::ImmutableTag,
@@ -211,6 +213,7 @@ pub(crate) async fn put(
         PutManifestError::Meta(e) => e.into(),
     })?;
 
+    registry.store.log_storage_notices().await;
     let mut response = (
         StatusCode::CREATED,
         [

@@ -240,6 +240,11 @@ pub(crate) async fn start(
         }
         // Not mountable: the spec says to fall back to an ordinary upload session.
     }
+    // New content: refused when the namespace is full, unless it already holds the blob (a
+    // mount that fell back to an upload names the blob too).
+    let known = query.get("digest").or(query.get("mount")).and_then(|d| parse_digest(d).ok());
+    let known = known.as_ref().map(|d| [d.as_str()]);
+    crate::quota::require_room(registry, name, known.as_ref().map(|d| &d[..])).await?;
     let upload = new_session(name);
     registry.store.create_upload(&upload).await?;
     if let Some(digest) = query.get("digest") {

@@ -70,6 +70,17 @@ pub enum GroupsCommand {
         visibility: String,
     },
     List,
+    /// Change a group's settings: `--storage-limit 20GiB` (0: no limit) on a top-level group.
+    Update {
+        group: String,
+        /// Container registry storage limit: 20GiB, 500MB, bytes; 0 for no limit.
+        #[arg(long, value_parser = parse_byte_size_arg)]
+        storage_limit: Option<u64>,
+    },
+}
+
+fn parse_byte_size_arg(text: &str) -> Result<u64, String> {
+    crate::config::parse_byte_size(text).map_err(|e| e.to_string())
 }
 
 #[derive(Subcommand)]
@@ -292,6 +303,21 @@ pub async fn run(
                     .map(GroupView::from)
                     .collect::<Vec<_>>(),
             ),
+            GroupsCommand::Update { group, storage_limit } => {
+                let Some(bytes) = storage_limit else {
+                    anyhow::bail!(
+                        "nothing to change: give --storage-limit (e.g. 20GiB, 0 for none)"
+                    );
+                };
+                let group = api::storage::set_group_storage_limit(
+                    store,
+                    op,
+                    &path_ref(&group),
+                    bytes as i64,
+                )
+                .await?;
+                print_json(&api::storage::group_view(store, &group, true).await?)
+            }
         },
         AdminCommand::Projects(cmd) => match cmd {
             ProjectsCommand::Create { full_path, name, visibility, registry_access_level } => {

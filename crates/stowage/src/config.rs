@@ -32,6 +32,7 @@ pub struct Config {
     pub log: Log,
     pub auth: AuthConfig,
     pub jobs: JobsConfig,
+    pub quotas: Quotas,
 }
 
 /// The durable job queue's runtime (see the README's "Background jobs").
@@ -79,6 +80,52 @@ impl JobsConfig {
             ..jobs::Settings::default()
         })
     }
+}
+
+/// Container registry storage quotas of top-level groups.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Quotas {
+    /// The limit of every top-level group without its own (`20GiB`, `500MB`, or bytes);
+    /// 0 means no limit.
+    pub default_limit: ByteSizeSetting,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas { default_limit: ByteSizeSetting::Bytes(0) }
+    }
+}
+
+/// A byte size as configured: a number of bytes, or text with a unit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ByteSizeSetting {
+    Bytes(u64),
+    Text(String),
+}
+
+impl ByteSizeSetting {
+    pub fn bytes(&self) -> anyhow::Result<u64> {
+        match self {
+            ByteSizeSetting::Bytes(n) => Ok(*n),
+            ByteSizeSetting::Text(text) => parse_byte_size(text),
+        }
+    }
+}
+
+/// Parses byte sizes such as `20GiB`, `500 MB`, `1.5TiB` or `1048576` (bytes). IEC units
+/// (KiB, MiB, GiB, TiB) are powers of 1024, SI units (KB, MB, GB, TB) powers of 1000. The one
+/// place byte sizes are read (configuration and CLI).
+pub fn parse_byte_size(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let size: bytesize::ByteSize = s.parse().map_err(|e| {
+        anyhow::anyhow!("{s:?} is not a byte size like 20GiB, 500MB or 1048576 ({e})")
+    })?;
+    if size.as_u64() > i64::MAX as u64 {
+        bail!("{s:?} is too large a byte size");
+    }
+    Ok(size.as_u64())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -285,6 +332,7 @@ impl Default for Config {
             log: Log::default(),
             auth: AuthConfig::default(),
             jobs: JobsConfig::default(),
+            quotas: Quotas::default(),
         }
     }
 }
@@ -389,6 +437,7 @@ impl Config {
         }
         self.validation.manifests.indexes.index_validation()?;
         self.jobs.settings()?;
+        self.quotas.default_limit.bytes().context("quotas.default_limit")?;
         Ok(())
     }
 
@@ -439,6 +488,17 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_byte_size("20GiB").unwrap(), 20 << 30);
+        assert_eq!(parse_byte_size("500 MB").unwrap(), 500_000_000);
+        assert_eq!(parse_byte_size("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_byte_size("0").unwrap(), 0);
+        assert!(parse_byte_size("lots").is_err());
+        assert!(parse_byte_size("-1GiB").is_err());
+        assert_eq!(ByteSizeSetting::Text("1KiB".into()).bytes().unwrap(), 1024);
+    }
 
     #[test]
     fn durations() {

@@ -36,12 +36,27 @@ enum Command {
     /// The durable job queue: list jobs, or run the due ones now.
     #[command(subcommand)]
     Jobs(background::JobsCommand),
+    /// Container registry usage figures.
+    #[command(subcommand)]
+    Usage(UsageCommand),
     /// Print CI_REGISTRY* variables with a fresh CI job token:
     /// eval "$(stowage ci-env --project acme/app)".
     CiEnv {
         /// Full path of the project the job builds, e.g. acme/platform/api.
         #[arg(long)]
         project: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsageCommand {
+    /// Recalculate usage from scratch and print every figure that was wrong (and is now
+    /// corrected). Usage is kept current on every write; this reconciles after a restore or
+    /// manual database surgery.
+    Recompute {
+        /// Only this top-level group (a subgroup path means its top-level group).
+        #[arg(long)]
+        namespace: Option<String>,
     },
 }
 
@@ -98,6 +113,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let registry = open_registry(&config).await?;
     bootstrap::ensure_admin(&registry.store).await?;
+    // Every instance stores the default it is configured with; triggers and quota checks
+    // read it from the database, so all instances decide alike.
+    registry.store.set_default_storage_limit(config.quotas.default_limit.bytes()? as i64).await?;
+    registry.store.log_storage_notices().await;
     tracing::info!(
         database = %redact(&config.database_url()?),
         storage = %config.blob_root()?.display(),
@@ -213,6 +232,32 @@ async fn main() -> anyhow::Result<()> {
             admin::run(cmd, &store, &config.external_url()).await
         }
         Command::Jobs(cmd) => background::run(cmd, &config).await,
+        Command::Usage(UsageCommand::Recompute { namespace }) => {
+            let store = meta::Store::connect(&config.database_url()?).await?;
+            let report = store.recompute_usage(namespace.as_deref()).await?;
+            for c in &report.corrections {
+                println!(
+                    "corrected {} {}: {} -> {} bytes",
+                    c.scope,
+                    c.path.as_deref().unwrap_or("(gone)"),
+                    c.stored_bytes,
+                    c.actual_bytes
+                );
+            }
+            if report.reference_rows_corrected > 0 || report.scope_links_corrected > 0 {
+                println!(
+                    "corrected {} blob reference counts and {} repository scope links",
+                    report.reference_rows_corrected, report.scope_links_corrected
+                );
+            }
+            println!(
+                "recomputed {} namespace(s): {}",
+                report.namespaces,
+                if report.is_clean() { "no drift" } else { "drift corrected" }
+            );
+            store.log_storage_notices().await;
+            Ok(())
+        }
         Command::CiEnv { project } => {
             let store = meta::Store::connect(&config.database_url()?).await?;
             let lifetime = parse_duration(&config.auth.job_token_lifetime)?;
