@@ -108,33 +108,38 @@ fn job_error(e: ApiError) -> JobError {
 }
 
 /// Registers the API's job handlers and the cleanup policy schedule on `runner`.
-pub fn register(runner: &mut Runner, store: Store, budget: CleanupBudget) {
-    let s = store.clone();
-    runner.handle(REPOSITORY_DELETE, move |ctx| repository_delete(s.clone(), ctx));
-    let s = store.clone();
-    runner.handle(BULK_TAG_DELETE, move |ctx| bulk_tag_delete(s.clone(), ctx));
-    let s = store;
-    runner.handle(CLEANUP_POLICIES, move |ctx| cleanup_policies(s.clone(), ctx, budget));
+pub fn register(runner: &mut Runner, writes: ::service::WriteService, budget: CleanupBudget) {
+    let w = writes.clone();
+    runner.handle(REPOSITORY_DELETE, move |ctx| repository_delete(w.clone(), ctx));
+    let w = writes.clone();
+    runner.handle(BULK_TAG_DELETE, move |ctx| bulk_tag_delete(w.clone(), ctx));
+    let w = writes;
+    runner.handle(CLEANUP_POLICIES, move |ctx| cleanup_policies(w.clone(), ctx, budget));
     runner.every(CLEANUP_POLICIES, CLEANUP_INTERVAL, json!({}));
 }
 
-async fn repository_delete(store: Store, ctx: JobContext) -> Result<(), JobError> {
+async fn repository_delete(
+    writes: ::service::WriteService,
+    ctx: JobContext,
+) -> Result<(), JobError> {
     let job: RepositoryDelete = ctx.payload()?;
     // Already gone (a retry after a commit whose answer was lost) is done too.
-    let deleted = store.delete_repository(job.repository_id).await?;
+    let deleted =
+        writes.delete_repository(job.repository_id).await.map_err(|e| job_error(e.into()))?;
     tracing::info!(repository = %job.repository, deleted, "deleted repository");
     Ok(())
 }
 
-async fn bulk_tag_delete(store: Store, ctx: JobContext) -> Result<(), JobError> {
+async fn bulk_tag_delete(writes: ::service::WriteService, ctx: JobContext) -> Result<(), JobError> {
+    let store = writes.store();
     let job: BulkTagDelete = ctx.payload()?;
     let cleanup = job.cleanup().map_err(job_error)?;
     let Some(project) = store.project_by_id(job.project_id).await? else { return Ok(()) };
     let Some(repository) = store.repository_by_id(job.repository_id).await? else {
         return Ok(());
     };
-    let caller = job.caller.resolve(&store).await?;
-    let deleted = run_tag_cleanup(&store, &caller, &project, &repository, &cleanup)
+    let caller = job.caller.resolve(store).await?;
+    let deleted = run_tag_cleanup(&writes, &caller, &project, &repository, &cleanup)
         .await
         .map_err(job_error)?;
     tracing::info!(repository = %repository.name, deleted, "bulk tag delete done");
@@ -142,11 +147,11 @@ async fn bulk_tag_delete(store: Store, ctx: JobContext) -> Result<(), JobError> 
 }
 
 async fn cleanup_policies(
-    store: Store,
+    writes: ::service::WriteService,
     ctx: JobContext,
     budget: CleanupBudget,
 ) -> Result<(), JobError> {
-    let report = run_due_policies(&store, ctx.now, budget).await.map_err(job_error)?;
+    let report = run_due_policies(&writes, ctx.now, budget).await.map_err(job_error)?;
     if report.tags_removed > 0 || report.policies_finished > 0 || report.policies_unfinished > 0 {
         tracing::info!(?report, "cleanup policies ran");
     }

@@ -304,10 +304,11 @@ pub struct RunReport {
 /// Runs the policies due at `now`, within `budget`. Safe to call from several instances:
 /// deleting a tag twice is harmless.
 pub async fn run_due_policies(
-    store: &Store,
+    writes: &::service::WriteService,
     now: i64,
     budget: CleanupBudget,
 ) -> Result<RunReport, ApiError> {
+    let store = writes.store();
     let started = Instant::now();
     let mut report = RunReport::default();
     for mut policy in store.due_cleanup_policies(now, 100).await? {
@@ -343,9 +344,15 @@ pub async fn run_due_policies(
                         break 'repositories;
                     }
                     let Ok(tag) = tag.parse::<oci::Tag>() else { continue };
-                    if store.delete_tag(&name, &tag).await? {
-                        report.tags_removed += 1;
-                        policy.run_removed += 1;
+                    let actor = ::service::Actor::CleanupPolicy;
+                    match writes.delete_tag(&name, &tag, actor).await {
+                        Ok(true) => {
+                            report.tags_removed += 1;
+                            policy.run_removed += 1;
+                        }
+                        // Gone meanwhile, or a rule created meanwhile keeps it.
+                        Ok(false) | Err(::service::ServiceError::Refused(_)) => {}
+                        Err(e) => return Err(e.into()),
                     }
                 }
             }

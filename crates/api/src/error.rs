@@ -40,6 +40,20 @@ pub enum ApiError {
     Internal(#[from] meta::MetaError),
 }
 
+impl From<::service::ServiceError> for ApiError {
+    fn from(e: ::service::ServiceError) -> Self {
+        use ::service::ServiceError;
+        match e {
+            ServiceError::Refused(refusal) => ApiError::ForbiddenBecause(refusal.message),
+            e @ ServiceError::ManifestReferenced { .. } => {
+                ApiError::ForbiddenBecause(e.to_string())
+            }
+            ServiceError::Meta(e) => ApiError::Internal(e),
+            other => ApiError::Internal(meta::MetaError::Conflict(other.to_string())),
+        }
+    }
+}
+
 impl ApiError {
     pub fn invalid(field: &'static str, message: impl Into<String>) -> ApiError {
         ApiError::Invalid { field, message: message.into() }

@@ -34,6 +34,8 @@ pub use routing::Routes;
 #[derive(Clone)]
 pub struct ApiState {
     pub store: meta::Store,
+    /// Every change of registry state goes through it.
+    pub writes: ::service::WriteService,
     /// Lifetime of CI job tokens minted through the API.
     pub job_token_lifetime: Duration,
     /// Where background work (repository and bulk tag deletes) is enqueued.

@@ -10,7 +10,8 @@
 //! Maintainers manage protection rules; only owners create and delete immutable tag rules
 //! (`{"tag_name_pattern": …, "immutable": true}`), which cannot be edited. Nobody may set a rule
 //! above their own level (a maintainer cannot create an `owner` rule). The rules themselves are
-//! evaluated in `meta`; [`TagDeleteGuard`] applies them to REST tag deletes.
+//! evaluated in `meta`; the write service (crate `service`) applies them to every change,
+//! inside its transaction, with the caller's [`rule_level`].
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -18,8 +19,8 @@ use axum::response::{IntoResponse, Response};
 
 use axum::Json;
 use meta::{
-    access_level, RepositoryProtection, RepositoryProtectionRule, RuleLevels, Store,
-    TagProtectionRule, ADMIN_ACCESS_LEVEL,
+    access_level, RepositoryProtectionRule, RuleLevels, Store, TagProtectionRule,
+    ADMIN_ACCESS_LEVEL,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
@@ -458,55 +459,4 @@ async fn delete_tag_rule(
     )?;
     s.store.delete_tag_protection_rule(project.id, rule.id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-// ---- enforcement on REST deletes ------------------------------------------------------------
-
-/// Applies protection rules to tag deletes through the REST API (single and bulk): load it
-/// once per repository, then [`check`](TagDeleteGuard::check) each tag before deleting it.
-pub struct TagDeleteGuard {
-    protection: Option<RepositoryProtection>,
-    level: i64,
-}
-
-impl TagDeleteGuard {
-    /// The rules for `repository` (a full path) and the caller's level on its project.
-    pub async fn load(
-        store: &Store,
-        caller: &Caller,
-        repository: &str,
-    ) -> Result<TagDeleteGuard, ApiError> {
-        let protection = store.protection_for_repository(repository).await?;
-        let level = match &protection {
-            Some(p) => rule_level(store, caller, &p.project).await?,
-            None => access_level::NONE,
-        };
-        Ok(TagDeleteGuard { protection, level })
-    }
-
-    /// `Err` (403 naming the rule) when the caller may not delete `tag`.
-    pub fn check(&self, tag: &str) -> Result<(), ApiError> {
-        match &self.protection {
-            Some(p) => p
-                .check_tag_delete(tag, self.level)
-                .map_err(|refusal| ApiError::ForbiddenBecause(refusal.message)),
-            None => Ok(()),
-        }
-    }
-
-    /// Whether the caller may delete `tag` (bulk deletes skip the others silently).
-    pub fn allows(&self, tag: &str) -> bool {
-        self.check(tag).is_ok()
-    }
-}
-
-/// One tag delete through the REST API: `Err` (403 naming the rule) when a protection or
-/// immutable rule refuses it.
-pub async fn check_tag_delete(
-    store: &Store,
-    caller: &Caller,
-    repository: &str,
-    tag: &str,
-) -> Result<(), ApiError> {
-    TagDeleteGuard::load(store, caller, repository).await?.check(tag)
 }

@@ -193,34 +193,33 @@ pub enum TagDeletionOrigin {
     Bulk,
 }
 
-/// THE way the REST API deletes a tag: single and bulk deletes both come here, so a rule that
-/// may refuse a deletion (protected or immutable tags) is enforced for both by adding it here.
-/// The caller's permission to delete from the project has been checked already. Answers
-/// whether the tag existed.
+/// THE way the REST API deletes a tag: single and bulk deletes both come here and call the
+/// write service's tag delete, which enforces protection and immutable rules inside its
+/// transaction. The caller's permission to delete from the project has been checked already.
+/// Answers whether the tag existed (a bulk delete also answers `false` for a tag a rule keeps).
 pub async fn delete_tag(
-    store: &Store,
+    writes: &::service::WriteService,
     caller: &Caller,
-    _project: &Project,
+    project: &Project,
     repository: &RepositoryRecord,
     tag: &str,
     origin: TagDeletionOrigin,
 ) -> Result<bool, ApiError> {
-    match origin {
-        // A single delete says which rule refused it.
-        TagDeletionOrigin::Single => {
-            crate::protection_api::check_tag_delete(store, caller, &repository.name, tag).await?
-        }
-        // A bulk delete skips protected and immutable tags and goes on.
-        TagDeletionOrigin::Bulk => {
-            let guard =
-                crate::protection_api::TagDeleteGuard::load(store, caller, &repository.name)
-                    .await?;
-            if !guard.allows(tag) {
-                return Ok(false);
-            }
-        }
+    let (Ok(name), Ok(tag)) =
+        (repository.name.parse::<oci::RepositoryName>(), tag.parse::<oci::Tag>())
+    else {
+        return Ok(false);
+    };
+    let level = crate::protection_api::rule_level(writes.store(), caller, project).await?;
+    match writes.delete_tag(&name, &tag, ::service::Actor::Level(level)).await {
+        Ok(deleted) => Ok(deleted),
+        // A single delete says which rule refused it; a bulk delete skips the tag and goes on.
+        Err(::service::ServiceError::Refused(refusal)) => match origin {
+            TagDeletionOrigin::Single => Err(ApiError::ForbiddenBecause(refusal.message)),
+            TagDeletionOrigin::Bulk => Ok(false),
+        },
+        Err(e) => Err(e.into()),
     }
-    Ok(store.delete_tag_by_repository_id(repository.id, tag).await?)
 }
 
 /// Which tags a bulk delete removes: GitLab's rules, also usable by cleanup policies.
@@ -331,16 +330,16 @@ pub fn parse_duration_ms(text: &str) -> Result<i64, ApiError> {
 /// Deletes the tags `cleanup` selects, one by one through [`delete_tag`]; answers how many
 /// went. Runs in the background after a bulk delete request.
 pub async fn run_tag_cleanup(
-    store: &Store,
+    writes: &::service::WriteService,
     caller: &Caller,
     project: &Project,
     repository: &RepositoryRecord,
     cleanup: &TagCleanup,
 ) -> Result<usize, ApiError> {
-    let tags = store.tags_with_published(repository.id).await?;
+    let tags = writes.store().tags_with_published(repository.id).await?;
     let mut deleted = 0;
     for name in cleanup.doomed(&tags, meta::now_millis()) {
-        if delete_tag(store, caller, project, repository, &name, TagDeletionOrigin::Bulk).await? {
+        if delete_tag(writes, caller, project, repository, &name, TagDeletionOrigin::Bulk).await? {
             deleted += 1;
         }
     }
@@ -669,7 +668,7 @@ async fn delete_one_tag(
     require_delete(&s.store, &caller, &project).await?;
     let tag = tag_param("tag_name", &tag)?;
     let origin = TagDeletionOrigin::Single;
-    if delete_tag(&s.store, &caller, &project, &repository, tag.as_str(), origin).await? {
+    if delete_tag(&s.writes, &caller, &project, &repository, tag.as_str(), origin).await? {
         Ok(StatusCode::OK.into_response())
     } else {
         Err(ApiError::NotFound(TAG_NOT_FOUND))

@@ -56,6 +56,14 @@ async fn postgres() -> Option<Db> {
     Some(Db { store, _dir: tempfile::tempdir().expect("tempdir"), pg: Some((server, name)) })
 }
 
+/// The write service over `store` (these tests store no blob bytes).
+fn writes(store: &Store) -> service::WriteService {
+    let blobs =
+        blobstore::BlobStore::filesystem(&std::env::temp_dir().join("stowage-cleanup-blobs"))
+            .expect("blob store");
+    service::WriteService::new(store.clone(), blobs, Default::default())
+}
+
 fn uuid_like() -> String {
     let nanos =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
@@ -87,7 +95,8 @@ async fn push(store: &Store, repo: &str, tag: &str) {
         children: Vec::new(),
     };
     let name: oci::RepositoryName = repo.parse().unwrap();
-    store.put_manifest(&name, &manifest, &[tag.parse().unwrap()], &[]).await.unwrap();
+    let admin = service::Actor::Level(meta::access_level::ADMIN);
+    writes(store).put_manifest(&name, admin, &manifest, &[tag.parse().unwrap()]).await.unwrap();
     // Distinct published times, so "newest" is unambiguous.
     tokio::time::sleep(Duration::from_millis(3)).await;
 }
@@ -140,13 +149,13 @@ async fn keep_rules_and_protection(store: &Store) {
     assert_eq!(policy.next_run_at, Some(now + DAY));
 
     // Not due yet: nothing runs.
-    let report = run_due_policies(store, now + DAY / 2, unlimited()).await.unwrap();
+    let report = run_due_policies(&writes(store), now + DAY / 2, unlimited()).await.unwrap();
     assert_eq!(report.tags_removed, 0);
     assert_eq!(report.policies_finished, 0);
 
     // Due, but nothing is older than 7 days yet: the run finishes having removed nothing.
     assert!(dry_run(store, &app, now + DAY + 1).await.unwrap().is_empty());
-    let report = run_due_policies(store, now + DAY + 1, unlimited()).await.unwrap();
+    let report = run_due_policies(&writes(store), now + DAY + 1, unlimited()).await.unwrap();
     assert_eq!((report.policies_finished, report.tags_removed), (1, 0));
     let policy = store.cleanup_policy(app.id).await.unwrap().unwrap();
     assert_eq!(policy.last_run_removed, Some(0));
@@ -164,7 +173,7 @@ async fn keep_rules_and_protection(store: &Store) {
         .collect();
     let expected: BTreeSet<String> = (1..=7).map(|i| format!("acme/app:t{i:02}")).collect();
     assert_eq!(planned, expected, "dry run");
-    let report = run_due_policies(store, later, unlimited()).await.unwrap();
+    let report = run_due_policies(&writes(store), later, unlimited()).await.unwrap();
     assert_eq!((report.policies_finished, report.tags_removed), (1, 7));
     let mut kept = set(&["latest", "keep-me", "v1.0", "release-1"]);
     kept.extend(numbered[7..].iter().cloned());
@@ -178,7 +187,7 @@ async fn keep_rules_and_protection(store: &Store) {
     // keep_n 1 and a narrower delete regex: only t-tags go, the newest t-tag stays.
     let attributes = json!({"keep_n": 1, "name_regex": "t.*", "name_regex_keep": ""});
     update_policy(store, &Caller::Operator, &app, attributes, later).await.unwrap();
-    let report = run_due_policies(store, later + 20 * DAY, unlimited()).await.unwrap();
+    let report = run_due_policies(&writes(store), later + 20 * DAY, unlimited()).await.unwrap();
     assert_eq!(report.tags_removed, 4);
     assert_eq!(tags(store, repo).await, set(&["latest", "keep-me", "v1.0", "release-1", "t12"]));
 
@@ -211,7 +220,7 @@ async fn budget_cut_runs_resume(store: &Store) {
     assert_eq!(planned.len(), 10);
 
     let budget = CleanupBudget { max_tags: 4, max_duration: Duration::from_secs(600) };
-    let first = run_due_policies(store, at, budget).await.unwrap();
+    let first = run_due_policies(&writes(store), at, budget).await.unwrap();
     assert_eq!((first.tags_removed, first.policies_unfinished), (4, 1));
     let policy = store.cleanup_policy(b.id).await.unwrap().unwrap();
     assert_eq!(policy.run_status, "unfinished");
@@ -219,9 +228,9 @@ async fn budget_cut_runs_resume(store: &Store) {
     assert_eq!(policy.run_removed, 4);
 
     // The next pass resumes (even though next_run_at has not changed) where it stopped.
-    let second = run_due_policies(store, at + 1000, budget).await.unwrap();
+    let second = run_due_policies(&writes(store), at + 1000, budget).await.unwrap();
     assert_eq!((second.tags_removed, second.policies_unfinished), (4, 1));
-    let third = run_due_policies(store, at + 2000, budget).await.unwrap();
+    let third = run_due_policies(&writes(store), at + 2000, budget).await.unwrap();
     assert_eq!((third.tags_removed, third.policies_finished), (2, 1));
     let policy = store.cleanup_policy(b.id).await.unwrap().unwrap();
     assert_eq!(policy.last_run_removed, Some(10));
@@ -231,7 +240,7 @@ async fn budget_cut_runs_resume(store: &Store) {
         assert_eq!(tags(store, repo).await, set(&["x6"]), "{repo}");
     }
     // Finished: not due again until the next cadence.
-    let idle = run_due_policies(store, at + 3000, budget).await.unwrap();
+    let idle = run_due_policies(&writes(store), at + 3000, budget).await.unwrap();
     assert_eq!(idle.tags_removed + idle.policies_finished, 0);
 }
 

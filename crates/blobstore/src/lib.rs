@@ -211,6 +211,23 @@ impl BlobStore {
         hasher: &ResumableSha256,
         expected: &Digest,
     ) -> Result<(), BlobError> {
+        self.stage_upload(upload_id, parts, hasher, expected).await?.publish().await
+    }
+
+    /// The first half of [`commit_upload`](Self::commit_upload): joins and verifies the parts
+    /// into a private staging object (on object stores: an unfinished multipart upload at the
+    /// blob's key) without publishing anything. The write service publishes the result inside
+    /// the metadata transaction that records the blob, so bytes appear only together with the
+    /// row that protects them from garbage collection. Dropping the [`StagedBlob`] without
+    /// publishing leaves its staging object to the session's cleanup; call
+    /// [`StagedBlob::discard`] to remove it at once.
+    pub async fn stage_upload(
+        &self,
+        upload_id: &str,
+        parts: &[UploadPart],
+        hasher: &ResumableSha256,
+        expected: &Digest,
+    ) -> Result<StagedBlob, BlobError> {
         let total: u64 = parts.iter().map(|p| p.size).sum();
         if total != hasher.len() {
             return Err(BlobError::Inconsistent(format!(
@@ -236,11 +253,25 @@ impl BlobStore {
                     total,
                     expected: expected.clone(),
                 };
-                tokio::task::spawn_blocking(move || job.run())
-                    .await
-                    .map_err(|e| BlobError::Body(format!("commit thread failed: {e}")))?
+                tokio::task::spawn_blocking(move || {
+                    let staging = job
+                        .path(&layout::upload_object(&job.upload_id, &layout::new_staging_name()));
+                    match job.stage(&staging) {
+                        Ok(()) => Ok(StagedBlob(Staged::Local { job, staging })),
+                        Err(e) => {
+                            let _ = std::fs::remove_file(&staging);
+                            Err(e)
+                        }
+                    }
+                })
+                .await
+                .map_err(|e| BlobError::Body(format!("commit thread failed: {e}")))?
             }
-            None => self.commit_through_object_store(upload_id, parts, total, expected).await,
+            None => {
+                let writer =
+                    self.stage_through_object_store(upload_id, parts, total, expected).await?;
+                Ok(StagedBlob(Staged::Multipart(Box::new(writer))))
+            }
         }
     }
 
@@ -249,13 +280,13 @@ impl BlobStore {
     /// atomically replacing any object there) only if the hash matches and aborted otherwise.
     /// Verifying costs a re-read of the parts; a server-side copy could not be verified (and
     /// S3's stops at 5 GiB).
-    async fn commit_through_object_store(
+    async fn stage_through_object_store(
         &self,
         upload_id: &str,
         parts: &[UploadPart],
         total: u64,
         expected: &Digest,
-    ) -> Result<(), BlobError> {
+    ) -> Result<WriteMultipart, BlobError> {
         let upload = self.store.put_multipart(&layout::blob(expected)).await?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, WRITE_CHUNK);
         let mut hash = ContentHash::new(expected.algorithm());
@@ -298,10 +329,7 @@ impl BlobStore {
         }
         .await;
         match outcome {
-            Ok(()) => {
-                writer.finish().await?;
-                Ok(())
-            }
+            Ok(()) => Ok(writer),
             Err(e) => {
                 let _ = writer.abort().await;
                 Err(e)
@@ -404,6 +432,48 @@ impl BlobStore {
         }
         self.store.put(&layout::blob(digest), PutPayload::from_bytes(bytes)).await?;
         Ok(())
+    }
+}
+
+/// A verified upload, joined but not yet published under its digest (see
+/// [`BlobStore::stage_upload`]).
+pub struct StagedBlob(Staged);
+
+enum Staged {
+    Local { job: LocalCommit, staging: std::path::PathBuf },
+    Multipart(Box<WriteMultipart>),
+}
+
+impl StagedBlob {
+    /// Publishes the staged bytes under the blob's key, atomically replacing any object there.
+    pub async fn publish(self) -> Result<(), BlobError> {
+        match self.0 {
+            Staged::Local { job, staging } => tokio::task::spawn_blocking(move || {
+                let outcome = job.publish(&staging);
+                if outcome.is_err() {
+                    let _ = std::fs::remove_file(&staging);
+                }
+                outcome
+            })
+            .await
+            .map_err(|e| BlobError::Body(format!("commit thread failed: {e}")))?,
+            Staged::Multipart(writer) => {
+                (*writer).finish().await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes the staged bytes without publishing them.
+    pub async fn discard(self) {
+        match self.0 {
+            Staged::Local { staging, .. } => {
+                let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(staging)).await;
+            }
+            Staged::Multipart(writer) => {
+                let _ = (*writer).abort().await;
+            }
+        }
     }
 }
 
@@ -559,16 +629,6 @@ struct LocalCommit {
 impl LocalCommit {
     fn path(&self, key: &object_store::path::Path) -> std::path::PathBuf {
         self.root.join(key.as_ref())
-    }
-
-    fn run(self) -> Result<(), BlobError> {
-        let staging =
-            self.path(&layout::upload_object(&self.upload_id, &layout::new_staging_name()));
-        let outcome = self.stage(&staging).and_then(|()| self.publish(&staging));
-        if outcome.is_err() {
-            let _ = std::fs::remove_file(&staging);
-        }
-        outcome
     }
 
     /// Builds the private staging object from the parts and checks it.

@@ -10,6 +10,7 @@
 //! This crate must not know about HTTP or blob bytes.
 
 mod cleanup;
+mod gc_review;
 pub mod jobs;
 mod protection;
 mod quota;
@@ -18,16 +19,19 @@ pub mod registry_queries;
 mod store;
 mod tenancy;
 mod usage;
+mod write;
 
 pub use cleanup::*;
+pub use gc_review::*;
 pub use protection::*;
 pub use quota::*;
 pub use registry::*;
 #[cfg(any(test, feature = "testing"))]
 pub use store::testing;
-pub use store::{sqlite_database_file, Backend, MetaError, Store};
+pub use store::{sqlite_database_file, Backend, MetaError, Store, WriteTx};
 pub use tenancy::*;
 pub use usage::*;
+pub use write::*;
 
 /// Milliseconds since the Unix epoch: the portable timestamp every table uses.
 pub fn now_millis() -> i64 {

@@ -266,48 +266,6 @@ impl Store {
         Ok(rows.iter().map(|r| (r.get("name"), get_i64(r, "updated_at"))).collect())
     }
 
-    /// Removes one tag; the manifest stays addressable by digest.
-    pub async fn delete_tag_by_repository_id(
-        &self,
-        repository_id: i64,
-        name: &str,
-    ) -> Result<bool, MetaError> {
-        let mut w = self.write_tx().await?;
-        let result = sqlx::query("DELETE FROM tags WHERE repository_id = $1 AND name = $2")
-            .bind(repository_id)
-            .bind(name)
-            .execute(&mut *w.tx)
-            .await?;
-        w.commit().await?;
-        Ok(result.rows_affected() > 0)
-    }
-
-    /// Deletes a repository's metadata: tags, manifests, blob links, then the row itself.
-    /// Blob bytes and `blobs` rows stay for GC to review.
-    pub async fn delete_repository(&self, repository_id: i64) -> Result<bool, MetaError> {
-        let mut w = self.write_tx().await?;
-        // Explicit deletes keep both backends identical even where cascades are off.
-        for sql in [
-            "DELETE FROM tags WHERE repository_id = $1",
-            "DELETE FROM manifest_references WHERE parent_id IN \
-             (SELECT id FROM manifests WHERE repository_id = $1) OR child_id IN \
-             (SELECT id FROM manifests WHERE repository_id = $1)",
-            "DELETE FROM manifest_blobs WHERE manifest_id IN \
-             (SELECT id FROM manifests WHERE repository_id = $1)",
-            "DELETE FROM manifest_digest_references WHERE repository_id = $1",
-            "DELETE FROM manifests WHERE repository_id = $1",
-            "DELETE FROM repository_blobs WHERE repository_id = $1",
-        ] {
-            sqlx::query(sql).bind(repository_id).execute(&mut *w.tx).await?;
-        }
-        let result = sqlx::query("DELETE FROM repositories WHERE id = $1")
-            .bind(repository_id)
-            .execute(&mut *w.tx)
-            .await?;
-        w.commit().await?;
-        Ok(result.rows_affected() > 0)
-    }
-
     /// Bytes of the distinct blobs (configs and layers) that tagged manifests reference,
     /// directly or through an index (children linked by id, or by digest when the index was
     /// pushed before them), in the repository `path` and, with `with_descendants`, every

@@ -101,14 +101,40 @@ impl TagCache {
 /// "database is locked" because its snapshot went stale); and [`WriteTx::commit`] runs in a
 /// task of its own, so once a commit has started it completes, the tag cache learns of it,
 /// and only then is the writer lock released.
-pub(crate) struct WriteTx<'a> {
-    pub tx: Transaction<'static, Any>,
+///
+/// Public so that the write service can compose several typed operations (all SQL stays in
+/// this crate: see `write.rs` and `gc_review.rs`) with storage work in one transaction.
+/// Dropping it without [`commit`](WriteTx::commit) rolls everything back.
+pub struct WriteTx<'a> {
+    pub(crate) tx: Transaction<'static, Any>,
     guard: Option<OwnedMutexGuard<()>>,
     cache: Option<Arc<TagCache>>,
+    backend: Backend,
     _store: std::marker::PhantomData<&'a Store>,
 }
 
 impl WriteTx<'_> {
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// ` FOR SHARE` on PostgreSQL, nothing on SQLite (where every write transaction runs
+    /// alone): appended to a SELECT that must keep the rows it read from being deleted.
+    pub(crate) fn for_share(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => " FOR SHARE",
+            Backend::Sqlite => "",
+        }
+    }
+
+    /// ` FOR UPDATE` on PostgreSQL, nothing on SQLite.
+    pub(crate) fn for_update(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "",
+        }
+    }
+
     pub async fn commit(self) -> Result<(), MetaError> {
         let WriteTx { tx, guard, cache, .. } = self;
         let committing = tokio::spawn(async move {
@@ -202,7 +228,9 @@ impl Store {
         self.pool.close().await;
     }
 
-    pub(crate) async fn write_tx(&self) -> Result<WriteTx<'_>, MetaError> {
+    /// Begins a write transaction (on SQLite: waits for the single writer slot and takes the
+    /// database's write lock at once, `BEGIN IMMEDIATE`).
+    pub async fn write_tx(&self) -> Result<WriteTx<'_>, MetaError> {
         let (guard, tx) = match &self.sqlite_writer {
             Some(lock) => {
                 let guard = lock.clone().lock_owned().await;
@@ -210,7 +238,13 @@ impl Store {
             }
             None => (None, self.pool.begin().await?),
         };
-        Ok(WriteTx { tx, guard, cache: self.tag_cache.clone(), _store: std::marker::PhantomData })
+        Ok(WriteTx {
+            tx,
+            guard,
+            cache: self.tag_cache.clone(),
+            backend: self.backend,
+            _store: std::marker::PhantomData,
+        })
     }
 }
 

@@ -73,7 +73,7 @@ pub(crate) async fn delete(
     digest: &Digest,
 ) -> Result<Response> {
     let name = access.name();
-    match registry.store.unlink_blob(name, digest).await? {
+    match registry.service.unlink_blob(name, digest).await? {
         UnlinkOutcome::Unlinked => {
             Ok((StatusCode::ACCEPTED, [("docker-content-digest", digest.to_string())])
                 .into_response())

@@ -89,6 +89,40 @@ impl From<meta::MetaError> for RegistryError {
     }
 }
 
+/// A protection or immutable rule's refusal, with the OCI code for its kind.
+pub(crate) fn refused(refusal: meta::Refusal) -> RegistryError {
+    let code = match refusal.kind {
+        meta::RefusalKind::Repository => ErrorCode::Denied,
+        meta::RefusalKind::Tag => ErrorCode::ProtectedTag,
+        meta::RefusalKind::Immutable => ErrorCode::ImmutableTag,
+        meta::RefusalKind::Manifest => ErrorCode::ProtectedManifest,
+    };
+    RegistryError::new(code, refusal.message)
+}
+
+impl From<service::ServiceError> for RegistryError {
+    fn from(e: service::ServiceError) -> Self {
+        use service::ServiceError;
+        match e {
+            ServiceError::Refused(refusal) => refused(refusal),
+            ServiceError::ManifestReferenced { ref manifest, ref index, ref tag } => {
+                let detail = serde_json::json!({ "digest": manifest, "index": index, "tag": tag });
+                RegistryError::new(ErrorCode::Denied, e.to_string()).with_detail(detail)
+            }
+            ServiceError::BlobUnknown(d) => RegistryError::new(
+                ErrorCode::BlobUnknown,
+                format!("blob {d} is not stored in this registry"),
+            )
+            .with_detail(serde_json::json!({ "digest": d })),
+            e @ (ServiceError::ManifestUnknown(_) | ServiceError::TagFrozen(_)) => {
+                RegistryError::internal(e)
+            }
+            ServiceError::Meta(e) => e.into(),
+            ServiceError::Blob(e) => e.into(),
+        }
+    }
+}
+
 impl From<blobstore::BlobError> for RegistryError {
     fn from(e: blobstore::BlobError) -> Self {
         use blobstore::BlobError;

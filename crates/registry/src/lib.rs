@@ -53,6 +53,8 @@ impl Default for Limits {
 pub struct Registry {
     pub store: Store,
     pub blobs: BlobStore,
+    /// Every change of registry state goes through it.
+    pub service: service::WriteService,
     pub limits: Limits,
     /// Decides who may do what; every request passes it before a handler runs.
     pub gate: auth::Gate,

@@ -4,23 +4,14 @@ use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use meta::{ManifestRecord, NewManifest, PutManifestError};
+use meta::{ManifestRecord, NewManifest};
 use oci::{Digest, ErrorCode, ManifestError, ParsedManifest, Reference, RepositoryName, Tag};
+use service::ServiceError;
 
 use auth::access::RepositoryAccess;
 
-use crate::error::{RegistryError, Result};
+use crate::error::{refused, RegistryError, Result};
 use crate::{header, Query, Registry};
-
-fn refused(refusal: meta::Refusal) -> RegistryError {
-    let code = match refusal.kind {
-        meta::RefusalKind::Repository => ErrorCode::Denied,
-        meta::RefusalKind::Tag => ErrorCode::ProtectedTag,
-        meta::RefusalKind::Immutable => ErrorCode::ImmutableTag,
-        meta::RefusalKind::Manifest => ErrorCode::ProtectedManifest,
-    };
-    RegistryError::new(code, refusal.message)
-}
 
 fn manifest_unknown(name: &RepositoryName, reference: &Reference) -> RegistryError {
     RegistryError::new(
@@ -162,11 +153,9 @@ pub(crate) async fn put(
         Reference::Tag(tag) => (Digest::sha256_of(&payload), vec![tag.clone()]),
     };
 
-    // Protection is checked before anything is stored, for a clear answer; immutable tags are
-    // checked again inside the write transaction, so a concurrent push cannot move one either.
-    let mut frozen: Vec<Tag> = Vec::new();
+    // Protection is checked before the manifest is even parsed, for a clear answer; the write
+    // service checks it again inside its transaction, against the tag rows it has locked.
     if let Some(protection) = registry.store.protection_for_repository(name.as_str()).await? {
-        frozen = tags.iter().filter(|t| protection.is_immutable(t.as_str())).cloned().collect();
         let level = access.role();
         if tags.is_empty() {
             protection.check_push(None, false, level).map_err(refused)?;
@@ -195,22 +184,22 @@ pub(crate) async fn put(
     };
     let digests: Vec<&str> = new.blobs.iter().map(|d| d.as_str()).collect();
     crate::quota::require_room(registry, name, Some(&digests)).await?;
-    registry.store.put_manifest(name, &new, &tags, &frozen).await.map_err(|e| match e {
-        PutManifestError::TagFrozen(tag) => RegistryError::new(
+    registry.service.put_manifest(name, access.into(), &new, &tags).await.map_err(|e| match e {
+        ServiceError::TagFrozen(tag) => RegistryError::new(
             ErrorCode::ImmutableTag,
             format!("tag {tag} is immutable: it cannot be moved to another manifest; push a new tag instead"),
         ),
-        PutManifestError::BlobUnknown(d) => RegistryError::new(
+        ServiceError::BlobUnknown(d) => RegistryError::new(
             ErrorCode::ManifestBlobUnknown,
             format!("blob {d} is not in repository {name}; push it before the manifest"),
         )
         .with_detail(serde_json::json!({ "digest": d })),
-        PutManifestError::ManifestUnknown(d) => RegistryError::new(
+        ServiceError::ManifestUnknown(d) => RegistryError::new(
             ErrorCode::ManifestBlobUnknown,
             format!("manifest {d} listed by the index is not in repository {name}; push it first"),
         )
         .with_detail(serde_json::json!({ "digest": d })),
-        PutManifestError::Meta(e) => e.into(),
+        other => other.into(),
     })?;
 
     registry.store.log_storage_notices().await;
@@ -244,26 +233,11 @@ pub(crate) async fn delete(
     reference: &Reference,
 ) -> Result<Response> {
     let name = access.name();
-    if let Some(protection) = registry.store.protection_for_repository(name.as_str()).await? {
-        let level = access.role();
-        match reference {
-            Reference::Tag(tag) => {
-                if registry.store.manifest_by_tag(name, tag).await?.is_some() {
-                    protection.check_tag_delete(tag.as_str(), level).map_err(refused)?;
-                }
-            }
-            Reference::Digest(digest) => {
-                if registry.store.manifest_by_digest(name, digest).await?.is_some() {
-                    let tags =
-                        registry.store.tags_of_manifest(name.as_str(), digest.as_str()).await?;
-                    protection.check_manifest_delete(&tags, level).map_err(refused)?;
-                }
-            }
-        }
-    }
     let deleted = match reference {
-        Reference::Tag(tag) => registry.store.delete_tag(name, tag).await?,
-        Reference::Digest(digest) => registry.store.delete_manifest(name, digest).await?,
+        Reference::Tag(tag) => registry.service.delete_tag(name, tag, access.into()).await?,
+        Reference::Digest(digest) => {
+            registry.service.delete_manifest(name, digest, access.into()).await?
+        }
     };
     if !deleted {
         return Err(manifest_unknown(name, reference));

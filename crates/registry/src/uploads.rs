@@ -178,7 +178,8 @@ async fn append(
     Ok(upload)
 }
 
-/// Verifies the digest, publishes the blob, links it to `name` and ends the session.
+/// Verifies the digest, publishes the blob and links it to `name` (the write service does
+/// both in one transaction), and ends the session.
 async fn commit(
     registry: &Registry,
     name: &RepositoryName,
@@ -193,9 +194,9 @@ async fn commit(
         .into_iter()
         .map(|p| blobstore::UploadPart { object: p.object, size: p.size as u64 })
         .collect();
-    match registry.blobs.commit_upload(&upload.id, &parts, &hasher, digest).await {
+    match registry.service.commit_upload(name, &upload.id, &parts, &hasher, digest).await {
         Ok(()) => {}
-        Err(e @ blobstore::BlobError::DigestMismatch { .. }) => {
+        Err(service::ServiceError::Blob(e @ blobstore::BlobError::DigestMismatch { .. })) => {
             // The session cannot be completed any more: end it with everything it stored.
             end_session(registry, &upload.id).await?;
             return Err(
@@ -212,7 +213,6 @@ async fn commit(
             };
         }
     }
-    registry.store.link_blob(name, digest, upload.size).await?;
     end_session(registry, &upload.id).await?;
     Ok(blob_created(name, digest))
 }
@@ -291,9 +291,14 @@ async fn try_mount(
             found
         }
     };
-    let Some(blob) = source else { return Ok(None) };
-    registry.store.link_blob(name, digest, blob.size).await?;
-    Ok(Some(blob_created(name, digest)))
+    if source.is_none() {
+        return Ok(None);
+    }
+    // The blob may have been collected since it was found: then there is nothing to mount.
+    match registry.service.mount_blob(name, digest).await? {
+        Some(_) => Ok(Some(blob_created(name, digest))),
+        None => Ok(None),
+    }
 }
 
 pub(crate) async fn status(

@@ -135,12 +135,10 @@ fn runtime() -> tokio::runtime::Runtime {
 /// not what this test is about: which name the handlers act on is).
 async fn registry(dir: &std::path::Path) -> Registry {
     let url = format!("sqlite://{}", dir.join("meta.db").display());
-    Registry {
-        store: meta::Store::connect(&url).await.unwrap(),
-        blobs: blobstore::BlobStore::filesystem(&dir.join("blobs")).unwrap(),
-        limits: Default::default(),
-        gate: auth::Gate::Open,
-    }
+    let store = meta::Store::connect(&url).await.unwrap();
+    let blobs = blobstore::BlobStore::filesystem(&dir.join("blobs")).unwrap();
+    let service = service::WriteService::new(store.clone(), blobs.clone(), Default::default());
+    Registry { store, blobs, service, limits: Default::default(), gate: auth::Gate::Open }
 }
 
 proptest! {

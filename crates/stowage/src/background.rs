@@ -51,7 +51,7 @@ pub fn runner(
     let mut runner = Runner::new(queue, config.jobs.settings()?);
     api::background::register(
         &mut runner,
-        registry.store.clone(),
+        registry.service.clone(),
         api::cleanup::CleanupBudget::default(),
     );
     let purging = config.storage.maintenance.uploadpurging.clone();

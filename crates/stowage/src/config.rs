@@ -33,6 +33,31 @@ pub struct Config {
     pub auth: AuthConfig,
     pub jobs: JobsConfig,
     pub quotas: Quotas,
+    pub gc: Gc,
+}
+
+/// Online garbage collection (GitLab's `gc` section).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Gc {
+    /// Delay between an event that may orphan a blob or manifest and its review, e.g. `24h`
+    /// (`0s` in tests); up to 60 s of jitter is added when it is not zero.
+    pub reviewafter: String,
+}
+
+impl Default for Gc {
+    fn default() -> Self {
+        Gc { reviewafter: "24h".into() }
+    }
+}
+
+impl Gc {
+    /// The settings the write service queues reviews with.
+    pub fn settings(&self) -> anyhow::Result<service::GcSettings> {
+        Ok(service::GcSettings {
+            review_after: parse_duration(&self.reviewafter).context("gc.reviewafter")?,
+        })
+    }
 }
 
 /// The durable job queue's runtime (see the README's "Background jobs").
@@ -333,6 +358,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             jobs: JobsConfig::default(),
             quotas: Quotas::default(),
+            gc: Gc::default(),
         }
     }
 }

@@ -89,8 +89,9 @@ async fn open_registry(config: &Config) -> anyhow::Result<registry::Registry> {
         index_validation: config.validation.manifests.indexes.index_validation()?,
         ..Default::default()
     };
+    let service = service::WriteService::new(store.clone(), blobs.clone(), config.gc.settings()?);
     // The CLI commands that open the registry need no access decisions; `serve` sets the gate.
-    Ok(registry::Registry { store, blobs, limits, gate: auth::Gate::Open })
+    Ok(registry::Registry { store, blobs, service, limits, gate: auth::Gate::Open })
 }
 
 /// A database URL without its password, for messages.
@@ -140,6 +141,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let _jobs = background::runner(&config, &registry, queue.clone())?.start();
     let api = api::ApiState {
         store: registry.store.clone(),
+        writes: registry.service.clone(),
         job_token_lifetime: parse_duration(&config.auth.job_token_lifetime)?,
         jobs: queue,
     };

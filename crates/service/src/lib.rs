@@ -1,0 +1,502 @@
+//! The write service: THE place that changes registry state. Upload commit (with the link of
+//! a blob that is already stored), cross-repository mount, blob unlink, manifest put with its
+//! tags, tag delete, manifest delete and repository delete all run here, each in one metadata
+//! transaction that also runs the protection and immutability checks
+//! (`meta::RepositoryProtection`) against the state it has locked, and queues for garbage
+//! collection whatever the change may have orphaned. The `/v2` handlers, the REST API and
+//! cleanup policies call it; none of them writes registry state on its own. The GC review
+//! ([`WriteService::review_blobs`], [`WriteService::review_manifests`]) lives here too, because
+//! removing a dangling manifest is the same operation as a user's manifest delete.
+//!
+//! All SQL stays in `meta` (typed operations on `meta::WriteTx`); all bytes in `blobstore`.
+//! Publishing an uploaded blob happens inside the transaction that records it (see
+//! [`WriteService::commit_upload`]), so garbage collection can never delete bytes that a
+//! committed `blobs` row needs.
+
+use std::time::Duration;
+
+use auth::access::RepositoryAccess;
+use blobstore::{BlobError, BlobStore, ResumableSha256};
+use meta::{
+    access_level, BlobRecord, GcEvent, MetaError, NewManifest, PutManifestError, Refusal,
+    RefusalKind, RepositoryProtection, ReviewLock, ReviewSchedule, Store, UnlinkOutcome,
+};
+use oci::{Digest, RepositoryName, Tag};
+use rand::Rng;
+
+/// Garbage-collection settings the write path needs (`gc.reviewafter`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GcSettings {
+    /// Delay before a queued item is reviewed; up to 60 s of jitter is added when not zero.
+    pub review_after: Duration,
+}
+
+impl Default for GcSettings {
+    fn default() -> Self {
+        GcSettings { review_after: Duration::from_secs(24 * 3600) }
+    }
+}
+
+/// The most a review row of an item a writer relies on is pushed back (GitLab: an hour).
+const POSTPONE_AT_MOST: Duration = Duration::from_secs(3600);
+/// Jitter added to `gc.reviewafter` when it is not zero, so items queued together spread out.
+const JITTER_MS: i64 = 60_000;
+/// When an item a writer holds is looked at again.
+const BUSY_RETRY_MS: i64 = 1_000;
+
+/// Who asks for a write, for protection rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Actor {
+    /// A caller at this access level on the repository's project (GitLab's levels,
+    /// `meta::access_level`; `ADMIN` for instance admins and an open registry).
+    Level(i64),
+    /// A cleanup policy: it deletes no tag that any protection or immutable rule covers.
+    CleanupPolicy,
+}
+
+impl Actor {
+    fn level(self) -> i64 {
+        match self {
+            Actor::Level(level) => level,
+            Actor::CleanupPolicy => access_level::NONE,
+        }
+    }
+}
+
+impl From<&RepositoryAccess> for Actor {
+    fn from(access: &RepositoryAccess) -> Actor {
+        Actor::Level(access.role())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A protection or immutable rule refuses the change; the message names the rule.
+    #[error("{}", .0.message)]
+    Refused(Refusal),
+    #[error("blob {0} is not in this repository")]
+    BlobUnknown(String),
+    #[error("manifest {0} referenced by the index is not in this repository")]
+    ManifestUnknown(String),
+    #[error("tag {0} is immutable and points at another manifest")]
+    TagFrozen(String),
+    /// A manifest delete refused because an index of the repository lists the manifest.
+    #[error("manifest {manifest} is listed by index {index}{}; delete the index or its tags first", tag.as_ref().map(|t| format!(" (tag {t})")).unwrap_or_default())]
+    ManifestReferenced { manifest: String, index: String, tag: Option<String> },
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+}
+
+impl From<PutManifestError> for ServiceError {
+    fn from(e: PutManifestError) -> Self {
+        match e {
+            PutManifestError::BlobUnknown(d) => ServiceError::BlobUnknown(d),
+            PutManifestError::ManifestUnknown(d) => ServiceError::ManifestUnknown(d),
+            PutManifestError::TagFrozen(t) => ServiceError::TagFrozen(t),
+            PutManifestError::Meta(e) => ServiceError::Meta(e),
+        }
+    }
+}
+
+/// What a review pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReviewReport {
+    /// Due review rows looked at.
+    pub reviewed: usize,
+    pub deleted: Vec<Removed>,
+    /// Reviewed items left alone: still referenced, gone already, or held by a writer (those
+    /// are looked at again shortly).
+    pub kept: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemovedKind {
+    Blob,
+    Manifest,
+}
+
+/// One item a review deleted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Removed {
+    pub kind: RemovedKind,
+    pub digest: String,
+    /// The manifest's repository; `None` for blobs, which belong to no repository.
+    pub repository: Option<String>,
+    pub size: i64,
+    /// The event that queued the review (`tag_delete`, `manifest_delete`, …).
+    pub reason: String,
+}
+
+/// The write service. Cheap to clone.
+#[derive(Clone)]
+pub struct WriteService {
+    store: Store,
+    blobs: BlobStore,
+    gc: GcSettings,
+}
+
+impl WriteService {
+    pub fn new(store: Store, blobs: BlobStore, gc: GcSettings) -> WriteService {
+        WriteService { store, blobs, gc }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    pub fn gc_settings(&self) -> GcSettings {
+        self.gc
+    }
+
+    /// When rows queued at `now` fall due, and how far a relied-on item's review is pushed.
+    fn schedule_at(&self, now: i64) -> ReviewSchedule {
+        let delay = self.gc.review_after.as_millis().min(i64::MAX as u128 / 4) as i64;
+        let jitter = if delay > 0 { rand::thread_rng().gen_range(0..=JITTER_MS) } else { 0 };
+        let postpone = self.gc.review_after.min(POSTPONE_AT_MOST).as_millis() as i64;
+        ReviewSchedule { now, due: now + delay + jitter, postpone_to: now + postpone }
+    }
+
+    fn schedule(&self) -> ReviewSchedule {
+        self.schedule_at(meta::now_millis())
+    }
+
+    async fn protection(
+        &self,
+        repo: &RepositoryName,
+    ) -> Result<Option<RepositoryProtection>, MetaError> {
+        self.store.protection_for_repository(repo.as_str()).await
+    }
+
+    // ---- blobs --------------------------------------------------------------------------
+
+    /// Completes an upload: joins and verifies the parts into a staging object (outside any
+    /// transaction: it may take long), then, in one transaction, records the blob (or locks
+    /// the row of the blob already stored), cancels a pending deletion of its bytes, publishes
+    /// the bytes, links the blob to `repo` and queues it for review (`blob_upload`). A
+    /// [`BlobError::DigestMismatch`] means the content is not what the client named.
+    pub async fn commit_upload(
+        &self,
+        repo: &RepositoryName,
+        upload_id: &str,
+        parts: &[blobstore::UploadPart],
+        hasher: &ResumableSha256,
+        digest: &Digest,
+    ) -> Result<(), ServiceError> {
+        let staged = self.blobs.stage_upload(upload_id, parts, hasher, digest).await?;
+        let size = hasher.len() as i64;
+        let schedule = self.schedule();
+        let mut w = match self.store.write_tx().await {
+            Ok(w) => w,
+            Err(e) => {
+                staged.discard().await;
+                return Err(e.into());
+            }
+        };
+        let recorded =
+            record_blob(&mut w, repo, digest, size, GcEvent::BlobUpload, &schedule).await;
+        if let Err(e) = recorded {
+            staged.discard().await;
+            return Err(e.into());
+        }
+        // Inside the transaction: a deleter of these bytes that started before waited for
+        // `store_blob`; one that starts later finds the blobs row.
+        staged.publish().await?;
+        w.commit().await?;
+        Ok(())
+    }
+
+    /// Links blob `digest`, stored already, into `repo` (a cross-repository mount; the caller
+    /// has checked that it may read a repository holding it) and queues it for review
+    /// (`blob_mount`). `None`: the blob is not stored (any more).
+    pub async fn mount_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Option<BlobRecord>, ServiceError> {
+        let schedule = self.schedule();
+        let mut w = self.store.write_tx().await?;
+        let Some(blob) = w.lock_blob(digest.as_str(), &schedule).await? else { return Ok(None) };
+        let repo_id = w.ensure_repository(repo).await?;
+        w.link_blob(repo_id, digest.as_str()).await?;
+        w.queue_blob_review(digest.as_str(), GcEvent::BlobMount, &schedule).await?;
+        w.commit().await?;
+        Ok(Some(blob))
+    }
+
+    /// Removes the link between `repo` and the blob unless a manifest of `repo` references it
+    /// (`DELETE /v2/<name>/blobs/<digest>`); queues the blob for review (`blob_unlink`).
+    pub async fn unlink_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<UnlinkOutcome, ServiceError> {
+        let schedule = self.schedule();
+        let mut w = self.store.write_tx().await?;
+        let outcome = w.unlink_blob(repo, digest, &schedule).await?;
+        if outcome == UnlinkOutcome::Unlinked {
+            w.commit().await?;
+        }
+        Ok(outcome)
+    }
+
+    // ---- manifests and tags -------------------------------------------------------------
+
+    /// Stores a manifest (parsed and validated by the surface) and points `tags` at it, after
+    /// the protection rules allowed `actor` to push it and to create or move each tag as the
+    /// locked tag rows say. Queues the manifest (`manifest_upload`) and the manifest a moved
+    /// tag left (`tag_switch`).
+    pub async fn put_manifest(
+        &self,
+        repo: &RepositoryName,
+        actor: Actor,
+        manifest: &NewManifest,
+        tags: &[Tag],
+    ) -> Result<(), ServiceError> {
+        let protection = self.protection(repo).await?;
+        let frozen: Vec<Tag> = match &protection {
+            Some(p) => tags.iter().filter(|t| p.is_immutable(t.as_str())).cloned().collect(),
+            None => Vec::new(),
+        };
+        let schedule = self.schedule();
+        let mut w = self.store.write_tx().await?;
+        let repo_id = w.ensure_repository(repo).await?;
+        if let Some(protection) = &protection {
+            let level = actor.level();
+            if tags.is_empty() {
+                protection.check_push(None, false, level).map_err(ServiceError::Refused)?;
+            }
+            for tag in tags {
+                let current = w.tag_target(repo_id, tag.as_str()).await?;
+                let moves = current.is_some_and(|d| d != manifest.digest.as_str());
+                protection
+                    .check_push(Some(tag.as_str()), moves, level)
+                    .map_err(ServiceError::Refused)?;
+            }
+        }
+        w.put_manifest(repo_id, manifest, tags, &frozen, &schedule).await?;
+        w.commit().await?;
+        Ok(())
+    }
+
+    /// THE tag delete, for `/v2`, the REST API (single and bulk) and cleanup policies: inside
+    /// one transaction it locks the tag, asks the protection rules whether `actor` may delete
+    /// it ([`ServiceError::Refused`] if not), deletes it and queues its manifest for review
+    /// (`tag_delete`). Answers whether the tag existed.
+    pub async fn delete_tag(
+        &self,
+        repo: &RepositoryName,
+        tag: &Tag,
+        actor: Actor,
+    ) -> Result<bool, ServiceError> {
+        let protection = self.protection(repo).await?;
+        let schedule = self.schedule();
+        let mut w = self.store.write_tx().await?;
+        let Some(repo_id) = w.repository_id(repo).await? else { return Ok(false) };
+        if w.tag_target(repo_id, tag.as_str()).await?.is_none() {
+            return Ok(false);
+        }
+        if let Some(protection) = &protection {
+            match actor {
+                Actor::Level(level) => protection
+                    .check_tag_delete(tag.as_str(), level)
+                    .map_err(ServiceError::Refused)?,
+                Actor::CleanupPolicy if protection.protects_from_cleanup(tag.as_str()) => {
+                    return Err(ServiceError::Refused(Refusal {
+                        kind: RefusalKind::Tag,
+                        message: format!(
+                            "tag {tag} is covered by a protection or immutable rule: cleanup policies keep it"
+                        ),
+                    }))
+                }
+                Actor::CleanupPolicy => {}
+            }
+        }
+        let deleted = w.delete_tag(repo_id, tag.as_str(), &schedule).await?;
+        w.commit().await?;
+        Ok(deleted)
+    }
+
+    /// Deletes manifest `digest` of `repo` with the tags pointing at it, unless a protection
+    /// rule refuses it for `actor` or an index of the repository lists it
+    /// ([`ServiceError::ManifestReferenced`]); queues its blobs, children and referrers.
+    /// Answers whether it existed.
+    pub async fn delete_manifest(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        actor: Actor,
+    ) -> Result<bool, ServiceError> {
+        let protection = self.protection(repo).await?;
+        let schedule = self.schedule();
+        let mut w = self.store.write_tx().await?;
+        let Some(repo_id) = w.repository_id(repo).await? else { return Ok(false) };
+        let Some(m) = w.manifest_for_delete(repo_id, digest.as_str()).await? else {
+            return Ok(false);
+        };
+        if let Some(protection) = &protection {
+            let tags = w.manifest_tags(m.id).await?;
+            protection
+                .check_manifest_delete(&tags, actor.level())
+                .map_err(ServiceError::Refused)?;
+        }
+        if let Some(index) = w.listing_index(&m).await? {
+            return Err(ServiceError::ManifestReferenced {
+                manifest: m.digest,
+                index: index.digest,
+                tag: index.tag,
+            });
+        }
+        w.delete_manifest(&m, &schedule).await?;
+        w.commit().await?;
+        Ok(true)
+    }
+
+    /// Deletes a repository's metadata (tags, manifests, links, the repository) and queues
+    /// every blob that was linked to it (`repository_delete`). The caller decided that the
+    /// actor may. Answers whether it existed.
+    pub async fn delete_repository(&self, repository_id: i64) -> Result<bool, ServiceError> {
+        let schedule = self.schedule();
+        let mut w = self.store.write_tx().await?;
+        let deleted = w.delete_repository(repository_id, &schedule).await?;
+        w.commit().await?;
+        Ok(deleted)
+    }
+
+    // ---- garbage-collection reviews -----------------------------------------------------
+
+    /// Reviews at most `limit` blob review rows due at `now_ms`, in one transaction: each
+    /// blob no manifest references any more is deleted (links, row; its bytes are queued in
+    /// `gc_storage_deletions`), with a `gc_events` row and a log line.
+    pub async fn review_blobs(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<ReviewReport, ServiceError> {
+        let mut report = ReviewReport::default();
+        let mut w = self.store.write_tx().await?;
+        for item in w.claim_blob_reviews(now_ms, limit as i64).await? {
+            report.reviewed += 1;
+            match w.lock_blob_for_review(&item.digest).await? {
+                ReviewLock::Busy => {
+                    w.postpone_blob_review(&item.digest, now_ms + BUSY_RETRY_MS).await?;
+                    report.kept += 1;
+                }
+                ReviewLock::Gone => {
+                    w.finish_blob_review(&item.digest).await?;
+                    report.kept += 1;
+                }
+                ReviewLock::Locked(blob) => {
+                    if w.blob_is_referenced(&blob.digest).await? {
+                        w.finish_blob_review(&item.digest).await?;
+                        report.kept += 1;
+                    } else {
+                        w.remove_dangling_blob(&blob, &item.event, now_ms).await?;
+                        report.deleted.push(Removed {
+                            kind: RemovedKind::Blob,
+                            digest: blob.digest,
+                            repository: None,
+                            size: blob.size,
+                            reason: item.event,
+                        });
+                    }
+                }
+            }
+        }
+        w.commit().await?;
+        log_removed(&report);
+        Ok(report)
+    }
+
+    /// Reviews at most `limit` manifest review rows due at `now_ms`, in one transaction: each
+    /// dangling manifest (untagged, listed by no index of its repository, and without a
+    /// subject present there) is deleted exactly as a user's manifest delete deletes it, which
+    /// queues its blobs, children and referrers in turn.
+    pub async fn review_manifests(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<ReviewReport, ServiceError> {
+        let mut report = ReviewReport::default();
+        let schedule = self.schedule_at(now_ms);
+        let mut w = self.store.write_tx().await?;
+        for item in w.claim_manifest_reviews(now_ms, limit as i64).await? {
+            report.reviewed += 1;
+            match w.lock_manifest_for_review(item.manifest_id).await? {
+                ReviewLock::Busy => {
+                    w.postpone_manifest_review(item.manifest_id, now_ms + BUSY_RETRY_MS).await?;
+                    report.kept += 1;
+                }
+                ReviewLock::Gone => {
+                    w.finish_manifest_review(item.manifest_id).await?;
+                    report.kept += 1;
+                }
+                ReviewLock::Locked(m) => {
+                    if !w.manifest_is_dangling(&m).await? {
+                        w.finish_manifest_review(m.id).await?;
+                        report.kept += 1;
+                        continue;
+                    }
+                    let repository = w.repository_name(m.repository_id).await?;
+                    w.delete_manifest(&m, &schedule).await?;
+                    w.record_gc_event(
+                        "manifest",
+                        &m.digest,
+                        repository.as_deref(),
+                        m.size,
+                        &item.event,
+                        "deleted",
+                        now_ms,
+                    )
+                    .await?;
+                    report.deleted.push(Removed {
+                        kind: RemovedKind::Manifest,
+                        digest: m.digest,
+                        repository,
+                        size: m.size,
+                        reason: item.event,
+                    });
+                }
+            }
+        }
+        w.commit().await?;
+        log_removed(&report);
+        Ok(report)
+    }
+}
+
+/// Records blob `digest` (or locks its row), cancels a pending deletion of its bytes, links
+/// it into `repo` and queues it for review.
+async fn record_blob(
+    w: &mut meta::WriteTx<'_>,
+    repo: &RepositoryName,
+    digest: &Digest,
+    size: i64,
+    event: GcEvent,
+    schedule: &ReviewSchedule,
+) -> Result<(), MetaError> {
+    let repo_id = w.ensure_repository(repo).await?;
+    w.store_blob(digest, size, schedule).await?;
+    w.link_blob(repo_id, digest.as_str()).await?;
+    w.queue_blob_review(digest.as_str(), event, schedule).await
+}
+
+fn log_removed(report: &ReviewReport) {
+    for r in &report.deleted {
+        match r.kind {
+            RemovedKind::Blob => tracing::info!(
+                digest = %r.digest, size = r.size, reason = %r.reason,
+                "garbage collection deleted a blob"
+            ),
+            RemovedKind::Manifest => tracing::info!(
+                digest = %r.digest, repository = r.repository.as_deref().unwrap_or(""),
+                size = r.size, reason = %r.reason, "garbage collection deleted a manifest"
+            ),
+        }
+    }
+}
