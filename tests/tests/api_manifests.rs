@@ -12,6 +12,7 @@ backend_tests!(
     oci_manifest_by_tag_and_digest,
     docker_schema2_and_manifest_list,
     oci_index_of_two_manifests,
+    manifest_listed_by_index_is_not_deleted,
     index_with_missing_manifest,
     manifest_with_unknown_blob,
     foreign_layers_need_no_blob,
@@ -141,6 +142,41 @@ async fn oci_index_of_two_manifests(backend: MetaBackend) {
     assert_manifest(&reg, &repo, "latest", OCI_INDEX, &index).await;
     assert_manifest(&reg, &repo, &a.digest, OCI_MANIFEST, &a.manifest).await;
     assert_manifest(&reg, &repo, &b.digest, OCI_MANIFEST, &b.manifest).await;
+}
+
+/// DELETE of a manifest that an index of the repository lists is refused with `DENIED` (403),
+/// naming the index and a tag of it; once the index is gone the manifest can be deleted.
+async fn manifest_listed_by_index_is_not_deleted(backend: MetaBackend) {
+    let reg = Registry::start(backend);
+    let repo = unique_repo("index-child");
+    let a = reg.push_image(&repo, None).await;
+    let b = reg.push_image(&repo, None).await;
+    let index = to_bytes(&oci_index(vec![a.descriptor(), b.descriptor()]));
+    let index_digest = sha256_digest(&index);
+    reg.push_manifest(&repo, "latest", OCI_INDEX, &index).await;
+
+    let resp = reg.delete(&format!("/v2/{repo}/manifests/{}", a.digest)).await;
+    let body = assert_oci_error(resp, &[403], &["DENIED"]).await;
+    let message = body["errors"][0]["message"].as_str().unwrap_or_default().to_string();
+    let expected = format!(
+        "manifest {} is listed by index {index_digest} (tag latest); delete the index or its tags first",
+        a.digest
+    );
+    assert_eq!(message, expected);
+    assert_eq!(body["errors"][0]["detail"]["index"].as_str(), Some(index_digest.as_str()));
+    assert_manifest(&reg, &repo, &a.digest, OCI_MANIFEST, &a.manifest).await;
+
+    // Untagged, the index still lists it: still refused, now without a tag to name.
+    assert_status(&reg.delete(&format!("/v2/{repo}/manifests/latest")).await, 202);
+    let resp = reg.delete(&format!("/v2/{repo}/manifests/{}", b.digest)).await;
+    let body = assert_oci_error(resp, &[403], &["DENIED"]).await;
+    let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&format!("is listed by index {index_digest};")), "{message}");
+
+    assert_status(&reg.delete(&format!("/v2/{repo}/manifests/{index_digest}")).await, 202);
+    assert_status(&reg.delete(&format!("/v2/{repo}/manifests/{}", a.digest)).await, 202);
+    let resp = reg.get_manifest(&repo, &a.digest).await;
+    assert_oci_error(resp, &[404], &["MANIFEST_UNKNOWN"]).await;
 }
 
 async fn index_with_missing_manifest(backend: MetaBackend) {
