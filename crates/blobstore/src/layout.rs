@@ -9,6 +9,10 @@
 //!                               object planted or damaged under a digest never outlives the
 //!                               next upload of the right bytes. Removed only by garbage
 //!                               collection.
+//!     sha256/ab/abcdef0123…#1   (filesystem only) object_store's temporary file of a write
+//!                               to the key before `#`, renamed over it when complete. Left
+//!                               behind only by a crash; the GC leftovers sweep removes old
+//!                               ones (see [`interrupted_write`])
 //!   uploads/
 //!     <upload uuid>/            everything one upload session stores; removed whole on
 //!                               commit, cancel or expiry (the purge lists this prefix)
@@ -34,6 +38,37 @@ use oci::Digest;
 pub fn blob(digest: &Digest) -> Path {
     let hex = digest.hex();
     Path::from(format!("blobs/{}/{}/{}", digest.algorithm().as_str(), &hex[..2], hex))
+}
+
+/// `blobs/`: the prefix under which every blob is stored.
+pub fn blobs() -> Path {
+    Path::from("blobs")
+}
+
+/// Whether `key` (relative to the storage root) is the temporary file of an interrupted
+/// write next to a blob: `blobs/<algorithm>/<xx>/<hex>#<n>`. object_store's filesystem
+/// backend writes `<key>#<n>` and renames it over `<key>` when the write completes, so only a
+/// crash (kill -9 during a commit or `put`) leaves one behind, and object_store's own
+/// listings skip them. Nothing else under `blobs/` ever has this shape.
+pub fn interrupted_write(key: &str) -> bool {
+    let parts: Vec<&str> = key.split('/').collect();
+    let [top, algorithm, fanout, name] = parts.as_slice() else { return false };
+    let Some((hex, n)) = name.split_once('#') else { return false };
+    *top == "blobs"
+        && matches!(*algorithm, "sha256" | "sha512")
+        && fanout.len() == 2
+        && hex.starts_with(fanout)
+        && !hex.is_empty()
+        && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        && !n.is_empty()
+        && n.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The upload session an object under `uploads/` belongs to: `uploads/<id>/…` → `<id>`.
+pub fn upload_session_of(key: &str) -> Option<&str> {
+    let mut parts = key.split('/');
+    (parts.next() == Some("uploads")).then_some(())?;
+    parts.next().filter(|id| !id.is_empty())
 }
 
 /// `uploads/`: the prefix under which every upload session keeps its objects.
@@ -72,6 +107,23 @@ mod tests {
         assert_eq!(blob(&d).as_ref(), format!("blobs/sha256/ab/{}", "ab".repeat(32)));
         assert_eq!(upload_object("u", "p1").as_ref(), "uploads/u/p1");
         assert_eq!(upload_dir("u").as_ref(), "uploads/u");
+    }
+
+    #[test]
+    fn interrupted_writes_are_told_from_blobs() {
+        let hex = "ab".repeat(32);
+        assert!(interrupted_write(&format!("blobs/sha256/ab/{hex}#1")));
+        assert!(interrupted_write(&format!("blobs/sha256/ab/{hex}#42")));
+        assert!(!interrupted_write(&format!("blobs/sha256/ab/{hex}")), "a blob");
+        assert!(!interrupted_write(&format!("blobs/sha256/cd/{hex}#1")), "wrong fan-out");
+        assert!(!interrupted_write(&format!("blobs/sha256/ab/{hex}#x")));
+        assert!(!interrupted_write(&format!("blobs/sha256/ab/{hex}#")));
+        assert!(!interrupted_write(&format!("uploads/ab/{hex}#1")));
+        assert!(!interrupted_write(&format!("blobs/md5/ab/{hex}#1")));
+        assert!(!interrupted_write(&format!("blobs/sha256/ab/../{hex}#1")));
+        assert_eq!(upload_session_of("uploads/u1/p"), Some("u1"));
+        assert_eq!(upload_session_of("uploads/u1"), Some("u1"));
+        assert_eq!(upload_session_of("blobs/u1/p"), None);
     }
 
     #[test]

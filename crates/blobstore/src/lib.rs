@@ -397,6 +397,14 @@ impl BlobStore {
         &self,
         cutoff: std::time::SystemTime,
     ) -> Result<Vec<String>, BlobError> {
+        Ok(self.idle_upload_session_usage(cutoff).await?.into_iter().map(|s| s.id).collect())
+    }
+
+    /// [`idle_upload_sessions`](Self::idle_upload_sessions) with the bytes each one stores.
+    pub async fn idle_upload_session_usage(
+        &self,
+        cutoff: std::time::SystemTime,
+    ) -> Result<Vec<StoredUploadSession>, BlobError> {
         if let Some(root) = &self.local_root {
             let uploads = root.join(layout::uploads().as_ref());
             return tokio::task::spawn_blocking(move || idle_local_sessions(&uploads, cutoff))
@@ -406,18 +414,62 @@ impl BlobStore {
         }
         let cutoff_millis =
             cutoff.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-        let mut newest: std::collections::BTreeMap<String, i64> = Default::default();
+        let mut newest: std::collections::BTreeMap<String, (i64, u64)> = Default::default();
         let mut objects = self.store.list(Some(&layout::uploads()));
         while let Some(meta) = objects.next().await {
             let meta = meta?;
-            let session = meta.location.parts().nth(1).map(|p| p.as_ref().to_string());
-            if let Some(session) = session {
+            if let Some(session) = layout::upload_session_of(meta.location.as_ref()) {
                 let modified = meta.last_modified.timestamp_millis();
-                let entry = newest.entry(session).or_insert(modified);
-                *entry = (*entry).max(modified);
+                let entry = newest.entry(session.to_string()).or_insert((modified, 0));
+                entry.0 = entry.0.max(modified);
+                entry.1 += meta.size;
             }
         }
-        Ok(newest.into_iter().filter(|(_, t)| *t < cutoff_millis).map(|(id, _)| id).collect())
+        Ok(newest
+            .into_iter()
+            .filter(|(_, (t, _))| *t < cutoff_millis)
+            .map(|(id, (_, bytes))| StoredUploadSession { id, bytes })
+            .collect())
+    }
+
+    /// Removes the blob's object. Idempotent: an object that is already gone is a success
+    /// (some backends, like S3, cannot tell). Only garbage collection calls this, after the
+    /// blob's metadata is gone.
+    pub async fn delete_blob(&self, digest: &Digest) -> Result<(), BlobError> {
+        match self.store.delete(&layout::blob(digest)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Temporary files of interrupted writes next to blobs (see
+    /// [`layout::interrupted_write`]) last changed before `cutoff`. Only the filesystem
+    /// backend leaves these; other backends' unfinished multipart uploads are invisible to
+    /// listings (expire them with a bucket lifecycle rule), so this finds none there.
+    pub async fn interrupted_writes(
+        &self,
+        cutoff: std::time::SystemTime,
+    ) -> Result<Vec<StoredObject>, BlobError> {
+        let Some(root) = self.local_root.clone() else { return Ok(Vec::new()) };
+        tokio::task::spawn_blocking(move || local_interrupted_writes(&root, cutoff))
+            .await
+            .map_err(|e| BlobError::Body(format!("listing thread failed: {e}")))?
+            .map_err(BlobError::from)
+    }
+
+    /// Removes the interrupted write `key` found by
+    /// [`interrupted_writes`](Self::interrupted_writes); refuses any other key, so a blob can
+    /// never be removed this way. `false` if it was gone already.
+    pub async fn delete_interrupted_write(&self, key: &str) -> Result<bool, BlobError> {
+        if !layout::interrupted_write(key) {
+            return Err(BlobError::Inconsistent(format!("{key} is not an interrupted write")));
+        }
+        let Some(root) = &self.local_root else { return Ok(false) };
+        match std::fs::remove_file(root.join(key)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Stores small content (a manifest fetched as a blob, test fixtures) in one call, after
@@ -719,11 +771,25 @@ impl LocalCommit {
     }
 }
 
+/// An upload session's objects in storage: its id and the bytes they hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredUploadSession {
+    pub id: String,
+    pub bytes: u64,
+}
+
+/// One object found in storage: its key (relative to the storage root) and size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredObject {
+    pub key: String,
+    pub size: u64,
+}
+
 /// Upload session directories under `uploads` whose entries all changed before `cutoff`.
 fn idle_local_sessions(
     uploads: &std::path::Path,
     cutoff: std::time::SystemTime,
-) -> std::io::Result<Vec<String>> {
+) -> std::io::Result<Vec<StoredUploadSession>> {
     let entries = match std::fs::read_dir(uploads) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -737,16 +803,62 @@ fn idle_local_sessions(
             continue;
         }
         let mut newest = meta.modified()?;
+        let mut bytes = 0;
         for inner in std::fs::read_dir(&dir)?.flatten() {
-            if let Ok(modified) = inner.metadata().and_then(|m| m.modified()) {
-                newest = newest.max(modified);
+            if let Ok(meta) = inner.metadata() {
+                bytes += meta.len();
+                if let Ok(modified) = meta.modified() {
+                    newest = newest.max(modified);
+                }
             }
         }
         if newest < cutoff {
-            idle.push(entry.file_name().to_string_lossy().into_owned());
+            idle.push(StoredUploadSession {
+                id: entry.file_name().to_string_lossy().into_owned(),
+                bytes,
+            });
         }
     }
     Ok(idle)
+}
+
+/// Files under `<root>/blobs/<algorithm>/<xx>/` that [`layout::interrupted_write`] names and
+/// that last changed before `cutoff`.
+fn local_interrupted_writes(
+    root: &std::path::Path,
+    cutoff: std::time::SystemTime,
+) -> std::io::Result<Vec<StoredObject>> {
+    fn dirs(path: &std::path::Path) -> std::io::Result<Vec<std::fs::DirEntry>> {
+        match std::fs::read_dir(path) {
+            Ok(entries) => Ok(entries.flatten().collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+    let mut found = Vec::new();
+    let blobs = layout::blobs();
+    for algorithm in dirs(&root.join(blobs.as_ref()))? {
+        for fanout in dirs(&algorithm.path())? {
+            for file in dirs(&fanout.path())? {
+                let key = format!(
+                    "{}/{}/{}/{}",
+                    blobs.as_ref(),
+                    algorithm.file_name().to_string_lossy(),
+                    fanout.file_name().to_string_lossy(),
+                    file.file_name().to_string_lossy()
+                );
+                if !layout::interrupted_write(&key) {
+                    continue;
+                }
+                let Ok(meta) = file.metadata() else { continue };
+                if meta.is_file() && meta.modified()? < cutoff {
+                    found.push(StoredObject { key, size: meta.len() });
+                }
+            }
+        }
+    }
+    found.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -827,7 +939,55 @@ mod tests {
         failed_body_leaves_nothing_and_keeps_the_hash,
         idle_sessions_are_found_by_listing_uploads,
         put_small_checks_the_digest,
+        deleting_a_blob_is_idempotent,
     );
+
+    async fn deleting_a_blob_is_idempotent(b: Backend) {
+        let store = &b.store;
+        let digest = Digest::sha256_of(b"doomed");
+        store.put_small(&digest, Bytes::from_static(b"doomed")).await.unwrap();
+        store.delete_blob(&digest).await.unwrap();
+        assert_eq!(store.size(&digest).await.unwrap(), None);
+        store.delete_blob(&digest).await.expect("gone already: still a success");
+        assert_eq!(b.keys("blobs").await, Vec::<String>::new(), "no empty directories left");
+        let sessions = store.idle_upload_session_usage(std::time::SystemTime::now()).await;
+        assert_eq!(sessions.unwrap(), Vec::new());
+    }
+
+    /// A crash during a filesystem write leaves `<hex>#<n>` next to the blob; only such files,
+    /// and only old ones, are reported, and nothing else can be removed through that door.
+    #[tokio::test]
+    async fn interrupted_writes_are_found_on_the_filesystem() {
+        let b = filesystem();
+        let root = b.store.local_root.clone().unwrap();
+        let blob = Digest::sha256_of(b"kept");
+        b.store.put_small(&blob, Bytes::from_static(b"kept")).await.unwrap();
+        let stale = format!("{}#1", layout::blob(&Digest::sha256_of(b"stale")));
+        let fresh = format!("{}#2", layout::blob(&blob));
+        for (key, bytes) in [(&stale, 5usize), (&fresh, 3)] {
+            let path = root.join(key);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, vec![0u8; bytes]).unwrap();
+        }
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(root.join(&stale))
+            .unwrap()
+            .set_modified(hour_ago - std::time::Duration::from_secs(1))
+            .unwrap();
+        let found = b.store.interrupted_writes(hour_ago).await.unwrap();
+        assert_eq!(found, vec![StoredObject { key: stale.clone(), size: 5 }]);
+        let now = std::time::SystemTime::now() + std::time::Duration::from_secs(1);
+        assert_eq!(b.store.interrupted_writes(now).await.unwrap().len(), 2);
+        let blob_key = layout::blob(&blob).to_string();
+        assert!(b.store.delete_interrupted_write(&blob_key).await.is_err(), "never a blob");
+        assert!(b.store.delete_interrupted_write(&stale).await.unwrap());
+        assert!(!b.store.delete_interrupted_write(&stale).await.unwrap());
+        assert_eq!(read_all(&b.store, &blob, None).await, b"kept");
+        // The in-memory backend (and S3 & co.) has none to report.
+        assert_eq!(memory().store.interrupted_writes(now).await.unwrap(), Vec::new());
+    }
 
     fn chunks(data: &[u8], size: usize) -> impl Stream<Item = Result<Bytes, String>> + Send {
         let parts: Vec<Result<Bytes, String>> =
