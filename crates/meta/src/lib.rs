@@ -12,6 +12,7 @@
 mod cleanup;
 mod gc_review;
 pub mod jobs;
+mod gc;
 mod protection;
 mod quota;
 mod registry;
@@ -23,6 +24,7 @@ mod write;
 
 pub use cleanup::*;
 pub use gc_review::*;
+pub use gc::*;
 pub use protection::*;
 pub use quota::*;
 pub use registry::*;

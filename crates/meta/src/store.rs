@@ -299,6 +299,14 @@ pub mod testing {
             TestDb { store, _dir: dir, postgres }
         }
 
+        /// Runs one SQL statement (test fixtures the API has no call for).
+        pub async fn exec(&self, sql: &str) {
+            sqlx::query(sql)
+                .execute(&self.store.pool)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+
         pub async fn drop_database(self) {
             self.store.close().await;
             if let Some((server, name)) = &self.postgres {
