@@ -1,0 +1,49 @@
+//! Online garbage collection, the runtime: what runs GitLab-style online GC on every instance.
+//!
+//! - [`worker`]: the loops. A [`Worker`] repeats one [`Pass`] (take what is due, in a batch):
+//!   at once while there is work, every `interval` when idle, with exponential backoff up to
+//!   `gc.maxbackoff` on errors, each pass bounded by `gc.transactiontimeout`; it stops when
+//!   shut down. Tests call [`Worker::step`] with a [`ManualClock`] instead of sleeping.
+//! - [`review`]: the [`Reviewer`] the blob and manifest workers call. The review itself
+//!   (claim due rows, lock, re-check references, delete what is still dangling, queue what that
+//!   frees) belongs to the write service; this crate only schedules it.
+//! - [`deleter`]: the storage deleter, which removes the bytes of blobs whose metadata the
+//!   review removed (`gc_storage_deletions`), idempotently, retrying failures with backoff.
+//! - [`leftovers`]: the sweep of storage objects no live upload session owns.
+//! - [`pass`]: `stowage gc run`: one full mark-and-sweep now, or its dry run.
+//!
+//! Each pass is a plain async function over the stores, so a job queue can schedule it as well.
+//! This crate owns no SQL (that is `meta::gc`) and no storage keys (that is `blobstore::layout`),
+//! and knows nothing of HTTP.
+
+pub mod clock;
+pub mod deleter;
+pub mod leftovers;
+pub mod pass;
+pub mod review;
+pub mod settings;
+pub mod worker;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use deleter::{DeleterReport, StorageDeleter};
+pub use leftovers::{Leftover, LeftoverKind, LeftoverReport, LeftoverSweep};
+pub use pass::{dry_run, full_pass, DryRunReport, FullPassOptions, FullPassSummary, Progress};
+pub use review::{Queue, Removed, RemovedKind, ReviewError, ReviewReport, Reviewer};
+pub use settings::{GcSettings, WorkerSettings};
+pub use worker::{
+    spawn_background, Background, BackgroundParts, Pass, PassReport, ReviewPass, Worker,
+};
+
+/// What can stop a GC pass. None of them loses work: a pass that fails leaves its rows for the
+/// next one.
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    #[error(transparent)]
+    Meta(#[from] meta::MetaError),
+    #[error(transparent)]
+    Storage(#[from] blobstore::BlobError),
+    #[error("review failed: {0}")]
+    Review(ReviewError),
+    #[error("the pass took longer than gc.transactiontimeout ({0:?}) and was abandoned")]
+    Timeout(std::time::Duration),
+}
