@@ -15,6 +15,7 @@ pub mod caller;
 pub mod cleanup;
 pub mod error;
 pub mod export;
+pub mod gc_api;
 mod handlers;
 pub mod input;
 pub mod names;
@@ -109,4 +110,5 @@ pub fn routes() -> Routes {
         .merge(protection_api::routes())
         .merge(registry_api::routes())
         .merge(background::routes())
+        .merge(gc_api::routes())
 }

@@ -1035,6 +1035,7 @@ pub const ROUTES: &[RouteDoc] = &[
         ("kind", "string", "repository_delete, bulk_tag_delete, cleanup_policies, upload_purge"),
         ("limit", "integer", "at most this many (default 100, at most 1000)"),
     ], 200),
+    route("get", "/admin/registry/gc", "admin", "Online garbage collection: queue lengths, the oldest due item, what was removed in the last hour and day, failures, pending storage deletions (instance admins)", &[], 200),
     route("get", "/openapi.json", "meta", "This OpenAPI document", &[], 200),
 ];
 

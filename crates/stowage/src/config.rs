@@ -36,30 +36,6 @@ pub struct Config {
     pub gc: Gc,
 }
 
-/// Online garbage collection (GitLab's `gc` section).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Gc {
-    /// Delay between an event that may orphan a blob or manifest and its review, e.g. `24h`
-    /// (`0s` in tests); up to 60 s of jitter is added when it is not zero.
-    pub reviewafter: String,
-}
-
-impl Default for Gc {
-    fn default() -> Self {
-        Gc { reviewafter: "24h".into() }
-    }
-}
-
-impl Gc {
-    /// The settings the write service queues reviews with.
-    pub fn settings(&self) -> anyhow::Result<service::GcSettings> {
-        Ok(service::GcSettings {
-            review_after: parse_duration(&self.reviewafter).context("gc.reviewafter")?,
-        })
-    }
-}
-
 /// The durable job queue's runtime (see the README's "Background jobs").
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -151,6 +127,86 @@ pub fn parse_byte_size(s: &str) -> anyhow::Result<u64> {
         bail!("{s:?} is too large a byte size");
     }
     Ok(size.as_u64())
+}
+
+/// Online garbage collection, with GitLab's key names (`gc.disabled`, `gc.reviewafter`,
+/// `gc.blobs.interval`, …). From the environment: `STOWAGE_GC__REVIEWAFTER=0s`,
+/// `STOWAGE_GC__BLOBS__DISABLED=true`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Gc {
+    /// No GC worker runs on this instance (items still queue up).
+    pub disabled: bool,
+    /// How long after the event that queued it an item is reviewed, e.g. `24h`; `0s` for
+    /// tests. Up to 60 s of jitter is added when it is not 0.
+    pub reviewafter: String,
+    /// The longest wait between retries after failures, e.g. `24h`.
+    pub maxbackoff: String,
+    /// The longest one worker pass (one transaction) may take, e.g. `10s`.
+    pub transactiontimeout: String,
+    /// The blob review worker and the storage deleter.
+    pub blobs: GcWorker,
+    /// The manifest review worker.
+    pub manifests: GcWorker,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GcWorker {
+    pub disabled: bool,
+    /// How long the worker waits when nothing is due, e.g. `5s`.
+    pub interval: String,
+}
+
+impl Default for Gc {
+    fn default() -> Self {
+        Gc {
+            disabled: false,
+            reviewafter: "24h".into(),
+            maxbackoff: "24h".into(),
+            transactiontimeout: "10s".into(),
+            blobs: GcWorker::default(),
+            manifests: GcWorker::default(),
+        }
+    }
+}
+
+impl Default for GcWorker {
+    fn default() -> Self {
+        GcWorker { disabled: false, interval: "5s".into() }
+    }
+}
+
+impl Gc {
+    /// The settings as the GC runtime uses them.
+    pub fn settings(&self) -> anyhow::Result<gc::GcSettings> {
+        let positive = |key: &str, value: &str| -> anyhow::Result<Duration> {
+            let d = parse_duration(value).with_context(|| format!("gc.{key}"))?;
+            if d.is_zero() {
+                bail!("gc.{key} must be longer than 0");
+            }
+            Ok(d)
+        };
+        Ok(gc::GcSettings {
+            disabled: self.disabled,
+            review_after: parse_duration(&self.reviewafter).context("gc.reviewafter")?,
+            max_backoff: positive("maxbackoff", &self.maxbackoff)?,
+            transaction_timeout: positive("transactiontimeout", &self.transactiontimeout)?,
+            blobs: gc::WorkerSettings {
+                disabled: self.blobs.disabled,
+                interval: positive("blobs.interval", &self.blobs.interval)?,
+            },
+            manifests: gc::WorkerSettings {
+                disabled: self.manifests.disabled,
+                interval: positive("manifests.interval", &self.manifests.interval)?,
+            },
+        })
+    }
+
+    /// The settings the write service queues reviews with (one parse of `gc.reviewafter`).
+    pub fn service_settings(&self) -> anyhow::Result<service::GcSettings> {
+        Ok(service::GcSettings { review_after: self.settings()?.review_after })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -464,7 +520,16 @@ impl Config {
         self.validation.manifests.indexes.index_validation()?;
         self.jobs.settings()?;
         self.quotas.default_limit.bytes().context("quotas.default_limit")?;
+        self.gc.settings()?;
         Ok(())
+    }
+
+    /// How old a storage object must be before the GC leftovers sweep may remove it:
+    /// `max(1h, storage.maintenance.uploadpurging.age)`. An upload session lives at most the
+    /// purge age idle, so nothing older belongs to one.
+    pub fn leftovers_age(&self) -> anyhow::Result<Duration> {
+        let purge = parse_duration(&self.storage.maintenance.uploadpurging.age)?;
+        Ok(purge.max(Duration::from_secs(3600)))
     }
 
     /// The metadata database URL: the configured one, or a SQLite file in the data dir.
@@ -540,6 +605,41 @@ mod tests {
         assert!(parse_duration("").is_err());
         assert!(parse_duration("-5s").is_err());
         assert!(parse_duration("99999999999999999999999").is_err());
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail dictates the closure's error type
+    fn gc_settings_from_defaults_file_and_environment() {
+        figment::Jail::expect_with(|jail| {
+            let settings = Config::load().map_err(|e| e.to_string())?.gc.settings().unwrap();
+            assert_eq!(settings, gc::GcSettings::default(), "GitLab's defaults");
+            jail.create_file(
+                "stowage.yml",
+                "gc:\n  maxbackoff: 1h\n  blobs:\n    interval: 2s\n  manifests:\n    disabled: true\n",
+            )?;
+            jail.set_env("STOWAGE_CONFIG", "stowage.yml");
+            jail.set_env("STOWAGE_GC__REVIEWAFTER", "0s");
+            jail.set_env("STOWAGE_GC__TRANSACTIONTIMEOUT", "3s");
+            jail.set_env("STOWAGE_GC__BLOBS__DISABLED", "true");
+            let config = Config::load().map_err(|e| e.to_string())?;
+            let settings = config.gc.settings().unwrap();
+            assert_eq!(settings.review_after, Duration::ZERO);
+            assert_eq!(settings.max_backoff, Duration::from_secs(3600));
+            assert_eq!(settings.transaction_timeout, Duration::from_secs(3));
+            assert_eq!(settings.blobs.interval, Duration::from_secs(2));
+            assert!(settings.blobs.disabled && settings.manifests.disabled && !settings.disabled);
+            assert_eq!(settings.manifests.interval, Duration::from_secs(5));
+            assert_eq!(config.leftovers_age().unwrap(), Duration::from_secs(24 * 3600));
+            jail.set_env("STOWAGE_GC__DISABLED", "true");
+            assert!(Config::load().map_err(|e| e.to_string())?.gc.disabled);
+            jail.set_env("STOWAGE_GC__BLOBS__INTERVAL", "0s");
+            let error = format!("{:#}", Config::load().unwrap_err());
+            assert!(error.contains("gc.blobs.interval must be longer than 0"), "{error}");
+            jail.set_env("STOWAGE_GC__BLOBS__INTERVAL", "soon");
+            let error = format!("{:#}", Config::load().unwrap_err());
+            assert!(error.contains("gc.blobs.interval"), "{error}");
+            Ok(())
+        });
     }
 
     #[test]

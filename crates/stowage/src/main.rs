@@ -6,10 +6,12 @@ mod background;
 mod bootstrap;
 mod client_addr;
 mod config;
+mod gc_cli;
 mod http;
 mod server;
 mod sqlite_lock;
 
+use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
@@ -39,6 +41,9 @@ enum Command {
     /// Container registry usage figures.
     #[command(subcommand)]
     Usage(UsageCommand),
+    /// Online garbage collection: its figures, or one full pass now.
+    #[command(subcommand)]
+    Gc(gc_cli::GcCommand),
     /// Print CI_REGISTRY* variables with a fresh CI job token:
     /// eval "$(stowage ci-env --project acme/app)".
     CiEnv {
@@ -89,7 +94,7 @@ async fn open_registry(config: &Config) -> anyhow::Result<registry::Registry> {
         index_validation: config.validation.manifests.indexes.index_validation()?,
         ..Default::default()
     };
-    let service = service::WriteService::new(store.clone(), blobs.clone(), config.gc.settings()?);
+    let service = service::WriteService::new(store.clone(), blobs.clone(), config.gc.service_settings()?);
     // The CLI commands that open the registry need no access decisions; `serve` sets the gate.
     Ok(registry::Registry { store, blobs, service, limits, gate: auth::Gate::Open })
 }
@@ -139,6 +144,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // several instances each job, and each period of a periodic one, runs once.
     let queue = background::queue(&registry.store);
     let _jobs = background::runner(&config, &registry, queue.clone())?.start();
+    // Online GC on every instance: review workers, the storage deleter, the leftovers sweep.
+    let gc_workers = gc_cli::start_background(&config, &registry)?;
     let api = api::ApiState {
         store: registry.store.clone(),
         writes: registry.service.clone(),
@@ -195,6 +202,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     server::raise_open_file_limit(limits.max_connections);
     tracing::info!("listening on http://{local_addr}");
     server::serve(listener, app, limits, shutdown_signal()).await;
+    let grace = config.gc.settings()?.transaction_timeout + Duration::from_secs(1);
+    gc_workers.stop(grace).await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -228,6 +237,10 @@ async fn main() -> anyhow::Result<()> {
             store.migrate().await?;
             println!("metadata database {} is up to date", redact(&url));
             Ok(())
+        }
+        Command::Gc(cmd) => {
+            let registry = open_registry(&config).await?;
+            gc_cli::run(cmd, &config, &registry).await
         }
         Command::Admin(cmd) => {
             let store = meta::Store::connect(&config.database_url()?).await?;
