@@ -13,7 +13,11 @@ use e2e::{backend_tests, unique_repo, MetaBackend, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-backend_tests!(status_and_dry_run_after_pushes_and_deletes, only_admins_see_the_gc_figures);
+backend_tests!(
+    status_and_dry_run_after_pushes_and_deletes,
+    only_admins_see_the_gc_figures,
+    online_gc_reclaims_exactly_the_unreferenced_bytes
+);
 
 /// Runs `stowage <args>` against `server`'s data; returns stdout, asserting success.
 fn stowage(server: &TestServer, args: &[&str]) -> String {
@@ -132,4 +136,47 @@ async fn only_admins_see_the_gc_figures(backend: MetaBackend) {
         .await
         .expect("GET");
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// The key of `digest`'s bytes in `server`'s filesystem storage.
+fn blob_file(server: &TestServer, digest: &str) -> std::path::PathBuf {
+    let hex = &digest["sha256:".len()..];
+    server.data_dir().join("data").join(format!("blobs/sha256/{}/{hex}", &hex[..2]))
+}
+
+/// `stowage gc run` (a full pass through the write service's review) reclaims the bytes of
+/// exactly what deletes left unreferenced: a deleted manifest's config and layer, an untagged
+/// manifest and its blobs, while the tagged image keeps its bytes and still pulls.
+async fn online_gc_reclaims_exactly_the_unreferenced_bytes(backend: MetaBackend) {
+    let r = Registry::start(backend);
+    let repo = unique_repo("gc");
+    let kept = r.push_image(&repo, Some("v1")).await;
+    let deleted = r.push_image(&repo, Some("v2")).await;
+    let resp = r.delete(&format!("/v2/{repo}/manifests/{}", deleted.digest)).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let untagged = r.push_image(&repo, None).await;
+
+    let gone = [
+        &deleted.config_digest,
+        &deleted.layer_digest,
+        &untagged.config_digest,
+        &untagged.layer_digest,
+    ];
+    let run = stowage(&r.server, &["gc", "run", "--min-age", "0s"]);
+    for d in gone {
+        assert!(!blob_file(&r.server, d).exists(), "{d} is still stored:\n{run}");
+    }
+    for d in gone {
+        assert_eq!(r.blob_status(&repo, d).await, StatusCode::NOT_FOUND, "{d}");
+    }
+    assert_eq!(r.get_manifest(&repo, &untagged.digest).await.status(), StatusCode::NOT_FOUND);
+    // The tagged image is whole.
+    assert_eq!(r.get_manifest(&repo, "v1").await.status(), StatusCode::OK);
+    for d in [&kept.config_digest, &kept.layer_digest] {
+        assert!(blob_file(&r.server, d).exists(), "{d} was deleted");
+        assert_eq!(r.blob_status(&repo, d).await, StatusCode::OK, "{d}");
+    }
+    let status = stowage(&r.server, &["gc", "status", "--json"]);
+    let json: Value = serde_json::from_str(&status).expect("gc status --json is JSON");
+    assert_eq!(json["removed"]["last_hour"]["failures"], 0, "{json}");
 }

@@ -13,7 +13,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use meta::{GcEvent, GC_EVENT_LEFTOVER, GC_OUTCOME_DELETED};
+use meta::{GcEventRecord, GC_EVENT_LEFTOVER, GC_OUTCOME_DELETED};
 
 use crate::worker::{Pass, PassReport};
 use crate::GcError;
@@ -121,7 +121,7 @@ impl LeftoverSweep {
             let reason = leftover.kind.reason();
             tracing::info!(key = %leftover.key, size = leftover.size, reason, "GC removed a leftover");
             self.store
-                .gc_record_event(&GcEvent {
+                .gc_record_event(&GcEventRecord {
                     at: now_ms,
                     kind: GC_EVENT_LEFTOVER,
                     digest: &leftover.key,

@@ -28,7 +28,7 @@ async fn a_full_pass_repeats_until_a_round_removes_nothing(backend: Backend) {
     let (blobs, _flaky) = common::flaky_blobs();
     let repo: oci::RepositoryName = "a/app".parse().unwrap();
     let loose = Digest::sha256_of(b"loose");
-    db.store.link_blob(&repo, &loose, 5).await.unwrap();
+    common::link_blob(&db.store, &repo, &loose, 5).await;
     for m in ["sha256:m1", "sha256:m2"] {
         db.exec(&format!(
             "INSERT INTO manifests (repository_id, digest, media_type, total_size, payload, \
@@ -113,7 +113,7 @@ async fn the_dry_run_changes_nothing(backend: Backend) {
     let (blobs, _flaky) = common::flaky_blobs();
     let repo: oci::RepositoryName = "a/app".parse().unwrap();
     let loose = Digest::sha256_of(b"loose");
-    db.store.link_blob(&repo, &loose, 5).await.unwrap();
+    common::link_blob(&db.store, &repo, &loose, 5).await;
     db.exec(
         "INSERT INTO gc_storage_deletions (digest, size, next_attempt_at, created_at) \
              VALUES ('sha256:abc', 9, 0, 0)",

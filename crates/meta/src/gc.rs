@@ -87,7 +87,7 @@ fn deletion_from_row(row: &sqlx::any::AnyRow) -> StorageDeletion {
 
 /// One `gc_events` row.
 #[derive(Clone, Debug)]
-pub struct GcEvent<'a> {
+pub struct GcEventRecord<'a> {
     pub at: i64,
     pub kind: &'a str,
     pub digest: &'a str,
@@ -99,7 +99,7 @@ pub struct GcEvent<'a> {
 
 async fn insert_event(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    e: &GcEvent<'_>,
+    e: &GcEventRecord<'_>,
 ) -> Result<(), MetaError> {
     sqlx::query(
         "INSERT INTO gc_events (at, kind, digest, repository, size, reason, outcome) \
@@ -142,7 +142,7 @@ impl StorageDeletionClaim<'_> {
                         .bind(digest)
                         .execute(&mut *self.w.tx)
                         .await?;
-                    let event = GcEvent {
+                    let event = GcEventRecord {
                         at: now,
                         kind: GC_EVENT_STORAGE,
                         digest,
@@ -168,7 +168,7 @@ impl StorageDeletionClaim<'_> {
                     .execute(&mut *self.w.tx)
                     .await?;
                     let reason = format!("storage delete failed: {error}");
-                    let event = GcEvent {
+                    let event = GcEventRecord {
                         at: now,
                         kind: GC_EVENT_STORAGE,
                         digest,
@@ -375,7 +375,7 @@ impl Store {
 
     /// Writes one `gc_events` row (the leftovers sweep; deletions in a claim or a review
     /// write theirs in their own transaction).
-    pub async fn gc_record_event(&self, event: &GcEvent<'_>) -> Result<(), MetaError> {
+    pub async fn gc_record_event(&self, event: &GcEventRecord<'_>) -> Result<(), MetaError> {
         let mut w = self.write_tx().await?;
         insert_event(&mut w.tx, event).await?;
         w.commit().await
@@ -617,6 +617,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use crate::test_writes::Writes;
     use oci::{Digest, IndexChild, RepositoryName, Tag};
 
     use super::*;
@@ -767,7 +768,8 @@ mod tests {
         assert_eq!((manifests, blobs), (1, 1), "the untagged index and the loose blob");
         assert_eq!(db.store.gc_due_reviews(now).await.unwrap(), (1, 1));
         let status = db.store.gc_status(now).await.unwrap();
-        assert_eq!(status.manifests.queued, 1);
+        // Every manifest push queued its manifest a day out; the mark made the index due now.
+        assert_eq!(status.manifests.queued, 3);
         let oldest = status.blobs.oldest_due.unwrap();
         assert_eq!(oldest.digest, digest("loose").to_string());
         assert_eq!(oldest.event, GC_RUN_EVENT);
@@ -791,7 +793,12 @@ mod tests {
             ))
             .await;
         }
-        db.store.link_blob(&repo("a/app"), &digest("back"), 30).await.unwrap();
+        // Its `blobs` row came back (as if published again under the claim).
+        db.exec(&format!(
+            "INSERT INTO blobs (digest, size, created_at) VALUES ('{}', 30, 0)",
+            digest("back")
+        ))
+        .await;
         let claim = db.store.gc_claim_storage_deletions(999, 10).await.unwrap();
         assert!(claim.items.is_empty() && claim.republished.is_empty(), "not due yet");
         drop(claim);

@@ -10,21 +10,23 @@
 //! This crate must not know about HTTP or blob bytes.
 
 mod cleanup;
+mod gc;
 mod gc_review;
 pub mod jobs;
-mod gc;
 mod protection;
 mod quota;
 mod registry;
 pub mod registry_queries;
 mod store;
 mod tenancy;
+#[cfg(test)]
+mod test_writes;
 mod usage;
 mod write;
 
 pub use cleanup::*;
-pub use gc_review::*;
 pub use gc::*;
+pub use gc_review::*;
 pub use protection::*;
 pub use quota::*;
 pub use registry::*;

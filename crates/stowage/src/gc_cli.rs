@@ -32,11 +32,52 @@ pub enum GcCommand {
 }
 
 /// The write service's review behind the GC runtime's [`gc::Reviewer`].
-// TODO(gc-review-adapter): once crates/service lands, return an adapter that calls
-// `WriteService::review_blobs` / `review_manifests` and maps `ReviewReport`/`Removed` into
-// gc's types. Until then no review worker runs and `gc run` only dry-runs.
-fn review_adapter(_registry: &registry::Registry) -> Option<Arc<dyn gc::Reviewer>> {
-    None
+/// The GC runtime reviews through the write service: the one place that deletes registry
+/// state, with the same locks and re-checks as every other write.
+struct ServiceReviewer(service::WriteService);
+
+fn report(r: service::ReviewReport) -> gc::ReviewReport {
+    gc::ReviewReport {
+        reviewed: r.reviewed,
+        kept: r.kept,
+        deleted: r
+            .deleted
+            .into_iter()
+            .map(|d| gc::Removed {
+                kind: match d.kind {
+                    service::RemovedKind::Blob => gc::RemovedKind::Blob,
+                    service::RemovedKind::Manifest => gc::RemovedKind::Manifest,
+                },
+                digest: d.digest,
+                repository: d.repository,
+                size: d.size,
+                reason: d.reason,
+            })
+            .collect(),
+    }
+}
+
+#[async_trait::async_trait]
+impl gc::Reviewer for ServiceReviewer {
+    async fn review_blobs(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<gc::ReviewReport, gc::ReviewError> {
+        Ok(report(self.0.review_blobs(now_ms, limit).await?))
+    }
+
+    async fn review_manifests(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<gc::ReviewReport, gc::ReviewError> {
+        Ok(report(self.0.review_manifests(now_ms, limit).await?))
+    }
+}
+
+fn review_adapter(registry: &registry::Registry) -> Option<Arc<dyn gc::Reviewer>> {
+    Some(Arc::new(ServiceReviewer(registry.service.clone())))
 }
 
 /// Starts this instance's GC workers for `stowage serve` (see `gc::spawn_background`).

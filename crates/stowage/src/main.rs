@@ -11,9 +11,9 @@ mod http;
 mod server;
 mod sqlite_lock;
 
-use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use std::time::Duration;
 
 use crate::config::{parse_duration, Config};
 
@@ -94,7 +94,8 @@ async fn open_registry(config: &Config) -> anyhow::Result<registry::Registry> {
         index_validation: config.validation.manifests.indexes.index_validation()?,
         ..Default::default()
     };
-    let service = service::WriteService::new(store.clone(), blobs.clone(), config.gc.service_settings()?);
+    let service =
+        service::WriteService::new(store.clone(), blobs.clone(), config.gc.service_settings()?);
     // The CLI commands that open the registry need no access decisions; `serve` sets the gate.
     Ok(registry::Registry { store, blobs, service, limits, gate: auth::Gate::Open })
 }

@@ -177,3 +177,18 @@ macro_rules! on_both_backends {
         }
     };
 }
+
+/// Records a stored blob linked to `repo`, as an upload commit does (due for review at once).
+pub async fn link_blob(
+    store: &meta::Store,
+    repo: &oci::RepositoryName,
+    digest: &oci::Digest,
+    size: i64,
+) {
+    let schedule = meta::ReviewSchedule::immediate(meta::now_millis());
+    let mut w = store.write_tx().await.unwrap();
+    let id = w.ensure_repository(repo).await.unwrap();
+    w.store_blob(digest, size, &schedule).await.unwrap();
+    w.link_blob(id, digest.as_str()).await.unwrap();
+    w.commit().await.unwrap();
+}

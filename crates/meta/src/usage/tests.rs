@@ -8,6 +8,7 @@ use sqlx::Row;
 use super::UsageScope;
 use crate::store::get_i64;
 use crate::store::testing::TestDb;
+use crate::test_writes::Writes;
 use crate::{Backend, NewManifest, Store, Visibility};
 
 const REPOS: [&str; 5] = ["a/p1", "a/p1/x", "a/sub/p2", "b/p3", "b/p3/y/z"];
@@ -324,88 +325,3 @@ macro_rules! on_both_backends {
     };
 }
 on_both_backends!(exclusive_sizes, threshold_notices, backfill);
-
-/// The registry writes these tests drive, through the write transaction's operations (the
-/// write service composes the same ones), due for review at once.
-trait Writes {
-    async fn link_blob(
-        &self,
-        repo: &RepositoryName,
-        digest: &Digest,
-        size: i64,
-    ) -> Result<(), crate::MetaError>;
-    async fn put_manifest(
-        &self,
-        repo: &RepositoryName,
-        m: &NewManifest,
-        tags: &[Tag],
-        frozen: &[Tag],
-    ) -> Result<(), crate::PutManifestError>;
-    async fn delete_manifest(
-        &self,
-        repo: &RepositoryName,
-        digest: &Digest,
-    ) -> Result<bool, crate::MetaError>;
-    async fn delete_tag(&self, repo: &RepositoryName, tag: &Tag) -> Result<bool, crate::MetaError>;
-    async fn delete_repository(&self, id: i64) -> Result<bool, crate::MetaError>;
-}
-
-fn schedule() -> crate::ReviewSchedule {
-    crate::ReviewSchedule::immediate(crate::now_millis())
-}
-
-impl Writes for Store {
-    async fn link_blob(
-        &self,
-        repo: &RepositoryName,
-        digest: &Digest,
-        size: i64,
-    ) -> Result<(), crate::MetaError> {
-        let mut w = self.write_tx().await?;
-        let id = w.ensure_repository(repo).await?;
-        w.store_blob(digest, size, &schedule()).await?;
-        w.link_blob(id, digest.as_str()).await?;
-        w.commit().await
-    }
-
-    async fn put_manifest(
-        &self,
-        repo: &RepositoryName,
-        m: &NewManifest,
-        tags: &[Tag],
-        frozen: &[Tag],
-    ) -> Result<(), crate::PutManifestError> {
-        let mut w = self.write_tx().await?;
-        let id = w.ensure_repository(repo).await?;
-        w.put_manifest(id, m, tags, frozen, &schedule()).await?;
-        Ok(w.commit().await?)
-    }
-
-    async fn delete_manifest(
-        &self,
-        repo: &RepositoryName,
-        digest: &Digest,
-    ) -> Result<bool, crate::MetaError> {
-        let mut w = self.write_tx().await?;
-        let Some(id) = w.repository_id(repo).await? else { return Ok(false) };
-        let Some(m) = w.manifest_for_delete(id, digest.as_str()).await? else { return Ok(false) };
-        w.delete_manifest(&m, &schedule()).await?;
-        w.commit().await?;
-        Ok(true)
-    }
-
-    async fn delete_tag(&self, repo: &RepositoryName, tag: &Tag) -> Result<bool, crate::MetaError> {
-        let mut w = self.write_tx().await?;
-        let Some(id) = w.repository_id(repo).await? else { return Ok(false) };
-        let deleted = w.delete_tag(id, tag.as_str(), &schedule()).await?;
-        w.commit().await?;
-        Ok(deleted)
-    }
-
-    async fn delete_repository(&self, id: i64) -> Result<bool, crate::MetaError> {
-        let mut w = self.write_tx().await?;
-        let deleted = w.delete_repository(id, &schedule()).await?;
-        w.commit().await?;
-        Ok(deleted)
-    }
-}
