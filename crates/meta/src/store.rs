@@ -19,6 +19,9 @@ pub enum MetaError {
     Conflict(String),
     #[error("the {0} just written could not be read back")]
     NotFound(&'static str),
+    /// The database server could not be reached at all (the cause, not a pool timeout).
+    #[error("{0}")]
+    Unreachable(String),
     #[error("unsupported database URL {0:?}: use sqlite://<file> or postgres://user@host/db")]
     UnsupportedUrl(String),
 }
@@ -154,6 +157,33 @@ impl WriteTx<'_> {
     }
 }
 
+/// Connects once to a server database before a pool is built: the pool retries refused
+/// connections until its acquire timeout and then reports only "pool timed out", where an
+/// operator needs the cause (refused, unknown host, wrong password) within seconds.
+async fn probe(url: &str) -> Result<(), MetaError> {
+    use sqlx::Connection;
+    let target = url::Url::parse(url)
+        .ok()
+        .map(|u| format!("{}:{}", u.host_str().unwrap_or("localhost"), u.port().unwrap_or(5432)))
+        .unwrap_or_else(|| "the database server".into());
+    match tokio::time::timeout(Duration::from_secs(10), sqlx::AnyConnection::connect(url)).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            Ok(())
+        }
+        Ok(Err(sqlx::Error::Io(e))) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Err(MetaError::Unreachable(format!(
+                "connection refused to {target}: is the database server running and listening \
+                 there?"
+            )))
+        }
+        Ok(Err(e)) => Err(MetaError::Unreachable(format!("cannot connect to {target}: {e}"))),
+        Err(_) => Err(MetaError::Unreachable(format!(
+            "cannot connect to {target}: no answer within 10 s"
+        ))),
+    }
+}
+
 impl Store {
     /// Connects to `url` (`sqlite://path`, `postgres://…`) and applies pending migrations.
     pub async fn connect(url: &str) -> Result<Store, MetaError> {
@@ -175,6 +205,9 @@ impl Store {
         let mut url = url.to_string();
         if backend == Backend::Sqlite && !url.contains("mode=") {
             url.push_str(if url.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
+        }
+        if backend == Backend::Postgres {
+            probe(&url).await?;
         }
         let options = AnyPoolOptions::new()
             .max_connections(match backend {

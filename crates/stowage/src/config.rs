@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::client_addr::TrustedProxies;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Where the SQLite database and (by default) the blobs live.
     pub data_dir: PathBuf,
@@ -210,11 +210,11 @@ impl Gc {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// `token` (Docker token authentication, GitLab permissions) or `none` (an open registry,
     /// for local experiments and benchmarks).
-    pub mode: String,
+    pub mode: AuthMode,
     /// Lifetime of registry tokens issued by `/jwt/auth`, e.g. `5m`.
     pub token_lifetime: String,
     /// Lifetime of CI job tokens, e.g. `1h`.
@@ -235,7 +235,7 @@ pub struct AuthConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
-            mode: "token".into(),
+            mode: AuthMode::Token,
             token_lifetime: "5m".into(),
             job_token_lifetime: "1h".into(),
             issuer: "stowage".into(),
@@ -247,7 +247,7 @@ impl Default for AuthConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Http {
     /// Listen address; port 0 picks a free port (logged at start).
     pub addr: String,
@@ -265,7 +265,7 @@ pub struct Http {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct HttpTimeouts {
     /// Time a client has to send a complete request head (request line and headers): from
     /// the connection's start, or from the first byte of a later request on a kept-alive
@@ -276,34 +276,34 @@ pub struct HttpTimeouts {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Database {
     /// `sqlite://…` or `postgres://…`; default: `<data_dir>/stowage.db`.
     pub url: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Storage {
     pub filesystem: Filesystem,
     pub maintenance: Maintenance,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Filesystem {
     /// Root of blob storage; default: the data dir.
     pub rootdirectory: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Maintenance {
     pub uploadpurging: UploadPurging,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct UploadPurging {
     pub enabled: bool,
     /// Idle time after which an unfinished upload is removed, e.g. `24h`.
@@ -313,7 +313,7 @@ pub struct UploadPurging {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     pub max_manifest_bytes: usize,
     /// 0 means no limit.
@@ -323,20 +323,20 @@ pub struct LimitsConfig {
 /// What the registry checks in pushed content (distribution's `validation` section; only
 /// `manifests.indexes` so far).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Validation {
     pub manifests: ValidationManifests,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ValidationManifests {
     pub indexes: ValidationIndexes,
 }
 
 /// Which manifests an index lists must be in the repository when the index is pushed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ValidationIndexes {
     /// `all` (every one), `none` (sparse indexes are accepted) or `list` (those of the
     /// platforms in `platformlist`); case does not matter, as in distribution.
@@ -393,12 +393,51 @@ impl ValidationIndexes {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Log {
     /// `error`, `warn`, `info`, `debug` or `trace` (`RUST_LOG` overrides).
-    pub level: String,
+    pub level: LogLevel,
     /// `text` or `json`.
-    pub formatter: String,
+    pub formatter: LogFormatter,
+}
+
+/// `auth.mode`. Typed, so a misspelt value is refused with the accepted ones named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    Token,
+    None,
+}
+
+/// `log.level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl std::fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        })
+    }
+}
+
+/// `log.formatter`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormatter {
+    Text,
+    Json,
 }
 
 impl Default for Config {
@@ -451,7 +490,7 @@ impl Default for LimitsConfig {
 
 impl Default for Log {
     fn default() -> Self {
-        Log { level: "info".into(), formatter: "text".into() }
+        Log { level: LogLevel::Info, formatter: LogFormatter::Text }
     }
 }
 
@@ -467,8 +506,109 @@ pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
         .with_context(|| format!("{s:?} is not a duration like 250ms, 90s, 30m, 24h or 7d"))
 }
 
+/// A URL without its password, for messages and `config show`.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Whether a configuration key holds a secret that `config show` must not print.
+fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "access_key", "accesskey", "private_key", "credentials"]
+        .iter()
+        .any(|s| key.contains(s))
+        || key == "token"
+        || key.ends_with("_token")
+        || key.ends_with("key") && !key.ends_with("signing_key")
+}
+
+/// Masks secrets in a configuration tree: values of secret keys, passwords inside URLs (e.g.
+/// `database.url`) and inline PEM keys. By key name, so settings added later are covered too.
+fn mask_secrets(value: &mut serde_yaml::Value, key: &str) {
+    use serde_yaml::Value;
+    match value {
+        Value::Mapping(map) => {
+            for (k, v) in map.iter_mut() {
+                mask_secrets(v, k.as_str().unwrap_or_default());
+            }
+        }
+        Value::Sequence(items) => items.iter_mut().for_each(|v| mask_secrets(v, key)),
+        Value::String(s) if !s.is_empty() && is_secret_key(key) => *s = "***".into(),
+        Value::String(s) if s.contains("-----BEGIN") => *s = "***".into(),
+        Value::String(s) if s.contains("://") => *s = redact(s),
+        _ => {}
+    }
+}
+
+/// `STOWAGE_*` variables that are not configuration keys (lowercase, prefix removed).
+const NOT_CONFIG_KEYS: &[&str] = &[
+    "config",
+    "admin_password",
+    "admin_token",
+    "new_user_password",
+    "bin",
+    "hostile_seed",
+    "hostile_cases",
+];
+
+/// A figment error as one message per problem, naming the key, where it was set (file or
+/// environment variable) and what is accepted.
+fn describe(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| {
+            let mut path = e.path.clone();
+            let what = match &e.kind {
+                figment::error::Kind::UnknownField(field, expected) => {
+                    if path.last() != Some(field) {
+                        path.push(field.clone());
+                    }
+                    let mut what = format!("unknown key; known keys here: {}", expected.join(", "));
+                    // `STOWAGE_AUTH_MODE` meant `STOWAGE_AUTH__MODE`: levels need `__`.
+                    if let Some((section, rest)) = field
+                        .match_indices('_')
+                        .map(|(i, _)| (&field[..i], &field[i + 1..]))
+                        .find(|(section, _)| expected.contains(section))
+                    {
+                        what.push_str(&format!(
+                            " (levels are separated by `__`: did you mean {section}.{rest}, \
+                             STOWAGE_{}__{}?)",
+                            section.to_ascii_uppercase(),
+                            rest.to_ascii_uppercase()
+                        ));
+                    }
+                    what
+                }
+                figment::error::Kind::UnknownVariant(actual, expected) => {
+                    format!("{actual:?} is not accepted; use one of: {}", expected.join(", "))
+                }
+                kind => kind.to_string(),
+            };
+            let key = path.join(".");
+            let from_env = e.metadata.as_ref().is_some_and(|m| m.name.contains("environment"));
+            let place = match &e.metadata {
+                _ if from_env => format!(
+                    " (environment variable STOWAGE_{})",
+                    path.iter().map(|k| k.to_ascii_uppercase()).collect::<Vec<_>>().join("__")
+                ),
+                Some(figment::Metadata { source: Some(source), .. }) => format!(" (in {source})"),
+                _ => String::new(),
+            };
+            format!("{key}{place}: {what}")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 impl Config {
-    /// Loads defaults < `STOWAGE_CONFIG` file < `STOWAGE_*` environment.
+    /// Loads defaults < `STOWAGE_CONFIG` file < `STOWAGE_*` environment, refusing unknown keys
+    /// (in the file and in the environment alike) and invalid values.
     pub fn load() -> anyhow::Result<Config> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Ok(path) = std::env::var("STOWAGE_CONFIG") {
@@ -477,8 +617,26 @@ impl Config {
             }
             figment = figment.merge(Yaml::file(&path));
         }
-        let env = Env::prefixed("STOWAGE_")
-            .ignore(&["config", "admin_password", "admin_token", "bin"])
+        let config: Config = figment
+            .merge(Self::env())
+            .extract()
+            .map_err(|e| anyhow::anyhow!(describe(e)))
+            .context("invalid configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// `STOWAGE_*` variables as configuration keys: `__` separates levels
+    /// (`STOWAGE_AUTH__MODE` is `auth.mode`); a single `_` does not, so `STOWAGE_AUTH_MODE`
+    /// is the unknown top-level key `auth_mode` and refused like any other unknown key.
+    fn env() -> Env {
+        Env::prefixed("STOWAGE_")
+            .filter(|key| {
+                let key = key.as_str().to_ascii_lowercase();
+                // Variables that are not configuration keys: read elsewhere by the binary, or
+                // knobs of the end-to-end test harness (inherited by the servers it starts).
+                !NOT_CONFIG_KEYS.contains(&key.as_str()) && !key.starts_with("test_")
+            })
             .map(|key| {
                 match key.as_str().to_ascii_lowercase().as_str() {
                     "http_addr" => "http.addr".to_string(),
@@ -487,10 +645,7 @@ impl Config {
                     other => other.replace("__", "."),
                 }
                 .into()
-            });
-        let config: Config = figment.merge(env).extract().context("invalid configuration")?;
-        config.validate()?;
-        Ok(config)
+            })
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -511,8 +666,17 @@ impl Config {
         if self.http.max_connections == 0 {
             bail!("http.max_connections must be greater than 0");
         }
-        if !matches!(self.auth.mode.as_str(), "token" | "none") {
-            bail!("auth.mode must be token or none, not {:?}", self.auth.mode);
+        if let Some(host) = self.http.host.as_ref().filter(|h| !h.is_empty()) {
+            let ok = url::Url::parse(host).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host_str().is_some_and(|h| !h.is_empty())
+            });
+            if !ok {
+                bail!(
+                    "http.host must be the URL clients reach the registry at, with http:// or \
+                     https://, e.g. https://registry.example.com; {host:?} is not"
+                );
+            }
         }
         if self.limits.max_manifest_bytes == 0 {
             bail!("limits.max_manifest_bytes must be greater than 0");
@@ -530,6 +694,24 @@ impl Config {
     pub fn leftovers_age(&self) -> anyhow::Result<Duration> {
         let purge = parse_duration(&self.storage.maintenance.uploadpurging.age)?;
         Ok(purge.max(Duration::from_secs(3600)))
+    }
+
+    /// The configuration as `stowage config show` prints it: every key, defaults filled in
+    /// (the database URL and blob root derived from `data_dir` too), secrets masked.
+    pub fn resolved_yaml(&self) -> anyhow::Result<String> {
+        let mut resolved = self.clone();
+        let data_dir =
+            std::path::absolute(&self.data_dir).unwrap_or_else(|_| self.data_dir.clone());
+        if resolved.database.url.as_ref().is_none_or(|u| u.is_empty()) {
+            resolved.database.url =
+                Some(format!("sqlite://{}", data_dir.join("stowage.db").display()));
+        }
+        if resolved.storage.filesystem.rootdirectory.is_none() {
+            resolved.storage.filesystem.rootdirectory = Some(data_dir);
+        }
+        let mut value = serde_yaml::to_value(&resolved)?;
+        mask_secrets(&mut value, "");
+        Ok(serde_yaml::to_string(&value)?)
     }
 
     /// The metadata database URL: the configured one, or a SQLite file in the data dir.
@@ -677,7 +859,7 @@ mod tests {
             assert_eq!(config.http.addr, "127.0.0.1:7000");
             assert_eq!(config.storage.maintenance.uploadpurging.age, "2h");
             assert_eq!(config.storage.maintenance.uploadpurging.interval, "1h");
-            assert_eq!(config.log.level, "debug");
+            assert_eq!(config.log.level, LogLevel::Debug);
             assert_eq!(config.database.url.as_deref(), Some("postgres://x@y/z"));
             Ok(())
         });

@@ -15,23 +15,49 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::time::Duration;
 
-use crate::config::{parse_duration, Config};
+use crate::config::{parse_duration, redact, Config};
 
 #[derive(Parser)]
-#[command(name = "stowage", version, about = "A self-hosted, multi-tenant container registry")]
+#[command(
+    name = "stowage",
+    version,
+    about = "A self-hosted, multi-tenant container registry",
+    after_help = "Configuration: defaults < the YAML file named by STOWAGE_CONFIG < STOWAGE_* \
+                  environment variables. See `stowage serve --help` for the main settings."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+/// `stowage serve --help`: the settings an operator reaches for first, with their variables.
+const SERVE_HELP: &str = "\
+Settings (YAML key in the STOWAGE_CONFIG file, or environment variable; `__` separates levels):
+  STOWAGE_CONFIG                       YAML configuration file to read
+  http.addr          STOWAGE_HTTP_ADDR        listen address [default: 127.0.0.1:5000]
+  http.host          STOWAGE_HTTP__HOST       URL clients reach the registry at, e.g. https://registry.example.com
+  data_dir           STOWAGE_DATA_DIR         SQLite database and blobs [default: ./data]
+  database.url       STOWAGE_DATABASE_URL     sqlite://<file> or postgres://user:pass@host/db
+  storage.filesystem.rootdirectory
+                     STOWAGE_STORAGE__FILESYSTEM__ROOTDIRECTORY  blob storage [default: data_dir]
+  auth.mode          STOWAGE_AUTH__MODE       token or none [default: token]
+  log.level          STOWAGE_LOG__LEVEL       error, warn, info, debug or trace [default: info]
+  log.formatter      STOWAGE_LOG__FORMATTER   text or json [default: text]
+  STOWAGE_ADMIN_PASSWORD                      root's password on first start (else generated and printed)
+
+Every key is listed in README.md; `stowage config show` prints the resolved configuration and
+`stowage config check` validates it. Unknown keys and invalid values stop the server at start.";
+
 #[derive(Subcommand)]
 enum Command {
     /// Start the registry (default: 127.0.0.1:5000, SQLite + filesystem under ./data).
+    #[command(after_help = SERVE_HELP)]
     Serve,
     /// Apply pending metadata database migrations and exit.
     Migrate,
-    /// Print the effective configuration (defaults < STOWAGE_CONFIG file < environment).
-    Config,
+    /// Validate or print the configuration (defaults < STOWAGE_CONFIG file < environment).
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Manage users, groups, projects, members and tokens (acts as the instance admin).
     #[command(subcommand)]
     Admin(admin::AdminCommand),
@@ -51,6 +77,21 @@ enum Command {
         #[arg(long)]
         project: String,
     },
+    /// Print a shell completion script: `stowage completions bash > /etc/bash_completion.d/stowage`.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `stowage man | man -l -`.
+    Man,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check the configuration without starting: exits 0 when valid, else 1 with the problem.
+    Check,
+    /// Print the fully resolved configuration, defaults filled in, secrets masked.
+    Show,
 }
 
 #[derive(Subcommand)]
@@ -73,7 +114,7 @@ fn init_logging(config: &Config) {
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    if config.log.formatter == "json" {
+    if config.log.formatter == config::LogFormatter::Json {
         builder.json().init();
     } else {
         builder.init();
@@ -98,17 +139,6 @@ async fn open_registry(config: &Config) -> anyhow::Result<registry::Registry> {
         service::WriteService::new(store.clone(), blobs.clone(), config.gc.service_settings()?);
     // The CLI commands that open the registry need no access decisions; `serve` sets the gate.
     Ok(registry::Registry { store, blobs, service, limits, gate: auth::Gate::Open })
-}
-
-/// A database URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
-    }
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
@@ -158,8 +188,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.http.addr))?;
     let local_addr = listener.local_addr()?;
     let mut registry = registry;
-    let auth = match config.auth.mode.as_str() {
-        "token" => {
+    let auth = match config.auth.mode {
+        config::AuthMode::Token => {
             let tokens = std::sync::Arc::new(
                 auth::jwt::TokenService::load(
                     &registry.store,
@@ -187,7 +217,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 limiter: Default::default(),
             })
         }
-        _ => {
+        config::AuthMode::None => {
             tracing::warn!(
                 "auth.mode is none: anyone who can reach this registry may push, pull and delete"
             );
@@ -225,16 +255,103 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing requests in flight");
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let config = Config::load()?;
+    // Commands that need no configuration.
+    match &cli.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "stowage", &mut script);
+            return print_bytes(&script);
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            let mut page = Vec::new();
+            if let Err(e) = clap_mangen::Man::new(Cli::command()).render(&mut page) {
+                return fail(e.into());
+            }
+            return print_bytes(&page);
+        }
+        _ => {}
+    }
+    let config = match Config::load() {
+        Ok(config) => config,
+        Err(e) => return fail(e),
+    };
+    if let Command::Config(ConfigCommand::Check) = cli.command {
+        println!("configuration is valid");
+        return std::process::ExitCode::SUCCESS;
+    }
     init_logging(&config);
-    match cli.command {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(e.into()),
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+/// Writes generated output to stdout; a closed pipe (`| head`) is not an error.
+fn print_bytes(bytes: &[u8]) -> std::process::ExitCode {
+    use std::io::Write;
+    match std::io::stdout().write_all(bytes) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => fail(e.into()),
+        _ => std::process::ExitCode::SUCCESS,
+    }
+}
+
+/// Prints `error: <cause chain>` and gives the exit code 1.
+fn fail(error: anyhow::Error) -> std::process::ExitCode {
+    eprintln!("error: {error:#}");
+    std::process::ExitCode::FAILURE
+}
+
+/// The database an admin command acts on: the configured one, which must exist. Admin commands
+/// never create a database (that would be a new, empty instance beside the real one); they say
+/// which one they use, on stderr (stdout is the command's output).
+async fn existing_store(config: &Config) -> anyhow::Result<meta::Store> {
+    let url = match config.database.url.as_ref().filter(|u| !u.is_empty()) {
+        Some(url) => url.clone(),
+        None => {
+            let file = config.data_dir.join("stowage.db");
+            if !file.exists() {
+                anyhow::bail!(
+                    "no database at {}: point STOWAGE_CONFIG, STOWAGE_DATABASE_URL or \
+                     STOWAGE_DATA_DIR at the registry's database (admin commands never create one; \
+                     `stowage serve` or `stowage migrate` does)",
+                    file.display()
+                );
+            }
+            format!("sqlite://{}", std::fs::canonicalize(&file)?.display())
+        }
+    };
+    if let Some(file) = meta::sqlite_database_file(&url) {
+        if !file.exists() {
+            anyhow::bail!(
+                "no database at {} (database.url {url}): admin commands never create one; \
+                 `stowage serve` or `stowage migrate` does",
+                file.display()
+            );
+        }
+    }
+    eprintln!("using database {}", redact(&url));
+    meta::Store::connect(&url)
+        .await
+        .with_context(|| format!("cannot open the metadata database ({})", redact(&url)))
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
         Command::Serve => serve(config).await,
         Command::Migrate => {
             let url = config.database_url()?;
-            let store = meta::Store::connect(&url).await?;
+            let store = meta::Store::connect(&url)
+                .await
+                .with_context(|| format!("cannot open the metadata database ({})", redact(&url)))?;
             store.migrate().await?;
             println!("metadata database {} is up to date", redact(&url));
             Ok(())
@@ -244,7 +361,7 @@ async fn main() -> anyhow::Result<()> {
             gc_cli::run(cmd, &config, &registry).await
         }
         Command::Admin(cmd) => {
-            let store = meta::Store::connect(&config.database_url()?).await?;
+            let store = existing_store(&config).await?;
             admin::run(cmd, &store, &config.external_url()).await
         }
         Command::Jobs(cmd) => background::run(cmd, &config).await,
@@ -275,15 +392,16 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::CiEnv { project } => {
-            let store = meta::Store::connect(&config.database_url()?).await?;
+            let store = existing_store(&config).await?;
             let lifetime = parse_duration(&config.auth.job_token_lifetime)?;
             let host = admin::registry_host(&config.external_url());
             print!("{}", admin::ci_env(&store, &project, &host, lifetime).await?);
             Ok(())
         }
-        Command::Config => {
-            print!("{}", serde_yaml::to_string(&config)?);
+        Command::Config(_) => {
+            print!("{}", config.resolved_yaml()?);
             Ok(())
         }
+        Command::Completions { .. } | Command::Man => Ok(()),
     }
 }
