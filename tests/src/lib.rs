@@ -14,6 +14,7 @@
 //! - `STOWAGE_TEST_REGISTRY`: `host:port` of an already running registry to test instead
 //!   (used to check the tests themselves against another implementation).
 
+pub mod cli;
 pub mod dockerd;
 pub mod gitlab;
 pub mod tenants;

@@ -34,6 +34,7 @@ pub enum AdminCommand {
 
 #[derive(Subcommand)]
 pub enum UsersCommand {
+    /// Create a user (an instance admin with --admin).
     Create {
         #[arg(long)]
         username: String,
@@ -49,13 +50,12 @@ pub enum UsersCommand {
         #[arg(long)]
         admin: bool,
     },
+    /// List users as JSON.
     List,
-    Block {
-        username: String,
-    },
-    Unblock {
-        username: String,
-    },
+    /// Block a user: no sign-in, no tokens, no registry access until unblocked.
+    Block { username: String },
+    /// Unblock a blocked user.
+    Unblock { username: String },
 }
 
 #[derive(Subcommand)]
@@ -69,6 +69,7 @@ pub enum GroupsCommand {
         #[arg(long, default_value = "private")]
         visibility: String,
     },
+    /// List groups as JSON.
     List,
     /// Change a group's settings: `--storage-limit 20GiB` (0: no limit) on a top-level group.
     Update {
@@ -97,7 +98,9 @@ pub enum ProjectsCommand {
         #[arg(long)]
         registry_access_level: Option<String>,
     },
+    /// List projects as JSON.
     List,
+    /// Change a project's visibility or container registry access level.
     Update {
         project: String,
         /// private, internal or public.
@@ -126,21 +129,28 @@ pub enum MembersCommand {
         /// guest, reporter, developer, maintainer, owner, or 10..50.
         role: String,
     },
+    /// Remove a user's direct membership of a group or project.
     Remove {
+        /// Full path of the group or project.
         path: String,
         username: String,
     },
+    /// List the direct members of a group or project.
     List {
+        /// Full path of the group or project.
         path: String,
     },
 }
 
 #[derive(Subcommand)]
 pub enum TokensCommand {
+    /// A user's personal access tokens: create, list, revoke.
     #[command(subcommand)]
     Personal(PersonalTokensCommand),
+    /// Deploy tokens of a group or project: create, list, revoke.
     #[command(subcommand)]
     Deploy(DeployTokensCommand),
+    /// Short-lived CI job tokens.
     #[command(subcommand)]
     Job(JobTokensCommand),
 }
@@ -166,13 +176,13 @@ pub enum PersonalTokensCommand {
         #[command(flatten)]
         expiry: Expiry,
     },
+    /// List a user's personal access tokens (never their secrets).
     List {
         #[arg(long)]
         user: String,
     },
-    Revoke {
-        id: i64,
-    },
+    /// Revoke a personal access token by id.
+    Revoke { id: i64 },
 }
 
 #[derive(Subcommand)]
@@ -198,10 +208,14 @@ pub enum DeployTokensCommand {
         #[arg(long, default_value = "default")]
         namespace: String,
     },
+    /// List the deploy tokens of a group or project (never their secrets).
     List {
+        /// Full path of the group or project.
         path: String,
     },
+    /// Revoke a deploy token of a group or project by id.
     Revoke {
+        /// Full path of the group or project.
         path: String,
         id: i64,
     },

@@ -317,7 +317,7 @@ async fn existing_store(config: &Config) -> anyhow::Result<meta::Store> {
     let url = match config.database.url.as_ref().filter(|u| !u.is_empty()) {
         Some(url) => url.clone(),
         None => {
-            let file = config.data_dir.join("stowage.db");
+            let file = std::path::absolute(config.data_dir.join("stowage.db"))?;
             if !file.exists() {
                 anyhow::bail!(
                     "no database at {}: point STOWAGE_CONFIG, STOWAGE_DATABASE_URL or \
@@ -403,5 +403,28 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Completions { .. } | Command::Man => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command and subcommand says what it does in `--help` and the man page.
+    #[test]
+    fn every_subcommand_has_a_description() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in cmd.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() {
+                    missing.push(path.clone());
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "stowage", &mut missing);
+        assert!(missing.is_empty(), "subcommands without a description: {missing:#?}");
+        super::Cli::command().debug_assert();
     }
 }
