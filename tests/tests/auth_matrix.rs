@@ -14,7 +14,10 @@
 //! - push (two blob uploads and a manifest PUT) succeeds iff it has `w`;
 //! - delete (DELETE a tag) succeeds iff it has `d`;
 //! - every refusal is 401/403 with an OCI error body, and is exactly the answer the same
-//!   caller gets for a repository that does not exist (no existence leak);
+//!   caller gets for a repository that does not exist (no existence leak) — except a refused
+//!   push or delete on a project the caller can see (public, internal to signed-in users, or
+//!   one it is a member of): that one is about the role and must not claim there is no
+//!   project;
 //! - the catalog lists exactly the projects the caller may pull.
 //!
 //! Cells: `-` nothing, `r` pull, `rw` pull + push, `rwd` pull + push + delete.
@@ -284,9 +287,10 @@ async fn permission_matrix(backend: MetaBackend) {
         let absent_push = registry.push_image(NONEXISTENT, "x").await;
         let absent_delete = registry.delete_tag(NONEXISTENT, "latest").await;
 
-        for (ri, (path, ..)) in MATRIX.iter().enumerate() {
+        for (ri, (path, visibility, ..)) in MATRIX.iter().enumerate() {
             let name = full(path);
             let cell = caller.cells[ri];
+            let visible = sees(&caller.label, visibility, cell);
             let context = format!("{} on {name} (cell {cell:?})", caller.label);
             let checks: [(&str, bool, Outcome, &Outcome); 4] = [
                 ("pull", cell.contains('r'), registry.pull(&name, "latest").await, &absent_pull),
@@ -305,7 +309,9 @@ async fn permission_matrix(backend: MetaBackend) {
                 ),
             ];
             for (action, allowed, outcome, absent) in checks {
-                check_cell(&mut failures, &context, action, allowed, &outcome, absent, &name);
+                let visible = visible && matches!(action, "push" | "delete");
+                let cell = Cell { action, allowed, visible };
+                check_cell(&mut failures, &context, cell, &outcome, absent, &name);
             }
         }
     }
@@ -329,15 +335,38 @@ async fn permission_matrix(backend: MetaBackend) {
     );
 }
 
+/// Whether caller `label` may know a project with `visibility` (and its cell) exists: members
+/// of `acme` or of every project, the admin and the CI job (whose user is root) see all;
+/// outsiders see public and internal ones; deploy tokens see the projects they work on.
+fn sees(label: &str, visibility: &str, cell: &str) -> bool {
+    if label.starts_with("anonymous") {
+        false
+    } else if label.starts_with("outsider") {
+        matches!(visibility, "public" | "internal")
+    } else if label.starts_with("deploy") || label.starts_with("group-deploy") {
+        cell != "-"
+    } else {
+        true
+    }
+}
+
+/// One check of a cell: the action, whether it must succeed, and whether a refusal of it may
+/// show that the project exists (a write on a project the caller can see).
+struct Cell<'a> {
+    action: &'a str,
+    allowed: bool,
+    visible: bool,
+}
+
 fn check_cell(
     failures: &mut Vec<String>,
     context: &str,
-    action: &str,
-    allowed: bool,
+    cell: Cell<'_>,
     outcome: &Outcome,
     absent: &Outcome,
     name: &str,
 ) {
+    let Cell { action, allowed, .. } = cell;
     if allowed {
         if !outcome.allowed() {
             failures.push(format!(
@@ -360,7 +389,14 @@ fn check_cell(
             outcome.what, outcome.status, outcome.body
         ));
     }
-    if outcome.normalized(name) != absent.normalized(NONEXISTENT) {
+    if cell.visible {
+        if outcome.body.contains("no project") {
+            failures.push(format!(
+                "{context}: {action} refusal claims there is no project at a visible one: {}",
+                outcome.body
+            ));
+        }
+    } else if outcome.normalized(name) != absent.normalized(NONEXISTENT) {
         failures.push(format!(
             "{context}: {action} refusal differs from a nonexistent repository's: {:?} vs {:?}",
             outcome.normalized(name),

@@ -68,6 +68,10 @@ pub enum Refusal {
     Unauthenticated { scope: Option<Scope> },
     /// A valid token that does not allow the request.
     Denied { scope: Scope },
+    /// A write refused because the caller has no project at the name (or it is a group's
+    /// path): `message` says so and names the fix. Private projects never produce a message
+    /// that differs from a missing one (see [`policy::missing_project_hint`]).
+    NoProject { scope: Scope, message: String },
     /// The decision could not be made (the database failed).
     Failed(MetaError),
 }
@@ -178,9 +182,10 @@ impl Gate {
     /// `WWW-Authenticate` for a refusal, or `None` when no challenge applies.
     pub fn challenge(&self, refusal: &Refusal) -> Option<String> {
         let Gate::Token(gate) = self else { return None };
-        let (scope, denied) = match refusal {
-            Refusal::Unauthenticated { scope } => (scope.as_ref(), false),
-            Refusal::Denied { scope } => (Some(scope), true),
+        let (scope, denied, description) = match refusal {
+            Refusal::Unauthenticated { scope } => (scope.as_ref(), false, None),
+            Refusal::Denied { scope } => (Some(scope), true, None),
+            Refusal::NoProject { scope, message } => (Some(scope), true, Some(message)),
             Refusal::Failed(_) => return None,
         };
         let mut value =
@@ -190,6 +195,15 @@ impl Gate {
         }
         if denied {
             value.push_str(",error=\"insufficient_scope\"");
+        }
+        if let Some(description) = description {
+            // A quoted-string: the message has no quotes or backslashes of its own, but a
+            // repository name is not trusted to keep it that way.
+            let quoted: String = description
+                .chars()
+                .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
+                .collect();
+            value.push_str(&format!(",error_description=\"{quoted}\""));
         }
         Some(value)
     }
@@ -271,7 +285,7 @@ impl Gate {
             _ => return Err(Refusal::Unauthenticated { scope: Some(scope) }),
         };
         if !covers(&claims, "repository", name.as_str(), action.as_str()) {
-            return Err(Refusal::Denied { scope });
+            return Err(gate.refuse_write(&claims.cred, action, scope).await?);
         }
         if action == Action::Pull {
             return Ok(RepositoryAccess {
@@ -287,7 +301,7 @@ impl Gate {
             return Err(Refusal::Unauthenticated { scope: Some(scope) });
         };
         let Some(project) = policy::project_for_image(&gate.store, name.as_str()).await? else {
-            return Err(Refusal::Denied { scope });
+            return Err(gate.refuse_write(&claims.cred, action, scope).await?);
         };
         if !policy::allowed_actions(&gate.store, &identity, &project).await?.contains(&action) {
             return Err(Refusal::Denied { scope });
@@ -304,6 +318,23 @@ impl Gate {
 }
 
 impl TokenGate {
+    /// The refusal of `action` on `scope`'s repository: for a write with no project the caller
+    /// can see at the name, one that says so and names the fix.
+    async fn refuse_write(
+        &self,
+        cred: &str,
+        action: Action,
+        scope: Scope,
+    ) -> Result<Refusal, MetaError> {
+        if action == Action::Pull {
+            return Ok(Refusal::Denied { scope });
+        }
+        Ok(match policy::missing_project_hint(&self.store, cred, &scope.name).await? {
+            Some(message) => Refusal::NoProject { scope, message },
+            None => Refusal::Denied { scope },
+        })
+    }
+
     /// The claims of an expired token that may still continue upload `id`: otherwise valid
     /// (signature, issuer, audience), granting push on `name`, for a session of `name` that
     /// started before the token expired. Whether the credential behind it is still valid and

@@ -383,3 +383,92 @@ async fn check_for(store: &Store, username: &str, secret: &str) -> Result<Check,
         _ => Check::Nothing,
     })
 }
+
+/// The user whose rights a credential carries: the user, or the user who started a CI job.
+/// Deploy tokens, operator-minted job tokens and anonymous callers have none.
+async fn acting_user(store: &Store, identity: &Identity) -> Result<Option<User>, MetaError> {
+    Ok(match identity {
+        Identity::User { user, .. } => Some(user.clone()),
+        Identity::Job { token } => match token.user_id {
+            Some(id) => store.user_by_id(id).await?,
+            None => None,
+        },
+        Identity::Deploy(_) | Identity::Anonymous => None,
+    }
+    .filter(|u| !u.blocked))
+}
+
+/// Whether `identity` may know that a group or project with `visibility` exists, given the
+/// acting user's membership level there (`level` is only asked for private ones).
+async fn may_see<F>(
+    identity: &Identity,
+    user: Option<&User>,
+    visibility: Visibility,
+    level: F,
+) -> Result<bool, MetaError>
+where
+    F: std::future::Future<Output = Result<i64, MetaError>>,
+{
+    Ok(match visibility {
+        Visibility::Public => true,
+        Visibility::Internal => user.is_some(),
+        Visibility::Private => match (identity, user) {
+            (_, Some(user)) if user.is_admin => true,
+            (_, Some(_)) => level.await? >= level::GUEST,
+            _ => false,
+        },
+    })
+}
+
+/// When a write (push, delete) to image `name` is refused because the caller has no project
+/// there, the message that says so and names the fix; `None` when the refusal is about rights
+/// on a project the caller can see (the generic denial explains roles), or for anonymous
+/// callers (who must log in first).
+///
+/// Private projects and groups stay invisible: to a caller who may not see one, a name under
+/// it gets exactly the answer a name with nothing there gets.
+pub async fn missing_project_hint(
+    store: &Store,
+    cred: &str,
+    name: &str,
+) -> Result<Option<String>, MetaError> {
+    let Some(identity) = load_identity(store, cred).await? else { return Ok(None) };
+    if matches!(identity, Identity::Anonymous) {
+        return Ok(None);
+    }
+    let user = acting_user(store, &identity).await?;
+    let missing = format!(
+        "no project at {name} that you can push to: create it with \
+         `stowage admin projects create {name}` or in the UI"
+    );
+    if let Some(project) = project_for_image(store, name).await? {
+        let seen = match &user {
+            Some(u) => {
+                may_see(&identity, Some(u), project.visibility, async {
+                    store.effective_access_level(u.id, &project).await
+                })
+                .await?
+            }
+            // A deploy or operator job token sees the projects it works on.
+            None => !allowed_actions(store, &identity, &project).await?.is_empty(),
+        };
+        return Ok((!seen).then_some(missing));
+    }
+    if let Some(group) = store.group_by_full_path(name).await? {
+        let seen = may_see(&identity, user.as_ref(), group.visibility, async {
+            match &user {
+                Some(u) => store.effective_group_access_level(u.id, &group).await,
+                None => Ok(level::NONE),
+            }
+        })
+        .await?;
+        if seen {
+            return Ok(Some(format!(
+                "{name} is a group, not a project: images live in projects, e.g. \
+                 {name}/<project>; create one with `stowage admin projects create \
+                 {name}/<project>` or in the UI"
+            )));
+        }
+    }
+    Ok(Some(missing))
+}

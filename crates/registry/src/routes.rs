@@ -311,6 +311,7 @@ fn refused(registry: &Registry, refusal: Refusal) -> RegistryError {
             "requested access to the resource is denied: images live at <project path>[/up to 3 more levels] \
              of a project you have access to (pull: reporter, push: developer, delete: maintainer)",
         ),
+        Refusal::NoProject { message, .. } => RegistryError::new(ErrorCode::Denied, message),
     };
     let error = error.with_status(StatusCode::UNAUTHORIZED);
     match challenge {
