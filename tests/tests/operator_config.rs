@@ -30,7 +30,9 @@ fn stowage(args: &[&str], yaml: Option<&str>, env: &[(&str, &str)]) -> (Run, tem
 #[test]
 fn bad_keys_and_values_stop_the_server_with_the_key_and_accepted_values() {
     let unknown = "unknown key; known keys here: data_dir, http, database, storage";
-    let cases: Vec<(&str, Option<&str>, Vec<(&str, &str)>, String)> = vec![
+    // (what, YAML file, variables, expected stderr: exact if it ends in a newline, else its start)
+    type Case<'a> = (&'a str, Option<&'a str>, Vec<(&'a str, &'a str)>, String);
+    let cases: Vec<Case> = vec![
         (
             "unknown top-level key in YAML",
             Some("htp:\n  addr: 127.0.0.1:0\n"),
