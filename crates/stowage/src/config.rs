@@ -38,7 +38,7 @@ pub struct Config {
 
 /// The durable job queue's runtime (see the README's "Background jobs").
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct JobsConfig {
     /// Jobs one instance runs at once.
     pub workers: usize,
