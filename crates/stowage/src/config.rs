@@ -86,6 +86,7 @@ impl JobsConfig {
 /// Container registry storage quotas of top-level groups.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
+#[serde(deny_unknown_fields)]
 pub struct Quotas {
     /// The limit of every top-level group without its own (`20GiB`, `500MB`, or bytes);
     /// 0 means no limit.
@@ -134,6 +135,7 @@ pub fn parse_byte_size(s: &str) -> anyhow::Result<u64> {
 /// `STOWAGE_GC__BLOBS__DISABLED=true`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
+#[serde(deny_unknown_fields)]
 pub struct Gc {
     /// No GC worker runs on this instance (items still queue up).
     pub disabled: bool,
@@ -152,6 +154,7 @@ pub struct Gc {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
+#[serde(deny_unknown_fields)]
 pub struct GcWorker {
     pub disabled: bool,
     /// How long the worker waits when nothing is due, e.g. `5s`.
