@@ -1,36 +1,12 @@
 //! The review the blob and manifest workers run: the write service's
-//! `review_blobs` / `review_manifests` (see the issue 10 design), behind a trait so the
-//! runtime does not depend on the service and tests can script it.
+//! `review_blobs` / `review_manifests` (see the issue 10 design), behind a trait so tests can
+//! script the review the worker loops run.
 
 use async_trait::async_trait;
 
-/// What was removed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RemovedKind {
-    Blob,
-    Manifest,
-}
-
-/// One item a review removed (the reviewer has logged it and written its `gc_events` row).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Removed {
-    pub kind: RemovedKind,
-    pub digest: String,
-    /// The manifest's repository; `None` for blobs, which are global.
-    pub repository: Option<String>,
-    pub size: i64,
-    pub reason: String,
-}
-
-/// What one review batch did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ReviewReport {
-    /// Due rows taken from the queue (0: nothing was due).
-    pub reviewed: usize,
-    pub deleted: Vec<Removed>,
-    /// Rows found still referenced (their queue rows are gone or postponed).
-    pub kept: usize,
-}
+/// What a review batch did, as the write service reports it: the runtime uses the service's
+/// own types, so there is one definition of a review's outcome.
+pub use service::{Removed, RemovedKind, ReviewReport};
 
 pub type ReviewError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -45,6 +21,23 @@ pub trait Reviewer: Send + Sync {
         now_ms: i64,
         limit: usize,
     ) -> Result<ReviewReport, ReviewError>;
+}
+
+/// In service the review is the write service's: the one place that deletes registry state,
+/// with the same locks and re-checks as every other write.
+#[async_trait]
+impl Reviewer for service::WriteService {
+    async fn review_blobs(&self, now_ms: i64, limit: usize) -> Result<ReviewReport, ReviewError> {
+        Ok(service::WriteService::review_blobs(self, now_ms, limit).await?)
+    }
+
+    async fn review_manifests(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<ReviewReport, ReviewError> {
+        Ok(service::WriteService::review_manifests(self, now_ms, limit).await?)
+    }
 }
 
 /// The two review queues.

@@ -185,7 +185,8 @@ pub struct BackgroundParts {
     pub deleter: StorageDeleter,
     /// The leftovers sweep and how often it runs.
     pub leftovers: Option<(LeftoverSweep, Duration)>,
-    /// `None` until the write service provides the review: then no review worker runs.
+    /// The review the blob and manifest workers run (`serve` passes the write service);
+    /// `None` runs no review worker, only the storage deleter and the sweep.
     pub reviewer: Option<Arc<dyn Reviewer>>,
 }
 

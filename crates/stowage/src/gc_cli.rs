@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Subcommand;
 
 use crate::config::{parse_duration, Config};
@@ -31,62 +31,12 @@ pub enum GcCommand {
     },
 }
 
-/// The write service's review behind the GC runtime's [`gc::Reviewer`].
-/// The GC runtime reviews through the write service: the one place that deletes registry
-/// state, with the same locks and re-checks as every other write.
-struct ServiceReviewer(service::WriteService);
-
-fn report(r: service::ReviewReport) -> gc::ReviewReport {
-    gc::ReviewReport {
-        reviewed: r.reviewed,
-        kept: r.kept,
-        deleted: r
-            .deleted
-            .into_iter()
-            .map(|d| gc::Removed {
-                kind: match d.kind {
-                    service::RemovedKind::Blob => gc::RemovedKind::Blob,
-                    service::RemovedKind::Manifest => gc::RemovedKind::Manifest,
-                },
-                digest: d.digest,
-                repository: d.repository,
-                size: d.size,
-                reason: d.reason,
-            })
-            .collect(),
-    }
-}
-
-#[async_trait::async_trait]
-impl gc::Reviewer for ServiceReviewer {
-    async fn review_blobs(
-        &self,
-        now_ms: i64,
-        limit: usize,
-    ) -> Result<gc::ReviewReport, gc::ReviewError> {
-        Ok(report(self.0.review_blobs(now_ms, limit).await?))
-    }
-
-    async fn review_manifests(
-        &self,
-        now_ms: i64,
-        limit: usize,
-    ) -> Result<gc::ReviewReport, gc::ReviewError> {
-        Ok(report(self.0.review_manifests(now_ms, limit).await?))
-    }
-}
-
-fn review_adapter(registry: &registry::Registry) -> Option<Arc<dyn gc::Reviewer>> {
-    Some(Arc::new(ServiceReviewer(registry.service.clone())))
-}
-
 /// Starts this instance's GC workers for `stowage serve` (see `gc::spawn_background`).
 pub fn start_background(
     config: &Config,
     registry: &registry::Registry,
 ) -> anyhow::Result<gc::Background> {
     let settings = config.gc.settings()?;
-    let reviewer = review_adapter(registry);
     let sweep = gc::LeftoverSweep::new(
         registry.store.clone(),
         registry.blobs.clone(),
@@ -101,16 +51,14 @@ pub fn start_background(
             settings.max_backoff,
         ),
         leftovers: Some((sweep, sweep_every)),
-        reviewer: reviewer.clone(),
+        // The write service reviews: the one place that deletes registry state.
+        reviewer: Some(Arc::new(registry.service.clone())),
     };
     let background = gc::spawn_background(&settings, parts, Arc::new(gc::SystemClock));
     if settings.disabled {
         tracing::info!("online garbage collection is off (gc.disabled)");
     } else {
         tracing::info!(workers = ?background.workers(), "online garbage collection running");
-        if reviewer.is_none() {
-            tracing::info!("blobs and manifests are not reviewed yet: this build has no review");
-        }
     }
     Ok(background)
 }
@@ -144,17 +92,11 @@ pub async fn run(
                 print!("{}", dry_run_text(&report));
                 return Ok(());
             }
-            let Some(reviewer) = review_adapter(registry) else {
-                bail!(
-                    "this build cannot review blobs and manifests yet, so `stowage gc run` \
-                     removes nothing; `stowage gc run --dry-run` shows what it would remove"
-                );
-            };
             let mut print_progress = |p: gc::Progress<'_>| println!("{}", progress_text(&p));
             let summary = gc::full_pass(
                 &registry.store,
                 &registry.blobs,
-                &*reviewer,
+                &registry.service,
                 &gc::SystemClock,
                 &options,
                 &mut print_progress,
