@@ -203,7 +203,13 @@ fn unreachable_database_fails_fast_with_the_cause() {
 
 #[test]
 fn admin_commands_refuse_to_create_a_database() {
-    for args in [&["admin", "users", "list"][..], &["ci-env", "--project", "acme/app"][..]] {
+    for args in [
+        &["admin", "users", "list"][..],
+        &["ci-env", "--project", "acme/app"][..],
+        &["jobs", "list"][..],
+        &["gc", "status"][..],
+        &["usage", "recompute"][..],
+    ] {
         let (run, dir) = stowage(args, None, &[]);
         let file = dir.path().join("data").join("stowage.db");
         assert_eq!(run.code(), 1, "{args:?}: {run:#?}");

@@ -36,8 +36,12 @@ pub enum AdminCommand {
 pub enum UsersCommand {
     /// Create a user (an instance admin with --admin).
     Create {
-        #[arg(long)]
-        username: String,
+        /// The new user's username.
+        #[arg(required_unless_present = "username_flag")]
+        username: Option<String>,
+        /// Same as the positional USERNAME (kept for scripts written before it).
+        #[arg(long = "username", hide = true, conflicts_with = "username")]
+        username_flag: Option<String>,
         #[arg(long)]
         email: String,
         /// Display name (default: the username).
@@ -52,6 +56,8 @@ pub enum UsersCommand {
     },
     /// List users as JSON.
     List,
+    /// Set a user's password, read from stdin (one line): `stowage admin users set-password root`.
+    SetPassword { username: String },
     /// Block a user: no sign-in, no tokens, no registry access until unblocked.
     Block { username: String },
     /// Unblock a blocked user.
@@ -166,8 +172,12 @@ pub struct Expiry {
 pub enum PersonalTokensCommand {
     /// Create a token; it is printed once and never again.
     Create {
-        #[arg(long)]
-        user: String,
+        /// The username whose token it is.
+        #[arg(required_unless_present = "user_flag")]
+        user: Option<String>,
+        /// Same as the positional USER (kept for scripts written before it).
+        #[arg(long = "user", hide = true, conflicts_with = "user")]
+        user_flag: Option<String>,
         #[arg(long)]
         name: String,
         /// Comma-separated: api, read_registry, write_registry.
@@ -178,8 +188,12 @@ pub enum PersonalTokensCommand {
     },
     /// List a user's personal access tokens (never their secrets).
     List {
-        #[arg(long)]
-        user: String,
+        /// The username whose tokens to list.
+        #[arg(required_unless_present = "user_flag")]
+        user: Option<String>,
+        /// Same as the positional USER (kept for scripts written before it).
+        #[arg(long = "user", hide = true, conflicts_with = "user")]
+        user_flag: Option<String>,
     },
     /// Revoke a personal access token by id.
     Revoke { id: i64 },
@@ -233,19 +247,29 @@ pub enum JobTokensCommand {
 }
 
 fn parse_lifetime(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration: write e.g. 90s, 30m or 1h"))?;
-    let seconds = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(format!("{text:?} is not a duration: write e.g. 90s, 30m or 1h")),
-    };
-    Ok(Duration::from_secs(seconds))
+    crate::config::parse_duration(text).map_err(|e| format!("{e:#}"))
+}
+
+/// The one subject a command acts on, given positionally or by its older flag spelling.
+fn subject(positional: Option<String>, flag: Option<String>) -> String {
+    // clap makes exactly one of them present (required_unless_present + conflicts_with).
+    positional.or(flag).unwrap_or_default()
+}
+
+/// A new password from stdin: the first line, without its line ending.
+fn password_from_stdin() -> anyhow::Result<String> {
+    use std::io::BufRead;
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        eprintln!("new password (then Enter):");
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).context("cannot read the password from stdin")?;
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        anyhow::bail!("no password on stdin: pipe it in, e.g. `printf '%s' \"$PW\" | stowage admin users set-password root`");
+    }
+    Ok(password.to_string())
 }
 
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
@@ -273,7 +297,8 @@ pub async fn run(
     let op = &Caller::Operator;
     match cmd {
         AdminCommand::Users(cmd) => match cmd {
-            UsersCommand::Create { username, email, name, password, admin } => {
+            UsersCommand::Create { username, username_flag, email, name, password, admin } => {
+                let username = subject(username, username_flag);
                 let name = name.unwrap_or_else(|| username.clone());
                 let user = svc::create_user(
                     store,
@@ -290,6 +315,15 @@ pub async fn run(
                     .map(|u| UserView::new(u, true))
                     .collect::<Vec<_>>(),
             ),
+            UsersCommand::SetPassword { username } => {
+                let changes = svc::UserChanges {
+                    password: Some(password_from_stdin()?),
+                    ..Default::default()
+                };
+                let user = svc::update_user(store, op, &path_ref(&username), changes).await?;
+                eprintln!("password of {} changed", user.username);
+                print_json(&UserView::new(&user, true))
+            }
             UsersCommand::Block { username } => print_json(&UserView::new(
                 &svc::set_user_blocked(store, op, &path_ref(&username), true).await?,
                 true,
@@ -404,14 +438,16 @@ pub async fn run(
             }
         },
         AdminCommand::Tokens(TokensCommand::Personal(cmd)) => match cmd {
-            PersonalTokensCommand::Create { user, name, scopes, expiry } => {
+            PersonalTokensCommand::Create { user, user_flag, name, scopes, expiry } => {
+                let user = subject(user, user_flag);
                 let new =
                     svc::NewPersonalAccessToken { name, scopes, expires_at: expiry.expires_at };
                 let (token, secret) =
                     svc::create_personal_access_token(store, op, &path_ref(&user), new).await?;
                 print_json(&PersonalAccessTokenView::new(&token, Some(secret)))
             }
-            PersonalTokensCommand::List { user } => {
+            PersonalTokensCommand::List { user, user_flag } => {
+                let user = subject(user, user_flag);
                 let tokens =
                     svc::list_personal_access_tokens(store, op, Some(&path_ref(&user))).await?;
                 print_json(

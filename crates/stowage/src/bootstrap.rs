@@ -7,19 +7,60 @@ use anyhow::bail;
 /// Every personal access token scope.
 pub const ALL_SCOPES: &[&str] = &["api", "read_registry", "write_registry"];
 
-pub async fn ensure_admin(store: &meta::Store) -> anyhow::Result<()> {
+/// What the operator must be told about root once the server is listening (not before: a
+/// password printed by a server that then fails to bind is a password for nothing reachable).
+#[must_use]
+pub enum AdminNotice {
+    None,
+    /// Root was created with this generated password, printed once and never again.
+    Generated(String),
+}
+
+impl AdminNotice {
+    pub fn announce(self) {
+        if let AdminNotice::Generated(password) = self {
+            // Printed once, on purpose: this is the only time the password exists in clear.
+            println!("created the instance admin 'root' with password: {password}");
+            println!(
+                "(set STOWAGE_ADMIN_PASSWORD before the first start to choose it; change it with \
+                 `stowage admin users set-password root`)"
+            );
+        }
+    }
+}
+
+pub async fn ensure_admin(store: &meta::Store) -> anyhow::Result<AdminNotice> {
     let seed_token = std::env::var("STOWAGE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
     if let Some(token) = &seed_token {
         if token.len() < 20 {
             bail!("STOWAGE_ADMIN_TOKEN must be at least 20 characters long");
         }
     }
+    let chosen = std::env::var("STOWAGE_ADMIN_PASSWORD").ok().filter(|p| !p.is_empty());
+    if let Some(password) = &chosen {
+        // The same rule as every other password, so root can always log in with it.
+        if let Err(why) = auth::credentials::check_new_password(password) {
+            bail!("STOWAGE_ADMIN_PASSWORD {why}");
+        }
+    }
+    let mut notice = AdminNotice::None;
     let root = match store.user_by_username("root").await? {
-        Some(root) => root,
+        Some(root) => {
+            if let (Some(password), Some(hash)) = (&chosen, &root.password_hash) {
+                if !auth::secret::verify_password(password, hash).await? {
+                    tracing::warn!(
+                        "STOWAGE_ADMIN_PASSWORD is ignored: it only sets root's password on the \
+                         first start, and root already has another one; change it with \
+                         `stowage admin users set-password root` (reads the new password from stdin)"
+                    );
+                }
+            }
+            root
+        }
         None => {
-            let (password, generated) = match std::env::var("STOWAGE_ADMIN_PASSWORD") {
-                Ok(p) if !p.is_empty() => (p, false),
-                _ => (auth::secret::new_password(), true),
+            let password = match &chosen {
+                Some(p) => p.clone(),
+                None => auth::secret::new_password(),
             };
             let hash = auth::secret::hash_password(&password).await?;
             let root = match store
@@ -34,10 +75,8 @@ pub async fn ensure_admin(store: &meta::Store) -> anyhow::Result<()> {
                     .ok_or_else(|| anyhow::anyhow!("root vanished"))?,
                 Err(e) => return Err(e.into()),
             };
-            if generated {
-                // Printed once, on purpose: this is the only time the password exists in clear.
-                println!("created the instance admin 'root' with password: {password}");
-                println!("(set STOWAGE_ADMIN_PASSWORD before the first start to choose it)");
+            if chosen.is_none() {
+                notice = AdminNotice::Generated(password);
             } else {
                 tracing::info!("created the instance admin 'root' with the password from STOWAGE_ADMIN_PASSWORD");
             }
@@ -58,5 +97,5 @@ pub async fn ensure_admin(store: &meta::Store) -> anyhow::Result<()> {
             tracing::info!("seeded a personal access token for root from STOWAGE_ADMIN_TOKEN");
         }
     }
-    Ok(())
+    Ok(notice)
 }

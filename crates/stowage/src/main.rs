@@ -74,8 +74,11 @@ enum Command {
     /// eval "$(stowage ci-env --project acme/app)".
     CiEnv {
         /// Full path of the project the job builds, e.g. acme/platform/api.
-        #[arg(long)]
-        project: String,
+        #[arg(required_unless_present = "project_flag")]
+        project: Option<String>,
+        /// Same as the positional PROJECT.
+        #[arg(long = "project", conflicts_with = "project")]
+        project_flag: Option<String>,
     },
     /// Print a shell completion script: `stowage completions bash > /etc/bash_completion.d/stowage`.
     Completions {
@@ -149,7 +152,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let registry = open_registry(&config).await?;
-    bootstrap::ensure_admin(&registry.store).await?;
+    let admin_notice = bootstrap::ensure_admin(&registry.store).await?;
     // Every instance stores the default it is configured with; triggers and quota checks
     // read it from the database, so all instances decide alike.
     registry.store.set_default_storage_limit(config.quotas.default_limit.bytes()? as i64).await?;
@@ -232,6 +235,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     server::raise_open_file_limit(limits.max_connections);
     tracing::info!("listening on http://{local_addr}");
+    admin_notice.announce();
     server::serve(listener, app, limits, shutdown_signal()).await;
     let grace = config.gc.settings()?.transaction_timeout + Duration::from_secs(1);
     gc_workers.stop(grace).await;
@@ -310,10 +314,11 @@ fn fail(error: anyhow::Error) -> std::process::ExitCode {
     std::process::ExitCode::FAILURE
 }
 
-/// The database an admin command acts on: the configured one, which must exist. Admin commands
-/// never create a database (that would be a new, empty instance beside the real one); they say
-/// which one they use, on stderr (stdout is the command's output).
-async fn existing_store(config: &Config) -> anyhow::Result<meta::Store> {
+/// The database an operator command (admin, jobs, gc, usage, ci-env) acts on: the configured
+/// one, which must exist. These commands never create a database (that would be a new, empty
+/// instance beside the real one); they say which one they use, on stderr (stdout is the
+/// command's output).
+fn existing_database_url(config: &Config) -> anyhow::Result<String> {
     let url = match config.database.url.as_ref().filter(|u| !u.is_empty()) {
         Some(url) => url.clone(),
         None => {
@@ -339,6 +344,12 @@ async fn existing_store(config: &Config) -> anyhow::Result<meta::Store> {
         }
     }
     eprintln!("using database {}", redact(&url));
+    Ok(url)
+}
+
+/// The metadata store of [`existing_database_url`].
+async fn existing_store(config: &Config) -> anyhow::Result<meta::Store> {
+    let url = existing_database_url(config)?;
     meta::Store::connect(&url)
         .await
         .with_context(|| format!("cannot open the metadata database ({})", redact(&url)))
@@ -357,6 +368,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Gc(cmd) => {
+            existing_database_url(&config)?;
             let registry = open_registry(&config).await?;
             gc_cli::run(cmd, &config, &registry).await
         }
@@ -364,9 +376,12 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let store = existing_store(&config).await?;
             admin::run(cmd, &store, &config.external_url()).await
         }
-        Command::Jobs(cmd) => background::run(cmd, &config).await,
+        Command::Jobs(cmd) => {
+            existing_database_url(&config)?;
+            background::run(cmd, &config).await
+        }
         Command::Usage(UsageCommand::Recompute { namespace }) => {
-            let store = meta::Store::connect(&config.database_url()?).await?;
+            let store = existing_store(&config).await?;
             let report = store.recompute_usage(namespace.as_deref()).await?;
             for c in &report.corrections {
                 println!(
@@ -391,7 +406,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             store.log_storage_notices().await;
             Ok(())
         }
-        Command::CiEnv { project } => {
+        Command::CiEnv { project, project_flag } => {
+            let project = project.or(project_flag).unwrap_or_default();
             let store = existing_store(&config).await?;
             let lifetime = parse_duration(&config.auth.job_token_lifetime)?;
             let host = admin::registry_host(&config.external_url());
