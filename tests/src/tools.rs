@@ -142,6 +142,10 @@ impl Containers {
             std::fs::create_dir_all(dir.path().join(sub)).unwrap();
         }
         std::fs::write(dir.path().join("auth.json"), "{}").unwrap();
+        // podman's default ulimits (nofile and nproc of 1048576) exceed this sandbox's hard
+        // limits, so `podman run` would fail to set them: keep the process's own limits.
+        std::fs::write(dir.path().join("containers.conf"), "[containers]\ndefault_ulimits = []\n")
+            .unwrap();
         Containers { dir }
     }
 
@@ -152,9 +156,23 @@ impl Containers {
 
     fn env(&self, cmd: &mut Command) {
         cmd.env("REGISTRY_AUTH_FILE", self.dir.path().join("auth.json"))
+            .env("CONTAINERS_CONF", self.dir.path().join("containers.conf"))
             .env("TMPDIR", self.dir.path().join("tmp"))
             .env("BUILDAH_ISOLATION", "chroot")
             .current_dir(self.dir.path().join("work"));
+    }
+
+    /// The global arguments that put buildah or podman on this private storage, for scripts
+    /// that run them (`scripts/container-image -- <these>`).
+    pub fn storage_arg_list(&self) -> Vec<String> {
+        let mut cmd = Command::new("true");
+        self.storage_args(&mut cmd);
+        cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect()
+    }
+
+    /// Sets this private state's variables on a command run by a script.
+    pub fn apply_env(&self, cmd: &mut Command) {
+        self.env(cmd);
     }
 
     fn storage_args(&self, cmd: &mut Command) {
