@@ -194,3 +194,64 @@ fn systemd_unit_verifies() {
     let broken = verify(&unit.replace("Type=exec", "Type=sometimes"));
     assert!(broken.combined().contains("Failed to parse service type"), "{}", broken.combined());
 }
+
+/// The Kubernetes manifests pass a strict schema validation (unknown fields refused), and the
+/// configuration they give the pods (the ConfigMap's file plus the Deployment's variables,
+/// with placeholder secrets) is one `stowage config check` accepts: the example cannot drift
+/// from the configuration keys the binary knows.
+#[test]
+fn kubernetes_manifests_validate_and_configure_a_valid_registry() {
+    let manifests = repo_root().join("deploy/kubernetes/stowage.yaml");
+    let validated = run(Command::new("kubernetes-validate").arg("--strict").arg(&manifests));
+    assert!(validated.success(), "kubernetes-validate:\n{}", validated.combined());
+    for kind in ["namespace", "configmap", "deployment", "service", "poddisruptionbudget"] {
+        assert!(validated.combined().contains(&format!("passed for resource {kind}/")), "{kind}");
+    }
+
+    // The pods' configuration, as Kubernetes would hand it over.
+    let extract = r#"
+import json, sys, yaml
+docs = list(yaml.safe_load_all(open(sys.argv[1])))
+config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["config.yml"]
+pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+env = {}
+for container in pod["initContainers"] + pod["containers"]:
+    for var in container.get("env", []):
+        if "value" in var:
+            env[var["name"]] = var["value"]
+        else:
+            env[var["name"]] = "placeholder-" + var["valueFrom"]["secretKeyRef"]["key"]
+print(json.dumps({"config": config, "env": env, "args": [c["args"] for c in pod["initContainers"] + pod["containers"]]}))
+"#;
+    let out = run(Command::new("python3").arg("-c").arg(extract).arg(&manifests)).ok();
+    let pods = out.json();
+    assert_eq!(pods["args"], serde_json::json!([["migrate"], ["serve"]]));
+    let dir = tempfile::tempdir().unwrap();
+    let config_file = dir.path().join("config.yml");
+    std::fs::write(&config_file, pods["config"].as_str().unwrap()).unwrap();
+    let mut check = Command::new(e2e::stowage_bin());
+    check.args(["config", "check"]).current_dir(dir.path());
+    for (key, _) in std::env::vars() {
+        if key.starts_with("STOWAGE_") {
+            check.env_remove(key);
+        }
+    }
+    for (key, value) in pods["env"].as_object().unwrap() {
+        let value = value.as_str().unwrap();
+        let value = match key.as_str() {
+            "STOWAGE_CONFIG" => config_file.to_str().unwrap().to_string(),
+            "STOWAGE_DATABASE_URL" => {
+                "postgres://stowage:placeholder@127.0.0.1:5432/stowage".into()
+            }
+            _ => value.to_string(),
+        };
+        check.env(key, value);
+    }
+    let checked = run(&mut check);
+    assert!(
+        checked.success(),
+        "stowage config check refused the manifests' configuration:\n{}",
+        checked.combined()
+    );
+    assert_eq!(checked.stdout().trim(), "configuration is valid");
+}
