@@ -6,6 +6,7 @@ mod background;
 mod bootstrap;
 mod client_addr;
 mod config;
+mod debug;
 mod gc_cli;
 mod http;
 mod server;
@@ -122,10 +123,7 @@ fn init_logging(config: &Config) {
 }
 
 async fn open_registry(config: &Config) -> anyhow::Result<registry::Registry> {
-    let url = config.database_url()?;
-    let store = meta::Store::connect(&url)
-        .await
-        .with_context(|| format!("cannot open the metadata database ({})", redact(&url)))?;
+    let store = config.connect_store(&config.database_url()?).await?;
     let root = config.blob_root()?;
     let blobs = blobstore::BlobStore::filesystem(&root)
         .with_context(|| format!("cannot open blob storage at {}", root.display()))?;
@@ -183,6 +181,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         job_token_lifetime: parse_duration(&config.auth.job_token_lifetime)?,
         jobs: queue,
     };
+    if let Some(addr) = config.http.debug.addr.as_deref().filter(|a| !a.is_empty()) {
+        let metrics = debug::install_recorder().context("cannot start the metrics recorder")?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (http.debug.addr)"))?;
+        tracing::info!("debug endpoints at http://{}", listener.local_addr()?);
+        let router = debug::router(registry.clone(), metrics);
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(error = %e, "the debug address stopped serving");
+            }
+        });
+    }
     let listener = tokio::net::TcpListener::bind(&config.http.addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.http.addr))?;
@@ -231,8 +242,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         max_connections: config.http.max_connections,
     };
     server::raise_open_file_limit(limits.max_connections);
-    tracing::info!("listening on http://{local_addr}");
-    server::serve(listener, app, limits, shutdown_signal()).await;
+    let tls = match config.http.tls.files()? {
+        Some((certificate, key)) => Some(server::tls_acceptor(certificate, key)?),
+        None => None,
+    };
+    let drain = parse_duration(&config.http.draintimeout)?;
+    tracing::info!("listening on {}://{local_addr}", config.scheme());
+    server::serve(listener, app, limits, tls, shutdown_signal(), drain).await;
     let grace = config.gc.settings()?.transaction_timeout + Duration::from_secs(1);
     gc_workers.stop(grace).await;
     tracing::info!("stopped");
@@ -339,9 +355,7 @@ async fn existing_store(config: &Config) -> anyhow::Result<meta::Store> {
         }
     }
     eprintln!("using database {}", redact(&url));
-    meta::Store::connect(&url)
-        .await
-        .with_context(|| format!("cannot open the metadata database ({})", redact(&url)))
+    config.connect_store(&url).await
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
@@ -349,9 +363,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Serve => serve(config).await,
         Command::Migrate => {
             let url = config.database_url()?;
-            let store = meta::Store::connect(&url)
-                .await
-                .with_context(|| format!("cannot open the metadata database ({})", redact(&url)))?;
+            let store = config.connect_store(&url).await?;
             store.migrate().await?;
             println!("metadata database {} is up to date", redact(&url));
             Ok(())
@@ -366,7 +378,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Jobs(cmd) => background::run(cmd, &config).await,
         Command::Usage(UsageCommand::Recompute { namespace }) => {
-            let store = meta::Store::connect(&config.database_url()?).await?;
+            let store = config.connect_store(&config.database_url()?).await?;
             let report = store.recompute_usage(namespace.as_deref()).await?;
             for c in &report.corrections {
                 println!(
