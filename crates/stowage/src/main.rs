@@ -9,6 +9,7 @@ mod config;
 mod debug;
 mod gc_cli;
 mod http;
+mod memory;
 mod server;
 mod sqlite_lock;
 
@@ -171,6 +172,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     // Background work (deletes, cleanup policies, the upload purge) runs as durable jobs: with
     // several instances each job, and each period of a periodic one, runs once.
+    memory::start_trimming();
     let queue = background::queue(&registry.store);
     let _jobs = background::runner(&config, &registry, queue.clone())?.start();
     // Online GC on every instance: review workers, the storage deleter, the leftovers sweep.
@@ -301,6 +303,7 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::SUCCESS;
     }
     init_logging(&config);
+    memory::return_freed_memory();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => return fail(e.into()),
