@@ -15,6 +15,7 @@
 //!   (used to check the tests themselves against another implementation).
 
 pub mod cli;
+pub mod db_proxy;
 pub mod dockerd;
 pub mod gitlab;
 pub mod tenants;
@@ -109,7 +110,7 @@ pub fn stowage_bin() -> PathBuf {
     .clone()
 }
 
-fn pg_server() -> String {
+pub(crate) fn pg_server() -> String {
     std::env::var("STOWAGE_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
@@ -137,13 +138,30 @@ impl TestServer {
 
     /// Starts a server with extra `STOWAGE_*` environment variables.
     pub fn start_with(backend: MetaBackend, env: &[(&str, &str)]) -> TestServer {
+        TestServer::start_inner(backend, env, None)
+    }
+
+    /// Starts a server on a fresh PostgreSQL database that it reaches through `via`
+    /// (`host:port`, e.g. a [`db_proxy::DbProxy`] a test can cut), not the server's own address.
+    pub fn start_postgres_via(via: &str, env: &[(&str, &str)]) -> TestServer {
+        TestServer::start_inner(MetaBackend::Postgres, env, Some(via))
+    }
+
+    fn start_inner(backend: MetaBackend, env: &[(&str, &str)], via: Option<&str>) -> TestServer {
         let data_dir = tempfile::Builder::new().prefix("stowage-e2e-").tempdir().expect("tempdir");
         let (database_url, pg_database) = match backend {
             MetaBackend::Sqlite => (None, None),
             MetaBackend::Postgres => {
                 let db = format!("stowage_test_{}", random_suffix());
                 psql(&format!("CREATE DATABASE {db}"));
-                (Some(format!("{}/{db}", pg_server())), Some(db))
+                let mut server = url::Url::parse(&pg_server()).expect("STOWAGE_TEST_PG is a URL");
+                if let Some(via) = via {
+                    let (host, port) = via.rsplit_once(':').expect("via is host:port");
+                    server.set_host(Some(host)).expect("proxy host");
+                    server.set_port(Some(port.parse().expect("proxy port"))).expect("proxy port");
+                }
+                let server = server.as_str().trim_end_matches('/').to_string();
+                (Some(format!("{server}/{db}")), Some(db))
             }
         };
         let mut server = TestServer {
@@ -230,13 +248,13 @@ impl TestServer {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let log = self.log();
-            if let Some(pos) = log.get(start_offset..).and_then(|l| l.find("listening on http://"))
-            {
-                let rest = &log[start_offset + pos + "listening on http://".len()..];
-                let addr: String =
+            if let Some(pos) = log.get(start_offset..).and_then(|l| l.find("listening on http")) {
+                let rest = &log[start_offset + pos + "listening on ".len()..];
+                let url: String =
                     rest.chars().take_while(|c| !c.is_whitespace() && *c != '"').collect();
-                self.addr = addr;
-                self.base = format!("http://{}", self.addr);
+                let (scheme, addr) = url.split_once("://").expect("listening on <scheme>://");
+                self.addr = addr.to_string();
+                self.base = format!("{scheme}://{addr}");
                 return;
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
@@ -245,6 +263,37 @@ impl TestServer {
             assert!(Instant::now() < deadline, "stowage serve did not start within 60 s:\n{log}");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The address the server logged after `what` (e.g. `debug endpoints at http://`).
+    pub fn logged_address(&self, what: &str) -> Option<String> {
+        let log = self.log();
+        let rest = &log[log.rfind(what)? + what.len()..];
+        Some(rest.chars().take_while(|c| !c.is_whitespace() && *c != '"').collect())
+    }
+
+    /// Sends SIGTERM, what an orchestrator sends to stop a container.
+    pub fn terminate(&self) {
+        let child = self.child.as_ref().expect("a running server");
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+    }
+
+    /// Waits up to `within` for the process to exit; `None` if it has not.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().expect("wait for stowage") {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     fn kill(&mut self) {

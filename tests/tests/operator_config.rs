@@ -44,7 +44,8 @@ fn bad_keys_and_values_stop_the_server_with_the_key_and_accepted_values() {
             Some("http:\n  timeout:\n    idle: 5s\n"),
             vec![],
             "error: invalid configuration: http.timeout (in {file}): unknown key; known keys \
-             here: addr, host, timeouts, max_connections, trusted_proxies\n"
+             here: addr, host, timeouts, max_connections, trusted_proxies, debug, tls, \
+             draintimeout\n"
                 .into(),
         ),
         (

@@ -74,6 +74,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(meta::MetaError::Conflict(_)) => StatusCode::CONFLICT,
+            ApiError::Internal(e) if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -85,15 +86,25 @@ impl IntoResponse for ApiError {
         let body = match &self {
             ApiError::Invalid { field, message } => json!({ "message": { *field: [message] } }),
             ApiError::Internal(meta::MetaError::Conflict(message)) => json!({ "message": message }),
+            ApiError::Internal(e) if e.is_unavailable() => {
+                tracing::error!(error = %e, "the metadata database is unavailable");
+                json!({ "message": "503 Service Unavailable - the registry's database is \
+                                     unavailable; retry in a few seconds" })
+            }
             ApiError::Internal(e) => {
                 tracing::error!(error = %e, "api request failed");
                 json!({ "message": "500 Internal Server Error" })
             }
             other => json!({ "message": other.to_string() }),
         };
+        let retry_after = match &self {
+            ApiError::Internal(e) => e.retry_after().map(|wait| wait.as_secs().max(1)),
+            ApiError::Busy(_) => Some(1),
+            _ => None,
+        };
         let mut response = (status, Json(body)).into_response();
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            response.headers_mut().insert("retry-after", axum::http::HeaderValue::from(1));
+        if let Some(secs) = retry_after {
+            response.headers_mut().insert("retry-after", axum::http::HeaderValue::from(secs));
         }
         response
     }

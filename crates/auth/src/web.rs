@@ -46,7 +46,23 @@ pub fn token_router(state: AuthState) -> Router {
             "/jwt/auth",
             get(token_get).post(token_post).layer(DefaultBodyLimit::max(MAX_FORM_BYTES)),
         )
+        .layer(axum::middleware::map_response(count_refusals))
         .with_state(state)
+}
+
+/// Counts token requests that got no token, by why (`stowage_token_failures_total`); issued
+/// tokens are counted where they are issued, by credential kind.
+async fn count_refusals(response: Response) -> Response {
+    let reason = match response.status().as_u16() {
+        200..=299 => return response,
+        400 | 413 => "bad_request",
+        401 => "invalid_credentials",
+        429 => "throttled",
+        503 => "unavailable",
+        _ => "error",
+    };
+    metrics::counter!("stowage_token_failures_total", "reason" => reason).increment(1);
+    response
 }
 
 fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -56,6 +72,32 @@ fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
         "error_description": message,
     });
     (status, [("content-type", "application/json")], body.to_string()).into_response()
+}
+
+/// The answer when the database failed while checking credentials or permissions: 503 with
+/// `Retry-After` when it is unavailable, else 500; `UNKNOWN` either way. `what` says what could
+/// not be done ("check the credentials").
+fn database_failed(error: &meta::MetaError, what: &str) -> Response {
+    match error.retry_after() {
+        Some(wait) => {
+            tracing::error!(%error, "the metadata database is unavailable");
+            let mut response = json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNKNOWN",
+                &format!("the registry could not {what}: its database is unavailable; retry in a few seconds"),
+            );
+            response.headers_mut().insert("retry-after", HeaderValue::from(wait.as_secs().max(1)));
+            response
+        }
+        None => {
+            tracing::error!(%error, "{what} failed");
+            json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "UNKNOWN",
+                &format!("the registry could not {what}"),
+            )
+        }
+    }
 }
 
 /// 429 TOOMANYREQUESTS telling the client when to try again.
@@ -148,14 +190,7 @@ async fn login(
             tracing::warn!(%client, "login refused: the password pool is full");
             Err(too_many(&busy.to_string(), Duration::from_secs(1)))
         }
-        Err(AuthError::Meta(e)) => {
-            tracing::error!(error = %e, "login check failed");
-            Err(json_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "UNKNOWN",
-                "the registry could not check the credentials",
-            ))
-        }
+        Err(AuthError::Meta(e)) => Err(database_failed(&e, "check the credentials")),
     }
 }
 
@@ -222,6 +257,14 @@ fn token_response(
     refresh: bool,
 ) -> Response {
     let issued = state.tokens.issue(&identity.subject(), &identity.credential_ref(), access);
+    let credential = match identity {
+        Identity::Anonymous => "anonymous",
+        Identity::User { pat: None, .. } => "password",
+        Identity::User { pat: Some(_), .. } => "personal_access_token",
+        Identity::Deploy(_) => "deploy_token",
+        Identity::Job { .. } => "job_token",
+    };
+    metrics::counter!("stowage_tokens_issued_total", "credential" => credential).increment(1);
     let mut body = serde_json::json!({
         "token": issued.token,
         "access_token": issued.token,
@@ -274,14 +317,7 @@ async fn token_get(
     let offline = params.iter().any(|(k, v)| k == "offline_token" && v == "true");
     match grant(&state.store, &identity, &scopes).await {
         Ok(access) => token_response(&state, &identity, access, offline),
-        Err(e) => {
-            tracing::error!(error = %e, "granting scopes failed");
-            json_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "UNKNOWN",
-                "the registry could not check permissions",
-            )
-        }
+        Err(e) => database_failed(&e, "check permissions"),
     }
 }
 
@@ -307,9 +343,10 @@ async fn token_post(
         }
         "refresh_token" => {
             let loaded = match state.tokens.verify_refresh(field("refresh_token")) {
-                Ok(claims) => {
-                    policy::load_identity(&state.store, &claims.cred).await.ok().flatten()
-                }
+                Ok(claims) => match policy::load_identity(&state.store, &claims.cred).await {
+                    Ok(identity) => identity,
+                    Err(e) => return database_failed(&e, "check the refresh token"),
+                },
                 Err(_) => None,
             };
             match loaded {
@@ -333,13 +370,6 @@ async fn token_post(
     };
     match grant(&state.store, &identity, &scopes).await {
         Ok(access) => token_response(&state, &identity, access, true),
-        Err(e) => {
-            tracing::error!(error = %e, "granting scopes failed");
-            json_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "UNKNOWN",
-                "the registry could not check permissions",
-            )
-        }
+        Err(e) => database_failed(&e, "check permissions"),
     }
 }

@@ -32,7 +32,9 @@ pub use quota::*;
 pub use registry::*;
 #[cfg(any(test, feature = "testing"))]
 pub use store::testing;
-pub use store::{sqlite_database_file, Backend, MetaError, Store, WriteTx};
+pub use store::{
+    sqlite_database_file, Backend, MetaError, PoolSettings, Store, WriteTx, UNAVAILABLE_RETRY_AFTER,
+};
 pub use tenancy::*;
 pub use usage::*;
 pub use write::*;

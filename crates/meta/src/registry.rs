@@ -365,6 +365,12 @@ impl Store {
         w.commit().await
     }
 
+    /// How many upload sessions are open (on every instance), for metrics.
+    pub async fn upload_session_count(&self) -> Result<i64, MetaError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM uploads").fetch_one(&self.pool).await?;
+        Ok(get_i64(&row, "n"))
+    }
+
     pub async fn upload(&self, id: &str) -> Result<Option<UploadRecord>, MetaError> {
         let row = sqlx::query("SELECT * FROM uploads WHERE id = $1")
             .bind(id)

@@ -26,6 +26,57 @@ pub enum MetaError {
     UnsupportedUrl(String),
 }
 
+/// How long a client should wait before retrying a request that failed because the database
+/// was unavailable: about the time a restarted PostgreSQL takes to accept connections again.
+pub const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+impl MetaError {
+    /// Whether the database could not be reached or gave no connection in time (down,
+    /// restarting, network cut, pool exhausted for `database.connecttimeout`), as opposed to
+    /// a query that failed. The one place that tells the two apart: surfaces answer the first
+    /// with 503 and `Retry-After` ([`MetaError::retry_after`]), the second with 500.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            MetaError::Unreachable(_) => true,
+            MetaError::Database(e) => match e {
+                sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::WorkerCrashed => true,
+                // PostgreSQL's connection exceptions (class 08), shutdown and start-up
+                // (57P01-57P03) and too many connections (53300).
+                sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                    code.starts_with("08")
+                        || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+                }),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// `Some(wait)` when the request may succeed if retried after `wait` (the database was
+    /// unavailable): the value of the `Retry-After` header of a 503.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.is_unavailable().then_some(UNAVAILABLE_RETRY_AFTER)
+    }
+}
+
+/// How the metadata database's connection pool behaves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// How long a request waits for a connection (including connecting) before it fails as
+    /// unavailable: short, so an outage answers 503 at once instead of hanging requests.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings { acquire_timeout: Duration::from_secs(2) }
+    }
+}
+
 /// The file a `sqlite:` database URL names, read the way sqlx reads it; `None` for other URLs
 /// and for in-memory SQLite databases.
 pub fn sqlite_database_file(url: &str) -> Option<std::path::PathBuf> {
@@ -187,13 +238,29 @@ async fn probe(url: &str) -> Result<(), MetaError> {
 impl Store {
     /// Connects to `url` (`sqlite://path`, `postgres://…`) and applies pending migrations.
     pub async fn connect(url: &str) -> Result<Store, MetaError> {
-        let store = Store::open(url).await?;
+        Store::connect_with(url, &PoolSettings::default()).await
+    }
+
+    /// [`Store::connect`] with explicit pool settings.
+    pub async fn connect_with(url: &str, settings: &PoolSettings) -> Result<Store, MetaError> {
+        let store = Store::open(url, settings).await?;
         store.migrate().await?;
         Ok(store)
     }
 
+    /// Whether the database answers a trivial query now (readiness, `GET /v2/`).
+    pub async fn ping(&self) -> Result<(), MetaError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The connection pool's size and idle connections, for metrics.
+    pub fn pool_figures(&self) -> (u32, usize) {
+        (self.pool.size(), self.pool.num_idle())
+    }
+
     /// Connects to `url` without touching the schema.
-    async fn open(url: &str) -> Result<Store, MetaError> {
+    async fn open(url: &str, settings: &PoolSettings) -> Result<Store, MetaError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -214,7 +281,7 @@ impl Store {
                 Backend::Sqlite => 8,
                 Backend::Postgres => 16,
             })
-            .acquire_timeout(Duration::from_secs(30))
+            .acquire_timeout(settings.acquire_timeout)
             // A ping before every acquire is one more round trip to SQLite's worker thread.
             .test_before_acquire(backend != Backend::Sqlite)
             .after_connect(move |conn, _meta| {
@@ -317,7 +384,8 @@ pub mod testing {
                     (format!("{server}/{name}"), None, Some((server, name)))
                 }
             };
-            let store = Store::open(&url).await.expect("open test database");
+            let store =
+                Store::open(&url, &PoolSettings::default()).await.expect("open test database");
             let mut migrator = store.migrator();
             if let Some(before) = before {
                 migrator.migrations = migrator

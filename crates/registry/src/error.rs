@@ -56,6 +56,19 @@ impl RegistryError {
         }
     }
 
+    /// The metadata database is unavailable: 503 with `Retry-After`, so clients (and load
+    /// balancers) back off and retry instead of giving up on a server error.
+    pub fn unavailable(error: &meta::MetaError, retry_after: std::time::Duration) -> RegistryError {
+        tracing::error!(%error, "the metadata database is unavailable");
+        RegistryError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: ErrorCode::Unknown,
+            message: "the registry's database is unavailable; retry in a few seconds".into(),
+            detail: None,
+            headers: vec![("retry-after", retry_after.as_secs().max(1).to_string())],
+        }
+    }
+
     pub fn name_unknown(name: &oci::RepositoryName) -> RegistryError {
         RegistryError::new(
             ErrorCode::NameUnknown,
@@ -85,7 +98,10 @@ impl IntoResponse for RegistryError {
 
 impl From<meta::MetaError> for RegistryError {
     fn from(e: meta::MetaError) -> Self {
-        RegistryError::internal(e)
+        match e.retry_after() {
+            Some(wait) => RegistryError::unavailable(&e, wait),
+            None => RegistryError::internal(e),
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use blobstore::BlobStore;
 use meta::Store;
 
 pub use error::RegistryError;
-pub use routes::{router, Operation, Route, UploadId};
+pub use routes::{router, Operation, Route, RouteTemplate, UploadId};
 
 /// Limits a deployment may tune.
 #[derive(Clone, Debug)]

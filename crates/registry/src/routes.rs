@@ -263,6 +263,29 @@ impl Route {
         Ok(Route::Repository { name, op })
     }
 
+    /// The endpoint as a path template (`/v2/{name}/blobs/{digest}`): a label for metrics
+    /// that does not grow with names, digests and upload ids.
+    pub fn template(&self) -> &'static str {
+        use Operation::*;
+        match self {
+            Route::Base => "/v2/",
+            Route::Catalog => "/v2/_catalog",
+            Route::Repository { op, .. } => match op {
+                GetBlob { .. } | DeleteBlob { .. } => "/v2/{name}/blobs/{digest}",
+                StartUpload => "/v2/{name}/blobs/uploads/",
+                UploadStatus { .. }
+                | PatchUpload { .. }
+                | FinishUpload { .. }
+                | CancelUpload { .. } => "/v2/{name}/blobs/uploads/{id}",
+                GetManifest { .. } | PutManifest { .. } | DeleteManifest { .. } => {
+                    "/v2/{name}/manifests/{reference}"
+                }
+                Tags => "/v2/{name}/tags/list",
+                Referrers { .. } => "/v2/{name}/referrers/{digest}",
+            },
+        }
+    }
+
     /// The path this route was parsed from: parsing accepts exactly one spelling per route.
     pub fn path(&self) -> String {
         use Operation::*;
@@ -320,21 +343,56 @@ fn refused(registry: &Registry, refusal: Refusal) -> RegistryError {
     }
 }
 
+/// The endpoint a `/v2` response answered, as [`Route::template`]; set on every response of a
+/// request that parsed, for the HTTP layer's metrics.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteTemplate(pub &'static str);
+
 /// The one handler of every `/v2` request: parse, decide, then run the operation.
 async fn dispatch(State(registry): State<Registry>, request: Request) -> Response {
-    match run(&registry, request).await {
+    let (parts, body) = request.into_parts();
+    let route = match Route::parse(&parts.method, parts.uri.path()) {
+        Ok(route) => route,
+        Err(error) => return error.into_response(),
+    };
+    let template = RouteTemplate(route.template());
+    let mut response = match run(&registry, route, parts, body).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
+    };
+    response.extensions_mut().insert(template);
+    response
+}
+
+/// Counts upload requests in progress on this instance (`stowage_uploads_in_progress`).
+struct UploadInProgress;
+
+impl UploadInProgress {
+    fn start() -> UploadInProgress {
+        metrics::gauge!("stowage_uploads_in_progress").increment(1.0);
+        UploadInProgress
     }
 }
 
-async fn run(registry: &Registry, request: Request) -> Result<Response> {
-    let (parts, body) = request.into_parts();
-    let route = Route::parse(&parts.method, parts.uri.path())?;
+impl Drop for UploadInProgress {
+    fn drop(&mut self) {
+        metrics::gauge!("stowage_uploads_in_progress").decrement(1.0);
+    }
+}
+
+async fn run(
+    registry: &Registry,
+    route: Route,
+    parts: axum::http::request::Parts,
+    body: axum::body::Body,
+) -> Result<Response> {
     let token = bearer(&parts.headers);
     let r = registry;
     let (name, op) = match route {
         Route::Base => {
+            // Clients and load balancers read `/v2/` as "is the registry up": without its
+            // database it is not.
+            r.store.ping().await?;
             r.gate.base(token).map_err(|e| refused(r, e))?;
             return Ok(base());
         }
@@ -354,10 +412,19 @@ async fn run(registry: &Registry, request: Request) -> Result<Response> {
     match op {
         GetBlob { digest, head } => blobs::get(r, &access, &digest, headers, head).await,
         DeleteBlob { digest } => blobs::delete(r, &access, &digest).await,
-        StartUpload => uploads::start(r, &access, &query, headers, body).await,
+        StartUpload => {
+            let _uploading = UploadInProgress::start();
+            uploads::start(r, &access, &query, headers, body).await
+        }
         UploadStatus { id } => uploads::status(r, &access, &id).await,
-        PatchUpload { id } => uploads::patch(r, &access, &id, headers, body).await,
-        FinishUpload { id } => uploads::finish(r, &access, &id, &query, headers, body).await,
+        PatchUpload { id } => {
+            let _uploading = UploadInProgress::start();
+            uploads::patch(r, &access, &id, headers, body).await
+        }
+        FinishUpload { id } => {
+            let _uploading = UploadInProgress::start();
+            uploads::finish(r, &access, &id, &query, headers, body).await
+        }
         CancelUpload { id } => uploads::cancel(r, &access, &id).await,
         GetManifest { reference, head } => {
             manifests::get(r, &access, &reference, headers, head).await

@@ -87,7 +87,7 @@ pub fn queue(store: &meta::Store) -> Queue {
 pub async fn run(command: JobsCommand, config: &Config) -> anyhow::Result<()> {
     match command {
         JobsCommand::List { state, kind, limit, json } => {
-            let store = meta::Store::connect(&config.database_url()?).await?;
+            let store = config.connect_store(&config.database_url()?).await?;
             let filter =
                 api::background::job_filter(state.as_deref(), kind.as_deref(), Some(limit))?;
             let jobs = store.list_jobs(&filter).await?;

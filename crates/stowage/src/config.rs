@@ -265,6 +265,49 @@ pub struct Http {
     /// Proxies (CIDRs) whose `X-Forwarded-For` names the client; default none. From the
     /// environment: `STOWAGE_HTTP__TRUSTED_PROXIES=[10.0.0.0/8,127.0.0.1/32]`.
     pub trusted_proxies: TrustedProxies,
+    /// The operations endpoints (distribution's `http.debug`).
+    pub debug: HttpDebug,
+    /// Serve HTTPS directly (distribution's `http.tls`).
+    pub tls: HttpTls,
+    /// On SIGTERM: how long requests in progress may take to finish before the server exits
+    /// anyway (distribution's `http.draintimeout`), e.g. `30s`.
+    pub draintimeout: String,
+}
+
+/// `http.debug`: liveness (`/debug/health`), readiness (`/debug/ready`) and Prometheus
+/// metrics (`/metrics`) on an address of their own, for the cluster rather than for clients.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpDebug {
+    /// Listen address, e.g. `127.0.0.1:5001`; unset (the default) serves none of it.
+    pub addr: Option<String>,
+}
+
+/// `http.tls`: PEM files of the certificate chain and its private key. Both or neither.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpTls {
+    pub certificate: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl HttpTls {
+    /// The certificate and key files when TLS is on; an error when only one is set.
+    pub fn files(&self) -> anyhow::Result<Option<(&std::path::Path, &std::path::Path)>> {
+        fn set(p: &Option<PathBuf>) -> Option<&std::path::Path> {
+            p.as_deref().filter(|p| !p.as_os_str().is_empty())
+        }
+        match (set(&self.certificate), set(&self.key)) {
+            (Some(certificate), Some(key)) => Ok(Some((certificate, key))),
+            (None, None) => Ok(None),
+            (Some(_), None) => {
+                bail!("http.tls.certificate is set but http.tls.key is not: set both")
+            }
+            (None, Some(_)) => {
+                bail!("http.tls.key is set but http.tls.certificate is not: set both")
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -278,11 +321,33 @@ pub struct HttpTimeouts {
     pub idle: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Database {
     /// `sqlite://…` or `postgres://…`; default: `<data_dir>/stowage.db`.
     pub url: Option<String>,
+    /// How long a request waits for a database connection (GitLab registry's name) before it
+    /// answers 503 with `Retry-After`: an outage fails fast instead of hanging requests.
+    pub connecttimeout: String,
+}
+
+impl Default for Database {
+    fn default() -> Self {
+        let timeout = meta::PoolSettings::default().acquire_timeout;
+        Database { url: None, connecttimeout: humantime::format_duration(timeout).to_string() }
+    }
+}
+
+impl Database {
+    /// The pool settings as the metadata store takes them.
+    pub fn pool_settings(&self) -> anyhow::Result<meta::PoolSettings> {
+        let acquire_timeout =
+            parse_duration(&self.connecttimeout).context("database.connecttimeout")?;
+        if acquire_timeout.is_zero() {
+            bail!("database.connecttimeout must be longer than 0");
+        }
+        Ok(meta::PoolSettings { acquire_timeout })
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -469,6 +534,9 @@ impl Default for Http {
             timeouts: HttpTimeouts::default(),
             max_connections: 1024,
             trusted_proxies: Default::default(),
+            debug: HttpDebug::default(),
+            tls: HttpTls::default(),
+            draintimeout: "30s".into(),
         }
     }
 }
@@ -666,6 +734,8 @@ impl Config {
                 bail!("{key} must be longer than 0");
             }
         }
+        parse_duration(&self.http.draintimeout).context("http.draintimeout")?;
+        self.http.tls.files()?;
         if self.http.max_connections == 0 {
             bail!("http.max_connections must be greater than 0");
         }
@@ -685,6 +755,7 @@ impl Config {
             bail!("limits.max_manifest_bytes must be greater than 0");
         }
         self.validation.manifests.indexes.index_validation()?;
+        self.database.pool_settings()?;
         self.jobs.settings()?;
         self.quotas.default_limit.bytes().context("quotas.default_limit")?;
         self.gc.settings()?;
@@ -726,6 +797,14 @@ impl Config {
         Ok(format!("sqlite://{}", dir.join("stowage.db").display()))
     }
 
+    /// Opens (and migrates) the metadata database at `url` with the configured pool settings:
+    /// the one way every command connects.
+    pub async fn connect_store(&self, url: &str) -> anyhow::Result<meta::Store> {
+        meta::Store::connect_with(url, &self.database.pool_settings()?)
+            .await
+            .with_context(|| format!("cannot open the metadata database ({})", redact(url)))
+    }
+
     /// The data dir, created if needed, as an absolute path.
     pub fn data_dir_created(&self) -> anyhow::Result<PathBuf> {
         std::fs::create_dir_all(&self.data_dir)
@@ -733,11 +812,19 @@ impl Config {
         Ok(std::fs::canonicalize(&self.data_dir)?)
     }
 
+    /// `https` when the server serves TLS itself (`http.tls`), else `http`.
+    pub fn scheme(&self) -> &'static str {
+        match self.http.tls.files() {
+            Ok(Some(_)) => "https",
+            _ => "http",
+        }
+    }
+
     /// The registry's external URL, without a trailing slash.
     pub fn external_url(&self) -> String {
         match &self.http.host {
             Some(host) if !host.is_empty() => host.trim_end_matches('/').to_string(),
-            _ => format!("http://{}", self.http.addr),
+            _ => format!("{}://{}", self.scheme(), self.http.addr),
         }
     }
 
@@ -749,7 +836,7 @@ impl Config {
         }
         match self.http.host.as_ref().filter(|h| !h.is_empty()) {
             Some(_) => format!("{}/jwt/auth", self.external_url()),
-            None => format!("http://{listening}/jwt/auth"),
+            None => format!("{}://{listening}/jwt/auth", self.scheme()),
         }
     }
 

@@ -47,10 +47,13 @@ pub fn app(
     }
     app.fallback(unknown_path)
         .layer(middleware::from_fn(errors_as_json))
+        .layer(middleware::from_fn(request_metrics))
         .layer(middleware::from_fn(access_log))
         .layer(middleware::from_fn_with_state(trusted_proxies, client_addr::layer))
+        .layer(middleware::from_fn(request_span))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(middleware::from_fn(drop_unusable_request_id))
         .layer(middleware::from_fn(api_version_header))
         .layer(middleware::from_fn(security_headers))
 }
@@ -250,6 +253,74 @@ async fn api_version_header(request: Request, next: Next) -> Response {
     response
         .headers_mut()
         .insert(API_VERSION_HEADER.0, HeaderValue::from_static(API_VERSION_HEADER.1));
+    response
+}
+
+/// Runs the request inside a `request` span carrying its id, so every line logged while it is
+/// handled — the access line, warnings, errors — names the request (the JSON formatter puts
+/// it under `span`).
+async fn request_span(request: Request, next: Next) -> Response {
+    use tracing::Instrument;
+    let id = request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+    let span = tracing::info_span!("request", request_id = %id);
+    next.run(request).instrument(span).await
+}
+
+/// A request id a client sent is kept (so a proxy's id follows the request through) only if
+/// it is a plausible id: at most 128 characters of letters, digits and `-_.:`. Anything else
+/// is dropped and a fresh id generated, so no client can stuff its text into every log line.
+async fn drop_unusable_request_id(mut request: Request, next: Next) -> Response {
+    let usable = |v: &HeaderValue| {
+        let b = v.as_bytes();
+        !b.is_empty()
+            && b.len() <= 128
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+    };
+    let headers = request.headers_mut();
+    let ids: Vec<&HeaderValue> = headers.get_all(REQUEST_ID).iter().collect();
+    if ids.len() > 1 || ids.first().is_some_and(|v| !usable(v)) {
+        headers.remove(REQUEST_ID);
+    }
+    next.run(request).await
+}
+
+/// Counts every request by route template, method and status, and records its latency (to
+/// the response head). The route is the endpoint's template (`/v2/{name}/blobs/{digest}`,
+/// `/api/v4/projects/{id}`), never the raw path, and unusual methods count as `other`, so no
+/// client can make the label sets grow.
+async fn request_metrics(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = match *request.method() {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
+    let matched =
+        request.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_string());
+    let response = next.run(request).await;
+    let route = match response.extensions().get::<registry::RouteTemplate>() {
+        Some(template) => template.0.to_string(),
+        None => matched.unwrap_or_else(|| "unmatched".to_string()),
+    };
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!(
+        "stowage_http_request_duration_seconds",
+        "route" => route.clone(),
+        "method" => method
+    )
+    .record(started.elapsed().as_secs_f64());
+    metrics::counter!(
+        "stowage_http_requests_total",
+        "route" => route,
+        "method" => method,
+        "status" => status
+    )
+    .increment(1);
     response
 }
 

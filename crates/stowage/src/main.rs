@@ -6,8 +6,10 @@ mod background;
 mod bootstrap;
 mod client_addr;
 mod config;
+mod debug;
 mod gc_cli;
 mod http;
+mod memory;
 mod server;
 mod sqlite_lock;
 
@@ -125,10 +127,7 @@ fn init_logging(config: &Config) {
 }
 
 async fn open_registry(config: &Config) -> anyhow::Result<registry::Registry> {
-    let url = config.database_url()?;
-    let store = meta::Store::connect(&url)
-        .await
-        .with_context(|| format!("cannot open the metadata database ({})", redact(&url)))?;
+    let store = config.connect_store(&config.database_url()?).await?;
     let root = config.blob_root()?;
     let blobs = blobstore::BlobStore::filesystem(&root)
         .with_context(|| format!("cannot open blob storage at {}", root.display()))?;
@@ -176,6 +175,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     // Background work (deletes, cleanup policies, the upload purge) runs as durable jobs: with
     // several instances each job, and each period of a periodic one, runs once.
+    memory::start_trimming();
     let queue = background::queue(&registry.store);
     let _jobs = background::runner(&config, &registry, queue.clone())?.start();
     // Online GC on every instance: review workers, the storage deleter, the leftovers sweep.
@@ -186,6 +186,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         job_token_lifetime: parse_duration(&config.auth.job_token_lifetime)?,
         jobs: queue,
     };
+    if let Some(addr) = config.http.debug.addr.as_deref().filter(|a| !a.is_empty()) {
+        let metrics = debug::install_recorder().context("cannot start the metrics recorder")?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (http.debug.addr)"))?;
+        tracing::info!("debug endpoints at http://{}", listener.local_addr()?);
+        let router = debug::router(registry.clone(), metrics);
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(error = %e, "the debug address stopped serving");
+            }
+        });
+    }
     let listener = tokio::net::TcpListener::bind(&config.http.addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.http.addr))?;
@@ -234,9 +247,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         max_connections: config.http.max_connections,
     };
     server::raise_open_file_limit(limits.max_connections);
-    tracing::info!("listening on http://{local_addr}");
+    let tls = match config.http.tls.files()? {
+        Some((certificate, key)) => Some(server::tls_acceptor(certificate, key)?),
+        None => None,
+    };
+    let drain = parse_duration(&config.http.draintimeout)?;
+    tracing::info!("listening on {}://{local_addr}", config.scheme());
     admin_notice.announce();
-    server::serve(listener, app, limits, shutdown_signal()).await;
+    server::serve(listener, app, limits, tls, shutdown_signal(), drain).await;
     let grace = config.gc.settings()?.transaction_timeout + Duration::from_secs(1);
     gc_workers.stop(grace).await;
     tracing::info!("stopped");
@@ -289,6 +307,7 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::SUCCESS;
     }
     init_logging(&config);
+    memory::return_freed_memory();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => return fail(e.into()),
@@ -350,9 +369,7 @@ fn existing_database_url(config: &Config) -> anyhow::Result<String> {
 /// The metadata store of [`existing_database_url`].
 async fn existing_store(config: &Config) -> anyhow::Result<meta::Store> {
     let url = existing_database_url(config)?;
-    meta::Store::connect(&url)
-        .await
-        .with_context(|| format!("cannot open the metadata database ({})", redact(&url)))
+    config.connect_store(&url).await
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
@@ -360,9 +377,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Serve => serve(config).await,
         Command::Migrate => {
             let url = config.database_url()?;
-            let store = meta::Store::connect(&url)
-                .await
-                .with_context(|| format!("cannot open the metadata database ({})", redact(&url)))?;
+            let store = config.connect_store(&url).await?;
             store.migrate().await?;
             println!("metadata database {} is up to date", redact(&url));
             Ok(())

@@ -37,6 +37,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use self::io::TrackedIo;
@@ -49,13 +50,17 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, then stops accepting, lets requests
-/// in progress finish and closes idle connections.
+/// Serves `app` on `listener` (over TLS when `tls` is given) until `shutdown` completes, then
+/// stops accepting, closes idle connections and lets requests in progress finish for at most
+/// `drain`; whatever is still running then is cut (an upload cut that way stays resumable from
+/// its last completed chunk: session state lives in the database).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
+    drain: Duration,
 ) {
     let connections = Arc::new(Connections::new(limits.max_connections));
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
@@ -68,20 +73,66 @@ pub async fn serve(
             accepted = accept(&listener, &connections) => accepted,
         };
         let state = connections.open();
-        tokio::spawn(serve_connection(
-            stream,
+        let connection = Connection {
             remote,
-            app.clone(),
-            builder.clone(),
-            connections.clone(),
+            app: app.clone(),
+            builder: builder.clone(),
+            connections: connections.clone(),
             state,
             limits,
-            stopped.clone(),
-        ));
+            stopped: stopped.clone(),
+        };
+        match &tls {
+            None => tokio::spawn(connection.serve(stream)),
+            Some(tls) => tokio::spawn(connection.serve_tls(stream, tls.clone())),
+        };
     }
     drop(listener);
     drop(stop);
-    connections.all_closed().await;
+    if tokio::time::timeout(drain, connections.all_closed()).await.is_err() {
+        tracing::warn!(
+            connections = connections.table().len(),
+            "http.draintimeout passed with requests still in progress: stopping anyway \
+             (interrupted uploads resume from their last completed chunk)"
+        );
+    }
+}
+
+/// Loads `http.tls`: the certificate chain and private key (PEM), for HTTP/2 and HTTP/1.1.
+pub fn tls_acceptor(
+    certificate: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<TlsAcceptor> {
+    use anyhow::Context;
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(certificate)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| {
+            format!(
+                "http.tls.certificate: cannot read PEM certificates from {}",
+                certificate.display()
+            )
+        })?;
+    if chain.is_empty() {
+        anyhow::bail!(
+            "http.tls.certificate: {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            certificate.display()
+        );
+    }
+    let key = PrivateKeyDer::from_pem_file(key).with_context(|| {
+        format!("http.tls.key: cannot read a PEM private key from {}", key.display())
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("http.tls.key does not match http.tls.certificate, or is not a usable key")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Raises the soft limit on open files to the hard limit (as Go's runtime does), since every
@@ -139,17 +190,44 @@ async fn accept(listener: &TcpListener, connections: &Connections) -> (TcpStream
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn serve_connection(
-    stream: TcpStream,
+/// One accepted connection and what serving it needs.
+struct Connection {
     remote: SocketAddr,
     app: Router,
     builder: Arc<auto::Builder<TokioExecutor>>,
     connections: Arc<Connections>,
     state: Arc<ConnectionState>,
     limits: ConnectionLimits,
-    mut stopped: watch::Receiver<()>,
-) {
+    stopped: watch::Receiver<()>,
+}
+
+impl Connection {
+    async fn serve(self, stream: TcpStream) {
+        serve_connection(stream, self).await
+    }
+
+    /// The TLS handshake counts as part of the first request head: it must be done within
+    /// `header_read`, so a client that opens connections and never shakes hands holds none.
+    async fn serve_tls(self, stream: TcpStream, tls: TlsAcceptor) {
+        match tokio::time::timeout(self.limits.header_read, tls.accept(stream)).await {
+            Ok(Ok(stream)) => serve_connection(stream, self).await,
+            Ok(Err(e)) => {
+                tracing::debug!(remote = %self.remote, error = %e, "TLS handshake failed");
+                self.connections.close(self.state.id);
+            }
+            Err(_) => {
+                tracing::debug!(remote = %self.remote, "TLS handshake not done in time");
+                self.connections.close(self.state.id);
+            }
+        }
+    }
+}
+
+async fn serve_connection<S>(stream: S, connection: Connection)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Connection { remote, app, builder, connections, state, limits, mut stopped } = connection;
     let io = TokioIo::new(TrackedIo::new(stream, state.clone()));
     let service = {
         let state = state.clone();

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 use super::ConnectionState;
 
@@ -24,8 +23,10 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// hyper's own answers are a head of about 100 bytes; more is not one of them.
 const MAX_OWN_ANSWER: usize = 4096;
 
-pub struct TrackedIo {
-    stream: TcpStream,
+/// A client connection's byte stream `S` (TCP, or TLS over TCP: what hyper reads is plain
+/// HTTP either way), tracked.
+pub struct TrackedIo<S> {
+    stream: S,
     state: Arc<ConnectionState>,
     /// How many bytes of the HTTP/2 preface the client's first bytes matched; `None` once one
     /// differed, i.e. the client speaks HTTP/1.
@@ -33,6 +34,9 @@ pub struct TrackedIo {
     /// Responses whose last byte had been handed to the socket at the last completed flush.
     responses_flushed: u64,
     outgoing: Outgoing,
+    /// `stowage_http_received_bytes_total` and `stowage_http_sent_bytes_total`.
+    received: metrics::Counter,
+    sent: metrics::Counter,
 }
 
 enum Outgoing {
@@ -44,14 +48,16 @@ enum Outgoing {
     Draining { bytes: Vec<u8>, written: usize },
 }
 
-impl TrackedIo {
-    pub fn new(stream: TcpStream, state: Arc<ConnectionState>) -> TrackedIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> TrackedIo<S> {
+    pub fn new(stream: S, state: Arc<ConnectionState>) -> TrackedIo<S> {
         TrackedIo {
             stream,
             state,
             preface_matched: Some(0),
             responses_flushed: 0,
             outgoing: Outgoing::Through,
+            received: metrics::counter!("stowage_http_received_bytes_total"),
+            sent: metrics::counter!("stowage_http_sent_bytes_total"),
         }
     }
 
@@ -94,6 +100,7 @@ impl TrackedIo {
                 if n == 0 {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
+                self.sent.increment(n as u64);
                 *written += n;
             }
             self.outgoing = Outgoing::Through;
@@ -111,7 +118,7 @@ impl TrackedIo {
     }
 }
 
-impl AsyncRead for TrackedIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TrackedIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -121,13 +128,14 @@ impl AsyncRead for TrackedIo {
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.stream).poll_read(cx, buf))?;
         if buf.filled().len() > before {
+            this.received.increment((buf.filled().len() - before) as u64);
             this.note_received(&buf.filled()[before..]);
         }
         Poll::Ready(Ok(()))
     }
 }
 
-impl AsyncWrite for TrackedIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -140,7 +148,9 @@ impl AsyncWrite for TrackedIo {
             this.finish_collecting(false);
             return Poll::Ready(Ok(buf.len()));
         }
-        Pin::new(&mut this.stream).poll_write(cx, buf)
+        let written = ready!(Pin::new(&mut this.stream).poll_write(cx, buf))?;
+        this.sent.increment(written as u64);
+        Poll::Ready(Ok(written))
     }
 
     fn poll_write_vectored(
@@ -159,7 +169,9 @@ impl AsyncWrite for TrackedIo {
             this.finish_collecting(false);
             return Poll::Ready(Ok(total));
         }
-        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
+        let written = ready!(Pin::new(&mut this.stream).poll_write_vectored(cx, bufs))?;
+        this.sent.increment(written as u64);
+        Poll::Ready(Ok(written))
     }
 
     fn is_write_vectored(&self) -> bool {
