@@ -539,7 +539,7 @@ impl Store {
         if groups.len() > 1 {
             sql.push_str(&format!(
                 " OR (source_type = 'group' AND source_id IN \
-                 (SELECT id FROM groups WHERE full_path IN ({})))",
+                 (SELECT id FROM namespaces WHERE full_path IN ({})))",
                 crate::tenancy::placeholders(2, groups.len() - 1)
             ));
         }
