@@ -11,8 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use e2e::gitlab::{
-    level, repo_scope, start_auth_server, token_for, GitLab, Registry, ADMIN_PASSWORD,
-    OCI_MANIFEST,
+    level, repo_scope, start_auth_server, token_for, GitLab, Registry, ADMIN_PASSWORD, OCI_MANIFEST,
 };
 use e2e::{backend_tests, sha256_digest, MetaBackend, TestServer};
 use reqwest::{Method, StatusCode};
@@ -61,7 +60,9 @@ impl Receiver {
                         sink.lock().unwrap().push(r);
                     }
                     let _ = conn
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
                         .await;
                 });
             }
@@ -284,7 +285,15 @@ async fn receivers_get_one_event_per_push_and_delete(backend: MetaBackend) {
             assert_eq!(r.body["events"].as_array().map(Vec::len), Some(1));
         }
         let events = receiver.events();
-        assert_event(&events[0], &server, "push", Some("v1"), Some(&manifest), "PUT", "e2e-pusher/1.0");
+        assert_event(
+            &events[0],
+            &server,
+            "push",
+            Some("v1"),
+            Some(&manifest),
+            "PUT",
+            "e2e-pusher/1.0",
+        );
         assert_event(&events[1], &server, "delete", Some("v1"), None, "DELETE", "");
     }
     let hook_got = hook_receiver.received();
@@ -341,7 +350,11 @@ async fn a_receiver_that_was_down_gets_the_backlog(backend: MetaBackend) {
 
 /// `(event_name, author_name, entity_type, target_details, outcome)` of audit events newer
 /// than `after`, oldest first.
-async fn audit_since(api: &GitLab, path: &str, after: i64) -> Vec<(String, String, String, String, String)> {
+async fn audit_since(
+    api: &GitLab,
+    path: &str,
+    after: i64,
+) -> Vec<(String, String, String, String, String)> {
     let events = api.call(Method::GET, &format!("{path}?per_page=100"), None).await;
     let mut out: Vec<_> = events
         .as_array()
@@ -375,7 +388,9 @@ async fn audit_log_records_a_scripted_scenario(backend: MetaBackend) {
 
     let http = e2e::gitlab::http_client();
     let scopes = vec![repo_scope("acme/app", "pull,push,delete")];
-    let refused = e2e::gitlab::request_token(&http, &server.base, Some(("bob", "wrong-password")), &scopes).await;
+    let refused =
+        e2e::gitlab::request_token(&http, &server.base, Some(("bob", "wrong-password")), &scopes)
+            .await;
     assert_eq!(refused.unwrap_err().0, StatusCode::UNAUTHORIZED);
     let registry = root_registry(&server, &["acme/app"]).await;
     let m1 = push(&registry, "acme/app", "v1").await;
@@ -387,12 +402,19 @@ async fn audit_log_records_a_scripted_scenario(backend: MetaBackend) {
 
     let d1 = format!("acme/app@{}", sha256_digest(&m1));
     let d2 = format!("acme/app@{}", sha256_digest(&m2));
-    let token_name = api.call(Method::GET, &format!("/personal_access_tokens/{}", pat.id), None).await["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token_name =
+        api.call(Method::GET, &format!("/personal_access_tokens/{}", pat.id), None).await["name"]
+            .as_str()
+            .unwrap()
+            .to_string();
     let row = |a: &str, who: &str, entity: &str, target: &str, outcome: &str| {
-        (a.to_string(), who.to_string(), entity.to_string(), target.to_string(), outcome.to_string())
+        (
+            a.to_string(),
+            who.to_string(),
+            entity.to_string(),
+            target.to_string(),
+            outcome.to_string(),
+        )
     };
     let expected = vec![
         row("login", "bob", "User", "bob", "failure"),
@@ -408,7 +430,10 @@ async fn audit_log_records_a_scripted_scenario(backend: MetaBackend) {
     ];
     assert_eq!(audit_since(&api, "/audit_events", mark).await, expected);
     let on_project: Vec<_> = expected.iter().filter(|r| r.2 == "Project").cloned().collect();
-    assert_eq!(audit_since(&api, &format!("/projects/{project}/audit_events"), mark).await, on_project);
+    assert_eq!(
+        audit_since(&api, &format!("/projects/{project}/audit_events"), mark).await,
+        on_project
+    );
     assert_eq!(audit_since(&api, "/groups/acme/audit_events", mark).await, on_project);
 
     // The details: who (id, token kind), from where, what.
@@ -434,9 +459,11 @@ async fn audit_log_records_a_scripted_scenario(backend: MetaBackend) {
     assert_eq!(created["entity_id"], bob.id);
 
     // Time windows and pages, with GitLab's headers.
-    let all = api.call(Method::GET, "/audit_events?created_after=2000-01-01&per_page=100", None).await;
+    let all =
+        api.call(Method::GET, "/audit_events?created_after=2000-01-01&per_page=100", None).await;
     assert_eq!(all.as_array().unwrap().len(), events.len());
-    let none = api.call(Method::GET, "/audit_events?created_before=2000-01-01T00:00:00Z", None).await;
+    let none =
+        api.call(Method::GET, "/audit_events?created_before=2000-01-01T00:00:00Z", None).await;
     assert_eq!(none, json!([]));
     let resp = api
         .http
@@ -450,7 +477,8 @@ async fn audit_log_records_a_scripted_scenario(backend: MetaBackend) {
     assert_eq!(resp.headers()["x-total"], events.len().to_string().as_str());
     let page: Value = resp.json().await.unwrap();
     assert_eq!(page[0]["id"], events[2]["id"]);
-    let (status, body) = api.request(Method::GET, "/audit_events?created_after=yesterday", None).await;
+    let (status, body) =
+        api.request(Method::GET, "/audit_events?created_after=yesterday", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(
         body["message"]["created_after"][0],
@@ -467,7 +495,12 @@ async fn audit_and_hooks_refuse_outsiders_and_hostile_input(backend: MetaBackend
     let api = GitLab::root(&server);
     let (group, project) = acme_app(&api).await;
     let mut as_user = Vec::new();
-    for (name, role) in [("olga", None), ("gina", Some(level::GUEST)), ("dev", Some(level::DEVELOPER)), ("mia", Some(level::MAINTAINER))] {
+    for (name, role) in [
+        ("olga", None),
+        ("gina", Some(level::GUEST)),
+        ("dev", Some(level::DEVELOPER)),
+        ("mia", Some(level::MAINTAINER)),
+    ] {
         let user = api.create_user(name).await;
         if let Some(role) = role {
             api.add_member("projects", project, user.id, role).await;
@@ -477,9 +510,14 @@ async fn audit_and_hooks_refuse_outsiders_and_hostile_input(backend: MetaBackend
     }
     let [olga, gina, dev, mia] = <[GitLab; 4]>::try_from(as_user).ok().unwrap();
     let hook_body = json!({ "url": "http://127.0.0.1:9/hook" });
-    for path in [format!("/projects/{project}/audit_events"), format!("/projects/{project}/hooks")] {
+    for path in [format!("/projects/{project}/audit_events"), format!("/projects/{project}/hooks")]
+    {
         let (status, body) = olga.request(Method::GET, &path, None).await;
-        assert_eq!((status, body["message"].as_str()), (StatusCode::NOT_FOUND, Some("404 Project Not Found")), "{path}");
+        assert_eq!(
+            (status, body["message"].as_str()),
+            (StatusCode::NOT_FOUND, Some("404 Project Not Found")),
+            "{path}"
+        );
         for who in [&gina, &dev] {
             let (status, body) = who.request(Method::GET, &path, None).await;
             assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
@@ -490,14 +528,21 @@ async fn audit_and_hooks_refuse_outsiders_and_hostile_input(backend: MetaBackend
         }
         assert_eq!(mia.request(Method::GET, &path, None).await.0, StatusCode::OK, "{path}");
     }
-    let (status, _) = olga.request(Method::POST, &format!("/projects/{project}/hooks"), Some(hook_body.clone())).await;
+    let (status, _) = olga
+        .request(Method::POST, &format!("/projects/{project}/hooks"), Some(hook_body.clone()))
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = dev.request(Method::POST, &format!("/projects/{project}/hooks"), Some(hook_body.clone())).await;
+    let (status, _) = dev
+        .request(Method::POST, &format!("/projects/{project}/hooks"), Some(hook_body.clone()))
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     for path in [format!("/groups/{group}/audit_events"), format!("/groups/{group}/hooks")] {
         let (status, body) = mia.request(Method::GET, &path, None).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
-        assert_eq!(body["message"], "403 Forbidden - the audit events and hooks of acme need the owner role or higher");
+        assert_eq!(
+            body["message"],
+            "403 Forbidden - the audit events and hooks of acme need the owner role or higher"
+        );
     }
     let (status, _) = mia.request(Method::GET, "/audit_events", None).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
@@ -506,25 +551,58 @@ async fn audit_and_hooks_refuse_outsiders_and_hostile_input(backend: MetaBackend
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     // A hook of another project is not reachable through this one.
     let other = api.create_project(group, "other", "private").await;
-    let foreign = api.call(Method::POST, &format!("/projects/{other}/hooks"), Some(hook_body.clone())).await;
-    let (status, _) = mia.request(Method::GET, &format!("/projects/{project}/hooks/{}", foreign["id"]), None).await;
+    let foreign =
+        api.call(Method::POST, &format!("/projects/{other}/hooks"), Some(hook_body.clone())).await;
+    let (status, _) = mia
+        .request(Method::GET, &format!("/projects/{project}/hooks/{}", foreign["id"]), None)
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = mia.request(Method::DELETE, &format!("/projects/{project}/hooks/{}", foreign["id"]), None).await;
+    let (status, _) = mia
+        .request(Method::DELETE, &format!("/projects/{project}/hooks/{}", foreign["id"]), None)
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     let hooks = format!("/projects/{project}/hooks");
     let huge = format!("http://x/{}", "a".repeat(5000));
     // Each refused with 400 and GitLab's `{"message": {"<field>": ["<why>"]}}`.
     let cases: Vec<(Value, &str, &str)> = vec![
-        (json!({ "url": "ftp://127.0.0.1/x" }), "url", "\"ftp://127.0.0.1/x\" is not an http or https URL"),
-        (json!({ "url": "file:///etc/passwd" }), "url", "\"file:///etc/passwd\" is not an http or https URL"),
-        (json!({ "url": "javascript:alert(1)" }), "url", "\"javascript:alert(1)\" is not an http or https URL"),
-        (json!({ "url": "http://user:pw@127.0.0.1/" }), "url", "must not hold credentials: give the secret as token (sent as X-Gitlab-Token)"),
-        (json!({ "url": "http://127.0.0.1/a b" }), "url", "\"http://127.0.0.1/a b\" contains whitespace or control characters"),
+        (
+            json!({ "url": "ftp://127.0.0.1/x" }),
+            "url",
+            "\"ftp://127.0.0.1/x\" is not an http or https URL",
+        ),
+        (
+            json!({ "url": "file:///etc/passwd" }),
+            "url",
+            "\"file:///etc/passwd\" is not an http or https URL",
+        ),
+        (
+            json!({ "url": "javascript:alert(1)" }),
+            "url",
+            "\"javascript:alert(1)\" is not an http or https URL",
+        ),
+        (
+            json!({ "url": "http://user:pw@127.0.0.1/" }),
+            "url",
+            "must not hold credentials: give the secret as token (sent as X-Gitlab-Token)",
+        ),
+        (
+            json!({ "url": "http://127.0.0.1/a b" }),
+            "url",
+            "\"http://127.0.0.1/a b\" contains whitespace or control characters",
+        ),
         (json!({ "url": huge }), "url", "is longer than 2048 characters"),
         (json!({}), "url", "is required"),
-        (json!({ "url": "http://127.0.0.1/", "token": "line\nbreak" }), "token", "must be printable ASCII (it is sent as a header)"),
-        (json!({ "url": "http://127.0.0.1/", "token": "t".repeat(2000) }), "token", "is longer than 1024 characters"),
+        (
+            json!({ "url": "http://127.0.0.1/", "token": "line\nbreak" }),
+            "token",
+            "must be printable ASCII (it is sent as a header)",
+        ),
+        (
+            json!({ "url": "http://127.0.0.1/", "token": "t".repeat(2000) }),
+            "token",
+            "is longer than 1024 characters",
+        ),
     ];
     for (body, field, message) in cases {
         let (status, answer) = mia.request(Method::POST, &hooks, Some(body.clone())).await;
@@ -534,25 +612,38 @@ async fn audit_and_hooks_refuse_outsiders_and_hostile_input(backend: MetaBackend
     let flag = json!({ "url": "http://127.0.0.1/", "enable_ssl_verification": "maybe" });
     let (status, answer) = mia.request(Method::POST, &hooks, Some(flag)).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
-    let (status, answer) = mia.request(Method::POST, &hooks, Some(json!({ "url": "http://x/\u{0}" }))).await;
+    let (status, answer) =
+        mia.request(Method::POST, &hooks, Some(json!({ "url": "http://x/\u{0}" }))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     assert_eq!(mia.call(Method::GET, &hooks, None).await, json!([]), "nothing was stored");
 
     // Changing a hook keeps its token unless a new one is given; deleting it is final.
-    let hook = mia.call(Method::POST, &hooks, Some(json!({ "url": "https://127.0.0.1/h", "token": "tok" }))).await;
+    let hook = mia
+        .call(Method::POST, &hooks, Some(json!({ "url": "https://127.0.0.1/h", "token": "tok" })))
+        .await;
     let id = hook["id"].as_i64().unwrap();
     let changed = mia
-        .call(Method::PUT, &format!("{hooks}/{id}"), Some(json!({ "enable_ssl_verification": false })))
+        .call(
+            Method::PUT,
+            &format!("{hooks}/{id}"),
+            Some(json!({ "enable_ssl_verification": false })),
+        )
         .await;
     assert_eq!(changed["url"], "https://127.0.0.1/h");
     assert_eq!(changed["enable_ssl_verification"], false);
-    let (status, _) = mia.request(Method::PUT, &format!("{hooks}/{id}"), Some(json!({ "url": "gopher://x/" }))).await;
+    let (status, _) = mia
+        .request(Method::PUT, &format!("{hooks}/{id}"), Some(json!({ "url": "gopher://x/" })))
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     mia.call(Method::DELETE, &format!("{hooks}/{id}"), None).await;
     let (status, body) = mia.request(Method::GET, &format!("{hooks}/{id}"), None).await;
-    assert_eq!((status, body["message"].as_str()), (StatusCode::NOT_FOUND, Some("404 Hook Not Found")));
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (StatusCode::NOT_FOUND, Some("404 Hook Not Found"))
+    );
     let trail = audit_since(&mia, &format!("/projects/{project}/audit_events"), 0).await;
-    let names: Vec<&str> = trail.iter().map(|r| r.0.as_str()).filter(|n| n.starts_with("hook_")).collect();
+    let names: Vec<&str> =
+        trail.iter().map(|r| r.0.as_str()).filter(|n| n.starts_with("hook_")).collect();
     assert_eq!(names, ["hook_create", "hook_update", "hook_delete"]);
 }
 

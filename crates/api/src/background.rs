@@ -130,8 +130,10 @@ async fn repository_delete(
 ) -> Result<(), JobError> {
     let job: RepositoryDelete = ctx.payload()?;
     // Already gone (a retry after a commit whose answer was lost) is done too.
-    let deleted =
-        writes.delete_repository(job.repository_id, &job.context).await.map_err(|e| job_error(e.into()))?;
+    let deleted = writes
+        .delete_repository(job.repository_id, &job.context)
+        .await
+        .map_err(|e| job_error(e.into()))?;
     tracing::info!(repository = %job.repository, deleted, "deleted repository");
     Ok(())
 }

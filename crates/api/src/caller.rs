@@ -98,8 +98,8 @@ pub async fn authenticate(
     if let Err(e) = store.touch_personal_access_token(pat.id).await {
         tracing::warn!(error = %e, "recording a token's last use failed");
     }
-    let actor = auth::Identity::User { pat: Some((pat.id, pat.scopes)), user: user.clone() }
-        .audit_actor();
+    let actor =
+        auth::Identity::User { pat: Some((pat.id, pat.scopes)), user: user.clone() }.audit_actor();
     Ok((Caller::User(user), actor))
 }
 

@@ -5,14 +5,14 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use meta::events::AuditEntity;
 use meta::SourceType;
 use serde::Deserialize;
-use meta::events::AuditEntity;
 use serde_json::{json, Value};
 
 use crate::caller::Caller;
-use crate::events_api::{Audit, Target};
 use crate::error::{ApiError, MEMBER_NOT_FOUND, TOKEN_NOT_FOUND, USER_NOT_FOUND};
+use crate::events_api::{Audit, Target};
 use crate::input::{
     flag, int, list, numeric_id, request_host, ListFilters, Listing, NoFilters, Params, Path, Ref,
     Sort,
@@ -823,7 +823,8 @@ pub async fn create_deploy_token<K: SourceKind>(
         expires_at: p.expires_at,
     };
     let (token, secret) = svc::create_deploy_token(&s.store, &caller, &source, new).await?;
-    let target = Target { kind: "DeployToken", id: token.id.to_string(), details: token.name.clone() };
+    let target =
+        Target { kind: "DeployToken", id: token.id.to_string(), details: token.name.clone() };
     let details = json!({ "username": token.username, "scopes": token.scopes });
     audit.record_on(&s.store, &source, "token_create", target, details).await;
     created(DeployTokenView::new(&token, Some(secret)))

@@ -25,14 +25,14 @@ use meta::{
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
-use crate::events_api::{Audit, Target};
-use meta::events::AuditEntity;
 use crate::caller::Caller;
 use crate::error::ApiError;
+use crate::events_api::{Audit, Target};
 use crate::input::{flag, Params, Path, Ref};
 use crate::routing::Routes;
 use crate::service as svc;
 use crate::ApiState;
+use meta::events::AuditEntity;
 
 /// The routes of this module, merged into the `/api/v4` router.
 pub fn routes() -> Routes {
@@ -271,7 +271,13 @@ fn rule_target<'a>(kind: &'a str, id: i64, pattern: &str) -> Target<'a> {
     Target { kind, id: id.to_string(), details: pattern.to_string() }
 }
 
-async fn audit_rule(s: &ApiState, audit: &Audit, project: &meta::Project, action: &str, target: Target<'_>) {
+async fn audit_rule(
+    s: &ApiState,
+    audit: &Audit,
+    project: &meta::Project,
+    action: &str,
+    target: Target<'_>,
+) {
     let entity = AuditEntity::project(project.id, &project.full_path);
     audit.record(&s.store, entity, action, target, serde_json::json!({})).await;
 }

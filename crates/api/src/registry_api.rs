@@ -601,8 +601,11 @@ async fn delete_repository(
         project_repository(&s.store, &caller, &Ref::parse("id", &id)?, repository_id(&repo_id)?)
             .await?;
     require_delete(&s.store, &caller, &project).await?;
-    let job =
-        RepositoryDelete { repository_id: repository.id, repository: repository.name, context: ctx };
+    let job = RepositoryDelete {
+        repository_id: repository.id,
+        repository: repository.name,
+        context: ctx,
+    };
     s.jobs.enqueue(REPOSITORY_DELETE, job).await?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
@@ -912,14 +915,6 @@ const AUDIT_SCOPED: &[(&str, &str, &str)] = &[
     ("page", "integer", "page number, from 1"),
     ("per_page", "integer", "items per page (default 20, at most 100)"),
 ];
-const AUDIT: &[(&str, &str, &str)] = &[
-    ("created_after", "string", "ISO 8601 time or date: events at or after it"),
-    ("created_before", "string", "ISO 8601 time or date: events at or before it"),
-    ("entity_type", "string", "Project, with entity_id: one project's events"),
-    ("entity_id", "integer", "the project's id"),
-    ("page", "integer", "page number, from 1"),
-    ("per_page", "integer", "items per page (default 20, at most 100)"),
-];
 const HOOK: &[(&str, &str, &str)] = &[
     ("url", "string", "http or https URL the events are POSTed to (no credentials in it)"),
     ("token", "string", "secret sent as X-Gitlab-Token; never shown again"),
@@ -1066,7 +1061,7 @@ pub const ROUTES: &[RouteDoc] = &[
     ], 200),
     route("get", "/admin/registry/gc", "admin", "Online garbage collection: queue lengths, the oldest due item, what was removed in the last hour and day, failures, pending storage deletions (instance admins)", &[], 200),
     // ---- events ----
-    route("get", "/audit_events", "events", "The instance's audit events, newest first (instance admins)", AUDIT, 200),
+    route("get", "/audit_events", "events", "The instance's audit events, newest first (instance admins; entity_type=Project&entity_id=N: one project's)", AUDIT_SCOPED, 200),
     route("get", "/audit_events/{event_id}", "events", "One audit event (instance admins)", &[], 200),
     route("get", "/groups/{id}/audit_events", "events", "Audit events of a group and everything below it (owners)", AUDIT_SCOPED, 200),
     route("get", "/groups/{id}/audit_events/{event_id}", "events", "One audit event of a group (owners)", &[], 200),

@@ -85,9 +85,11 @@ impl Identity {
                     None => (TokenKind::Password, None),
                 }),
             },
-            Identity::Deploy(d) => {
-                AuditActor { user_id: None, name, token: Some((TokenKind::DeployToken, Some(d.id))) }
-            }
+            Identity::Deploy(d) => AuditActor {
+                user_id: None,
+                name,
+                token: Some((TokenKind::DeployToken, Some(d.id))),
+            },
             Identity::Job { token } => AuditActor {
                 user_id: token.user_id,
                 name,

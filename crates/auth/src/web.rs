@@ -222,7 +222,12 @@ async fn login(
 
 /// Records a login attempt that reached the credential check (throttled and malformed ones
 /// are refused unread, and not recorded: a flood must not become a flood of writes).
-async fn audit_login(store: &meta::Store, origin: &RequestOrigin, actor: AuditActor, success: bool) {
+async fn audit_login(
+    store: &meta::Store,
+    origin: &RequestOrigin,
+    actor: AuditActor,
+    success: bool,
+) {
     let entity = AuditEntity::user(actor.user_id.unwrap_or(0), &actor.name);
     let event = NewAuditEvent {
         actor: &actor,
@@ -350,10 +355,12 @@ async fn token_get(
             )
         }
         Ok(None) => Identity::Anonymous,
-        Ok(Some((user, secret))) => match login(&state, &origin, client_of(client), &user, &secret).await {
-            Ok(identity) => identity,
-            Err(response) => return response,
-        },
+        Ok(Some((user, secret))) => {
+            match login(&state, &origin, client_of(client), &user, &secret).await {
+                Ok(identity) => identity,
+                Err(response) => return response,
+            }
+        }
     };
     if let Some(Extension(slot)) = &slot {
         slot.fill(&identity.audit_actor());

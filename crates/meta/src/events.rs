@@ -8,8 +8,8 @@
 //! stores rows: who may read them, what an event looks like and how it is delivered are decided
 //! above (`service`, `api`, the binary).
 
-use sqlx::any::AnyRow;
 use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use crate::jobs::NewJob;
@@ -157,7 +157,10 @@ pub struct AuditEvent {
 pub enum AuditScope {
     Instance,
     /// Events of the group and of everything below it (by path).
-    Group { id: i64, path: String },
+    Group {
+        id: i64,
+        path: String,
+    },
     Project(i64),
 }
 
@@ -214,6 +217,9 @@ pub struct DeliveryAttempt {
     pub at: i64,
 }
 
+/// A statement with its bound values, on either backend.
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
 fn audit_from_row(r: &AnyRow) -> AuditEvent {
     let details: String = r.get("details");
     AuditEvent {
@@ -261,9 +267,7 @@ const INSERT_AUDIT: &str = "INSERT INTO audit_events (created_at, author_id, aut
      target_details, outcome, ip_address, request_id, user_agent, details) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
 
-fn insert_audit<'q>(
-    e: &'q NewAuditEvent<'q>,
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+fn insert_audit<'q>(e: &'q NewAuditEvent<'q>) -> AnyQuery<'q> {
     sqlx::query(INSERT_AUDIT)
         .bind(e.at)
         .bind(e.actor.user_id)
@@ -369,8 +373,11 @@ fn audit_where(filter: &AuditFilter) -> (String, Vec<AuditBind>) {
         binds.push(AuditBind::Int(before));
         clauses.push(format!("created_at <= ${}", binds.len()));
     }
-    let clause =
-        if clauses.is_empty() { String::new() } else { format!(" WHERE {}", clauses.join(" AND ")) };
+    let clause = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", clauses.join(" AND "))
+    };
     (clause, binds)
 }
 
@@ -379,10 +386,7 @@ enum AuditBind {
     Text(String),
 }
 
-fn bind_all<'q>(
-    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
-    binds: &'q [AuditBind],
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+fn bind_all<'q>(mut q: AnyQuery<'q>, binds: &'q [AuditBind]) -> AnyQuery<'q> {
     for b in binds {
         q = match b {
             AuditBind::Int(i) => q.bind(*i),
@@ -390,6 +394,14 @@ fn bind_all<'q>(
         };
     }
     q
+}
+
+/// Binds a hook's settings in the order both of its statements name them.
+fn bind_settings<'q>(q: AnyQuery<'q>, settings: &'q WebhookSettings) -> AnyQuery<'q> {
+    q.bind(settings.url.as_str())
+        .bind(settings.token.as_deref())
+        .bind(settings.enable_ssl_verification as i64)
+        .bind(settings.container_registry_events as i64)
 }
 
 impl Store {
@@ -406,7 +418,8 @@ impl Store {
     ) -> Result<(Vec<AuditEvent>, i64), MetaError> {
         let (clause, binds) = audit_where(filter);
         let count_sql = format!("SELECT COUNT(*) AS n FROM audit_events{clause}");
-        let total = get_i64(&bind_all(sqlx::query(&count_sql), &binds).fetch_one(&self.pool).await?, "n");
+        let total =
+            get_i64(&bind_all(sqlx::query(&count_sql), &binds).fetch_one(&self.pool).await?, "n");
         let n = binds.len();
         let sql = format!(
             "SELECT * FROM audit_events{clause} ORDER BY id DESC LIMIT ${} OFFSET ${}",
@@ -453,20 +466,15 @@ impl Store {
         source_id: i64,
         settings: &WebhookSettings,
     ) -> Result<Webhook, MetaError> {
-        let row = sqlx::query(
+        let q = sqlx::query(
             "INSERT INTO webhooks (source_type, source_id, url, token, enable_ssl_verification, \
              container_registry_events, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
              RETURNING *",
         )
         .bind(source_type.as_str())
-        .bind(source_id)
-        .bind(settings.url.as_str())
-        .bind(settings.token.as_deref())
-        .bind(settings.enable_ssl_verification as i64)
-        .bind(settings.container_registry_events as i64)
-        .bind(crate::now_millis())
-        .fetch_one(&self.pool)
-        .await?;
+        .bind(source_id);
+        let row =
+            bind_settings(q, settings).bind(crate::now_millis()).fetch_one(&self.pool).await?;
         Ok(webhook_from_row(&row))
     }
 
@@ -507,17 +515,11 @@ impl Store {
         id: i64,
         settings: &WebhookSettings,
     ) -> Result<Option<Webhook>, MetaError> {
-        let row = sqlx::query(
+        let q = sqlx::query(
             "UPDATE webhooks SET url = $1, token = $2, enable_ssl_verification = $3, \
              container_registry_events = $4 WHERE id = $5 RETURNING *",
-        )
-        .bind(settings.url.as_str())
-        .bind(settings.token.as_deref())
-        .bind(settings.enable_ssl_verification as i64)
-        .bind(settings.container_registry_events as i64)
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
+        );
+        let row = bind_settings(q, settings).bind(id).fetch_optional(&self.pool).await?;
         Ok(row.as_ref().map(webhook_from_row))
     }
 
@@ -586,12 +588,14 @@ impl Store {
     }
 
     /// The delivery attempts of event `event_id`, oldest first.
-    pub async fn delivery_attempts(&self, event_id: i64) -> Result<Vec<DeliveryAttempt>, MetaError> {
-        let rows =
-            sqlx::query("SELECT * FROM webhook_deliveries WHERE event_id = $1 ORDER BY id")
-                .bind(event_id)
-                .fetch_all(&self.pool)
-                .await?;
+    pub async fn delivery_attempts(
+        &self,
+        event_id: i64,
+    ) -> Result<Vec<DeliveryAttempt>, MetaError> {
+        let rows = sqlx::query("SELECT * FROM webhook_deliveries WHERE event_id = $1 ORDER BY id")
+            .bind(event_id)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows
             .iter()
             .map(|r| DeliveryAttempt {

@@ -11,8 +11,8 @@
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::tenancy::placeholders;
 use crate::store::{get_i64, Backend, MetaError, Store, WriteTx};
+use crate::tenancy::placeholders;
 
 /// Where a job is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -82,8 +82,10 @@ pub fn event_json(
         t["digest"] = json!(target.digest);
         t["size"] = json!(target.size);
         t["length"] = json!(target.size);
-        let host = if ctx.origin.host.is_empty() { &settings.source_addr } else { &ctx.origin.host };
-        t["url"] = json!(format!("http://{host}/v2/{}/manifests/{}", target.repository, target.digest));
+        let host =
+            if ctx.origin.host.is_empty() { &settings.source_addr } else { &ctx.origin.host };
+        t["url"] =
+            json!(format!("http://{host}/v2/{}/manifests/{}", target.repository, target.digest));
     }
     if let Some(tag) = target.tag {
         t["tag"] = json!(tag);
@@ -157,8 +159,14 @@ pub(crate) async fn record_change(
     if let Some((action, target)) = event {
         let payload = event_json(settings, ctx, action, target, now);
         let project_id = project.map(|(id, _)| id);
-        w.record_registry_event(project_id, action.as_str(), &payload, |id| delivery_job(id, now), now)
-            .await?;
+        w.record_registry_event(
+            project_id,
+            action.as_str(),
+            &payload,
+            |id| delivery_job(id, now),
+            now,
+        )
+        .await?;
     }
     Ok(())
 }

@@ -18,17 +18,17 @@ pub mod events;
 use std::time::Duration;
 
 use auth::access::RepositoryAccess;
-pub use events::{EventSettings, RequestContext};
-use events::{record_change, EventAction, EventTarget, RegistryAudit};
-use meta::events::{AuditEntity, NewAuditEvent};
-use serde_json::json;
 use blobstore::{BlobError, BlobStore, ResumableSha256};
+use events::{record_change, EventAction, EventTarget, RegistryAudit};
+pub use events::{EventSettings, RequestContext};
+use meta::events::{AuditEntity, NewAuditEvent};
 use meta::{
     access_level, BlobRecord, GcEvent, MetaError, NewManifest, PutManifestError, Refusal,
     RefusalKind, RepositoryProtection, ReviewLock, ReviewSchedule, Store, UnlinkOutcome,
 };
 use oci::{Digest, RepositoryName, Tag};
 use rand::Rng;
+use serde_json::json;
 
 /// Garbage-collection settings the write path needs (`gc.reviewafter`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,8 +205,7 @@ impl WriteService {
             return;
         }
         let now = meta::now_millis();
-        let project = match auth::policy::project_for_image(&self.store, target.repository).await
-        {
+        let project = match auth::policy::project_for_image(&self.store, target.repository).await {
             Ok(p) => p.map(|p| p.id),
             Err(e) => {
                 tracing::warn!(error = %e, "recording a pull event failed");
@@ -409,8 +408,16 @@ impl WriteService {
         };
         // One push event per manifest put, per tag when it was pushed by tag (as distribution).
         let event = tags.is_empty().then_some((EventAction::Push, &untagged));
-        record_change(&mut w, &self.events, ctx, manifest_audit, event, repo.as_str(), schedule.now)
-            .await?;
+        record_change(
+            &mut w,
+            &self.events,
+            ctx,
+            manifest_audit,
+            event,
+            repo.as_str(),
+            schedule.now,
+        )
+        .await?;
         for (tag, current) in tags.iter().zip(&previous) {
             let action = match current.as_deref() {
                 None => "tag_push",
@@ -446,8 +453,7 @@ impl WriteService {
     ) -> Result<bool, ServiceError> {
         let result = self.delete_tag_audited(repo, tag, actor, ctx).await;
         if let Err(e @ ServiceError::Refused(_)) = &result {
-            self.audit_refusal(ctx, repo, "tag_delete", ("Tag", format!("{repo}:{tag}")), e)
-                .await;
+            self.audit_refusal(ctx, repo, "tag_delete", ("Tag", format!("{repo}:{tag}")), e).await;
         }
         result
     }
@@ -491,7 +497,11 @@ impl WriteService {
             details: json!({ "digest": digest }),
         };
         // Distribution's tag delete event names the repository and the tag only.
-        let target = EventTarget { repository: repo.as_str(), tag: Some(tag.as_str()), ..Default::default() };
+        let target = EventTarget {
+            repository: repo.as_str(),
+            tag: Some(tag.as_str()),
+            ..Default::default()
+        };
         let event = Some((EventAction::Delete, &target));
         record_change(&mut w, &self.events, ctx, audit, event, repo.as_str(), schedule.now).await?;
         w.commit().await?;
@@ -510,7 +520,8 @@ impl WriteService {
         ctx: &RequestContext,
     ) -> Result<bool, ServiceError> {
         let result = self.delete_manifest_audited(repo, digest, actor, ctx).await;
-        if let Err(e @ (ServiceError::Refused(_) | ServiceError::ManifestReferenced { .. })) = &result
+        if let Err(e @ (ServiceError::Refused(_) | ServiceError::ManifestReferenced { .. })) =
+            &result
         {
             let target = ("Manifest", format!("{repo}@{digest}"));
             self.audit_refusal(ctx, repo, "manifest_delete", target, e).await;

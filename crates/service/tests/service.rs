@@ -233,12 +233,12 @@ async fn events_queue_reviews(backend: Backend) {
         ]
     );
     assert!(env.db.store.registry_event(10).await.unwrap().is_none());
-    let jobs = env.db.store.list_jobs(&meta::jobs::JobFilter {
+    let deliveries = meta::jobs::JobFilter {
         state: None,
         kind: Some(service::events::DELIVERY_JOB.into()),
         limit: 100,
-    });
-    assert_eq!(jobs.await.unwrap().len(), 9);
+    };
+    assert_eq!(env.db.store.list_jobs(&deliveries).await.unwrap().len(), 9);
     env.db.drop_database().await;
 }
 

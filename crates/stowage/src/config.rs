@@ -134,7 +134,8 @@ impl Notifications {
                 bail!("{key}.name {:?} is used by another endpoint", e.name);
             }
             let ok = url::Url::parse(&e.url).is_ok_and(|u| {
-                matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty())
+                matches!(u.scheme(), "http" | "https")
+                    && u.host_str().is_some_and(|h| !h.is_empty())
             });
             if !ok {
                 bail!("{key}.url must be an http:// or https:// URL; {:?} is not", e.url);

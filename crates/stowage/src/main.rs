@@ -145,7 +145,10 @@ async fn open_registry(config: &Config) -> anyhow::Result<registry::Registry> {
 
 /// How this instance names itself in registry events: `http.host`'s authority when set, else
 /// the address it listens on (`http.addr` before it listens).
-fn event_settings(config: &Config, listening: Option<std::net::SocketAddr>) -> service::EventSettings {
+fn event_settings(
+    config: &Config,
+    listening: Option<std::net::SocketAddr>,
+) -> service::EventSettings {
     let source_addr = match (&config.http.host, listening) {
         (Some(host), _) if !host.is_empty() => {
             let external = config.external_url();

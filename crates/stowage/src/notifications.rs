@@ -85,9 +85,12 @@ impl Notifier {
         let mut out = Vec::new();
         for (e, timeout, backoff) in self.endpoints.iter() {
             let ignored = e.disabled
-                || e.ignore.actions.iter().any(|a| *a == event.action)
+                || e.ignore.actions.contains(&event.action)
                 || (!media_type.is_empty()
-                    && e.ignoredmediatypes.iter().chain(&e.ignore.mediatypes).any(|m| m == media_type));
+                    && e.ignoredmediatypes
+                        .iter()
+                        .chain(&e.ignore.mediatypes)
+                        .any(|m| m == media_type));
             if ignored {
                 continue;
             }
@@ -107,7 +110,8 @@ impl Notifier {
         }
         if let Some(project_id) = event.project_id {
             for hook in self.store.registry_event_hooks(project_id).await? {
-                let mut headers = vec![("X-Gitlab-Event".to_string(), "Registry Event".to_string())];
+                let mut headers =
+                    vec![("X-Gitlab-Event".to_string(), "Registry Event".to_string())];
                 if let Some(token) = &hook.token {
                     headers.push(("X-Gitlab-Token".to_string(), token.clone()));
                 }
@@ -219,7 +223,8 @@ pub fn register(runner: &mut Runner, config: &Config, store: &Store) -> anyhow::
         let store = store.clone();
         async move {
             if let Some(retention) = retention {
-                let pruned = store.prune_audit_events(ctx.now - retention.as_millis() as i64).await?;
+                let pruned =
+                    store.prune_audit_events(ctx.now - retention.as_millis() as i64).await?;
                 if pruned > 0 {
                     tracing::info!(pruned, "pruned audit events past audit.retention");
                 }
