@@ -38,6 +38,9 @@ pub struct RepositoryDelete {
     pub repository_id: i64,
     /// For the log and `stowage jobs list`.
     pub repository: String,
+    /// Who asked, for the audit log and the delete event.
+    #[serde(default)]
+    pub context: ::service::RequestContext,
 }
 
 /// Who asked for a job, as it is stored: a user is looked up again when the job runs.
@@ -85,6 +88,9 @@ pub struct BulkTagDelete {
     pub name_regex_keep: Option<String>,
     pub keep_n: Option<i64>,
     pub older_than: Option<String>,
+    /// Who asked, for the audit log and the delete events.
+    #[serde(default)]
+    pub context: ::service::RequestContext,
 }
 
 impl BulkTagDelete {
@@ -124,8 +130,10 @@ async fn repository_delete(
 ) -> Result<(), JobError> {
     let job: RepositoryDelete = ctx.payload()?;
     // Already gone (a retry after a commit whose answer was lost) is done too.
-    let deleted =
-        writes.delete_repository(job.repository_id).await.map_err(|e| job_error(e.into()))?;
+    let deleted = writes
+        .delete_repository(job.repository_id, &job.context)
+        .await
+        .map_err(|e| job_error(e.into()))?;
     tracing::info!(repository = %job.repository, deleted, "deleted repository");
     Ok(())
 }
@@ -139,7 +147,7 @@ async fn bulk_tag_delete(writes: ::service::WriteService, ctx: JobContext) -> Re
         return Ok(());
     };
     let caller = job.caller.resolve(store).await?;
-    let deleted = run_tag_cleanup(&writes, &caller, &project, &repository, &cleanup)
+    let deleted = run_tag_cleanup(&writes, &caller, &project, &repository, &cleanup, &job.context)
         .await
         .map_err(job_error)?;
     tracing::info!(repository = %repository.name, deleted, "bulk tag delete done");

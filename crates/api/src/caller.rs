@@ -9,6 +9,8 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
 
+use meta::events::AuditActor;
+
 use crate::error::ApiError;
 use crate::ApiState;
 
@@ -78,7 +80,10 @@ fn presented_token(headers: &HeaderMap) -> Option<&str> {
 
 /// Resolves a presented personal access token to its user. Whether the token is valid is
 /// decided by [`auth::policy::active_personal_access_token`], as for registry logins.
-pub async fn authenticate(store: &meta::Store, token: &str) -> Result<Caller, ApiError> {
+pub async fn authenticate(
+    store: &meta::Store,
+    token: &str,
+) -> Result<(Caller, AuditActor), ApiError> {
     // Nothing that long or odd was ever issued: refused without a database query.
     if token.is_empty() || auth::credentials::acceptable(token).is_err() {
         return Err(ApiError::Unauthorized);
@@ -93,7 +98,9 @@ pub async fn authenticate(store: &meta::Store, token: &str) -> Result<Caller, Ap
     if let Err(e) = store.touch_personal_access_token(pat.id).await {
         tracing::warn!(error = %e, "recording a token's last use failed");
     }
-    Ok(Caller::User(user))
+    let actor =
+        auth::Identity::User { pat: Some((pat.id, pat.scopes)), user: user.clone() }.audit_actor();
+    Ok((Caller::User(user), actor))
 }
 
 /// The active personal access token this request authenticated with (for `self` in
@@ -120,9 +127,17 @@ impl FromRequestParts<ApiState> for Caller {
         parts: &mut Parts,
         state: &ApiState,
     ) -> Result<Self, Self::Rejection> {
-        match presented_token(&parts.headers) {
-            None => Ok(Caller::Anonymous),
-            Some(token) => authenticate(&state.store, token).await,
+        // Authenticated once per request, whichever extractor asks first.
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(caller.clone());
         }
+        let (caller, actor) = match presented_token(&parts.headers) {
+            None => (Caller::Anonymous, AuditActor::anonymous()),
+            Some(token) => authenticate(&state.store, token).await?,
+        };
+        auth::web::note_actor(&parts.extensions, &actor);
+        parts.extensions.insert(caller.clone());
+        parts.extensions.insert(actor);
+        Ok(caller)
     }
 }

@@ -29,6 +29,9 @@ use crate::service as svc;
 use crate::time::iso8601;
 use crate::ApiState;
 
+/// How cleanup policies appear in the audit log and registry events.
+pub const CLEANUP_ACTOR: &str = "(cleanup policy)";
+
 pub const CADENCES: &[(&str, i64)] =
     &[("1d", DAY), ("7d", 7 * DAY), ("14d", 14 * DAY), ("1month", 30 * DAY), ("3month", 90 * DAY)];
 pub const KEEP_N: &[i64] = &[1, 5, 10, 25, 50, 100];
@@ -345,7 +348,8 @@ pub async fn run_due_policies(
                     }
                     let Ok(tag) = tag.parse::<oci::Tag>() else { continue };
                     let actor = ::service::Actor::CleanupPolicy;
-                    match writes.delete_tag(&name, &tag, actor).await {
+                    let ctx = ::service::RequestContext::system(CLEANUP_ACTOR);
+                    match writes.delete_tag(&name, &tag, actor, &ctx).await {
                         Ok(true) => {
                             report.tags_removed += 1;
                             policy.run_removed += 1;

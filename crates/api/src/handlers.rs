@@ -5,12 +5,14 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use meta::events::AuditEntity;
 use meta::SourceType;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::caller::Caller;
 use crate::error::{ApiError, MEMBER_NOT_FOUND, TOKEN_NOT_FOUND, USER_NOT_FOUND};
+use crate::events_api::{Audit, Target};
 use crate::input::{
     flag, int, list, numeric_id, request_host, ListFilters, Listing, NoFilters, Params, Path, Ref,
     Sort,
@@ -441,6 +443,7 @@ pub struct UpdateProject {
 pub async fn update_project(
     State(s): State<ApiState>,
     caller: Caller,
+    audit: Audit,
     host: RegistryHost,
     Path(id): Path<String>,
     Params(p): Params<UpdateProject>,
@@ -465,6 +468,14 @@ pub async fn update_project(
     let project = svc::update_project(&s.store, &caller, &Ref::parse("id", &id)?, changes).await?;
     if let Some(policy) = policy {
         s.store.save_cleanup_policy(&policy).await?;
+        let target = Target {
+            kind: "CleanupPolicy",
+            id: project.id.to_string(),
+            details: project.full_path.clone(),
+        };
+        let details = json!({ "enabled": policy.enabled });
+        let source = Source::Project(project.clone());
+        audit.record_on(&s.store, &source, "cleanup_policy_change", target, details).await;
     }
     ok(project_view(&s, &host, &project).await?)
 }
@@ -595,6 +606,7 @@ pub async fn get_any_member<K: SourceKind>(
 pub async fn add_member<K: SourceKind>(
     State(s): State<ApiState>,
     caller: Caller,
+    audit: Audit,
     Path(id): Path<String>,
     Params(p): Params<MemberParams>,
 ) -> Answer {
@@ -602,12 +614,15 @@ pub async fn add_member<K: SourceKind>(
     let user_id = p.user_id.ok_or_else(|| ApiError::invalid("user_id", "is required"))?;
     let (m, u) =
         svc::add_member(&s.store, &caller, &source, &Ref::Id(user_id), p.access_level()?).await?;
+    let details = json!({ "as": svc::role_name(m.access_level) });
+    audit.record_on(&s.store, &source, "member_add", member_target(&u), details).await;
     created(MemberView::new(&m, &u))
 }
 
 pub async fn update_member<K: SourceKind>(
     State(s): State<ApiState>,
     caller: Caller,
+    audit: Audit,
     Path((id, user)): Path<(String, String)>,
     Params(p): Params<MemberParams>,
 ) -> Answer {
@@ -615,20 +630,40 @@ pub async fn update_member<K: SourceKind>(
     let (m, u) =
         svc::update_member(&s.store, &caller, &source, &user_ref(&user)?, p.access_level()?)
             .await?;
+    let details = json!({ "as": svc::role_name(m.access_level) });
+    audit.record_on(&s.store, &source, "member_role_change", member_target(&u), details).await;
     ok(MemberView::new(&m, &u))
 }
 
 pub async fn remove_member<K: SourceKind>(
     State(s): State<ApiState>,
     caller: Caller,
+    audit: Audit,
     Path((id, user)): Path<(String, String)>,
 ) -> Answer {
     let source = source::<K>(&s, &caller, &id).await?;
-    svc::remove_member(&s.store, &caller, &source, &user_ref(&user)?).await?;
+    let removed = svc::remove_member(&s.store, &caller, &source, &user_ref(&user)?).await?;
+    audit.record_on(&s.store, &source, "member_remove", member_target(&removed), json!({})).await;
     no_content()
 }
 
+fn member_target(user: &meta::User) -> Target<'static> {
+    Target { kind: "User", id: user.id.to_string(), details: user.username.clone() }
+}
+
 // ---- personal access tokens -----------------------------------------------------------------
+
+/// Records a change of personal access token `token` (of its user).
+async fn audit_pat(s: &ApiState, audit: &Audit, action: &str, token: &meta::PersonalAccessToken) {
+    let owner = s.store.user_by_id(token.user_id).await.ok().flatten();
+    let entity = AuditEntity::user(token.user_id, owner.as_ref().map_or("", |u| &u.username));
+    let target = Target {
+        kind: "PersonalAccessToken",
+        id: token.id.to_string(),
+        details: token.name.clone(),
+    };
+    audit.record(&s.store, entity, action, target, json!({ "scopes": token.scopes })).await;
+}
 
 #[derive(Deserialize)]
 pub struct CreatePersonalAccessToken {
@@ -642,6 +677,7 @@ pub struct CreatePersonalAccessToken {
 pub async fn create_personal_access_token(
     State(s): State<ApiState>,
     caller: Caller,
+    audit: Audit,
     Path(id): Path<String>,
     Params(p): Params<CreatePersonalAccessToken>,
 ) -> Answer {
@@ -652,6 +688,7 @@ pub async fn create_personal_access_token(
     };
     let (token, secret) =
         svc::create_personal_access_token(&s.store, &caller, &user_ref(&id)?, new).await?;
+    audit_pat(&s, &audit, "token_create", &token).await;
     created(PersonalAccessTokenView::new(&token, Some(secret)))
 }
 
@@ -734,6 +771,7 @@ pub struct RotateToken {
 pub async fn rotate_personal_access_token(
     State(s): State<ApiState>,
     caller: Caller,
+    audit: Audit,
     headers: HeaderMap,
     Path(id): Path<String>,
     Params(p): Params<RotateToken>,
@@ -741,15 +779,20 @@ pub async fn rotate_personal_access_token(
     let id = token_id(&s, &headers, &id).await?;
     let (token, secret) =
         svc::rotate_personal_access_token(&s.store, &caller, id, p.expires_at.as_deref()).await?;
+    audit_pat(&s, &audit, "token_rotate", &token).await;
     ok(PersonalAccessTokenView::new(&token, Some(secret)))
 }
 
 pub async fn revoke_personal_access_token(
     State(s): State<ApiState>,
     caller: Caller,
+    audit: Audit,
     Path(id): Path<String>,
 ) -> Answer {
-    svc::revoke_personal_access_token(&s.store, &caller, numeric_id(&id, TOKEN_NOT_FOUND)?).await?;
+    let id = numeric_id(&id, TOKEN_NOT_FOUND)?;
+    let token = svc::personal_access_token(&s.store, &caller, id).await?;
+    svc::revoke_personal_access_token(&s.store, &caller, id).await?;
+    audit_pat(&s, &audit, "token_revoke", &token).await;
     no_content()
 }
 
@@ -768,6 +811,7 @@ pub struct CreateDeployToken {
 pub async fn create_deploy_token<K: SourceKind>(
     State(s): State<ApiState>,
     caller: Caller,
+    audit: Audit,
     Path(id): Path<String>,
     Params(p): Params<CreateDeployToken>,
 ) -> Answer {
@@ -779,6 +823,10 @@ pub async fn create_deploy_token<K: SourceKind>(
         expires_at: p.expires_at,
     };
     let (token, secret) = svc::create_deploy_token(&s.store, &caller, &source, new).await?;
+    let target =
+        Target { kind: "DeployToken", id: token.id.to_string(), details: token.name.clone() };
+    let details = json!({ "username": token.username, "scopes": token.scopes });
+    audit.record_on(&s.store, &source, "token_create", target, details).await;
     created(DeployTokenView::new(&token, Some(secret)))
 }
 
@@ -829,11 +877,14 @@ pub async fn list_all_deploy_tokens(
 pub async fn revoke_deploy_token<K: SourceKind>(
     State(s): State<ApiState>,
     caller: Caller,
+    audit: Audit,
     Path((id, token)): Path<(String, String)>,
 ) -> Answer {
     let source = source::<K>(&s, &caller, &id).await?;
-    svc::revoke_deploy_token(&s.store, &caller, &source, numeric_id(&token, TOKEN_NOT_FOUND)?)
-        .await?;
+    let token = numeric_id(&token, TOKEN_NOT_FOUND)?;
+    svc::revoke_deploy_token(&s.store, &caller, &source, token).await?;
+    let target = Target { kind: "DeployToken", id: token.to_string(), details: String::new() };
+    audit.record_on(&s.store, &source, "token_revoke", target, json!({})).await;
     no_content()
 }
 
@@ -842,11 +893,16 @@ pub async fn revoke_deploy_token<K: SourceKind>(
 pub async fn create_job_token(
     State(s): State<ApiState>,
     caller: Caller,
+    audit: Audit,
     Path(id): Path<String>,
 ) -> Answer {
     let project = svc::project(&s.store, &caller, &Ref::parse("id", &id)?).await?;
     let (token, secret) =
         svc::create_job_token(&s.store, &caller, &project, s.job_token_lifetime).await?;
+    let target = Target { kind: "JobToken", id: token.id.to_string(), details: String::new() };
+    let details = json!({ "expires_at": crate::time::iso8601(token.expires_at) });
+    let source = Source::Project(project);
+    audit.record_on(&s.store, &source, "token_create", target, details).await;
     created(JobTokenView {
         token: secret,
         username: CI_USERNAME,

@@ -14,6 +14,7 @@ pub mod background;
 pub mod caller;
 pub mod cleanup;
 pub mod error;
+pub mod events_api;
 pub mod export;
 pub mod gc_api;
 mod handlers;
@@ -111,4 +112,5 @@ pub fn routes() -> Routes {
         .merge(registry_api::routes())
         .merge(background::routes())
         .merge(gc_api::routes())
+        .merge(events_api::routes())
 }

@@ -27,10 +27,12 @@ use serde_json::Value;
 
 use crate::caller::Caller;
 use crate::error::ApiError;
+use crate::events_api::{Audit, Target};
 use crate::input::{flag, Params, Path, Ref};
 use crate::routing::Routes;
 use crate::service as svc;
 use crate::ApiState;
+use meta::events::AuditEntity;
 
 /// The routes of this module, merged into the `/api/v4` router.
 pub fn routes() -> Routes {
@@ -265,6 +267,21 @@ fn check_repository_rule(
     Ok(())
 }
 
+fn rule_target<'a>(kind: &'a str, id: i64, pattern: &str) -> Target<'a> {
+    Target { kind, id: id.to_string(), details: pattern.to_string() }
+}
+
+async fn audit_rule(
+    s: &ApiState,
+    audit: &Audit,
+    project: &meta::Project,
+    action: &str,
+    target: Target<'_>,
+) {
+    let entity = AuditEntity::project(project.id, &project.full_path);
+    audit.record(&s.store, entity, action, target, serde_json::json!({})).await;
+}
+
 async fn list_repository_rules(
     State(s): State<ApiState>,
     caller: Caller,
@@ -278,6 +295,7 @@ async fn list_repository_rules(
 async fn create_repository_rule(
     State(s): State<ApiState>,
     caller: Caller,
+    audit: Audit,
     Path(id): Path<String>,
     Params(p): Params<RuleParams>,
 ) -> Answer {
@@ -291,12 +309,15 @@ async fn create_repository_rule(
         .create_repository_protection_rule(project.id, &pattern, &levels)
         .await
         .map_err(meta_refusal)?;
+    let target = rule_target("RepositoryProtectionRule", rule.id, &rule.repository_path_pattern);
+    audit_rule(&s, &audit, &project, "protection_rule_create", target).await;
     Ok((StatusCode::CREATED, Json(RepositoryRuleView::from(&rule))).into_response())
 }
 
 async fn update_repository_rule(
     State(s): State<ApiState>,
     caller: Caller,
+    audit: Audit,
     Path((id, rule)): Path<(String, String)>,
     Params(p): Params<RuleParams>,
 ) -> Answer {
@@ -320,12 +341,15 @@ async fn update_repository_rule(
     rule.minimum_access_level_for_push = levels.push;
     rule.minimum_access_level_for_delete = levels.delete;
     let rule = s.store.update_repository_protection_rule(&rule).await.map_err(meta_refusal)?;
+    let target = rule_target("RepositoryProtectionRule", rule.id, &rule.repository_path_pattern);
+    audit_rule(&s, &audit, &project, "protection_rule_update", target).await;
     Ok(Json(RepositoryRuleView::from(&rule)).into_response())
 }
 
 async fn delete_repository_rule(
     State(s): State<ApiState>,
     caller: Caller,
+    audit: Audit,
     Path((id, rule)): Path<(String, String)>,
 ) -> Answer {
     let (project, level) = managed_project(&s.store, &caller, &id).await?;
@@ -342,6 +366,8 @@ async fn delete_repository_rule(
         },
     )?;
     s.store.delete_repository_protection_rule(project.id, rule.id).await?;
+    let target = rule_target("RepositoryProtectionRule", rule.id, &rule.repository_path_pattern);
+    audit_rule(&s, &audit, &project, "protection_rule_delete", target).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -364,6 +390,7 @@ async fn list_tag_rules(
 async fn create_tag_rule(
     State(s): State<ApiState>,
     caller: Caller,
+    audit: Audit,
     Path(id): Path<String>,
     Params(p): Params<RuleParams>,
 ) -> Answer {
@@ -394,12 +421,15 @@ async fn create_tag_rule(
         .create_tag_protection_rule(project.id, &pattern, &levels, immutable)
         .await
         .map_err(meta_refusal)?;
+    let target = rule_target("TagProtectionRule", rule.id, &rule.tag_name_pattern);
+    audit_rule(&s, &audit, &project, "protection_rule_create", target).await;
     Ok((StatusCode::CREATED, Json(TagRuleView::from(&rule))).into_response())
 }
 
 async fn update_tag_rule(
     State(s): State<ApiState>,
     caller: Caller,
+    audit: Audit,
     Path((id, rule)): Path<(String, String)>,
     Params(p): Params<RuleParams>,
 ) -> Answer {
@@ -433,12 +463,15 @@ async fn update_tag_rule(
     rule.minimum_access_level_for_push = levels.push;
     rule.minimum_access_level_for_delete = levels.delete;
     let rule = s.store.update_tag_protection_rule(&rule).await.map_err(meta_refusal)?;
+    let target = rule_target("TagProtectionRule", rule.id, &rule.tag_name_pattern);
+    audit_rule(&s, &audit, &project, "protection_rule_update", target).await;
     Ok(Json(TagRuleView::from(&rule)).into_response())
 }
 
 async fn delete_tag_rule(
     State(s): State<ApiState>,
     caller: Caller,
+    audit: Audit,
     Path((id, rule)): Path<(String, String)>,
 ) -> Answer {
     let (project, level) = managed_project(&s.store, &caller, &id).await?;
@@ -458,5 +491,7 @@ async fn delete_tag_rule(
         },
     )?;
     s.store.delete_tag_protection_rule(project.id, rule.id).await?;
+    let target = rule_target("TagProtectionRule", rule.id, &rule.tag_name_pattern);
+    audit_rule(&s, &audit, &project, "protection_rule_delete", target).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

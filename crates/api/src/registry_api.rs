@@ -29,6 +29,7 @@ use crate::background::{
 };
 use crate::caller::Caller;
 use crate::error::ApiError;
+use crate::events_api::Audit;
 use crate::input::{
     flag, int, numeric_id, request_host, tag_param, ListFilters, Listing, NoFilters, Params, Path,
     Ref, Sort,
@@ -204,6 +205,7 @@ pub async fn delete_tag(
     repository: &RepositoryRecord,
     tag: &str,
     origin: TagDeletionOrigin,
+    ctx: &::service::RequestContext,
 ) -> Result<bool, ApiError> {
     let (Ok(name), Ok(tag)) =
         (repository.name.parse::<oci::RepositoryName>(), tag.parse::<oci::Tag>())
@@ -211,7 +213,7 @@ pub async fn delete_tag(
         return Ok(false);
     };
     let level = crate::protection_api::rule_level(writes.store(), caller, project).await?;
-    match writes.delete_tag(&name, &tag, ::service::Actor::Level(level)).await {
+    match writes.delete_tag(&name, &tag, ::service::Actor::Level(level), ctx).await {
         Ok(deleted) => Ok(deleted),
         // A single delete says which rule refused it; a bulk delete skips the tag and goes on.
         Err(::service::ServiceError::Refused(refusal)) => match origin {
@@ -335,11 +337,13 @@ pub async fn run_tag_cleanup(
     project: &Project,
     repository: &RepositoryRecord,
     cleanup: &TagCleanup,
+    ctx: &::service::RequestContext,
 ) -> Result<usize, ApiError> {
     let tags = writes.store().tags_with_published(repository.id).await?;
     let mut deleted = 0;
     for name in cleanup.doomed(&tags, meta::now_millis()) {
-        if delete_tag(writes, caller, project, repository, &name, TagDeletionOrigin::Bulk).await? {
+        let origin = TagDeletionOrigin::Bulk;
+        if delete_tag(writes, caller, project, repository, &name, origin, ctx).await? {
             deleted += 1;
         }
     }
@@ -590,13 +594,18 @@ async fn repository_details(
 async fn delete_repository(
     State(s): State<ApiState>,
     caller: Caller,
+    Audit(ctx): Audit,
     Path((id, repo_id)): Path<(String, String)>,
 ) -> Answer {
     let (project, repository) =
         project_repository(&s.store, &caller, &Ref::parse("id", &id)?, repository_id(&repo_id)?)
             .await?;
     require_delete(&s.store, &caller, &project).await?;
-    let job = RepositoryDelete { repository_id: repository.id, repository: repository.name };
+    let job = RepositoryDelete {
+        repository_id: repository.id,
+        repository: repository.name,
+        context: ctx,
+    };
     s.jobs.enqueue(REPOSITORY_DELETE, job).await?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
@@ -660,6 +669,7 @@ async fn get_tag(
 async fn delete_one_tag(
     State(s): State<ApiState>,
     caller: Caller,
+    Audit(ctx): Audit,
     Path((id, repo_id, tag)): Path<(String, String, String)>,
 ) -> Answer {
     let (project, repository) =
@@ -668,7 +678,7 @@ async fn delete_one_tag(
     require_delete(&s.store, &caller, &project).await?;
     let tag = tag_param("tag_name", &tag)?;
     let origin = TagDeletionOrigin::Single;
-    if delete_tag(&s.writes, &caller, &project, &repository, tag.as_str(), origin).await? {
+    if delete_tag(&s.writes, &caller, &project, &repository, tag.as_str(), origin, &ctx).await? {
         Ok(StatusCode::OK.into_response())
     } else {
         Err(ApiError::NotFound(TAG_NOT_FOUND))
@@ -689,6 +699,7 @@ struct BulkDeleteParams {
 async fn bulk_delete_tags(
     State(s): State<ApiState>,
     caller: Caller,
+    Audit(ctx): Audit,
     Path((id, repo_id)): Path<(String, String)>,
     Params(p): Params<BulkDeleteParams>,
 ) -> Answer {
@@ -705,6 +716,7 @@ async fn bulk_delete_tags(
         name_regex_keep: p.name_regex_keep,
         keep_n: p.keep_n,
         older_than: p.older_than,
+        context: ctx,
     };
     // Refused now, before anything is queued, if the rules are invalid.
     job.cleanup()?;
@@ -897,6 +909,18 @@ const MEMBER: &[(&str, &str, &str)] = &[
     ("user_id", "integer", "the user"),
     ("access_level", "integer", "10 guest, 20 reporter, 30 developer, 40 maintainer, 50 owner"),
 ];
+const AUDIT_SCOPED: &[(&str, &str, &str)] = &[
+    ("created_after", "string", "ISO 8601 time or date: events at or after it"),
+    ("created_before", "string", "ISO 8601 time or date: events at or before it"),
+    ("page", "integer", "page number, from 1"),
+    ("per_page", "integer", "items per page (default 20, at most 100)"),
+];
+const HOOK: &[(&str, &str, &str)] = &[
+    ("url", "string", "http or https URL the events are POSTed to (no credentials in it)"),
+    ("token", "string", "secret sent as X-Gitlab-Token; never shown again"),
+    ("enable_ssl_verification", "boolean", "verify the receiver's TLS certificate (default true)"),
+    ("container_registry_events", "boolean", "send registry push and delete events (default true)"),
+];
 const RULE: &[(&str, &str, &str)] = &[
     ("repository_path_pattern", "string", "repository paths the rule covers (* wildcards)"),
     ("minimum_access_level_for_push", "string", "maintainer, owner or admin (null: no rule)"),
@@ -1036,6 +1060,23 @@ pub const ROUTES: &[RouteDoc] = &[
         ("limit", "integer", "at most this many (default 100, at most 1000)"),
     ], 200),
     route("get", "/admin/registry/gc", "admin", "Online garbage collection: queue lengths, the oldest due item, what was removed in the last hour and day, failures, pending storage deletions (instance admins)", &[], 200),
+    // ---- events ----
+    route("get", "/audit_events", "events", "The instance's audit events, newest first (instance admins; entity_type=Project&entity_id=N: one project's)", AUDIT_SCOPED, 200),
+    route("get", "/audit_events/{event_id}", "events", "One audit event (instance admins)", &[], 200),
+    route("get", "/groups/{id}/audit_events", "events", "Audit events of a group and everything below it (owners)", AUDIT_SCOPED, 200),
+    route("get", "/groups/{id}/audit_events/{event_id}", "events", "One audit event of a group (owners)", &[], 200),
+    route("get", "/projects/{id}/audit_events", "events", "Audit events of a project (maintainers)", AUDIT_SCOPED, 200),
+    route("get", "/projects/{id}/audit_events/{event_id}", "events", "One audit event of a project (maintainers)", &[], 200),
+    route("get", "/groups/{id}/hooks", "events", "List a group's webhooks (owners)", PAGE, 200),
+    route("post", "/groups/{id}/hooks", "events", "Add a group webhook (owners)", HOOK, 201),
+    route("get", "/groups/{id}/hooks/{hook_id}", "events", "Get a group webhook (owners)", &[], 200),
+    route("put", "/groups/{id}/hooks/{hook_id}", "events", "Change a group webhook (owners)", HOOK, 200),
+    route("delete", "/groups/{id}/hooks/{hook_id}", "events", "Delete a group webhook (owners)", &[], 204),
+    route("get", "/projects/{id}/hooks", "events", "List a project's webhooks (maintainers)", PAGE, 200),
+    route("post", "/projects/{id}/hooks", "events", "Add a project webhook (maintainers)", HOOK, 201),
+    route("get", "/projects/{id}/hooks/{hook_id}", "events", "Get a project webhook (maintainers)", &[], 200),
+    route("put", "/projects/{id}/hooks/{hook_id}", "events", "Change a project webhook (maintainers)", HOOK, 200),
+    route("delete", "/projects/{id}/hooks/{hook_id}", "events", "Delete a project webhook (maintainers)", &[], 204),
     route("get", "/openapi.json", "meta", "This OpenAPI document", &[], 200),
 ];
 

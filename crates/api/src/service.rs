@@ -858,7 +858,7 @@ pub async fn remove_member(
     caller: &Caller,
     source: &Source,
     user_ref: &Ref,
-) -> Result<(), ApiError> {
+) -> Result<User, ApiError> {
     let user = user(store, caller, user_ref).await?;
     let existing = existing_member(store, source, user.id)
         .await?
@@ -868,7 +868,7 @@ pub async fn remove_member(
         check_not_last_owner(store, source).await?;
     }
     store.remove_member(source.source_type(), source.id(), user.id).await?;
-    Ok(())
+    Ok(user)
 }
 
 /// A top-level group must keep an owner, or nobody but admins could manage it.

@@ -96,7 +96,11 @@ async fn push(store: &Store, repo: &str, tag: &str) {
     };
     let name: oci::RepositoryName = repo.parse().unwrap();
     let admin = service::Actor::Level(meta::access_level::ADMIN);
-    writes(store).put_manifest(&name, admin, &manifest, &[tag.parse().unwrap()]).await.unwrap();
+    let ctx = service::RequestContext::default();
+    writes(store)
+        .put_manifest(&name, admin, &manifest, &[tag.parse().unwrap()], &ctx)
+        .await
+        .unwrap();
     // Distinct published times, so "newest" is unambiguous.
     tokio::time::sleep(Duration::from_millis(3)).await;
 }

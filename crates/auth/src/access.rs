@@ -15,6 +15,7 @@
 
 use std::sync::Arc;
 
+use meta::events::AuditActor;
 use meta::{access_level, MetaError, Store};
 use oci::RepositoryName;
 
@@ -100,9 +101,16 @@ pub struct RepositoryAccess {
     /// The caller's current role on the repository's project, for writes (see the module docs).
     role: i64,
     store: Option<Store>,
+    /// Who the caller is, for the audit log and events.
+    actor: AuditActor,
 }
 
 impl RepositoryAccess {
+    /// Who the decision was made for, as the audit log and registry events name it.
+    pub fn actor(&self) -> &AuditActor {
+        &self.actor
+    }
+
     /// The repository the decision was made for: the only name a handler may act on.
     pub fn name(&self) -> &RepositoryName {
         &self.name
@@ -260,6 +268,7 @@ impl Gate {
                     principal: Principal::Open,
                     role: access_level::ADMIN,
                     store: None,
+                    actor: AuditActor::anonymous(),
                 })
             }
             Gate::Token(gate) => gate,
@@ -289,6 +298,7 @@ impl Gate {
         }
         if action == Action::Pull {
             return Ok(RepositoryAccess {
+                actor: policy::actor_of_claims(&claims.cred, &claims.sub),
                 name,
                 action,
                 principal: Principal::Credential(claims.cred),
@@ -308,6 +318,7 @@ impl Gate {
         }
         let role = policy::role_on_project(&gate.store, &identity, &project).await?;
         Ok(RepositoryAccess {
+            actor: identity.audit_actor(),
             name,
             action,
             principal: Principal::Identity(Box::new(identity)),

@@ -20,7 +20,7 @@ pub mod web;
 
 pub use access::{Action, Gate};
 pub use policy::Identity;
-pub use web::ClientAddr;
+pub use web::{ActorSlot, ClientAddr};
 
 /// The username CI job tokens log in with.
 pub const CI_USERNAME: &str = "stowage-ci-token";

@@ -24,6 +24,7 @@
 
 use crate::access::Action;
 use crate::credentials::Credentials;
+use meta::events::{AuditActor, TokenKind};
 use meta::{
     access_level as level, DeployToken, JobToken, MetaError, PersonalAccessToken, Project,
     RegistryAccess, SourceType, Store, User, Visibility,
@@ -68,6 +69,52 @@ impl Identity {
             Identity::Job { token } => format!("job:{}", token.id),
         }
     }
+}
+
+impl Identity {
+    /// Who this is, as the audit log and registry events name it.
+    pub fn audit_actor(&self) -> AuditActor {
+        let name = self.subject();
+        match self {
+            Identity::Anonymous => AuditActor::anonymous(),
+            Identity::User { user, pat } => AuditActor {
+                user_id: Some(user.id),
+                name,
+                token: Some(match pat {
+                    Some((id, _)) => (TokenKind::PersonalAccessToken, Some(*id)),
+                    None => (TokenKind::Password, None),
+                }),
+            },
+            Identity::Deploy(d) => AuditActor {
+                user_id: None,
+                name,
+                token: Some((TokenKind::DeployToken, Some(d.id))),
+            },
+            Identity::Job { token } => AuditActor {
+                user_id: token.user_id,
+                name,
+                token: Some((TokenKind::JobToken, Some(token.id))),
+            },
+        }
+    }
+}
+
+/// Who a verified token names, without loading the credential (reads): its `cred` claim and
+/// subject.
+pub fn actor_of_claims(cred: &str, subject: &str) -> AuditActor {
+    let (kind, id) = match cred.split_once(':') {
+        Some((kind, id)) => (kind, id.parse::<i64>().ok()),
+        None => return AuditActor::anonymous(),
+    };
+    let (user_id, token) = match kind {
+        "user" => (id, TokenKind::Password),
+        "pat" => (None, TokenKind::PersonalAccessToken),
+        "deploy" => (None, TokenKind::DeployToken),
+        "job" => (None, TokenKind::JobToken),
+        _ => return AuditActor::anonymous(),
+    };
+    let token_id = if kind == "user" { None } else { id };
+    AuditActor { user_id, name: subject.to_string(), token: Some((token, token_id)) }
 }
 
 fn now_ms() -> i64 {

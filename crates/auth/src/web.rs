@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -13,6 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
 use base64::Engine;
+
+use meta::events::{AuditActor, AuditEntity, NewAuditEvent, RequestOrigin};
 
 use crate::credentials::Credentials;
 use crate::jwt::TokenService;
@@ -26,6 +28,61 @@ use crate::throttle::LoginLimiter;
 /// the request's extensions; failed logins are throttled by it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientAddr(pub IpAddr);
+
+/// Who a request authenticated as, for the access log: the binary's HTTP layer puts an empty
+/// slot into every request's extensions, whichever surface authenticates the caller fills it,
+/// and the access log line names it.
+#[derive(Clone, Debug, Default)]
+pub struct ActorSlot(Arc<Mutex<Option<String>>>);
+
+impl ActorSlot {
+    pub fn fill(&self, actor: &AuditActor) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(actor.label());
+    }
+
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Fills the request's [`ActorSlot`], if the HTTP layer gave it one.
+pub fn note_actor(extensions: &axum::http::Extensions, actor: &AuditActor) {
+    if let Some(slot) = extensions.get::<ActorSlot>() {
+        slot.fill(actor);
+    }
+}
+
+/// Where a request comes from, as the audit log and registry events record it: THE one place
+/// every surface (`/v2`, `/api/v4`, `/jwt/auth`) reads it from a request.
+pub fn request_origin(
+    method: &axum::http::Method,
+    headers: &HeaderMap,
+    extensions: &axum::http::Extensions,
+) -> RequestOrigin {
+    origin_of(method, headers, extensions.get::<ClientAddr>().copied())
+}
+
+fn origin_of(
+    method: &axum::http::Method,
+    headers: &HeaderMap,
+    client: Option<ClientAddr>,
+) -> RequestOrigin {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            // Bounded: a header may be kilobytes long; the audit log keeps its start.
+            .map(|v| v.chars().take(256).collect())
+            .unwrap_or_default()
+    };
+    RequestOrigin {
+        request_id: header("x-request-id"),
+        addr: client.map(|c| c.0.to_string()).unwrap_or_default(),
+        host: header("host"),
+        method: method.to_string(),
+        user_agent: header("user-agent"),
+    }
+}
 
 /// The largest `POST /jwt/auth` form read: a real one is a few hundred bytes. A larger body is
 /// refused with 413 (the HTTP layer renders axum's rejection as error JSON).
@@ -145,6 +202,7 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, ()
 /// the database and the password pool. `Err` is the response to send.
 async fn login(
     state: &AuthState,
+    origin: &RequestOrigin,
     client: IpAddr,
     username: &str,
     secret: &str,
@@ -179,11 +237,14 @@ async fn login(
     match policy::authenticate(&state.store, &credentials).await {
         Ok(Some(identity)) => {
             state.limiter.succeeded(&keys);
+            audit_login(&state.store, origin, identity.audit_actor(), true).await;
             Ok(identity)
         }
         Ok(None) => {
             state.limiter.failed(&keys);
             tracing::info!(username = %oci::preview(username), %client, "login failed");
+            let actor = AuditActor::system(credentials.username());
+            audit_login(&state.store, origin, actor, false).await;
             Err(invalid_credentials())
         }
         Err(AuthError::Busy(busy)) => {
@@ -191,6 +252,32 @@ async fn login(
             Err(too_many(&busy.to_string(), Duration::from_secs(1)))
         }
         Err(AuthError::Meta(e)) => Err(database_failed(&e, "check the credentials")),
+    }
+}
+
+/// Records a login attempt that reached the credential check (throttled and malformed ones
+/// are refused unread, and not recorded: a flood must not become a flood of writes).
+async fn audit_login(
+    store: &meta::Store,
+    origin: &RequestOrigin,
+    actor: AuditActor,
+    success: bool,
+) {
+    let entity = AuditEntity::user(actor.user_id.unwrap_or(0), &actor.name);
+    let event = NewAuditEvent {
+        actor: &actor,
+        origin,
+        entity,
+        action: "login",
+        target_type: "User",
+        target_id: actor.user_id.map(|id| id.to_string()).unwrap_or_default(),
+        target_details: actor.name.clone(),
+        success,
+        details: serde_json::json!({ "via": "/jwt/auth" }),
+        at: meta::now_millis(),
+    };
+    if let Err(e) = store.record_audit(&event).await {
+        tracing::warn!(error = %e, "recording a login in the audit log failed");
     }
 }
 
@@ -287,9 +374,11 @@ fn token_response(
 async fn token_get(
     State(state): State<AuthState>,
     client: Option<Extension<ClientAddr>>,
+    slot: Option<Extension<ActorSlot>>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     headers: HeaderMap,
 ) -> Response {
+    let origin = origin_of(&axum::http::Method::GET, &headers, client.as_ref().map(|c| c.0));
     let params: Vec<(String, String)> = query
         .as_deref()
         .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
@@ -309,11 +398,16 @@ async fn token_get(
             )
         }
         Ok(None) => Identity::Anonymous,
-        Ok(Some((user, secret))) => match login(&state, client_of(client), &user, &secret).await {
-            Ok(identity) => identity,
-            Err(response) => return response,
-        },
+        Ok(Some((user, secret))) => {
+            match login(&state, &origin, client_of(client), &user, &secret).await {
+                Ok(identity) => identity,
+                Err(response) => return response,
+            }
+        }
     };
+    if let Some(Extension(slot)) = &slot {
+        slot.fill(&identity.audit_actor());
+    }
     let offline = params.iter().any(|(k, v)| k == "offline_token" && v == "true");
     match grant(&state.store, &identity, &scopes).await {
         Ok(access) => token_response(&state, &identity, access, offline),
@@ -326,8 +420,11 @@ async fn token_get(
 async fn token_post(
     State(state): State<AuthState>,
     client: Option<Extension<ClientAddr>>,
+    slot: Option<Extension<ActorSlot>>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    let origin = origin_of(&axum::http::Method::POST, &headers, client.as_ref().map(|c| c.0));
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
     let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
     let scopes = match Scope::parse_all([field("scope")]) {
@@ -336,7 +433,9 @@ async fn token_post(
     };
     let identity = match field("grant_type") {
         "password" => {
-            match login(&state, client_of(client), field("username"), field("password")).await {
+            match login(&state, &origin, client_of(client), field("username"), field("password"))
+                .await
+            {
                 Ok(identity) => identity,
                 Err(response) => return response,
             }
@@ -368,6 +467,9 @@ async fn token_post(
             )
         }
     };
+    if let Some(Extension(slot)) = &slot {
+        slot.fill(&identity.audit_actor());
+    }
     match grant(&state.store, &identity, &scopes).await {
         Ok(access) => token_response(&state, &identity, access, true),
         Err(e) => database_failed(&e, "check permissions"),

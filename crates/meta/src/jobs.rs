@@ -11,7 +11,8 @@
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::store::{get_i64, Backend, MetaError, Store};
+use crate::store::{get_i64, Backend, MetaError, Store, WriteTx};
+use crate::tenancy::placeholders;
 
 /// Where a job is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -136,15 +137,10 @@ fn job_from_row(r: &AnyRow) -> Job {
     }
 }
 
-/// `$first, $first+1, …` for `n` values.
-fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
-}
-
-impl Store {
-    /// Adds a job, or finds the one that already has its dedupe key.
-    pub async fn enqueue_job(&self, job: &NewJob, now: i64) -> Result<Enqueued, MetaError> {
-        let mut w = self.write_tx().await?;
+impl WriteTx<'_> {
+    /// Adds a job in this transaction (so it exists exactly when the change that needs it
+    /// does), or finds the one that already has its dedupe key.
+    pub async fn insert_job(&mut self, job: &NewJob, now: i64) -> Result<Enqueued, MetaError> {
         let inserted = sqlx::query(
             "INSERT INTO jobs (kind, payload, dedupe_key, state, attempts, max_attempts, run_at, \
              created_at) VALUES ($1, $2, $3, 'queued', 0, $4, $5, $6) \
@@ -156,19 +152,27 @@ impl Store {
         .bind(job.max_attempts.max(1))
         .bind(job.run_at)
         .bind(now)
-        .fetch_optional(&mut *w.tx)
+        .fetch_optional(&mut *self.tx)
         .await?;
-        let enqueued = match inserted {
+        Ok(match inserted {
             Some(row) => Enqueued { id: get_i64(&row, "id"), created: true },
             None => {
                 let row = sqlx::query("SELECT id FROM jobs WHERE dedupe_key = $1")
                     .bind(job.dedupe_key.as_deref())
-                    .fetch_optional(&mut *w.tx)
+                    .fetch_optional(&mut *self.tx)
                     .await?
                     .ok_or(MetaError::NotFound("job"))?;
                 Enqueued { id: get_i64(&row, "id"), created: false }
             }
-        };
+        })
+    }
+}
+
+impl Store {
+    /// Adds a job, or finds the one that already has its dedupe key.
+    pub async fn enqueue_job(&self, job: &NewJob, now: i64) -> Result<Enqueued, MetaError> {
+        let mut w = self.write_tx().await?;
+        let enqueued = w.insert_job(job, now).await?;
         w.commit().await?;
         Ok(enqueued)
     }

@@ -10,6 +10,7 @@
 //! This crate must not know about HTTP or blob bytes.
 
 mod cleanup;
+pub mod events;
 mod gc;
 mod gc_review;
 pub mod jobs;

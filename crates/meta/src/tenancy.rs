@@ -259,7 +259,7 @@ pub fn path_prefixes(path: &str) -> Vec<String> {
     out
 }
 
-fn placeholders(start: usize, n: usize) -> String {
+pub(crate) fn placeholders(start: usize, n: usize) -> String {
     (start..start + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
 

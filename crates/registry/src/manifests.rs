@@ -6,7 +6,8 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use meta::{ManifestRecord, NewManifest};
 use oci::{Digest, ErrorCode, ManifestError, ParsedManifest, Reference, RepositoryName, Tag};
-use service::ServiceError;
+use service::events::EventTarget;
+use service::{RequestContext, ServiceError};
 
 use auth::access::RepositoryAccess;
 
@@ -46,6 +47,7 @@ pub(crate) async fn get(
     reference: &Reference,
     headers: &HeaderMap,
     head_only: bool,
+    ctx: &RequestContext,
 ) -> Result<Response> {
     let name = access.name();
     let found: Option<ManifestRecord> = match reference {
@@ -68,6 +70,20 @@ pub(crate) async fn get(
         ("etag", format!("\"{}\"", manifest.digest)),
         ("content-length", manifest.payload.len().to_string()),
     ];
+    if !head_only {
+        let tag = match reference {
+            Reference::Tag(tag) => Some(tag.as_str()),
+            Reference::Digest(_) => None,
+        };
+        let target = EventTarget {
+            repository: name.as_str(),
+            media_type: &manifest.media_type,
+            digest: &manifest.digest,
+            size: manifest.payload.len() as i64,
+            tag,
+        };
+        registry.service.record_pull(ctx, &target).await;
+    }
     let body = if head_only { Body::empty() } else { Body::from(manifest.payload) };
     Ok((StatusCode::OK, headers, body).into_response())
 }
@@ -105,6 +121,7 @@ pub(crate) async fn put(
     query: &Query,
     headers: &HeaderMap,
     body: Body,
+    ctx: &RequestContext,
 ) -> Result<Response> {
     let name = access.name();
     // `?tag=` names tags for a push by digest (distribution-spec, "Pushing Manifests"); a push
@@ -184,7 +201,7 @@ pub(crate) async fn put(
     };
     let digests: Vec<&str> = new.blobs.iter().map(|d| d.as_str()).collect();
     crate::quota::require_room(registry, name, Some(&digests)).await?;
-    registry.service.put_manifest(name, access.into(), &new, &tags).await.map_err(|e| match e {
+    registry.service.put_manifest(name, access.into(), &new, &tags, ctx).await.map_err(|e| match e {
         ServiceError::TagFrozen(tag) => RegistryError::new(
             ErrorCode::ImmutableTag,
             format!("tag {tag} is immutable: it cannot be moved to another manifest; push a new tag instead"),
@@ -231,12 +248,13 @@ pub(crate) async fn delete(
     registry: &Registry,
     access: &RepositoryAccess,
     reference: &Reference,
+    ctx: &RequestContext,
 ) -> Result<Response> {
     let name = access.name();
     let deleted = match reference {
-        Reference::Tag(tag) => registry.service.delete_tag(name, tag, access.into()).await?,
+        Reference::Tag(tag) => registry.service.delete_tag(name, tag, access.into(), ctx).await?,
         Reference::Digest(digest) => {
-            registry.service.delete_manifest(name, digest, access.into()).await?
+            registry.service.delete_manifest(name, digest, access.into(), ctx).await?
         }
     };
     if !deleted {

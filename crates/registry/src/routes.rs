@@ -406,6 +406,11 @@ async fn run(
     let upload = op.upload().map(UploadId::as_str);
     let access =
         r.gate.repository(name, op.action(), upload, token).await.map_err(|e| refused(r, e))?;
+    auth::web::note_actor(&parts.extensions, access.actor());
+    let ctx = service::RequestContext {
+        actor: access.actor().clone(),
+        origin: auth::web::request_origin(&parts.method, &parts.headers, &parts.extensions),
+    };
     let query = Query::parse(parts.uri.query());
     let headers = &parts.headers;
     use Operation::*;
@@ -427,12 +432,12 @@ async fn run(
         }
         CancelUpload { id } => uploads::cancel(r, &access, &id).await,
         GetManifest { reference, head } => {
-            manifests::get(r, &access, &reference, headers, head).await
+            manifests::get(r, &access, &reference, headers, head, &ctx).await
         }
         PutManifest { reference } => {
-            manifests::put(r, &access, &reference, &query, headers, body).await
+            manifests::put(r, &access, &reference, &query, headers, body, &ctx).await
         }
-        DeleteManifest { reference } => manifests::delete(r, &access, &reference).await,
+        DeleteManifest { reference } => manifests::delete(r, &access, &reference, &ctx).await,
         Tags => listing::tags(r, &access, &query).await,
         Referrers { subject } => listing::referrers(r, &access, &subject, &query).await,
     }

@@ -13,16 +13,22 @@
 //! [`WriteService::commit_upload`]), so garbage collection can never delete bytes that a
 //! committed `blobs` row needs.
 
+pub mod events;
+
 use std::time::Duration;
 
 use auth::access::RepositoryAccess;
 use blobstore::{BlobError, BlobStore, ResumableSha256};
+use events::{record_change, EventAction, EventTarget, RegistryAudit};
+pub use events::{EventSettings, RequestContext};
+use meta::events::{AuditEntity, NewAuditEvent};
 use meta::{
     access_level, BlobRecord, GcEvent, MetaError, NewManifest, PutManifestError, Refusal,
     RefusalKind, RepositoryProtection, ReviewLock, ReviewSchedule, Store, UnlinkOutcome,
 };
 use oci::{Digest, RepositoryName, Tag};
 use rand::Rng;
+use serde_json::json;
 
 /// Garbage-collection settings the write path needs (`gc.reviewafter`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,11 +141,91 @@ pub struct WriteService {
     store: Store,
     blobs: BlobStore,
     gc: GcSettings,
+    events: EventSettings,
 }
 
 impl WriteService {
     pub fn new(store: Store, blobs: BlobStore, gc: GcSettings) -> WriteService {
-        WriteService { store, blobs, gc }
+        WriteService { store, blobs, gc, events: EventSettings::default() }
+    }
+
+    /// The same service, naming this instance in its events as `events` says.
+    pub fn with_events(mut self, events: EventSettings) -> WriteService {
+        self.events = events;
+        self
+    }
+
+    pub fn event_settings(&self) -> &EventSettings {
+        &self.events
+    }
+
+    /// Records a write that was refused (a protection rule, an index that lists the manifest)
+    /// in the audit log. Its transaction was rolled back, so this is a write of its own; a
+    /// failure to record is logged, and the refusal still answered.
+    async fn audit_refusal(
+        &self,
+        ctx: &RequestContext,
+        repo: &RepositoryName,
+        action: &str,
+        target: (&str, String),
+        error: &ServiceError,
+    ) {
+        let project = match auth::policy::project_for_image(&self.store, repo.as_str()).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "recording a refused write in the audit log failed");
+                return;
+            }
+        };
+        let entity = match &project {
+            Some(p) => AuditEntity::project(p.id, &p.full_path),
+            None => AuditEntity::instance(),
+        };
+        let event = NewAuditEvent {
+            actor: &ctx.actor,
+            origin: &ctx.origin,
+            entity,
+            action,
+            target_type: target.0,
+            target_details: target.1.clone(),
+            target_id: target.1,
+            success: false,
+            details: json!({ "error": error.to_string() }),
+            at: meta::now_millis(),
+        };
+        if let Err(e) = self.store.record_audit(&event).await {
+            tracing::warn!(error = %e, "recording a refused write in the audit log failed");
+        }
+    }
+
+    /// Writes a pull event when `notifications.events.pull` asks for them (no audit row: a
+    /// pull changes nothing). A failure is logged; the pull is answered anyway.
+    pub async fn record_pull(&self, ctx: &RequestContext, target: &EventTarget<'_>) {
+        if !self.events.pull_events {
+            return;
+        }
+        let now = meta::now_millis();
+        let project = match auth::policy::project_for_image(&self.store, target.repository).await {
+            Ok(p) => p.map(|p| p.id),
+            Err(e) => {
+                tracing::warn!(error = %e, "recording a pull event failed");
+                return;
+            }
+        };
+        let payload = events::event_json(&self.events, ctx, EventAction::Pull, target, now);
+        let recorded = self
+            .store
+            .record_registry_event(
+                project,
+                EventAction::Pull.as_str(),
+                &payload,
+                |id| events::delivery_job(id, now),
+                now,
+            )
+            .await;
+        if let Err(e) = recorded {
+            tracing::warn!(error = %e, "recording a pull event failed");
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -257,6 +343,26 @@ impl WriteService {
         actor: Actor,
         manifest: &NewManifest,
         tags: &[Tag],
+        ctx: &RequestContext,
+    ) -> Result<(), ServiceError> {
+        let result = self.put_manifest_audited(repo, actor, manifest, tags, ctx).await;
+        if let Err(e @ (ServiceError::Refused(_) | ServiceError::TagFrozen(_))) = &result {
+            let target = match tags.first() {
+                Some(tag) => ("Tag", format!("{repo}:{tag}")),
+                None => ("Manifest", format!("{repo}@{}", manifest.digest)),
+            };
+            self.audit_refusal(ctx, repo, "manifest_push", target, e).await;
+        }
+        result
+    }
+
+    async fn put_manifest_audited(
+        &self,
+        repo: &RepositoryName,
+        actor: Actor,
+        manifest: &NewManifest,
+        tags: &[Tag],
+        ctx: &RequestContext,
     ) -> Result<(), ServiceError> {
         let protection = self.protection(repo).await?;
         let frozen: Vec<Tag> = match &protection {
@@ -266,20 +372,70 @@ impl WriteService {
         let schedule = self.schedule();
         let mut w = self.store.write_tx().await?;
         let repo_id = w.ensure_repository(repo).await?;
+        let mut previous = Vec::with_capacity(tags.len());
+        for tag in tags {
+            previous.push(w.tag_target(repo_id, tag.as_str()).await?);
+        }
         if let Some(protection) = &protection {
             let level = actor.level();
             if tags.is_empty() {
                 protection.check_push(None, false, level).map_err(ServiceError::Refused)?;
             }
-            for tag in tags {
-                let current = w.tag_target(repo_id, tag.as_str()).await?;
-                let moves = current.is_some_and(|d| d != manifest.digest.as_str());
+            for (tag, current) in tags.iter().zip(&previous) {
+                let moves = current.as_deref().is_some_and(|d| d != manifest.digest.as_str());
                 protection
                     .check_push(Some(tag.as_str()), moves, level)
                     .map_err(ServiceError::Refused)?;
             }
         }
         w.put_manifest(repo_id, manifest, tags, &frozen, &schedule).await?;
+        let digest = manifest.digest.as_str();
+        let size = manifest.payload.len() as i64;
+        let target = |tag| EventTarget {
+            repository: repo.as_str(),
+            media_type: &manifest.media_type,
+            digest,
+            size,
+            tag,
+        };
+        let untagged = target(None);
+        let manifest_audit = RegistryAudit {
+            action: "manifest_push",
+            target_type: "Manifest",
+            target_id: digest.to_string(),
+            target_details: format!("{repo}@{digest}"),
+            details: json!({ "media_type": manifest.media_type, "size": size }),
+        };
+        // One push event per manifest put, per tag when it was pushed by tag (as distribution).
+        let event = tags.is_empty().then_some((EventAction::Push, &untagged));
+        record_change(
+            &mut w,
+            &self.events,
+            ctx,
+            manifest_audit,
+            event,
+            repo.as_str(),
+            schedule.now,
+        )
+        .await?;
+        for (tag, current) in tags.iter().zip(&previous) {
+            let action = match current.as_deref() {
+                None => "tag_push",
+                Some(old) if old != digest => "tag_move",
+                Some(_) => "tag_push",
+            };
+            let audit = RegistryAudit {
+                action,
+                target_type: "Tag",
+                target_id: tag.to_string(),
+                target_details: format!("{repo}:{tag}"),
+                details: json!({ "from": current, "to": digest }),
+            };
+            let tagged = target(Some(tag.as_str()));
+            let event = Some((EventAction::Push, &tagged));
+            record_change(&mut w, &self.events, ctx, audit, event, repo.as_str(), schedule.now)
+                .await?;
+        }
         w.commit().await?;
         Ok(())
     }
@@ -293,14 +449,29 @@ impl WriteService {
         repo: &RepositoryName,
         tag: &Tag,
         actor: Actor,
+        ctx: &RequestContext,
+    ) -> Result<bool, ServiceError> {
+        let result = self.delete_tag_audited(repo, tag, actor, ctx).await;
+        if let Err(e @ ServiceError::Refused(_)) = &result {
+            self.audit_refusal(ctx, repo, "tag_delete", ("Tag", format!("{repo}:{tag}")), e).await;
+        }
+        result
+    }
+
+    async fn delete_tag_audited(
+        &self,
+        repo: &RepositoryName,
+        tag: &Tag,
+        actor: Actor,
+        ctx: &RequestContext,
     ) -> Result<bool, ServiceError> {
         let protection = self.protection(repo).await?;
         let schedule = self.schedule();
         let mut w = self.store.write_tx().await?;
         let Some(repo_id) = w.repository_id(repo).await? else { return Ok(false) };
-        if w.tag_target(repo_id, tag.as_str()).await?.is_none() {
+        let Some(digest) = w.tag_target(repo_id, tag.as_str()).await? else {
             return Ok(false);
-        }
+        };
         if let Some(protection) = &protection {
             match actor {
                 Actor::Level(level) => protection
@@ -318,6 +489,21 @@ impl WriteService {
             }
         }
         let deleted = w.delete_tag(repo_id, tag.as_str(), &schedule).await?;
+        let audit = RegistryAudit {
+            action: "tag_delete",
+            target_type: "Tag",
+            target_id: tag.to_string(),
+            target_details: format!("{repo}:{tag}"),
+            details: json!({ "digest": digest }),
+        };
+        // Distribution's tag delete event names the repository and the tag only.
+        let target = EventTarget {
+            repository: repo.as_str(),
+            tag: Some(tag.as_str()),
+            ..Default::default()
+        };
+        let event = Some((EventAction::Delete, &target));
+        record_change(&mut w, &self.events, ctx, audit, event, repo.as_str(), schedule.now).await?;
         w.commit().await?;
         Ok(deleted)
     }
@@ -331,6 +517,24 @@ impl WriteService {
         repo: &RepositoryName,
         digest: &Digest,
         actor: Actor,
+        ctx: &RequestContext,
+    ) -> Result<bool, ServiceError> {
+        let result = self.delete_manifest_audited(repo, digest, actor, ctx).await;
+        if let Err(e @ (ServiceError::Refused(_) | ServiceError::ManifestReferenced { .. })) =
+            &result
+        {
+            let target = ("Manifest", format!("{repo}@{digest}"));
+            self.audit_refusal(ctx, repo, "manifest_delete", target, e).await;
+        }
+        result
+    }
+
+    async fn delete_manifest_audited(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        actor: Actor,
+        ctx: &RequestContext,
     ) -> Result<bool, ServiceError> {
         let protection = self.protection(repo).await?;
         let schedule = self.schedule();
@@ -353,6 +557,21 @@ impl WriteService {
             });
         }
         w.delete_manifest(&m, &schedule).await?;
+        let audit = RegistryAudit {
+            action: "manifest_delete",
+            target_type: "Manifest",
+            target_id: m.digest.clone(),
+            target_details: format!("{repo}@{}", m.digest),
+            details: json!({ "size": m.size }),
+        };
+        let target = EventTarget {
+            repository: repo.as_str(),
+            digest: &m.digest,
+            size: m.size,
+            ..Default::default()
+        };
+        let event = Some((EventAction::Delete, &target));
+        record_change(&mut w, &self.events, ctx, audit, event, repo.as_str(), schedule.now).await?;
         w.commit().await?;
         Ok(true)
     }
@@ -360,10 +579,27 @@ impl WriteService {
     /// Deletes a repository's metadata (tags, manifests, links, the repository) and queues
     /// every blob that was linked to it (`repository_delete`). The caller decided that the
     /// actor may. Answers whether it existed.
-    pub async fn delete_repository(&self, repository_id: i64) -> Result<bool, ServiceError> {
+    pub async fn delete_repository(
+        &self,
+        repository_id: i64,
+        ctx: &RequestContext,
+    ) -> Result<bool, ServiceError> {
         let schedule = self.schedule();
         let mut w = self.store.write_tx().await?;
+        let name = w.repository_name(repository_id).await?;
         let deleted = w.delete_repository(repository_id, &schedule).await?;
+        if let (true, Some(name)) = (deleted, name) {
+            let audit = RegistryAudit {
+                action: "repository_delete",
+                target_type: "Repository",
+                target_id: repository_id.to_string(),
+                target_details: name.clone(),
+                details: json!({}),
+            };
+            let target = EventTarget { repository: &name, ..Default::default() };
+            let event = Some((EventAction::Delete, &target));
+            record_change(&mut w, &self.events, ctx, audit, event, &name, schedule.now).await?;
+        }
         w.commit().await?;
         Ok(deleted)
     }

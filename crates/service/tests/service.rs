@@ -11,10 +11,14 @@ use bytes::Bytes;
 use meta::testing::TestDb;
 use meta::{access_level, Backend, NewManifest, UnlinkOutcome};
 use oci::{Digest, IndexChild, RepositoryName, Tag};
-use service::{Actor, GcSettings, RemovedKind, ServiceError, WriteService};
+use service::{Actor, GcSettings, RemovedKind, RequestContext, ServiceError, WriteService};
 
 const ADMIN: Actor = Actor::Level(access_level::ADMIN);
 const DAY_MS: i64 = 86_400_000;
+
+fn ctx() -> RequestContext {
+    RequestContext::system("tester")
+}
 
 struct Env {
     db: TestDb,
@@ -48,7 +52,7 @@ impl Env {
 
     async fn put(&self, repo: &RepositoryName, m: &NewManifest, tags: &[&str]) {
         let tags: Vec<Tag> = tags.iter().map(|t| t.parse().unwrap()).collect();
-        self.svc.put_manifest(repo, ADMIN, m, &tags).await.unwrap();
+        self.svc.put_manifest(repo, ADMIN, m, &tags, &ctx()).await.unwrap();
     }
 
     async fn blob_events(&self) -> BTreeMap<String, String> {
@@ -134,11 +138,11 @@ async fn events_queue_reviews(backend: Backend) {
     assert_eq!(events[&s(&m1.digest)], "tag_switch");
     assert_eq!(events[&s(&m2.digest)], "manifest_upload");
 
-    assert!(env.svc.delete_tag(&a, &"v1".parse().unwrap(), ADMIN).await.unwrap());
+    assert!(env.svc.delete_tag(&a, &"v1".parse().unwrap(), ADMIN, &ctx()).await.unwrap());
     assert_eq!(env.manifest_events().await[&s(&m2.digest)], "tag_delete");
 
     // A manifest delete queues its config and layers.
-    assert!(env.svc.delete_manifest(&a, &m1.digest, ADMIN).await.unwrap());
+    assert!(env.svc.delete_manifest(&a, &m1.digest, ADMIN, &ctx()).await.unwrap());
     let events = env.blob_events().await;
     assert_eq!(events[&s(&layer)], "manifest_delete");
     assert_eq!(events[&s(&config)], "manifest_delete");
@@ -151,7 +155,7 @@ async fn events_queue_reviews(backend: Backend) {
     env.put(&a, &index, &["multi"]).await;
     let signature = manifest("sig", &[&config], &[], Some(&index.digest));
     env.put(&a, &signature, &[]).await;
-    assert!(env.svc.delete_manifest(&a, &index.digest, ADMIN).await.unwrap());
+    assert!(env.svc.delete_manifest(&a, &index.digest, ADMIN, &ctx()).await.unwrap());
     let events = env.manifest_events().await;
     assert_eq!(events[&s(&child.digest)], "index_delete");
     assert_eq!(events[&s(&signature.digest)], "subject_delete");
@@ -161,8 +165,80 @@ async fn events_queue_reviews(backend: Backend) {
     assert_eq!(env.svc.unlink_blob(&b, &layer).await.unwrap(), UnlinkOutcome::Unlinked);
     assert_eq!(env.blob_events().await[&s(&layer)], "blob_unlink");
     let b_id = env.db.store.repositories_at_or_below("acme/b").await.unwrap()[0].id;
-    assert!(env.svc.delete_repository(b_id).await.unwrap());
+    assert!(env.svc.delete_repository(b_id, &ctx()).await.unwrap());
     assert_eq!(env.blob_events().await[&s(&only_b)], "repository_delete");
+
+    // Every change left its audit row and its event (with a delivery job) in its transaction.
+    let filter = meta::events::AuditFilter {
+        scope: meta::events::AuditScope::Instance,
+        created_after: None,
+        created_before: None,
+        offset: 0,
+        limit: 100,
+    };
+    let (mut audit, total) = env.db.store.list_audit_events(&filter).await.unwrap();
+    audit.reverse();
+    let actions: Vec<(&str, &str)> =
+        audit.iter().map(|e| (e.action.as_str(), e.target_details.as_str())).collect();
+    let (m1d, m2d, childd, indexd, sigd) = (
+        format!("acme/a@{}", m1.digest),
+        format!("acme/a@{}", m2.digest),
+        format!("acme/a@{}", child.digest),
+        format!("acme/a@{}", index.digest),
+        format!("acme/a@{}", signature.digest),
+    );
+    assert_eq!(
+        actions,
+        [
+            ("manifest_push", m1d.as_str()),
+            ("tag_push", "acme/a:v1"),
+            ("manifest_push", m2d.as_str()),
+            ("tag_move", "acme/a:v1"),
+            ("tag_delete", "acme/a:v1"),
+            ("manifest_delete", m1d.as_str()),
+            ("manifest_push", childd.as_str()),
+            ("manifest_push", indexd.as_str()),
+            ("tag_push", "acme/a:multi"),
+            ("manifest_push", sigd.as_str()),
+            ("manifest_delete", indexd.as_str()),
+            ("repository_delete", "acme/b"),
+        ]
+    );
+    assert_eq!(total, 12);
+    assert!(audit.iter().all(|e| e.author_name == "tester" && e.outcome == "success"));
+    assert_eq!(audit[3].details["from"], s(&m1.digest));
+    let mut actions = Vec::new();
+    for id in 1..=9 {
+        let event = env.db.store.registry_event(id).await.unwrap().expect("event");
+        let target = &event.payload["target"];
+        actions.push(format!(
+            "{} {} {}",
+            event.action,
+            target["tag"].as_str().unwrap_or("-"),
+            target["digest"].as_str().map_or("-", |d| &d[..13])
+        ));
+    }
+    assert_eq!(
+        actions,
+        [
+            format!("push v1 {}", &s(&m1.digest)[..13]),
+            format!("push v1 {}", &s(&m2.digest)[..13]),
+            "delete v1 -".to_string(),
+            format!("delete - {}", &s(&m1.digest)[..13]),
+            format!("push - {}", &s(&child.digest)[..13]),
+            format!("push multi {}", &s(&index.digest)[..13]),
+            format!("push - {}", &s(&signature.digest)[..13]),
+            format!("delete - {}", &s(&index.digest)[..13]),
+            "delete - -".to_string(),
+        ]
+    );
+    assert!(env.db.store.registry_event(10).await.unwrap().is_none());
+    let deliveries = meta::jobs::JobFilter {
+        state: None,
+        kind: Some(service::events::DELIVERY_JOB.into()),
+        limit: 100,
+    };
+    assert_eq!(env.db.store.list_jobs(&deliveries).await.unwrap().len(), 9);
     env.db.drop_database().await;
 }
 
@@ -218,7 +294,7 @@ async fn reviews_delete_exactly_dangling(backend: Backend) {
     assert!(env.db.store.queued_blob_reviews().await.unwrap().is_empty());
 
     // Untagging the index makes it dangling; its children then, and the signature with them.
-    assert!(env.svc.delete_tag(&r, &"multi".parse().unwrap(), ADMIN).await.unwrap());
+    assert!(env.svc.delete_tag(&r, &"multi".parse().unwrap(), ADMIN, &ctx()).await.unwrap());
     let mut removed = Vec::new();
     for _ in 0..4 {
         let report = env.svc.review_manifests(later, 100).await.unwrap();
@@ -247,7 +323,7 @@ async fn listed_manifest_is_not_deleted(backend: Backend) {
     env.put(&r, &child, &[]).await;
     let index = manifest("index", &[], &[&child.digest], None);
     env.put(&r, &index, &["latest"]).await;
-    match env.svc.delete_manifest(&r, &child.digest, ADMIN).await {
+    match env.svc.delete_manifest(&r, &child.digest, ADMIN, &ctx()).await {
         Err(ServiceError::ManifestReferenced { manifest, index: by, tag }) => {
             assert_eq!(manifest, s(&child.digest));
             assert_eq!(by, s(&index.digest));
@@ -256,8 +332,8 @@ async fn listed_manifest_is_not_deleted(backend: Backend) {
         other => panic!("{backend:?}: expected a refusal, got {other:?}"),
     }
     assert!(env.db.store.manifest_by_digest(&r, &child.digest).await.unwrap().is_some());
-    assert!(env.svc.delete_manifest(&r, &index.digest, ADMIN).await.unwrap());
-    assert!(env.svc.delete_manifest(&r, &child.digest, ADMIN).await.unwrap());
+    assert!(env.svc.delete_manifest(&r, &index.digest, ADMIN, &ctx()).await.unwrap());
+    assert!(env.svc.delete_manifest(&r, &child.digest, ADMIN, &ctx()).await.unwrap());
     env.db.drop_database().await;
 }
 
@@ -286,12 +362,13 @@ async fn manifest_put_races_blob_review_postgres() {
     let env = Env::new(Backend::Postgres, Duration::ZERO).await;
     let r = repo("acme/race");
     let (mut won_put, mut won_gc) = (0, 0);
+    let context = ctx();
     for i in 0..60 {
         let layer = env.upload(&r, &format!("layer {i}")).await;
         let m = manifest(&format!("m{i}"), &[&layer], &[], None);
         let tags: Vec<Tag> = vec![format!("t{i}").parse().unwrap()];
         let (put, review) = tokio::join!(
-            env.svc.put_manifest(&r, ADMIN, &m, &tags),
+            env.svc.put_manifest(&r, ADMIN, &m, &tags, &context),
             env.svc.review_blobs(meta::now_millis() + 10_000, 100),
         );
         let review = review.unwrap();

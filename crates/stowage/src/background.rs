@@ -54,6 +54,7 @@ pub fn runner(
         registry.service.clone(),
         api::cleanup::CleanupBudget::default(),
     );
+    crate::notifications::register(&mut runner, config, &registry.store)?;
     let purging = config.storage.maintenance.uploadpurging.clone();
     let age = parse_duration(&purging.age)?;
     let registry = registry.clone();

@@ -34,6 +34,133 @@ pub struct Config {
     pub jobs: JobsConfig,
     pub quotas: Quotas,
     pub gc: Gc,
+    pub audit: AuditConfig,
+    pub notifications: Notifications,
+}
+
+/// The audit log (see the README's "Audit log").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// How long audit events are kept, e.g. `90d`; `0` keeps them forever.
+    pub retention: String,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig { retention: "90d".into() }
+    }
+}
+
+/// Registry event notifications, with distribution's keys (see the README's "Webhooks and
+/// notifications").
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Notifications {
+    pub events: NotificationEvents,
+    /// Instance-wide receivers of every registry event.
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotificationEvents {
+    /// Whether manifest pulls are events too (off by default: they are many).
+    pub pull: bool,
+}
+
+/// One instance-wide notification endpoint, as distribution's `notifications.endpoints[]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Endpoint {
+    pub name: String,
+    pub url: String,
+    /// Extra headers on every delivery; each a list of values, as distribution's.
+    pub headers: std::collections::BTreeMap<String, Vec<String>>,
+    /// How long one delivery may take.
+    pub timeout: String,
+    /// Failed attempts of an event after which `backoff` is waited between attempts.
+    pub threshold: u32,
+    pub backoff: String,
+    /// Events whose target has one of these media types are not sent here.
+    pub ignoredmediatypes: Vec<String>,
+    pub ignore: EndpointIgnore,
+    pub disabled: bool,
+}
+
+impl Default for Endpoint {
+    fn default() -> Self {
+        Endpoint {
+            name: String::new(),
+            url: String::new(),
+            headers: Default::default(),
+            timeout: "5s".into(),
+            threshold: 3,
+            backoff: "1s".into(),
+            ignoredmediatypes: Vec::new(),
+            ignore: EndpointIgnore::default(),
+            disabled: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EndpointIgnore {
+    pub mediatypes: Vec<String>,
+    /// push, pull or delete.
+    pub actions: Vec<String>,
+}
+
+impl AuditConfig {
+    /// `audit.retention`, `None` for forever.
+    pub fn retention(&self) -> anyhow::Result<Option<Duration>> {
+        let d = parse_duration(&self.retention).context("audit.retention")?;
+        Ok((!d.is_zero()).then_some(d))
+    }
+}
+
+impl Notifications {
+    /// Checks every endpoint: a name, an http(s) URL, valid durations and actions, header
+    /// names and values that can be sent.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut names = std::collections::BTreeSet::new();
+        for (i, e) in self.endpoints.iter().enumerate() {
+            let key = format!("notifications.endpoints[{i}]");
+            if e.name.is_empty() {
+                bail!("{key}.name is required");
+            }
+            if !names.insert(e.name.as_str()) {
+                bail!("{key}.name {:?} is used by another endpoint", e.name);
+            }
+            let ok = url::Url::parse(&e.url).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host_str().is_some_and(|h| !h.is_empty())
+            });
+            if !ok {
+                bail!("{key}.url must be an http:// or https:// URL; {:?} is not", e.url);
+            }
+            if parse_duration(&e.timeout).with_context(|| format!("{key}.timeout"))?.is_zero() {
+                bail!("{key}.timeout must be longer than 0");
+            }
+            parse_duration(&e.backoff).with_context(|| format!("{key}.backoff"))?;
+            for a in &e.ignore.actions {
+                if !matches!(a.as_str(), "push" | "pull" | "delete") {
+                    bail!("{key}.ignore.actions: {a:?} is not push, pull or delete");
+                }
+            }
+            for (name, values) in &e.headers {
+                axum::http::HeaderName::from_bytes(name.as_bytes())
+                    .with_context(|| format!("{key}.headers: {name:?} is not a header name"))?;
+                for v in values {
+                    axum::http::HeaderValue::from_str(v).with_context(|| {
+                        format!("{key}.headers.{name}: the value is not a valid header value")
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The durable job queue's runtime (see the README's "Background jobs").
@@ -522,6 +649,8 @@ impl Default for Config {
             jobs: JobsConfig::default(),
             quotas: Quotas::default(),
             gc: Gc::default(),
+            audit: AuditConfig::default(),
+            notifications: Notifications::default(),
         }
     }
 }
@@ -604,6 +733,12 @@ fn is_secret_key(key: &str) -> bool {
 fn mask_secrets(value: &mut serde_yaml::Value, key: &str) {
     use serde_yaml::Value;
     match value {
+        // Notification endpoints' headers carry credentials (`Authorization`): all masked.
+        Value::Mapping(map) if key == "headers" => {
+            for (_, v) in map.iter_mut() {
+                mask_secrets(v, "password");
+            }
+        }
         Value::Mapping(map) => {
             for (k, v) in map.iter_mut() {
                 mask_secrets(v, k.as_str().unwrap_or_default());
@@ -759,6 +894,8 @@ impl Config {
         self.jobs.settings()?;
         self.quotas.default_limit.bytes().context("quotas.default_limit")?;
         self.gc.settings()?;
+        self.audit.retention()?;
+        self.notifications.validate()?;
         Ok(())
     }
 

@@ -325,8 +325,8 @@ async fn request_metrics(request: Request, next: Next) -> Response {
 }
 
 /// One log line per request: method, path, status, response bytes, duration, request id,
-/// client address.
-async fn access_log(request: Request, next: Next) -> Response {
+/// client address, and who the caller authenticated as (`alice (personal_access_token 3)`).
+async fn access_log(mut request: Request, next: Next) -> Response {
     // Filtered out (e.g. `RUST_LOG=warn`): skip building the line on this hot path.
     if !tracing::enabled!(target: "access", tracing::Level::INFO) {
         return next.run(request).await;
@@ -337,6 +337,9 @@ async fn access_log(request: Request, next: Next) -> Response {
     let request_id =
         request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
     let client = request.extensions().get::<auth::ClientAddr>().map(|c| c.0);
+    // Filled by whichever surface authenticates the caller.
+    let actor = auth::ActorSlot::default();
+    request.extensions_mut().insert(actor.clone());
     let response = next.run(request).await;
     let bytes = response
         .headers()
@@ -353,6 +356,7 @@ async fn access_log(request: Request, next: Next) -> Response {
         duration_ms = started.elapsed().as_secs_f64() * 1000.0,
         request_id = %request_id,
         client = client.map(tracing::field::display),
+        actor = actor.get().map(tracing::field::display),
         "request"
     );
     response

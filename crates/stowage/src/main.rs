@@ -10,6 +10,7 @@ mod debug;
 mod gc_cli;
 mod http;
 mod memory;
+mod notifications;
 mod server;
 mod sqlite_lock;
 
@@ -138,9 +139,31 @@ async fn open_registry(config: &Config) -> anyhow::Result<registry::Registry> {
         ..Default::default()
     };
     let service =
-        service::WriteService::new(store.clone(), blobs.clone(), config.gc.service_settings()?);
+        service::WriteService::new(store.clone(), blobs.clone(), config.gc.service_settings()?)
+            .with_events(event_settings(config, None));
     // The CLI commands that open the registry need no access decisions; `serve` sets the gate.
     Ok(registry::Registry { store, blobs, service, limits, gate: auth::Gate::Open })
+}
+
+/// How this instance names itself in registry events: `http.host`'s authority when set, else
+/// the address it listens on (`http.addr` before it listens).
+fn event_settings(
+    config: &Config,
+    listening: Option<std::net::SocketAddr>,
+) -> service::EventSettings {
+    let source_addr = match (&config.http.host, listening) {
+        (Some(host), _) if !host.is_empty() => {
+            let external = config.external_url();
+            external.split_once("://").map_or(external.clone(), |(_, a)| a.to_string())
+        }
+        (_, Some(addr)) => addr.to_string(),
+        _ => config.http.addr.clone(),
+    };
+    service::EventSettings {
+        source_addr,
+        instance_id: uuid::Uuid::new_v4().to_string(),
+        pull_events: config.notifications.events.pull,
+    }
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
@@ -173,9 +196,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
              of other platforms"
         ),
     }
+    let listener = tokio::net::TcpListener::bind(&config.http.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http.addr))?;
+    let local_addr = listener.local_addr()?;
+    let mut registry = registry;
+    registry.service = registry.service.with_events(event_settings(&config, Some(local_addr)));
+    memory::start_trimming();
     // Background work (deletes, cleanup policies, the upload purge) runs as durable jobs: with
     // several instances each job, and each period of a periodic one, runs once.
-    memory::start_trimming();
     let queue = background::queue(&registry.store);
     let _jobs = background::runner(&config, &registry, queue.clone())?.start();
     // Online GC on every instance: review workers, the storage deleter, the leftovers sweep.
@@ -199,11 +228,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             }
         });
     }
-    let listener = tokio::net::TcpListener::bind(&config.http.addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.http.addr))?;
-    let local_addr = listener.local_addr()?;
-    let mut registry = registry;
     let auth = match config.auth.mode {
         config::AuthMode::Token => {
             let tokens = std::sync::Arc::new(
