@@ -11,7 +11,7 @@
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::store::{get_i64, Backend, MetaError, Store};
+use crate::store::{get_i64, placeholders, Backend, MetaError, Store};
 
 /// Where a job is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -134,11 +134,6 @@ fn job_from_row(r: &AnyRow) -> Job {
         started_at: r.get::<Option<i64>, _>("started_at"),
         finished_at: r.get::<Option<i64>, _>("finished_at"),
     }
-}
-
-/// `$first, $first+1, …` for `n` values.
-fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
 
 impl Store {
