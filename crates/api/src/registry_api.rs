@@ -1032,10 +1032,13 @@ pub const ROUTES: &[RouteDoc] = &[
     // ---- background jobs ----
     route("get", "/admin/jobs", "admin", "List background jobs, newest first (admins)", &[
         ("state", "string", "queued, running, succeeded, failed or dead"),
-        ("kind", "string", "repository_delete, bulk_tag_delete, cleanup_policies, upload_purge"),
+        ("kind", "string", "repository_delete, bulk_tag_delete, cleanup_policies, upload_purge, gc_leftovers, gc_full_pass"),
         ("limit", "integer", "at most this many (default 100, at most 1000)"),
     ], 200),
     route("get", "/admin/registry/gc", "admin", "Online garbage collection: queue lengths, the oldest due item, what was removed in the last hour and day, failures, pending storage deletions (instance admins)", &[], 200),
+    route("post", "/admin/registry/gc", "admin", "Run a full garbage-collection pass (mark and sweep) as a background job, gc_full_pass; answers the job (instance admins)", &[
+        ("min_age_seconds", "integer", "leave alone what was pushed or linked more recently than this (default 3600, at most 2592000)"),
+    ], 202),
     route("get", "/openapi.json", "meta", "This OpenAPI document", &[], 200),
 ];
 

@@ -357,6 +357,12 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Gc(cmd) => {
+            // A full pass deletes registry state: on SQLite, not behind a serving process.
+            let _sqlite_lock = if cmd.changes_state() {
+                sqlite_lock::for_command(&config.database_url()?, gc_cli::RUN_BESIDE_SERVE)?
+            } else {
+                None
+            };
             let registry = open_registry(&config).await?;
             gc_cli::run(cmd, &config, &registry).await
         }
