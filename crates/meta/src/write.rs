@@ -38,6 +38,12 @@ impl ReviewSchedule {
     }
 }
 
+/// The item a review row is about.
+enum ReviewedItem<'a> {
+    Blob(&'a str),
+    Manifest(i64),
+}
+
 /// What queued a review row (the `event` column).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GcEvent {
@@ -182,14 +188,7 @@ impl WriteTx<'_> {
         let sql = format!("SELECT digest, size FROM blobs WHERE digest = $1{}", self.for_share());
         let row = sqlx::query(&sql).bind(digest).fetch_optional(&mut *self.tx).await?;
         let Some(row) = row else { return Ok(None) };
-        sqlx::query(
-            "UPDATE gc_blob_review_queue SET review_after = $2 \
-             WHERE digest = $1 AND review_after < $2",
-        )
-        .bind(digest)
-        .bind(schedule.postpone_to)
-        .execute(&mut *self.tx)
-        .await?;
+        self.postpone_due_review(ReviewedItem::Blob(digest), schedule).await?;
         Ok(Some(BlobRecord { digest: row.get("digest"), size: get_i64(&row, "size") }))
     }
 
@@ -315,15 +314,31 @@ impl WriteTx<'_> {
             .await?;
         let Some(row) = row else { return Ok(None) };
         let id = get_i64(&row, "id");
-        sqlx::query(
-            "UPDATE gc_manifest_review_queue SET review_after = $2 \
-             WHERE manifest_id = $1 AND review_after < $2",
-        )
-        .bind(id)
-        .bind(schedule.postpone_to)
-        .execute(&mut *self.tx)
-        .await?;
+        self.postpone_due_review(ReviewedItem::Manifest(id), schedule).await?;
         Ok(Some(id))
+    }
+
+    /// Pushes the review row of an item a writer relies on back to `schedule.postpone_to` if
+    /// it is due before then (GitLab: rows due within the hour), for blobs and manifests alike.
+    async fn postpone_due_review(
+        &mut self,
+        item: ReviewedItem<'_>,
+        schedule: &ReviewSchedule,
+    ) -> Result<(), MetaError> {
+        let query = match item {
+            ReviewedItem::Blob(digest) => sqlx::query(
+                "UPDATE gc_blob_review_queue SET review_after = $2 \
+                 WHERE digest = $1 AND review_after < $2",
+            )
+            .bind(digest),
+            ReviewedItem::Manifest(id) => sqlx::query(
+                "UPDATE gc_manifest_review_queue SET review_after = $2 \
+                 WHERE manifest_id = $1 AND review_after < $2",
+            )
+            .bind(id),
+        };
+        query.bind(schedule.postpone_to).execute(&mut *self.tx).await?;
+        Ok(())
     }
 
     /// The manifest `digest` of the repository, locked `FOR UPDATE` (for a delete).
