@@ -42,6 +42,8 @@ import time
 import traceback
 import urllib.parse
 
+import gc_bench
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 HOST = "127.0.0.1"
@@ -1133,7 +1135,8 @@ def main():
     ap.add_argument("--profile", choices=["release", "debug"],
                     help="cargo profile to build (default: release; debug with --smoke, which "
                          "reuses the debug binary scripts/test builds)")
-    ap.add_argument("--only", help="comma-separated scenarios: " + ",".join(n for n, _ in SCENARIOS))
+    ap.add_argument("--only", help="comma-separated scenarios: " + ",".join(
+        [n for n, _ in SCENARIOS] + gc_bench.GC_SCENARIOS))
     ap.add_argument("--no-limits", action="store_true", help="skip openssl/dd reference limits")
     ap.add_argument("--registries", default=",".join(REGISTRIES),
                     help="comma-separated subset of " + ",".join(REGISTRIES) + " (for debugging the tool)")
@@ -1241,6 +1244,10 @@ def main():
                         log(f"{kind} log tail:\n{srv.log_tail()}")
                 finally:
                     srv.stop()
+        # Online GC, usage and quotas (issue 10): Stowage on SQLite and PostgreSQL, and
+        # distribution's offline garbage-collect on the same data.
+        if stowage_bin and (not only or only & set(gc_bench.GC_SCENARIOS)):
+            results["gc"] = gc_bench.run(stowage_bin, workdir, args.smoke, only, results["errors"])
     finally:
         for srv in servers:
             srv.stop()
@@ -1249,6 +1256,7 @@ def main():
     results["meta"]["run_seconds"] = time.monotonic() - run_started
     results["meta"]["total_seconds"] = time.monotonic() - started
     md = render(results, cfg, args.smoke)
+    md += gc_bench.render(results.get("gc"))
     md += f"\nRun time: {results['meta']['run_seconds']:.0f} s (plus {build_s or 0:.0f} s build).\n"
     os.makedirs(args.out, exist_ok=True)
     stem = "smoke" if args.smoke else "latest"

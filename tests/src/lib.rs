@@ -311,26 +311,41 @@ impl TestServer {
 
     /// Runs `stowage jobs run-due` (as of `at`, a `YYYY-MM-DD` day, when given) on this
     /// server's data and returns what it printed: the deterministic way to run background work
-    /// (cleanup policies, deletes, the upload purge) now. SQLite mode is one process, so there
-    /// the server is stopped for the command and started again, on a new port: clients must
-    /// take `base`/`addr` afresh. On PostgreSQL it runs beside the server, as another instance.
+    /// (cleanup policies, deletes, the upload purge) now. See [`run_offline`](Self::run_offline).
     pub fn run_due_jobs(&mut self, at: Option<&str>) -> String {
-        let sqlite = self.backend == MetaBackend::Sqlite;
-        if sqlite {
-            self.kill();
-        }
         let mut args = vec!["jobs", "run-due"];
         if let Some(at) = at {
             args.extend(["--at", at]);
         }
-        let out = self.stowage_command(&args).output().expect("run stowage jobs run-due");
+        self.run_offline(&args)
+    }
+
+    /// Runs `stowage gc run <args>` (a full GC pass now, e.g. `["--min-age", "0s"]`) on this
+    /// server's data and returns what it printed. See [`run_offline`](Self::run_offline).
+    pub fn run_gc(&mut self, args: &[&str]) -> String {
+        let mut all = vec!["gc", "run"];
+        all.extend_from_slice(args);
+        self.run_offline(&all)
+    }
+
+    /// Runs `stowage <args>`, a command that changes registry state on its own, and returns
+    /// what it printed, asserting success. SQLite mode is one process (such a command refuses
+    /// beside `serve`), so there the server is stopped for the command and started again, on
+    /// a new port: clients must take `base`/`addr` afresh. On PostgreSQL it runs beside the
+    /// server, as another instance.
+    pub fn run_offline(&mut self, args: &[&str]) -> String {
+        let sqlite = self.backend == MetaBackend::Sqlite;
+        if sqlite {
+            self.kill();
+        }
+        let out = self.stowage_command(args).output().expect("run stowage");
         if sqlite {
             self.spawn();
         }
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             out.status.success(),
-            "stowage jobs run-due: {stdout}{}",
+            "stowage {args:?}: {stdout}{}",
             String::from_utf8_lossy(&out.stderr)
         );
         stdout

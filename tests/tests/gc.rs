@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use common::Registry;
-use e2e::gitlab::{start_auth_server, GitLab};
+use e2e::gitlab::{start_auth_server, GitLab, ADMIN_TOKEN};
 use e2e::{backend_tests, unique_repo, MetaBackend, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -16,7 +16,10 @@ use serde_json::Value;
 backend_tests!(
     status_and_dry_run_after_pushes_and_deletes,
     only_admins_see_the_gc_figures,
-    online_gc_reclaims_exactly_the_unreferenced_bytes
+    online_gc_reclaims_exactly_the_unreferenced_bytes,
+    gc_run_beside_a_serving_instance,
+    admins_start_a_full_pass_as_a_job,
+    the_leftovers_sweep_runs_once_per_period_as_a_job
 );
 
 /// Runs `stowage <args>` against `server`'s data; returns stdout, asserting success.
@@ -148,7 +151,7 @@ fn blob_file(server: &TestServer, digest: &str) -> std::path::PathBuf {
 /// exactly what deletes left unreferenced: a deleted manifest's config and layer, an untagged
 /// manifest and its blobs, while the tagged image keeps its bytes and still pulls.
 async fn online_gc_reclaims_exactly_the_unreferenced_bytes(backend: MetaBackend) {
-    let r = Registry::start(backend);
+    let mut r = Registry::start(backend);
     let repo = unique_repo("gc");
     let kept = r.push_image(&repo, Some("v1")).await;
     let deleted = r.push_image(&repo, Some("v2")).await;
@@ -162,7 +165,7 @@ async fn online_gc_reclaims_exactly_the_unreferenced_bytes(backend: MetaBackend)
         &untagged.config_digest,
         &untagged.layer_digest,
     ];
-    let run = stowage(&r.server, &["gc", "run", "--min-age", "0s"]);
+    let run = r.server.run_gc(&["--min-age", "0s"]);
     for d in gone {
         assert!(!blob_file(&r.server, d).exists(), "{d} is still stored:\n{run}");
     }
@@ -179,4 +182,144 @@ async fn online_gc_reclaims_exactly_the_unreferenced_bytes(backend: MetaBackend)
     let status = stowage(&r.server, &["gc", "status", "--json"]);
     let json: Value = serde_json::from_str(&status).expect("gc status --json is JSON");
     assert_eq!(json["removed"]["last_hour"]["failures"], 0, "{json}");
+}
+
+/// `stowage gc run` deletes registry state. On SQLite, where only one process may, it refuses
+/// beside a serving instance, names both ways out, and removes nothing (its dry run, which
+/// only reads, still runs); on PostgreSQL it runs beside serving instances.
+async fn gc_run_beside_a_serving_instance(backend: MetaBackend) {
+    let r = Registry::start(backend);
+    let repo = unique_repo("gc");
+    let untagged = r.push_image(&repo, None).await;
+    let out = r.server.stowage_command(&["gc", "run", "--min-age", "0s"]).output().unwrap();
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    match backend {
+        MetaBackend::Sqlite => {
+            assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+            assert!(
+                stderr.starts_with(
+                    "error: a running `stowage serve` collects garbage itself on SQLite; ask it \
+                     for a full pass with POST /api/v4/admin/registry/gc (an instance admin's \
+                     token), or stop it to run the pass from here: another stowage serve (pid "
+                ),
+                "{stderr}"
+            );
+            assert!(stdout.is_empty(), "nothing ran: {stdout}");
+            assert_eq!(r.get_manifest(&repo, &untagged.digest).await.status(), StatusCode::OK);
+            assert!(blob_file(&r.server, &untagged.layer_digest).exists());
+            let dry = stowage(&r.server, &["gc", "run", "--dry-run", "--min-age", "0s"]);
+            assert!(dry.contains(&untagged.digest), "{dry}");
+        }
+        MetaBackend::Postgres => {
+            assert!(out.status.success(), "{stdout}{stderr}");
+            assert_eq!(
+                r.get_manifest(&repo, &untagged.digest).await.status(),
+                StatusCode::NOT_FOUND
+            );
+            assert!(!blob_file(&r.server, &untagged.layer_digest).exists());
+        }
+    }
+}
+
+/// `POST /api/v4/admin/registry/gc` enqueues a full pass as a job (`gc_full_pass`) that the
+/// serving instance runs at once: it removes exactly the unreferenced content and shows in
+/// `GET /admin/jobs`. Only instance admins may; `min_age_seconds` is checked.
+async fn admins_start_a_full_pass_as_a_job(backend: MetaBackend) {
+    let r = Registry::start_with(backend, &[("STOWAGE_ADMIN_TOKEN", ADMIN_TOKEN)]);
+    let root = GitLab::root(&r.server);
+    let repo = unique_repo("gc");
+    let kept = r.push_image(&repo, Some("v1")).await;
+    let untagged = r.push_image(&repo, None).await;
+
+    // Refusals: nobody but an instance admin, and no odd ages; nothing is enqueued.
+    let anonymous = e2e::gitlab::http_client()
+        .post(r.server.url("/api/v4/admin/registry/gc"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    let alice = root.create_user("alice").await;
+    let token = root.create_pat(&alice, &["api"]).await;
+    let (status, body) = GitLab::with_token(&r.server, &token.token)
+        .request(Method::POST, "/admin/registry/gc", None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    for (bad, message) in [
+        (serde_json::json!(-1), "must be between 0 and 2592000 (30 days), not -1"),
+        (serde_json::json!(2_592_001), "must be between 0 and 2592000 (30 days), not 2592001"),
+    ] {
+        let (status, body) = root
+            .request(
+                Method::POST,
+                "/admin/registry/gc",
+                Some(serde_json::json!({"min_age_seconds": bad})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert_eq!(body["message"]["min_age_seconds"][0], message, "{body}");
+    }
+    for bad in [serde_json::json!({"min_age_seconds": "1h"}), serde_json::json!({"minage": 0})] {
+        let (status, body) =
+            root.request(Method::POST, "/admin/registry/gc", Some(bad.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert!(body["message"].as_str().unwrap_or("").contains("min"), "{bad}: {body}");
+    }
+    assert!(r.server.jobs(Some("gc_full_pass")).is_empty(), "no job for a refused request");
+
+    let (status, job) = root
+        .request(
+            Method::POST,
+            "/admin/registry/gc",
+            Some(serde_json::json!({"min_age_seconds": 0})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    assert_eq!(job["kind"], "gc_full_pass", "{job}");
+    assert_eq!(job["payload"]["min_age_seconds"], 0, "{job}");
+    let done = r.server.await_jobs("gc_full_pass", 1);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0]["id"], job["id"]);
+    assert_eq!(done[0]["state"], "succeeded", "{done:?}");
+
+    assert_eq!(r.get_manifest(&repo, &untagged.digest).await.status(), StatusCode::NOT_FOUND);
+    for d in [&untagged.config_digest, &untagged.layer_digest] {
+        assert!(!blob_file(&r.server, d).exists(), "{d} is still stored");
+    }
+    assert_eq!(r.get_manifest(&repo, "v1").await.status(), StatusCode::OK);
+    for d in [&kept.config_digest, &kept.layer_digest] {
+        assert!(blob_file(&r.server, d).exists(), "{d} was deleted");
+    }
+    let listed = root.call(Method::GET, "/admin/jobs?kind=gc_full_pass", None).await;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed[0]["state"], "succeeded", "{listed}");
+    assert!(r.server.log().contains("GC full pass done"), "the pass logs its summary");
+}
+
+/// The leftovers sweep is a periodic job: each period's sweep runs once, whichever instance
+/// (or `stowage jobs run-due`) claims it, and removes old leftovers.
+async fn the_leftovers_sweep_runs_once_per_period_as_a_job(backend: MetaBackend) {
+    let mut r = Registry::start(backend);
+    let leftover = plant_interrupted_write(&r.server);
+    let path = r.server.data_dir().join("data").join(&leftover);
+    // A day far ahead is a period of its own, due only when asked for it.
+    let day = "2099-01-01";
+    let slot_jobs = |server: &TestServer| -> Vec<Value> {
+        let jobs = server.jobs(Some("gc_leftovers"));
+        jobs.into_iter()
+            .filter(|j| j["run_at"].as_str().is_some_and(|at| at.starts_with(day)))
+            .collect()
+    };
+    assert!(slot_jobs(&r.server).is_empty());
+    r.server.run_due_jobs(Some(day));
+    assert!(!path.exists(), "the sweep removed {leftover}");
+    let jobs = slot_jobs(&r.server);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0]["state"], "succeeded", "{jobs:?}");
+
+    // The same period again (on PostgreSQL as another instance beside the server): no new job.
+    let leftover = plant_interrupted_write(&r.server);
+    r.server.run_due_jobs(Some(day));
+    assert_eq!(slot_jobs(&r.server).len(), 1, "one sweep per period");
+    assert!(r.server.data_dir().join("data").join(&leftover).exists(), "not swept twice");
 }

@@ -1,17 +1,64 @@
-//! `GET /api/v4/admin/registry/gc`: the online-GC figures `stowage gc status` prints, for
-//! instance admins (401 without a token, 403 for everyone else).
+//! `GET /api/v4/admin/registry/gc`: the online-GC figures `stowage gc status` prints, and
+//! `POST /api/v4/admin/registry/gc`: a full pass, run as a job (`gc_full_pass`, listed by
+//! `GET /admin/jobs`) by whichever instance claims it. Instance admins only (401 without a
+//! token, 403 for everyone else).
 
 use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use crate::background::JobView;
 use crate::caller::Caller;
 use crate::error::ApiError;
+use crate::input::{int, Params};
 use crate::time::iso8601;
 use crate::{ApiState, Routes};
 
 pub fn routes() -> Routes {
-    Routes::new().get("/admin/registry/gc", gc_status)
+    Routes::new().get("/admin/registry/gc", gc_status).post("/admin/registry/gc", start_full_pass)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FullPassParams {
+    #[serde(default, deserialize_with = "int")]
+    min_age_seconds: Option<i64>,
+}
+
+/// The default `min_age_seconds`: what was pushed within the last hour is left alone, as
+/// `stowage gc run` does by default.
+const DEFAULT_MIN_AGE_SECONDS: u64 = 3600;
+
+impl FullPassParams {
+    fn job(&self) -> Result<gc::FullPassJob, ApiError> {
+        let max = gc::FullPassJob::MAX_MIN_AGE_SECONDS;
+        let min_age_seconds = match self.min_age_seconds {
+            None => DEFAULT_MIN_AGE_SECONDS,
+            Some(n) => u64::try_from(n).ok().filter(|n| *n <= max).ok_or_else(|| {
+                ApiError::invalid(
+                    "min_age_seconds",
+                    format!("must be between 0 and {max} (30 days), not {n}"),
+                )
+            })?,
+        };
+        Ok(gc::FullPassJob { min_age_seconds })
+    }
+}
+
+/// Enqueues a full pass and answers 202 with its job.
+async fn start_full_pass(
+    State(s): State<ApiState>,
+    caller: Caller,
+    Params(p): Params<FullPassParams>,
+) -> Result<Response, ApiError> {
+    caller.require_admin()?;
+    let job = p.job()?;
+    let id = s.jobs.enqueue(gc::FULL_PASS_JOB, job).await?;
+    let job = s.store.job(id).await?.ok_or(ApiError::NotFound("job"))?;
+    tracing::info!(job = id, min_age_seconds = ?p.min_age_seconds, "GC full pass requested");
+    Ok((StatusCode::ACCEPTED, Json(JobView::from(&job))).into_response())
 }
 
 async fn gc_status(

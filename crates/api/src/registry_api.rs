@@ -1056,7 +1056,7 @@ pub const ROUTES: &[RouteDoc] = &[
     // ---- background jobs ----
     route("get", "/admin/jobs", "admin", "List background jobs, newest first (admins)", &[
         ("state", "string", "queued, running, succeeded, failed or dead"),
-        ("kind", "string", "repository_delete, bulk_tag_delete, cleanup_policies, upload_purge"),
+        ("kind", "string", "repository_delete, bulk_tag_delete, cleanup_policies, upload_purge, gc_leftovers, gc_full_pass"),
         ("limit", "integer", "at most this many (default 100, at most 1000)"),
     ], 200),
     route("get", "/admin/registry/gc", "admin", "Online garbage collection: queue lengths, the oldest due item, what was removed in the last hour and day, failures, pending storage deletions (instance admins)", &[], 200),
@@ -1077,6 +1077,9 @@ pub const ROUTES: &[RouteDoc] = &[
     route("get", "/projects/{id}/hooks/{hook_id}", "events", "Get a project webhook (maintainers)", &[], 200),
     route("put", "/projects/{id}/hooks/{hook_id}", "events", "Change a project webhook (maintainers)", HOOK, 200),
     route("delete", "/projects/{id}/hooks/{hook_id}", "events", "Delete a project webhook (maintainers)", &[], 204),
+    route("post", "/admin/registry/gc", "admin", "Run a full garbage-collection pass (mark and sweep) as a background job, gc_full_pass; answers the job (instance admins)", &[
+        ("min_age_seconds", "integer", "leave alone what was pushed or linked more recently than this (default 3600, at most 2592000)"),
+    ], 202),
     route("get", "/openapi.json", "meta", "This OpenAPI document", &[], 200),
 ];
 

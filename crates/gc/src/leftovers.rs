@@ -12,10 +12,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
 use meta::{GcEventRecord, GC_EVENT_LEFTOVER, GC_OUTCOME_DELETED};
 
-use crate::worker::{Pass, PassReport};
 use crate::GcError;
 
 /// What kind of leftover.
@@ -133,18 +131,5 @@ impl LeftoverSweep {
                 .await?;
         }
         Ok(report)
-    }
-}
-
-#[async_trait]
-impl Pass for LeftoverSweep {
-    fn name(&self) -> &'static str {
-        "leftovers"
-    }
-
-    /// Always waits its interval afterwards: what it leaves is younger than the safe age.
-    async fn run(&self, now_ms: i64) -> Result<PassReport, GcError> {
-        let report = self.sweep(now_ms).await?;
-        Ok(PassReport { found: 0, removed: report.removed })
     }
 }

@@ -11,13 +11,17 @@
 //!   review removed (`gc_storage_deletions`), idempotently, retrying failures with backoff.
 //! - [`leftovers`]: the sweep of storage objects no live upload session owns.
 //! - [`pass`]: `stowage gc run`: one full mark-and-sweep now, or its dry run.
+//! - [`jobs`]: what runs once across instances, as durable jobs of the `jobs` crate: the
+//!   leftovers sweep (periodic) and a full pass (on demand, `POST /api/v4/admin/registry/gc`).
+//!   The review workers and the storage deleter run on every instance.
 //!
-//! Each pass is a plain async function over the stores, so a job queue can schedule it as well.
+//! Each pass is a plain async function over the stores.
 //! This crate owns no SQL (that is `meta::gc`) and no storage keys (that is `blobstore::layout`),
 //! and knows nothing of HTTP.
 
 pub mod clock;
 pub mod deleter;
+pub mod jobs;
 pub mod leftovers;
 pub mod pass;
 pub mod review;
@@ -26,6 +30,7 @@ pub mod worker;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use deleter::{DeleterReport, StorageDeleter};
+pub use jobs::{FullPassJob, GcJobs, FULL_PASS_JOB, LEFTOVERS_JOB};
 pub use leftovers::{Leftover, LeftoverKind, LeftoverReport, LeftoverSweep};
 pub use pass::{dry_run, full_pass, DryRunReport, FullPassOptions, FullPassSummary, Progress};
 pub use review::{Queue, Removed, RemovedKind, ReviewError, ReviewReport, Reviewer};

@@ -10,7 +10,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::deleter::StorageDeleter;
-use crate::leftovers::LeftoverSweep;
 use crate::review::{Queue, Reviewer};
 use crate::settings::GcSettings;
 use crate::GcError;
@@ -180,19 +179,18 @@ impl Background {
     }
 }
 
-/// What [`spawn_background`] runs besides the review workers.
+/// What [`spawn_background`] runs besides the review workers. (The leftovers sweep and full
+/// passes run once across instances, as jobs: see [`crate::jobs`].)
 pub struct BackgroundParts {
     pub deleter: StorageDeleter,
-    /// The leftovers sweep and how often it runs.
-    pub leftovers: Option<(LeftoverSweep, Duration)>,
     /// The review the blob and manifest workers run (`serve` passes the write service);
     /// `None` runs no review worker, only the storage deleter and the sweep.
     pub reviewer: Option<Arc<dyn Reviewer>>,
 }
 
-/// Starts the workers `settings` enable: a blob review worker and the storage deleter
-/// (`gc.blobs.*`), a manifest review worker (`gc.manifests.*`), and the leftovers sweep;
-/// none with `gc.disabled`.
+/// Starts the workers `settings` enable on this instance: a blob review worker and the
+/// storage deleter (`gc.blobs.*`) and a manifest review worker (`gc.manifests.*`); none with
+/// `gc.disabled`.
 pub fn spawn_background(
     settings: &GcSettings,
     parts: BackgroundParts,
@@ -218,9 +216,6 @@ pub fn spawn_background(
     }
     if settings.blobs_enabled() {
         start("storage", Arc::new(parts.deleter), settings.blobs.interval, timeout);
-    }
-    if let (false, Some((sweep, interval))) = (settings.disabled, parts.leftovers) {
-        start("leftovers", Arc::new(sweep), interval, None);
     }
     Background { shutdown, handles }
 }

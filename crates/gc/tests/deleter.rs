@@ -138,8 +138,104 @@ async fn two_deleters_delete_each_object_once(backend: Backend) {
     db.drop_database().await;
 }
 
+/// Makes every transaction that links one of `digests` to a repository fail at COMMIT (after
+/// the write service has published the bytes): a deferred constraint on both backends.
+async fn fail_commits_linking(db: &TestDb, backend: Backend, digests: &[&Digest]) {
+    let list: Vec<String> = digests.iter().map(|d| format!("'{d}'")).collect();
+    let list = list.join(", ");
+    match backend {
+        Backend::Postgres => {
+            db.exec(
+                "CREATE FUNCTION injected_commit_failure() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN RAISE EXCEPTION 'injected commit failure'; END $$",
+            )
+            .await;
+            db.exec(&format!(
+                "CREATE CONSTRAINT TRIGGER injected_commit_failure AFTER INSERT ON repository_blobs \
+                 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.blob_digest IN ({list})) \
+                 EXECUTE FUNCTION injected_commit_failure()"
+            ))
+            .await;
+        }
+        Backend::Sqlite => {
+            db.exec("CREATE TABLE injected_parent (id INTEGER PRIMARY KEY)").await;
+            db.exec(
+                "CREATE TABLE injected_child (parent INTEGER \
+                 REFERENCES injected_parent (id) DEFERRABLE INITIALLY DEFERRED)",
+            )
+            .await;
+            db.exec(&format!(
+                "CREATE TRIGGER injected_commit_failure AFTER INSERT ON repository_blobs \
+                 WHEN NEW.blob_digest IN ({list}) BEGIN INSERT INTO injected_child VALUES (1); END"
+            ))
+            .await;
+        }
+    }
+}
+
+/// Uploads `content` into `repo` through the write service, as the `/v2` handlers do.
+async fn upload(
+    svc: &service::WriteService,
+    repo: &str,
+    content: &str,
+) -> Result<Digest, service::ServiceError> {
+    let digest = digest(content);
+    let id = format!("upload-{}", meta::now_millis());
+    let body =
+        futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from(content.as_bytes().to_vec()))]);
+    let hasher = blobstore::ResumableSha256::new();
+    let part = svc.blobs().write_part(&id, &hasher, body, None).await.unwrap();
+    let parts = [blobstore::UploadPart { object: part.object, size: part.size }];
+    let repo: oci::RepositoryName = repo.parse().unwrap();
+    let committed = svc.commit_upload(&repo, &id, &parts, &part.hasher, &digest).await;
+    svc.blobs().delete_upload(&id).await;
+    committed.map(|()| digest)
+}
+
+/// Bytes published inside a transaction whose commit then fails have no `blobs` row: they
+/// are queued for the storage deleter (an hour out, after any concurrent writer), which
+/// removes them. Bytes of a blob that is stored after all (here: stored before, and the
+/// failed commit only linked it elsewhere) stay.
+async fn bytes_of_a_failed_commit_are_collected(backend: Backend) {
+    let db = TestDb::new(backend, None).await;
+    let (blobs, flaky) = flaky_blobs();
+    let svc = service::WriteService::new(db.store.clone(), blobs.clone(), Default::default());
+    let deleter = StorageDeleter::new(db.store.clone(), blobs.clone(), Duration::from_secs(60));
+    let orphan = digest("published, never recorded");
+    let stored = upload(&svc, "acme/a", "stored before").await.unwrap();
+    fail_commits_linking(&db, backend, &[&orphan, &stored]).await;
+
+    let before = meta::now_millis();
+    let failed = upload(&svc, "acme/a", "published, never recorded").await;
+    assert!(failed.is_err(), "the commit fails: {failed:?}");
+    assert!(upload(&svc, "acme/b", "stored before").await.is_err(), "linking it fails");
+    assert_eq!(blobs.size(&orphan).await.unwrap(), Some(25), "published before the commit");
+    assert!(db.store.blob(&orphan).await.unwrap().is_none(), "but never recorded");
+    let pending = db.store.gc_storage_deletions(10).await.unwrap();
+    let mut queued: Vec<String> = pending.iter().map(|p| p.digest.clone()).collect();
+    queued.sort();
+    let mut want = vec![orphan.to_string(), stored.to_string()];
+    want.sort();
+    assert_eq!(queued, want);
+    let hour = service::ORPHANED_BYTES_DELAY.as_millis() as i64;
+    for p in &pending {
+        assert!(p.next_attempt_at >= before + hour, "not before a concurrent writer: {p:?}");
+    }
+    let soon = before + hour - 1;
+    assert_eq!(deleter.drain(soon).await.unwrap().claimed, 0, "nothing due yet");
+
+    let report = deleter.drain(meta::now_millis() + hour).await.unwrap();
+    assert_eq!((report.deleted, report.republished), (1, 1), "{report:?}");
+    assert_eq!(blobs.size(&orphan).await.unwrap(), None, "the orphaned bytes are gone");
+    assert_eq!(flaky.deletes_of(&key(&stored)), 0, "a stored blob's bytes are untouched");
+    assert_eq!(blobs.size(&stored).await.unwrap(), Some(13));
+    assert_eq!(db.store.gc_storage_deletions(10).await.unwrap(), vec![]);
+    db.drop_database().await;
+}
+
 on_both_backends!(
     failures_retry_with_backoff_and_nothing_is_lost,
     a_blob_pushed_again_keeps_its_bytes,
     two_deleters_delete_each_object_once,
+    bytes_of_a_failed_commit_are_collected,
 );

@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use common::{reviewed, ScriptedReviewer};
 use gc::worker::{backoff, BackgroundParts, REVIEW_BATCH};
-use gc::{
-    GcSettings, LeftoverSweep, ManualClock, Queue, ReviewPass, Reviewer, StorageDeleter, Worker,
-};
+use gc::{GcSettings, ManualClock, Queue, ReviewPass, Reviewer, StorageDeleter, Worker};
 
 const INTERVAL: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -132,10 +130,6 @@ async fn the_disabled_flags_decide_which_workers_start() {
             with_reviewer.then(|| Arc::new(ScriptedReviewer::default()) as Arc<dyn Reviewer>);
         let parts = BackgroundParts {
             deleter: StorageDeleter::new(db.store.clone(), blobs.clone(), MAX_BACKOFF),
-            leftovers: Some((
-                LeftoverSweep::new(db.store.clone(), blobs.clone(), Duration::from_secs(3600)),
-                Duration::from_secs(3600),
-            )),
             reviewer,
         };
         async move {
@@ -147,28 +141,17 @@ async fn the_disabled_flags_decide_which_workers_start() {
         }
     };
     let defaults = GcSettings::default();
-    assert_eq!(
-        started(defaults.clone(), true).await,
-        ["blobs", "leftovers", "manifests", "storage"]
-    );
-    assert_eq!(
-        started(defaults.clone(), false).await,
-        ["leftovers", "storage"],
-        "no review without a reviewer"
-    );
+    assert_eq!(started(defaults.clone(), true).await, ["blobs", "manifests", "storage"]);
+    assert_eq!(started(defaults.clone(), false).await, ["storage"], "no review without a reviewer");
     let mut off = defaults.clone();
     off.disabled = true;
     assert!(started(off, true).await.is_empty(), "gc.disabled");
     let mut no_blobs = defaults.clone();
     no_blobs.blobs.disabled = true;
-    assert_eq!(started(no_blobs, true).await, ["leftovers", "manifests"], "gc.blobs.disabled");
+    assert_eq!(started(no_blobs, true).await, ["manifests"], "gc.blobs.disabled");
     let mut no_manifests = defaults;
     no_manifests.manifests.disabled = true;
-    assert_eq!(
-        started(no_manifests, true).await,
-        ["blobs", "leftovers", "storage"],
-        "gc.manifests.disabled"
-    );
+    assert_eq!(started(no_manifests, true).await, ["blobs", "storage"], "gc.manifests.disabled");
     assert_eq!(REVIEW_BATCH, 100);
     db.drop_database().await;
 }

@@ -332,7 +332,7 @@ impl WriteTx<'_> {
         let sql = format!(
             "SELECT id, full_path FROM projects WHERE full_path IN ({}) \
              ORDER BY LENGTH(full_path) DESC LIMIT 1",
-            crate::tenancy::placeholders(1, prefixes.len())
+            crate::store::placeholders(1, prefixes.len())
         );
         let mut q = sqlx::query(&sql);
         for p in &prefixes {
@@ -542,7 +542,7 @@ impl Store {
             sql.push_str(&format!(
                 " OR (source_type = 'group' AND source_id IN \
                  (SELECT id FROM namespaces WHERE full_path IN ({})))",
-                crate::tenancy::placeholders(2, groups.len() - 1)
+                crate::store::placeholders(2, groups.len() - 1)
             ));
         }
         sql.push_str(") ORDER BY id");

@@ -8,6 +8,7 @@
 
 use sqlx::Row;
 
+use crate::gc_review::{dangling_blob_condition, dangling_manifest_condition};
 use crate::store::{get_i64, MetaError, Store, WriteTx};
 use crate::{Backend, BlobRecord};
 
@@ -70,7 +71,7 @@ pub fn storage_retry_backoff_ms(attempts: i64, max_ms: i64) -> i64 {
     1000i64.saturating_mul(1i64 << exp).min(max_ms).max(0)
 }
 
-fn truncate(text: &str) -> String {
+pub(crate) fn truncate(text: &str) -> String {
     text.chars().take(MAX_ERROR_CHARS).collect()
 }
 
@@ -97,7 +98,7 @@ pub struct GcEventRecord<'a> {
     pub outcome: &'a str,
 }
 
-async fn insert_event(
+pub(crate) async fn insert_event(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     e: &GcEventRecord<'_>,
 ) -> Result<(), MetaError> {
@@ -260,54 +261,13 @@ pub struct GcDryRun {
     pub blobs: Vec<BlobRecord>,
 }
 
-/// The dangling-manifest rule as SQL over `manifests m`, for the mark and the dry run (the
-/// review re-checks the same rule row by row, in `gc_review.rs`): no tag points at it, no
-/// index lists it (by id or by digest), and it has no subject that is present in its
-/// repository. `gone` names a table of manifest ids to count as deleted already (the dry
-/// run's cascade). Only manifests created before `$1`.
-fn dangling_manifest_condition(gone: Option<&str>) -> String {
-    let alive = |column: &str| match gone {
-        Some(table) => format!(" AND NOT EXISTS (SELECT 1 FROM {table} g WHERE g.id = {column})"),
-        None => String::new(),
-    };
-    let not_gone_self = match gone {
-        Some(table) => format!("NOT EXISTS (SELECT 1 FROM {table} g WHERE g.id = m.id) AND "),
-        None => String::new(),
-    };
-    format!(
-        "{not_gone_self}m.created_at < $1 \
-         AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.manifest_id = m.id) \
-         AND NOT EXISTS (SELECT 1 FROM manifest_references r \
-             WHERE r.child_id = m.id AND r.parent_id <> m.id{}) \
-         AND NOT EXISTS (SELECT 1 FROM manifest_digest_references d \
-             WHERE d.repository_id = m.repository_id AND d.child_digest = m.digest \
-             AND d.parent_id <> m.id{}) \
-         AND NOT EXISTS (SELECT 1 FROM manifests s \
-             WHERE m.subject_digest IS NOT NULL AND s.repository_id = m.repository_id \
-             AND s.digest = m.subject_digest{})",
-        alive("r.parent_id"),
-        alive("d.parent_id"),
-        alive("s.id"),
-    )
-}
+/// A full pass's age guard over `manifests m`: only manifests created before `$1`.
+const OLD_MANIFEST: &str = "m.created_at < $1";
 
-/// The unreferenced-blob rule over `blobs b`: no manifest references it (counting the
-/// manifests in `gone` as deleted), and neither it nor any link to it is younger than `$1`
-/// (a push in progress uploads layers before its manifest).
-fn unreferenced_blob_condition(gone: Option<&str>) -> String {
-    let alive = match gone {
-        Some(table) => {
-            format!(" AND NOT EXISTS (SELECT 1 FROM {table} g WHERE g.id = mb.manifest_id)")
-        }
-        None => String::new(),
-    };
-    format!(
-        "b.created_at < $1 \
-         AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.blob_digest = b.digest{alive}) \
-         AND NOT EXISTS (SELECT 1 FROM repository_blobs rb \
-             WHERE rb.blob_digest = b.digest AND rb.created_at >= $1)"
-    )
-}
+/// A full pass's age guard over `blobs b`: neither the blob nor any link to it is younger than
+/// `$1` (a push in progress uploads layers before its manifest).
+const OLD_BLOB: &str = "b.created_at < $1 AND NOT EXISTS (SELECT 1 FROM repository_blobs rb \
+     WHERE rb.blob_digest = b.digest AND rb.created_at >= $1)";
 
 impl Store {
     /// Claims up to `limit` storage deletions due at `now` (see [`StorageDeletionClaim`]).
@@ -342,6 +302,32 @@ impl Store {
             }
         }
         Ok(StorageDeletionClaim { w, items, republished })
+    }
+
+    /// Queues the bytes of `digest` for the storage deleter at `at`, in a transaction of its
+    /// own: bytes were published by a write whose transaction then failed to commit, so no
+    /// `blobs` row may need them. The deleter re-checks the `blobs` table when it claims the
+    /// row and leaves the bytes alone if the blob is stored after all (it was before, another
+    /// push committed it meanwhile, or the commit went through and only its answer was lost).
+    /// A row already queued keeps its time.
+    pub async fn gc_queue_orphaned_bytes(
+        &self,
+        digest: &str,
+        size: i64,
+        at: i64,
+    ) -> Result<(), MetaError> {
+        let mut w = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO gc_storage_deletions (digest, size, next_attempt_at, created_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (digest) DO NOTHING",
+        )
+        .bind(digest)
+        .bind(size)
+        .bind(at)
+        .bind(crate::now_millis())
+        .execute(&mut *w.tx)
+        .await?;
+        w.commit().await
     }
 
     /// Pending storage deletions, soonest due first, at most `limit`.
@@ -403,7 +389,8 @@ impl Store {
         let manifests = sqlx::query(&format!(
             "INSERT INTO gc_manifest_review_queue \
              (manifest_id, repository_id, review_after, event, created_at) \
-             SELECT m.id, m.repository_id, $2, '{GC_RUN_EVENT}', $2 FROM manifests m WHERE {} \
+             SELECT m.id, m.repository_id, $2, '{GC_RUN_EVENT}', $2 FROM manifests m \
+             WHERE {OLD_MANIFEST} AND {} \
              ON CONFLICT (manifest_id) DO UPDATE SET review_after = excluded.review_after, \
              event = excluded.event",
             dangling_manifest_condition(None)
@@ -415,10 +402,10 @@ impl Store {
         .rows_affected();
         let blobs = sqlx::query(&format!(
             "INSERT INTO gc_blob_review_queue (digest, review_after, event, created_at) \
-             SELECT b.digest, $2, '{GC_RUN_EVENT}', $2 FROM blobs b WHERE {} \
+             SELECT b.digest, $2, '{GC_RUN_EVENT}', $2 FROM blobs b WHERE {OLD_BLOB} AND {} \
              ON CONFLICT (digest) DO UPDATE SET review_after = excluded.review_after, \
              event = excluded.event",
-            unreferenced_blob_condition(None)
+            dangling_blob_condition(None)
         ))
         .bind(created_before)
         .bind(now)
@@ -456,7 +443,8 @@ impl Store {
             .await?;
         sqlx::query("DELETE FROM gc_dry_run_gone").execute(&mut *tx).await?;
         let cascade = format!(
-            "INSERT INTO gc_dry_run_gone (id) SELECT m.id FROM manifests m WHERE {}",
+            "INSERT INTO gc_dry_run_gone (id) SELECT m.id FROM manifests m \
+             WHERE {OLD_MANIFEST} AND {}",
             dangling_manifest_condition(Some("gc_dry_run_gone"))
         );
         // Each round adds what the previous ones freed: an index's children, a subject's
@@ -479,8 +467,8 @@ impl Store {
         })
         .collect();
         let blobs = sqlx::query(&format!(
-            "SELECT b.digest, b.size FROM blobs b WHERE {} ORDER BY b.digest",
-            unreferenced_blob_condition(Some("gc_dry_run_gone"))
+            "SELECT b.digest, b.size FROM blobs b WHERE {OLD_BLOB} AND {} ORDER BY b.digest",
+            dangling_blob_condition(Some("gc_dry_run_gone"))
         ))
         .bind(created_before)
         .fetch_all(&mut *tx)

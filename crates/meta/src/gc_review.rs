@@ -11,8 +11,9 @@
 
 use sqlx::Row;
 
+use crate::gc::{insert_event, truncate, GcEventRecord, GC_EVENT_BLOB, GC_OUTCOME_DELETED};
 use crate::registry::BlobRecord;
-use crate::store::{get_i64, Backend, MetaError, WriteTx};
+use crate::store::{get_i64, placeholders, Backend, MetaError, WriteTx};
 use crate::write::{manifest_row, ManifestRow};
 use crate::Store;
 
@@ -30,6 +31,22 @@ pub struct ManifestReview {
     pub repository_id: i64,
     pub event: String,
 }
+
+/// What [`WriteTx::review_blob_batch`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BlobBatchReview {
+    /// The blobs removed, each with the event that queued its review.
+    pub removed: Vec<(BlobRecord, String)>,
+    /// Still referenced, or gone already: their review rows are done.
+    pub kept: usize,
+    /// Held by a writer (PostgreSQL): postponed.
+    pub busy: usize,
+}
+
+/// Most values in one `IN (…)` list (both backends' parameter limits are far above).
+const IN_LIST_MAX: usize = 500;
+/// Most rows in one multi-row `INSERT`.
+const ROWS_PER_INSERT: usize = 100;
 
 /// An item row as a review found it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +68,49 @@ pub struct QueuedReview {
     pub repository: Option<String>,
     pub review_after: i64,
     pub event: String,
+}
+
+/// THE dangling-manifest rule, as SQL over `manifests m`: no tag points at it, no index of
+/// its repository lists it (by id or by digest), and it has no subject that is present in its
+/// repository. The review checks it row by row; the full pass's mark and dry run select with
+/// it. `gone` names a table of manifest ids to count as deleted already (the dry run's
+/// cascade).
+pub(crate) fn dangling_manifest_condition(gone: Option<&str>) -> String {
+    let alive = |column: &str| match gone {
+        Some(table) => format!(" AND NOT EXISTS (SELECT 1 FROM {table} g WHERE g.id = {column})"),
+        None => String::new(),
+    };
+    let not_gone_self = match gone {
+        Some(table) => format!("NOT EXISTS (SELECT 1 FROM {table} g WHERE g.id = m.id) AND "),
+        None => String::new(),
+    };
+    format!(
+        "{not_gone_self}NOT EXISTS (SELECT 1 FROM tags t WHERE t.manifest_id = m.id) \
+         AND NOT EXISTS (SELECT 1 FROM manifest_references r \
+             WHERE r.child_id = m.id AND r.parent_id <> m.id{}) \
+         AND NOT EXISTS (SELECT 1 FROM manifest_digest_references d \
+             WHERE d.repository_id = m.repository_id AND d.child_digest = m.digest \
+             AND d.parent_id <> m.id{}) \
+         AND NOT EXISTS (SELECT 1 FROM manifests s \
+             WHERE m.subject_digest IS NOT NULL AND s.repository_id = m.repository_id \
+             AND s.digest = m.subject_digest AND s.id <> m.id{})",
+        alive("r.parent_id"),
+        alive("d.parent_id"),
+        alive("s.id"),
+    )
+}
+
+/// THE dangling-blob rule, as SQL over `blobs b`: no manifest anywhere references it (config
+/// or layer), counting the manifests in `gone` as deleted. (A push in progress is protected
+/// by the review delay, and in a full pass by its minimum age.)
+pub(crate) fn dangling_blob_condition(gone: Option<&str>) -> String {
+    let alive = match gone {
+        Some(table) => {
+            format!(" AND NOT EXISTS (SELECT 1 FROM {table} g WHERE g.id = mb.manifest_id)")
+        }
+        None => String::new(),
+    };
+    format!("NOT EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.blob_digest = b.digest{alive})")
 }
 
 impl WriteTx<'_> {
@@ -106,23 +166,159 @@ impl WriteTx<'_> {
         Ok(out)
     }
 
-    /// Locks the `blobs` row of `digest` for a review.
-    pub async fn lock_blob_for_review(
+    /// Reviews claimed blob rows as one set, in this transaction (a handful of statements
+    /// per batch, not per blob): locks the `blobs` rows no writer holds (PostgreSQL:
+    /// `FOR UPDATE SKIP LOCKED`; a writer holding one `FOR SHARE` is about to rely on it, so
+    /// its review is postponed to `busy_until`), and of those removes every one that is
+    /// dangling ([`dangling_blob_condition`]) — its links and row — queueing its bytes in
+    /// `gc_storage_deletions` with a `gc_events` row whose reason is the event that queued
+    /// it. Every other review row is done: the blob is kept, or was gone already.
+    pub async fn review_blob_batch(
         &mut self,
-        digest: &str,
-    ) -> Result<ReviewLock<BlobRecord>, MetaError> {
-        let sql = format!("SELECT digest, size FROM blobs WHERE digest = $1{}", self.skip_locked());
-        if let Some(row) = sqlx::query(&sql).bind(digest).fetch_optional(&mut *self.tx).await? {
-            return Ok(ReviewLock::Locked(BlobRecord {
-                digest: row.get("digest"),
-                size: get_i64(&row, "size"),
-            }));
-        }
-        let exists = sqlx::query("SELECT 1 AS one FROM blobs WHERE digest = $1")
-            .bind(digest)
-            .fetch_optional(&mut *self.tx)
+        items: &[BlobReview],
+        now: i64,
+        busy_until: i64,
+    ) -> Result<BlobBatchReview, MetaError> {
+        let mut outcome = BlobBatchReview::default();
+        let claimed: Vec<&str> = items.iter().map(|i| i.digest.as_str()).collect();
+        let lock = self.skip_locked();
+        let locked = self
+            .blob_digests("SELECT digest FROM blobs WHERE digest IN ({list})", lock, &claimed)
             .await?;
-        Ok(if exists.is_some() { ReviewLock::Busy } else { ReviewLock::Gone })
+        let mut busy = Vec::new();
+        if locked.len() < claimed.len() && self.backend() == Backend::Postgres {
+            let skipped: Vec<&str> =
+                claimed.iter().copied().filter(|d| !locked.iter().any(|l| l == d)).collect();
+            busy = self
+                .blob_digests("SELECT digest FROM blobs WHERE digest IN ({list})", "", &skipped)
+                .await?;
+        }
+        let locked: Vec<&str> = locked.iter().map(String::as_str).collect();
+        let dangling_sql = format!(
+            "SELECT b.digest, b.size FROM blobs b WHERE b.digest IN ({{list}}) AND {}",
+            dangling_blob_condition(None)
+        );
+        let mut dangling = Vec::new();
+        for chunk in locked.chunks(IN_LIST_MAX) {
+            let sql = dangling_sql.replace("{list}", &placeholders(1, chunk.len()));
+            let mut query = sqlx::query(&sql);
+            for d in chunk {
+                query = query.bind(*d);
+            }
+            for row in query.fetch_all(&mut *self.tx).await? {
+                dangling
+                    .push(BlobRecord { digest: row.get("digest"), size: get_i64(&row, "size") });
+            }
+        }
+        dangling.sort_by(|a, b| a.digest.cmp(&b.digest));
+        let gone: Vec<&str> = dangling.iter().map(|b| b.digest.as_str()).collect();
+        for sql in [
+            "DELETE FROM repository_blobs WHERE blob_digest IN ({list})",
+            "DELETE FROM blobs WHERE digest IN ({list})",
+        ] {
+            self.in_list(sql, None, &gone).await?;
+        }
+        for chunk in dangling.chunks(ROWS_PER_INSERT) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| format!("(${}, ${}, $1, $1)", 2 + 2 * i, 3 + 2 * i))
+                .collect();
+            let sql = format!(
+                "INSERT INTO gc_storage_deletions (digest, size, next_attempt_at, created_at) \
+                 VALUES {} ON CONFLICT (digest) DO UPDATE \
+                 SET size = excluded.size, next_attempt_at = excluded.next_attempt_at",
+                rows.join(", ")
+            );
+            let mut query = sqlx::query(&sql).bind(now);
+            for blob in chunk {
+                query = query.bind(&blob.digest).bind(blob.size);
+            }
+            query.execute(&mut *self.tx).await?;
+        }
+        let removed: Vec<(BlobRecord, String)> = dangling
+            .into_iter()
+            .map(|blob| {
+                let event = items.iter().find(|i| i.digest == blob.digest);
+                let reason = event.map(|i| i.event.clone()).unwrap_or_default();
+                (blob, reason)
+            })
+            .collect();
+        for chunk in removed.chunks(ROWS_PER_INSERT) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let p = 4 + 3 * i;
+                    format!("($1, $2, ${p}, NULL, ${}, ${}, $3)", p + 1, p + 2)
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO gc_events (at, kind, digest, repository, size, reason, outcome) \
+                 VALUES {}",
+                rows.join(", ")
+            );
+            let mut query =
+                sqlx::query(&sql).bind(now).bind(GC_EVENT_BLOB).bind(GC_OUTCOME_DELETED);
+            for (blob, reason) in chunk {
+                query = query.bind(&blob.digest).bind(blob.size).bind(truncate(reason));
+            }
+            query.execute(&mut *self.tx).await?;
+        }
+        let busy: Vec<&str> = busy.iter().map(String::as_str).collect();
+        self.in_list(
+            "UPDATE gc_blob_review_queue SET review_after = $1, review_count = review_count + 1 \
+             WHERE digest IN ({list})",
+            Some(busy_until),
+            &busy,
+        )
+        .await?;
+        let done: Vec<&str> = claimed.iter().copied().filter(|d| !busy.contains(d)).collect();
+        self.in_list("DELETE FROM gc_blob_review_queue WHERE digest IN ({list})", None, &done)
+            .await?;
+        outcome.busy = busy.len();
+        outcome.kept = claimed.len() - removed.len() - busy.len();
+        outcome.removed = removed;
+        Ok(outcome)
+    }
+
+    /// The digests `sql` (with `{list}` for the `IN` list, `suffix` appended) selects for
+    /// `digests`, in bounded chunks.
+    async fn blob_digests(
+        &mut self,
+        sql: &str,
+        suffix: &str,
+        digests: &[&str],
+    ) -> Result<Vec<String>, MetaError> {
+        let mut out = Vec::new();
+        for chunk in digests.chunks(IN_LIST_MAX) {
+            let sql = format!("{}{suffix}", sql.replace("{list}", &placeholders(1, chunk.len())));
+            let mut query = sqlx::query(&sql);
+            for d in chunk {
+                query = query.bind(*d);
+            }
+            out.extend(query.fetch_all(&mut *self.tx).await?.iter().map(|r| r.get("digest")));
+        }
+        Ok(out)
+    }
+
+    /// Runs `sql` (with `{list}` for the `IN` list, and `$1` = `first` when given) over
+    /// `digests`, in bounded chunks; nothing for none.
+    async fn in_list(
+        &mut self,
+        sql: &str,
+        first: Option<i64>,
+        digests: &[&str],
+    ) -> Result<(), MetaError> {
+        let offset = usize::from(first.is_some()) + 1;
+        for chunk in digests.chunks(IN_LIST_MAX) {
+            let sql = sql.replace("{list}", &placeholders(offset, chunk.len()));
+            let mut query = sqlx::query(&sql);
+            if let Some(first) = first {
+                query = query.bind(first);
+            }
+            for d in chunk {
+                query = query.bind(*d);
+            }
+            query.execute(&mut *self.tx).await?;
+        }
+        Ok(())
     }
 
     /// Locks manifest `id` for a review.
@@ -145,90 +341,19 @@ impl WriteTx<'_> {
         Ok(if exists.is_some() { ReviewLock::Busy } else { ReviewLock::Gone })
     }
 
-    /// Whether any manifest anywhere references blob `digest` (config or layer).
-    pub async fn blob_is_referenced(&mut self, digest: &str) -> Result<bool, MetaError> {
-        let row = sqlx::query("SELECT 1 AS one FROM manifest_blobs WHERE blob_digest = $1 LIMIT 1")
-            .bind(digest)
-            .fetch_optional(&mut *self.tx)
-            .await?;
+    /// Whether manifest `m` is dangling ([`dangling_manifest_condition`]).
+    pub async fn manifest_is_dangling(&mut self, m: &ManifestRow) -> Result<bool, MetaError> {
+        let sql = format!(
+            "SELECT 1 AS one FROM manifests m WHERE m.id = $1 AND {}",
+            dangling_manifest_condition(None)
+        );
+        let row = sqlx::query(&sql).bind(m.id).fetch_optional(&mut *self.tx).await?;
         Ok(row.is_some())
     }
 
-    /// Whether manifest `m` is dangling: no tag points at it, no index of its repository lists
-    /// it (by id or by digest), and it has no subject that is present in its repository.
-    pub async fn manifest_is_dangling(&mut self, m: &ManifestRow) -> Result<bool, MetaError> {
-        let row = sqlx::query(
-            "SELECT CASE WHEN EXISTS (SELECT 1 FROM tags WHERE manifest_id = $1) \
-               OR EXISTS (SELECT 1 FROM manifest_references WHERE child_id = $1 AND parent_id <> $1) \
-               OR EXISTS (SELECT 1 FROM manifest_digest_references \
-                          WHERE repository_id = $2 AND child_digest = $3 AND parent_id <> $1) \
-               OR EXISTS (SELECT 1 FROM manifests s WHERE s.repository_id = $2 \
-                          AND s.digest = $4 AND s.id <> $1) \
-             THEN 1 ELSE 0 END AS kept",
-        )
-        .bind(m.id)
-        .bind(m.repository_id)
-        .bind(&m.digest)
-        .bind(m.subject_digest.as_deref().unwrap_or(""))
-        .fetch_one(&mut *self.tx)
-        .await?;
-        Ok(get_i64(&row, "kept") == 0)
-    }
-
-    /// Removes a dangling blob's metadata — its repository links and its `blobs` row — and
-    /// queues its bytes for deletion from storage, recording a `gc_events` row.
-    pub async fn remove_dangling_blob(
-        &mut self,
-        blob: &BlobRecord,
-        reason: &str,
-        now: i64,
-    ) -> Result<(), MetaError> {
-        for sql in [
-            "DELETE FROM repository_blobs WHERE blob_digest = $1",
-            "DELETE FROM gc_blob_review_queue WHERE digest = $1",
-            "DELETE FROM blobs WHERE digest = $1",
-        ] {
-            sqlx::query(sql).bind(&blob.digest).execute(&mut *self.tx).await?;
-        }
-        sqlx::query(
-            "INSERT INTO gc_storage_deletions (digest, size, next_attempt_at, created_at) \
-             VALUES ($1, $2, $3, $3) ON CONFLICT (digest) DO UPDATE \
-             SET size = excluded.size, next_attempt_at = excluded.next_attempt_at",
-        )
-        .bind(&blob.digest)
-        .bind(blob.size)
-        .bind(now)
-        .execute(&mut *self.tx)
-        .await?;
-        self.record_gc_event("blob", &blob.digest, None, blob.size, reason, "deleted", now).await
-    }
-
-    /// Appends a `gc_events` row.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn record_gc_event(
-        &mut self,
-        kind: &str,
-        digest: &str,
-        repository: Option<&str>,
-        size: i64,
-        reason: &str,
-        outcome: &str,
-        now: i64,
-    ) -> Result<(), MetaError> {
-        sqlx::query(
-            "INSERT INTO gc_events (at, kind, digest, repository, size, reason, outcome) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(now)
-        .bind(kind)
-        .bind(digest)
-        .bind(repository)
-        .bind(size)
-        .bind(reason)
-        .bind(outcome)
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
+    /// Appends a `gc_events` row in this transaction.
+    pub async fn record_gc_event(&mut self, event: &GcEventRecord<'_>) -> Result<(), MetaError> {
+        insert_event(&mut self.tx, event).await
     }
 
     /// The name of repository `id`.
@@ -240,38 +365,12 @@ impl WriteTx<'_> {
         Ok(row.map(|r| r.get("name")))
     }
 
-    /// The blob review of `digest` is done: the item is kept (or gone).
-    pub async fn finish_blob_review(&mut self, digest: &str) -> Result<(), MetaError> {
-        sqlx::query("DELETE FROM gc_blob_review_queue WHERE digest = $1")
-            .bind(digest)
-            .execute(&mut *self.tx)
-            .await?;
-        Ok(())
-    }
-
     /// The manifest review of `id` is done: the item is kept (or gone).
     pub async fn finish_manifest_review(&mut self, id: i64) -> Result<(), MetaError> {
         sqlx::query("DELETE FROM gc_manifest_review_queue WHERE manifest_id = $1")
             .bind(id)
             .execute(&mut *self.tx)
             .await?;
-        Ok(())
-    }
-
-    /// Looks at blob `digest` again at `until` (a writer held it).
-    pub async fn postpone_blob_review(
-        &mut self,
-        digest: &str,
-        until: i64,
-    ) -> Result<(), MetaError> {
-        sqlx::query(
-            "UPDATE gc_blob_review_queue SET review_after = $2, review_count = review_count + 1 \
-             WHERE digest = $1",
-        )
-        .bind(digest)
-        .bind(until)
-        .execute(&mut *self.tx)
-        .await?;
         Ok(())
     }
 

@@ -11,8 +11,7 @@
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::store::{get_i64, Backend, MetaError, Store, WriteTx};
-use crate::tenancy::placeholders;
+use crate::store::{get_i64, placeholders, Backend, MetaError, Store, WriteTx};
 
 /// Where a job is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -328,11 +328,10 @@ impl Store {
         let Some(repo_id) = self.repository_id(repo).await? else { return Ok(out) };
         // Bounded batches keep every statement under both backends' parameter limits.
         for batch in digests.chunks(200) {
-            let placeholders: Vec<String> = (2..batch.len() + 2).map(|i| format!("${i}")).collect();
             let sql = format!(
                 "SELECT digest, artifact_type FROM manifests \
                  WHERE repository_id = $1 AND digest IN ({})",
-                placeholders.join(", ")
+                crate::store::placeholders(2, batch.len())
             );
             let mut query = sqlx::query(&sql).bind(repo_id);
             for digest in batch {

@@ -348,6 +348,11 @@ impl Store {
     }
 }
 
+/// `$first, $first+1, …` for `n` values: the placeholders of an `IN (…)` list or a row.
+pub(crate) fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
 pub(crate) fn get_i64(row: &AnyRow, col: &str) -> i64 {
     use sqlx::Row;
     row.get::<i64, _>(col)

@@ -5,7 +5,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use crate::now_millis;
-use crate::store::{get_i64, MetaError, Store};
+use crate::store::{get_i64, placeholders, MetaError, Store};
 
 macro_rules! string_enum {
     ($(#[$doc:meta])* $name:ident { $($variant:ident = $text:literal),* $(,)? }) => {
@@ -257,10 +257,6 @@ pub fn path_prefixes(path: &str) -> Vec<String> {
         out.push(path.to_string());
     }
     out
-}
-
-pub(crate) fn placeholders(start: usize, n: usize) -> String {
-    (start..start + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
 
 impl Store {

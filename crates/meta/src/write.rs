@@ -38,6 +38,12 @@ impl ReviewSchedule {
     }
 }
 
+/// The item a review row is about.
+enum ReviewedItem<'a> {
+    Blob(&'a str),
+    Manifest(i64),
+}
+
 /// What queued a review row (the `event` column).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GcEvent {
@@ -182,14 +188,7 @@ impl WriteTx<'_> {
         let sql = format!("SELECT digest, size FROM blobs WHERE digest = $1{}", self.for_share());
         let row = sqlx::query(&sql).bind(digest).fetch_optional(&mut *self.tx).await?;
         let Some(row) = row else { return Ok(None) };
-        sqlx::query(
-            "UPDATE gc_blob_review_queue SET review_after = $2 \
-             WHERE digest = $1 AND review_after < $2",
-        )
-        .bind(digest)
-        .bind(schedule.postpone_to)
-        .execute(&mut *self.tx)
-        .await?;
+        self.postpone_due_review(ReviewedItem::Blob(digest), schedule).await?;
         Ok(Some(BlobRecord { digest: row.get("digest"), size: get_i64(&row, "size") }))
     }
 
@@ -292,6 +291,55 @@ impl WriteTx<'_> {
     }
 
     // ---- manifests and tags -------------------------------------------------------------
+
+    /// Locks manifest `digest` of the repository against deletion until the transaction ends
+    /// (`FOR SHARE`) and pushes a review of it that is due soon back to
+    /// `schedule.postpone_to`, as [`lock_blob`](Self::lock_blob) does for blobs: a tag create
+    /// or move to it, or an index listing it, relies on it. `None`: it is not stored (any
+    /// more). Answers its id.
+    pub async fn lock_manifest(
+        &mut self,
+        repository_id: i64,
+        digest: &str,
+        schedule: &ReviewSchedule,
+    ) -> Result<Option<i64>, MetaError> {
+        let sql = format!(
+            "SELECT id FROM manifests WHERE repository_id = $1 AND digest = $2{}",
+            self.for_share()
+        );
+        let row = sqlx::query(&sql)
+            .bind(repository_id)
+            .bind(digest)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let id = get_i64(&row, "id");
+        self.postpone_due_review(ReviewedItem::Manifest(id), schedule).await?;
+        Ok(Some(id))
+    }
+
+    /// Pushes the review row of an item a writer relies on back to `schedule.postpone_to` if
+    /// it is due before then (GitLab: rows due within the hour), for blobs and manifests alike.
+    async fn postpone_due_review(
+        &mut self,
+        item: ReviewedItem<'_>,
+        schedule: &ReviewSchedule,
+    ) -> Result<(), MetaError> {
+        let query = match item {
+            ReviewedItem::Blob(digest) => sqlx::query(
+                "UPDATE gc_blob_review_queue SET review_after = $2 \
+                 WHERE digest = $1 AND review_after < $2",
+            )
+            .bind(digest),
+            ReviewedItem::Manifest(id) => sqlx::query(
+                "UPDATE gc_manifest_review_queue SET review_after = $2 \
+                 WHERE manifest_id = $1 AND review_after < $2",
+            )
+            .bind(id),
+        };
+        query.bind(schedule.postpone_to).execute(&mut *self.tx).await?;
+        Ok(())
+    }
 
     /// The manifest `digest` of the repository, locked `FOR UPDATE` (for a delete).
     pub async fn manifest_for_delete(
@@ -407,19 +455,11 @@ impl WriteTx<'_> {
                 return Err(PutManifestError::BlobUnknown(blob.to_string()));
             }
         }
-        let lock = self.for_share();
-        let by_digest =
-            format!("SELECT id FROM manifests WHERE repository_id = $1 AND digest = $2{lock}");
         let mut child_ids = Vec::with_capacity(manifest.children.len());
         let mut absent_children = Vec::new();
         for child in &manifest.children {
-            let row = sqlx::query(&by_digest)
-                .bind(repo_id)
-                .bind(child.digest.as_str())
-                .fetch_optional(&mut *self.tx)
-                .await?;
-            match row {
-                Some(row) => child_ids.push(get_i64(&row, "id")),
+            match self.lock_manifest(repo_id, child.digest.as_str(), schedule).await? {
+                Some(id) => child_ids.push(id),
                 None if child.must_exist => {
                     return Err(PutManifestError::ManifestUnknown(child.digest.to_string()))
                 }
@@ -428,13 +468,9 @@ impl WriteTx<'_> {
         }
 
         let now = schedule.now;
-        let existing = sqlx::query(&by_digest)
-            .bind(repo_id)
-            .bind(manifest.digest.as_str())
-            .fetch_optional(&mut *self.tx)
-            .await?;
+        let existing = self.lock_manifest(repo_id, manifest.digest.as_str(), schedule).await?;
         let manifest_id = match existing {
-            Some(row) => get_i64(&row, "id"),
+            Some(id) => id,
             None => {
                 // A concurrent push of the same manifest may win the insert; then we reuse its row.
                 let inserted = sqlx::query(
@@ -496,14 +532,10 @@ impl WriteTx<'_> {
                         }
                         id
                     }
-                    None => {
-                        let row = sqlx::query(&by_digest)
-                            .bind(repo_id)
-                            .bind(manifest.digest.as_str())
-                            .fetch_one(&mut *self.tx)
-                            .await?;
-                        get_i64(&row, "id")
-                    }
+                    None => self
+                        .lock_manifest(repo_id, manifest.digest.as_str(), schedule)
+                        .await?
+                        .ok_or(MetaError::NotFound("manifest"))?,
                 }
             }
         };
@@ -702,5 +734,111 @@ pub(crate) fn manifest_row(r: &sqlx::any::AnyRow) -> ManifestRow {
         digest: r.get("digest"),
         subject_digest: r.get("subject_digest"),
         size: get_i64(r, "size"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use oci::IndexChild;
+
+    use super::*;
+    use crate::store::testing::TestDb;
+    use crate::{Backend, QueuedReview};
+
+    fn repo() -> RepositoryName {
+        "a/app".parse().unwrap()
+    }
+
+    fn manifest(label: &str, children: &[&Digest]) -> NewManifest {
+        let payload = format!("manifest {label}").into_bytes();
+        NewManifest {
+            digest: Digest::sha256_of(&payload),
+            media_type: "application/vnd.oci.image.index.v1+json".into(),
+            artifact_type: None,
+            subject: None,
+            config_digest: None,
+            total_size: 100,
+            annotations: None,
+            payload,
+            blobs: vec![],
+            children: children
+                .iter()
+                .map(|d| IndexChild { digest: (*d).clone(), must_exist: true })
+                .collect(),
+        }
+    }
+
+    /// Puts `m` with `tags` under `schedule`, in its own transaction.
+    async fn put(db: &TestDb, m: &NewManifest, tags: &[&str], schedule: &ReviewSchedule) {
+        let tags: Vec<Tag> = tags.iter().map(|t| t.parse().unwrap()).collect();
+        let mut w = db.store.write_tx().await.unwrap();
+        let id = w.ensure_repository(&repo()).await.unwrap();
+        w.put_manifest(id, m, &tags, &[], schedule).await.unwrap();
+        w.commit().await.unwrap();
+    }
+
+    async fn review_after(db: &TestDb, digest: &Digest) -> i64 {
+        let queued: Vec<QueuedReview> = db.store.queued_manifest_reviews().await.unwrap();
+        queued.iter().find(|q| q.digest == digest.as_str()).expect("queued").review_after
+    }
+
+    /// Manifest-side writes postpone a manifest review that is due soon, as blob-side writes
+    /// postpone blob reviews (GitLab pushes rows due within the hour back): an index that
+    /// lists a manifest, and a tag created on an existing manifest. A review due later than
+    /// that stays where it was.
+    async fn manifest_writes_postpone_due_manifest_reviews(backend: Backend) {
+        let db = TestDb::new(backend, None).await;
+        let t0 = 1_000_000;
+        // Three untagged manifests, each queued and due at t0 (gc.reviewafter 0s).
+        let child = manifest("child", &[]);
+        let tagged = manifest("tagged", &[]);
+        let later = manifest("later", &[]);
+        for m in [&child, &tagged, &later] {
+            put(&db, m, &[], &ReviewSchedule::immediate(t0)).await;
+        }
+        let far = t0 + 10 * 3_600_000;
+        put(&db, &later, &[], &ReviewSchedule { now: t0, due: far, postpone_to: far }).await;
+        assert_eq!(review_after(&db, &child.digest).await, t0);
+        assert_eq!(review_after(&db, &later.digest).await, far);
+
+        // Writes at t1 with gc.reviewafter 24h: due rows are pushed back to t1 + 1h.
+        let t1 = t0 + 5_000;
+        let at_t1 = ReviewSchedule { now: t1, due: t1 + 86_400_000, postpone_to: t1 + 3_600_000 };
+        let index = manifest("index", &[&child.digest, &later.digest]);
+        put(&db, &index, &["multi"], &at_t1).await;
+        assert_eq!(review_after(&db, &child.digest).await, t1 + 3_600_000, "listed by the index");
+        assert_eq!(review_after(&db, &later.digest).await, far, "due later already");
+
+        // A tag created on the existing manifest: its row is not left due (the write queues it
+        // again a full delay out, after the lock pushed it back).
+        put(&db, &tagged, &["v1"], &at_t1).await;
+        assert!(review_after(&db, &tagged.digest).await >= t1 + 3_600_000);
+
+        // Inside the writer's transaction, before it commits, the row is already pushed back:
+        // a review claiming due rows at t1 does not see it.
+        let other = manifest("other", &[]);
+        put(&db, &other, &[], &ReviewSchedule::immediate(t1)).await;
+        let mut w = db.store.write_tx().await.unwrap();
+        let id = w.repository_id(&repo()).await.unwrap().unwrap();
+        assert!(w.lock_manifest(id, other.digest.as_str(), &at_t1).await.unwrap().is_some());
+        let claimed = w.claim_manifest_reviews(t1, 100).await.unwrap();
+        assert!(claimed.is_empty(), "nothing due at t1 after the lock: {claimed:?}");
+        w.commit().await.unwrap();
+        assert_eq!(review_after(&db, &other.digest).await, t1 + 3_600_000);
+        db.drop_database().await;
+    }
+
+    mod sqlite {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn manifest_writes_postpone_due_manifest_reviews() {
+            super::manifest_writes_postpone_due_manifest_reviews(crate::Backend::Sqlite).await
+        }
+    }
+
+    mod postgres {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn manifest_writes_postpone_due_manifest_reviews() {
+            super::manifest_writes_postpone_due_manifest_reviews(crate::Backend::Postgres).await
+        }
     }
 }

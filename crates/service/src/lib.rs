@@ -49,6 +49,9 @@ const POSTPONE_AT_MOST: Duration = Duration::from_secs(3600);
 const JITTER_MS: i64 = 60_000;
 /// When an item a writer holds is looked at again.
 const BUSY_RETRY_MS: i64 = 1_000;
+/// How long bytes whose record failed to commit wait before the storage deleter looks at
+/// them: longer than any write transaction that may be about to commit a record of them.
+pub const ORPHANED_BYTES_DELAY: Duration = Duration::from_secs(3600);
 
 /// Who asks for a write, for protection rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -293,8 +296,31 @@ impl WriteService {
         // Inside the transaction: a deleter of these bytes that started before waited for
         // `store_blob`; one that starts later finds the blobs row.
         staged.publish().await?;
-        w.commit().await?;
+        if let Err(e) = w.commit().await {
+            self.collect_orphaned_bytes(digest, size).await;
+            return Err(e.into());
+        }
         Ok(())
+    }
+
+    /// The bytes of `digest` were published but the transaction recording them failed to
+    /// commit: queue them for the storage deleter, which deletes them only if no `blobs` row
+    /// needs them by then. Not before [`ORPHANED_BYTES_DELAY`]: a concurrent push of the same
+    /// digest may have a `blobs` row that is not committed yet. If the database cannot take
+    /// even that, the bytes stay (harmless, and overwritten by the next push of the digest)
+    /// and the log says so.
+    async fn collect_orphaned_bytes(&self, digest: &Digest, size: i64) {
+        let at = meta::now_millis() + ORPHANED_BYTES_DELAY.as_millis() as i64;
+        match self.store.gc_queue_orphaned_bytes(digest.as_str(), size, at).await {
+            Ok(()) => tracing::warn!(
+                %digest, size,
+                "a blob's bytes were stored but its record failed to commit; queued them for garbage collection"
+            ),
+            Err(e) => tracing::error!(
+                %digest, size, error = %e,
+                "a blob's bytes were stored but its record failed to commit, and queueing them for garbage collection failed too; they stay in storage"
+            ),
+        }
     }
 
     /// Links blob `digest`, stored already, into `repo` (a cross-repository mount; the caller
@@ -606,45 +632,34 @@ impl WriteService {
 
     // ---- garbage-collection reviews -----------------------------------------------------
 
-    /// Reviews at most `limit` blob review rows due at `now_ms`, in one transaction: each
-    /// blob no manifest references any more is deleted (links, row; its bytes are queued in
-    /// `gc_storage_deletions`), with a `gc_events` row and a log line.
+    /// Reviews at most `limit` blob review rows due at `now_ms`, in one transaction and as one
+    /// set (`meta::WriteTx::review_blob_batch`): each blob no manifest references any more is
+    /// deleted (links, row; its bytes are queued in `gc_storage_deletions`), with a
+    /// `gc_events` row and a log line; one a writer holds is looked at again shortly.
     pub async fn review_blobs(
         &self,
         now_ms: i64,
         limit: usize,
     ) -> Result<ReviewReport, ServiceError> {
-        let mut report = ReviewReport::default();
         let mut w = self.store.write_tx().await?;
-        for item in w.claim_blob_reviews(now_ms, limit as i64).await? {
-            report.reviewed += 1;
-            match w.lock_blob_for_review(&item.digest).await? {
-                ReviewLock::Busy => {
-                    w.postpone_blob_review(&item.digest, now_ms + BUSY_RETRY_MS).await?;
-                    report.kept += 1;
-                }
-                ReviewLock::Gone => {
-                    w.finish_blob_review(&item.digest).await?;
-                    report.kept += 1;
-                }
-                ReviewLock::Locked(blob) => {
-                    if w.blob_is_referenced(&blob.digest).await? {
-                        w.finish_blob_review(&item.digest).await?;
-                        report.kept += 1;
-                    } else {
-                        w.remove_dangling_blob(&blob, &item.event, now_ms).await?;
-                        report.deleted.push(Removed {
-                            kind: RemovedKind::Blob,
-                            digest: blob.digest,
-                            repository: None,
-                            size: blob.size,
-                            reason: item.event,
-                        });
-                    }
-                }
-            }
-        }
+        let items = w.claim_blob_reviews(now_ms, limit as i64).await?;
+        let batch = w.review_blob_batch(&items, now_ms, now_ms + BUSY_RETRY_MS).await?;
         w.commit().await?;
+        let report = ReviewReport {
+            reviewed: items.len(),
+            kept: batch.kept + batch.busy,
+            deleted: batch
+                .removed
+                .into_iter()
+                .map(|(blob, reason)| Removed {
+                    kind: RemovedKind::Blob,
+                    digest: blob.digest,
+                    repository: None,
+                    size: blob.size,
+                    reason,
+                })
+                .collect(),
+        };
         log_removed(&report);
         Ok(report)
     }
@@ -680,15 +695,15 @@ impl WriteService {
                     }
                     let repository = w.repository_name(m.repository_id).await?;
                     w.delete_manifest(&m, &schedule).await?;
-                    w.record_gc_event(
-                        "manifest",
-                        &m.digest,
-                        repository.as_deref(),
-                        m.size,
-                        &item.event,
-                        "deleted",
-                        now_ms,
-                    )
+                    w.record_gc_event(&meta::GcEventRecord {
+                        at: now_ms,
+                        kind: meta::GC_EVENT_MANIFEST,
+                        digest: &m.digest,
+                        repository: repository.as_deref(),
+                        size: m.size,
+                        reason: &item.event,
+                        outcome: meta::GC_OUTCOME_DELETED,
+                    })
                     .await?;
                     report.deleted.push(Removed {
                         kind: RemovedKind::Manifest,

@@ -1,11 +1,11 @@
 //! Wiring of the durable job queue: the one place that says which jobs this binary runs (the
-//! REST API's deletes and cleanup policies, the upload purge), used alike by `serve` (workers
+//! REST API's deletes and cleanup policies, the upload purge, the GC leftovers sweep and full
+//! passes), used alike by `serve` (workers
 //! in the background) and by `stowage jobs` (list the queue, or run what is due now).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Subcommand;
 use jobs::{JobError, Queue, Runner};
 use meta::jobs::Job;
@@ -22,7 +22,8 @@ pub enum JobsCommand {
         /// queued, running, succeeded, failed (will be retried) or dead.
         #[arg(long)]
         state: Option<String>,
-        /// e.g. repository_delete, bulk_tag_delete, cleanup_policies, upload_purge.
+        /// e.g. repository_delete, bulk_tag_delete, cleanup_policies, upload_purge,
+        /// gc_leftovers, gc_full_pass.
         #[arg(long)]
         kind: Option<String>,
         #[arg(long, default_value_t = 50)]
@@ -55,6 +56,7 @@ pub fn runner(
         api::cleanup::CleanupBudget::default(),
     );
     crate::notifications::register(&mut runner, config, &registry.store)?;
+    crate::gc_cli::register_jobs(&mut runner, config, registry)?;
     let purging = config.storage.maintenance.uploadpurging.clone();
     let age = parse_duration(&purging.age)?;
     let registry = registry.clone();
@@ -103,13 +105,10 @@ pub async fn run(command: JobsCommand, config: &Config) -> anyhow::Result<()> {
         JobsCommand::RunDue { at } => {
             // SQLite mode is one process: a serving process caches what it wrote, and jobs
             // change registry state behind its back. So this takes serve's lock.
-            let _sqlite_lock = match meta::sqlite_database_file(&config.database_url()?) {
-                Some(database) => Some(
-                    crate::sqlite_lock::SqliteLock::acquire(&database)
-                        .context("a running `stowage serve` runs due jobs itself; stop it to run them from here")?,
-                ),
-                None => None,
-            };
+            let _sqlite_lock = crate::sqlite_lock::for_command(
+                &config.database_url()?,
+                "a running `stowage serve` runs due jobs itself; stop it to run them from here",
+            )?;
             let registry = crate::open_registry(config).await?;
             let now = match at {
                 Some(day) => api::time::parse_expiry_date(&day)?,

@@ -186,17 +186,10 @@ impl Default for JobsConfig {
 
 impl JobsConfig {
     pub fn settings(&self) -> anyhow::Result<jobs::Settings> {
-        let positive = |key: &str, value: &str| -> anyhow::Result<Duration> {
-            let d = parse_duration(value).with_context(|| format!("jobs.{key}"))?;
-            if d.is_zero() {
-                bail!("jobs.{key} must be longer than 0");
-            }
-            Ok(d)
-        };
         if self.workers == 0 {
             bail!("jobs.workers must be greater than 0");
         }
-        let lease = positive("lease", &self.lease)?;
+        let lease = positive_duration("jobs.lease", &self.lease)?;
         if lease < Duration::from_secs(1) {
             bail!("jobs.lease must be at least 1s");
         }
@@ -204,7 +197,7 @@ impl JobsConfig {
             workers: self.workers,
             lease,
             retention: parse_duration(&self.retention).context("jobs.retention")?,
-            poll: positive("poll", &self.poll)?,
+            poll: positive_duration("jobs.poll", &self.poll)?,
             ..jobs::Settings::default()
         })
     }
@@ -310,25 +303,21 @@ impl Default for GcWorker {
 impl Gc {
     /// The settings as the GC runtime uses them.
     pub fn settings(&self) -> anyhow::Result<gc::GcSettings> {
-        let positive = |key: &str, value: &str| -> anyhow::Result<Duration> {
-            let d = parse_duration(value).with_context(|| format!("gc.{key}"))?;
-            if d.is_zero() {
-                bail!("gc.{key} must be longer than 0");
-            }
-            Ok(d)
-        };
         Ok(gc::GcSettings {
             disabled: self.disabled,
             review_after: parse_duration(&self.reviewafter).context("gc.reviewafter")?,
-            max_backoff: positive("maxbackoff", &self.maxbackoff)?,
-            transaction_timeout: positive("transactiontimeout", &self.transactiontimeout)?,
+            max_backoff: positive_duration("gc.maxbackoff", &self.maxbackoff)?,
+            transaction_timeout: positive_duration(
+                "gc.transactiontimeout",
+                &self.transactiontimeout,
+            )?,
             blobs: gc::WorkerSettings {
                 disabled: self.blobs.disabled,
-                interval: positive("blobs.interval", &self.blobs.interval)?,
+                interval: positive_duration("gc.blobs.interval", &self.blobs.interval)?,
             },
             manifests: gc::WorkerSettings {
                 disabled: self.manifests.disabled,
-                interval: positive("manifests.interval", &self.manifests.interval)?,
+                interval: positive_duration("gc.manifests.interval", &self.manifests.interval)?,
             },
         })
     }
@@ -706,6 +695,16 @@ pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
         .with_context(|| format!("{s:?} is not a duration like 250ms, 90s, 30m, 24h or 7d"))
 }
 
+/// Parses the duration of configuration key `key` (see [`parse_duration`]) and refuses 0:
+/// the one check of every setting that must be longer than nothing.
+pub fn positive_duration(key: &str, value: &str) -> anyhow::Result<Duration> {
+    let d = parse_duration(value).with_context(|| key.to_string())?;
+    if d.is_zero() {
+        bail!("{key} must be longer than 0");
+    }
+    Ok(d)
+}
+
 /// A URL without its password, for messages and `config show`.
 pub fn redact(url: &str) -> String {
     match url::Url::parse(url) {
@@ -861,14 +860,8 @@ impl Config {
             .context("storage.maintenance.uploadpurging.interval")?;
         parse_duration(&self.auth.token_lifetime).context("auth.token_lifetime")?;
         parse_duration(&self.auth.job_token_lifetime).context("auth.job_token_lifetime")?;
-        for (key, value) in [
-            ("http.timeouts.header_read", &self.http.timeouts.header_read),
-            ("http.timeouts.idle", &self.http.timeouts.idle),
-        ] {
-            if parse_duration(value).context(key)?.is_zero() {
-                bail!("{key} must be longer than 0");
-            }
-        }
+        positive_duration("http.timeouts.header_read", &self.http.timeouts.header_read)?;
+        positive_duration("http.timeouts.idle", &self.http.timeouts.idle)?;
         parse_duration(&self.http.draintimeout).context("http.draintimeout")?;
         self.http.tls.files()?;
         if self.http.max_connections == 0 {

@@ -31,26 +31,32 @@ pub enum GcCommand {
     },
 }
 
-/// Starts this instance's GC workers for `stowage serve` (see `gc::spawn_background`).
+/// Why `stowage gc run` refuses on SQLite while `serve` runs, and what to do instead.
+pub const RUN_BESIDE_SERVE: &str = "a running `stowage serve` collects garbage itself on \
+    SQLite; ask it for a full pass with POST /api/v4/admin/registry/gc (an instance admin's \
+    token), or stop it to run the pass from here";
+
+impl GcCommand {
+    /// Whether the command deletes anything (`gc run` without `--dry-run`).
+    pub fn changes_state(&self) -> bool {
+        matches!(self, GcCommand::Run { dry_run: false, .. })
+    }
+}
+
+/// Starts this instance's GC workers for `stowage serve` (see `gc::spawn_background`): the
+/// review workers and the storage deleter. The leftovers sweep and full passes are jobs
+/// ([`register_jobs`]).
 pub fn start_background(
     config: &Config,
     registry: &registry::Registry,
 ) -> anyhow::Result<gc::Background> {
     let settings = config.gc.settings()?;
-    let sweep = gc::LeftoverSweep::new(
-        registry.store.clone(),
-        registry.blobs.clone(),
-        config.leftovers_age()?,
-    );
-    let sweep_every = parse_duration(&config.storage.maintenance.uploadpurging.interval)?
-        .max(Duration::from_secs(1));
     let parts = gc::BackgroundParts {
         deleter: gc::StorageDeleter::new(
             registry.store.clone(),
             registry.blobs.clone(),
             settings.max_backoff,
         ),
-        leftovers: Some((sweep, sweep_every)),
         // The write service reviews: the one place that deletes registry state.
         reviewer: Some(Arc::new(registry.service.clone())),
     };
@@ -61,6 +67,27 @@ pub fn start_background(
         tracing::info!(workers = ?background.workers(), "online garbage collection running");
     }
     Ok(background)
+}
+
+/// Registers the GC jobs on `runner` (`serve` and `stowage jobs run-due`): the leftovers sweep
+/// every `storage.maintenance.uploadpurging.interval` unless `gc.disabled`, and full passes.
+pub fn register_jobs(
+    runner: &mut jobs::Runner,
+    config: &Config,
+    registry: &registry::Registry,
+) -> anyhow::Result<()> {
+    let settings = config.gc.settings()?;
+    let sweep_every = parse_duration(&config.storage.maintenance.uploadpurging.interval)?
+        .max(Duration::from_secs(1));
+    let parts = gc::GcJobs {
+        store: registry.store.clone(),
+        blobs: registry.blobs.clone(),
+        reviewer: Arc::new(registry.service.clone()),
+        max_backoff: settings.max_backoff,
+        leftovers_age: config.leftovers_age()?,
+    };
+    gc::jobs::register(runner, parts, (!settings.disabled).then_some(sweep_every));
+    Ok(())
 }
 
 pub async fn run(

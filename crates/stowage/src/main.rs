@@ -408,6 +408,12 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Gc(cmd) => {
             existing_database_url(&config)?;
+            // A full pass deletes registry state: on SQLite, not behind a serving process.
+            let _sqlite_lock = if cmd.changes_state() {
+                sqlite_lock::for_command(&config.database_url()?, gc_cli::RUN_BESIDE_SERVE)?
+            } else {
+                None
+            };
             let registry = open_registry(&config).await?;
             gc_cli::run(cmd, &config, &registry).await
         }

@@ -55,6 +55,18 @@ impl SqliteLock {
     }
 }
 
+/// For a command that changes registry state on its own (`stowage jobs run-due`,
+/// `stowage gc run`): on SQLite it takes `serve`'s lock before the database is opened, or
+/// refuses, saying `fix` (what to do instead), while a `serve` holds it. A serving process
+/// caches what it wrote and runs that work itself. Nothing to take on PostgreSQL, where such
+/// a command runs beside serving instances like one more instance.
+pub fn for_command(database_url: &str, fix: &str) -> anyhow::Result<Option<SqliteLock>> {
+    match meta::sqlite_database_file(database_url) {
+        Some(database) => SqliteLock::acquire(&database).context(fix.to_string()).map(Some),
+        None => Ok(None),
+    }
+}
+
 fn lock_path(database: &Path) -> PathBuf {
     let dir = database.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     dir.join("stowage.lock")
@@ -81,5 +93,17 @@ mod tests {
         assert!(refused.contains("use PostgreSQL (database.url)"), "{refused}");
         drop(first);
         SqliteLock::acquire(&db).expect("free again once the holder is gone");
+    }
+
+    #[test]
+    fn commands_take_the_lock_on_sqlite_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("stowage.db").display());
+        let serving = for_command(&url, "unused").unwrap().expect("a lock on SQLite");
+        let refused = for_command(&url, "stop serve first").err().expect("refused").to_string();
+        assert_eq!(refused, "stop serve first");
+        drop(serving);
+        assert!(for_command(&url, "unused").unwrap().is_some());
+        assert!(for_command("postgres://u@h/db", "unused").unwrap().is_none());
     }
 }
