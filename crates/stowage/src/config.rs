@@ -1102,7 +1102,7 @@ mod tests {
 
     #[test]
     #[allow(clippy::result_large_err)] // figment's Jail dictates the closure's error type
-    fn azure_gcs_and_inmemory_sections() {
+    fn storage_azure_gcs_and_inmemory_sections() {
         use blobstore::Backend;
         figment::Jail::expect_with(|jail| {
             jail.create_file(
