@@ -4,6 +4,8 @@
 //! it streams upload bodies through SHA-256 into storage, verifies digests on commit, and
 //! streams blobs (whole or by range) back out. It holds no layer in memory and knows
 //! nothing of repositories, tags or HTTP: the metadata store decides who may see a blob.
+//! [`backend`] turns configured settings into a store (filesystem, S3, Azure, GCS, memory)
+//! and is the only place that knows the object_store builders.
 
 pub mod backend;
 pub mod hash;
