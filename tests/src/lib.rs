@@ -13,6 +13,8 @@
 //!   (default `postgres://postgres@127.0.0.1:5432`); each server gets a database of its own.
 //! - `STOWAGE_TEST_REGISTRY`: `host:port` of an already running registry to test instead
 //!   (used to check the tests themselves against another implementation).
+//! - `STOWAGE_TEST_STORAGE`: `filesystem` (default) or `s3`: every server stores its blobs in
+//!   a bucket of an S3 server (moto) of its own, so any test runs against object storage.
 
 pub mod cli;
 pub mod db_proxy;
@@ -33,6 +35,25 @@ pub enum MetaBackend {
     Postgres,
 }
 
+/// Which blob storage the server under test uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobBackend {
+    Filesystem,
+    /// A bucket on a moto S3 server started for this server (and its siblings).
+    S3,
+}
+
+impl BlobBackend {
+    /// `STOWAGE_TEST_STORAGE`, filesystem when unset; anything else is a mistake.
+    pub fn from_env() -> BlobBackend {
+        match std::env::var("STOWAGE_TEST_STORAGE").as_deref() {
+            Err(_) | Ok("filesystem") => BlobBackend::Filesystem,
+            Ok("s3") => BlobBackend::S3,
+            Ok(other) => panic!("STOWAGE_TEST_STORAGE={other}: use filesystem or s3"),
+        }
+    }
+}
+
 /// A running `stowage serve`. Killed (and its database dropped) when dropped.
 pub struct TestServer {
     /// `127.0.0.1:PORT`, as docker/skopeo want it.
@@ -47,6 +68,8 @@ pub struct TestServer {
     /// The PostgreSQL database this server created and drops when dropped.
     pg_database: Option<String>,
     extra_env: Vec<(String, String)>,
+    /// The S3 server holding the blobs (shared with siblings), stopped after the last one.
+    object_store: Option<std::sync::Arc<blobstore::test_servers::ObjectStoreServer>>,
 }
 
 /// A server's temporary data directory, removed when the last server using it (the first one
@@ -138,16 +161,51 @@ impl TestServer {
 
     /// Starts a server with extra `STOWAGE_*` environment variables.
     pub fn start_with(backend: MetaBackend, env: &[(&str, &str)]) -> TestServer {
-        TestServer::start_inner(backend, env, None)
+        TestServer::start_on(backend, BlobBackend::from_env(), env)
     }
 
     /// Starts a server on a fresh PostgreSQL database that it reaches through `via`
     /// (`host:port`, e.g. a [`db_proxy::DbProxy`] a test can cut), not the server's own address.
     pub fn start_postgres_via(via: &str, env: &[(&str, &str)]) -> TestServer {
-        TestServer::start_inner(MetaBackend::Postgres, env, Some(via))
+        TestServer::start_inner(MetaBackend::Postgres, BlobBackend::from_env(), env, Some(via))
     }
 
-    fn start_inner(backend: MetaBackend, env: &[(&str, &str)], via: Option<&str>) -> TestServer {
+    /// Starts a server on `storage` with extra `STOWAGE_*` environment variables. For S3 the
+    /// `storage.s3` keys come from the environment like an operator's would.
+    pub fn start_on(
+        backend: MetaBackend,
+        storage: BlobBackend,
+        env: &[(&str, &str)],
+    ) -> TestServer {
+        TestServer::start_inner(backend, storage, env, None)
+    }
+
+    fn start_inner(
+        backend: MetaBackend,
+        storage: BlobBackend,
+        env: &[(&str, &str)],
+        via: Option<&str>,
+    ) -> TestServer {
+        let mut extra_env: Vec<(String, String)> =
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let object_store = match storage {
+            BlobBackend::Filesystem => None,
+            BlobBackend::S3 => {
+                let server = blobstore::test_servers::ObjectStoreServer::moto();
+                let s3 = server.s3_bucket("stowage");
+                for (key, value) in [
+                    ("BUCKET", s3.bucket),
+                    ("REGION", s3.region.unwrap_or_default()),
+                    ("REGIONENDPOINT", s3.endpoint.unwrap_or_default()),
+                    ("FORCEPATHSTYLE", "true".into()),
+                    ("ACCESSKEY", s3.access_key.unwrap_or_default()),
+                    ("SECRETKEY", s3.secret_key.unwrap_or_default()),
+                ] {
+                    extra_env.insert(0, (format!("STOWAGE_STORAGE__S3__{key}"), value));
+                }
+                Some(std::sync::Arc::new(server))
+            }
+        };
         let data_dir = tempfile::Builder::new().prefix("stowage-e2e-").tempdir().expect("tempdir");
         let (database_url, pg_database) = match backend {
             MetaBackend::Sqlite => (None, None),
@@ -173,7 +231,8 @@ impl TestServer {
             log_name: "server.log".into(),
             database_url,
             pg_database,
-            extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            extra_env,
+            object_store,
         };
         server.spawn();
         server
@@ -195,6 +254,7 @@ impl TestServer {
             database_url: self.database_url.clone(),
             pg_database: None,
             extra_env: self.extra_env.clone(),
+            object_store: self.object_store.clone(),
         };
         sibling.spawn();
         sibling

@@ -4,9 +4,14 @@
 //! it streams upload bodies through SHA-256 into storage, verifies digests on commit, and
 //! streams blobs (whole or by range) back out. It holds no layer in memory and knows
 //! nothing of repositories, tags or HTTP: the metadata store decides who may see a blob.
+//! [`backend`] turns configured settings into a store (filesystem, S3, Azure, GCS, memory)
+//! and is the only place that knows the object_store builders.
 
+pub mod backend;
 pub mod hash;
 pub mod layout;
+#[cfg(any(test, feature = "test-servers"))]
+pub mod test_servers;
 
 use std::ops::Range;
 use std::path::Path;
@@ -15,14 +20,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::stream::{BoxStream, Stream, StreamExt};
 use object_store::local::LocalFileSystem;
-use object_store::{GetOptions, GetRange, ObjectStore, PutPayload, WriteMultipart};
+use object_store::signer::Signer;
+use object_store::{GetOptions, GetRange, MultipartUpload, ObjectStore, PutPayload, PutPayloadMut};
 use oci::{Algorithm, Digest};
 use sha2::Digest as _;
 
+pub use backend::{Backend, PartSizes};
 pub use hash::ResumableSha256;
-
-/// Bytes buffered before a part is handed to storage; bounds memory per upload.
-const WRITE_CHUNK: usize = 8 * 1024 * 1024;
 
 /// Bytes read from a local blob file per blocking read when streaming it out.
 const READ_CHUNK: usize = 1024 * 1024;
@@ -47,6 +51,8 @@ pub enum BlobError {
     Inconsistent(String),
     #[error("storage error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// A blob's bytes as a stream, with the total size of the object.
@@ -62,6 +68,19 @@ pub struct BlobStore {
     /// For the filesystem backend: its root, so upload parts can be written by a dedicated
     /// thread (see [`BlobStore::write_part`]).
     local_root: Option<Arc<std::path::PathBuf>>,
+    /// For object stores that can presign URLs (S3, GCS, Azure).
+    signer: Option<Presigner>,
+    /// Part sizes of multipart writes to object stores.
+    part_sizes: PartSizes,
+}
+
+/// Signs URLs for objects under the store's root prefix.
+#[derive(Clone)]
+struct Presigner {
+    signer: Arc<dyn Signer>,
+    prefix: Option<object_store::path::Path>,
+    /// Set when redirects are on.
+    expiry: Option<std::time::Duration>,
 }
 
 impl BlobStore {
@@ -71,12 +90,46 @@ impl BlobStore {
             .map_err(|e| BlobError::Body(format!("cannot create {}: {e}", root.display())))?;
         let root = std::fs::canonicalize(root)?;
         let fs = LocalFileSystem::new_with_prefix(&root)?.with_automatic_cleanup(true);
-        Ok(BlobStore { store: Arc::new(fs), local_root: Some(Arc::new(root)) })
+        Ok(BlobStore {
+            store: Arc::new(fs),
+            local_root: Some(Arc::new(root)),
+            signer: None,
+            part_sizes: PartSizes::default(),
+        })
     }
 
     /// Blobs in any `object_store` backend (S3, GCS, Azure, memory…).
     pub fn from_object_store(store: Arc<dyn ObjectStore>) -> BlobStore {
-        BlobStore { store, local_root: None }
+        BlobStore { store, local_root: None, signer: None, part_sizes: PartSizes::default() }
+    }
+
+    /// The same store writing multipart uploads in parts of `sizes`.
+    pub fn with_part_sizes(mut self, sizes: PartSizes) -> BlobStore {
+        self.part_sizes = sizes;
+        self
+    }
+
+    /// The same store answering [`redirect_url`](Self::redirect_url) with URLs valid for
+    /// `expiry` (distribution's `storage.redirect`). Backends that cannot presign ignore it.
+    pub fn with_redirects(mut self, expiry: std::time::Duration) -> BlobStore {
+        if let Some(presigner) = &mut self.signer {
+            presigner.expiry = Some(expiry);
+        }
+        self
+    }
+
+    /// A presigned URL that lets its holder GET the blob straight from the object store, or
+    /// `None` when redirects are off or the backend cannot presign (the filesystem, memory):
+    /// then the registry serves the bytes itself.
+    pub async fn redirect_url(&self, digest: &Digest) -> Result<Option<url::Url>, BlobError> {
+        let Some(presigner) = &self.signer else { return Ok(None) };
+        let Some(expiry) = presigner.expiry else { return Ok(None) };
+        let key = layout::blob(digest);
+        let path = match &presigner.prefix {
+            Some(prefix) => prefix.parts().chain(key.parts()).collect(),
+            None => key,
+        };
+        Ok(Some(presigner.signer.signed_url(http::Method::GET, &path, expiry).await?))
     }
 
     /// Size of the stored blob, or `None` if storage does not have it.
@@ -161,7 +214,7 @@ impl BlobStore {
         // A multipart upload becomes visible only when finished, and under a name nobody else
         // uses: a request dropped half-way leaves no object.
         let upload = self.store.put_multipart(&key).await?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, WRITE_CHUNK);
+        let mut writer = PartWriter::new(upload, self.part_sizes);
         let mut working = hasher.clone();
         let mut written = 0u64;
         let mut body = std::pin::pin!(body);
@@ -175,8 +228,7 @@ impl BlobStore {
                     }
                 }
                 working.update(&chunk);
-                writer.wait_for_capacity(2).await?;
-                writer.write(&chunk);
+                writer.write(chunk).await?;
             }
             Ok(())
         }
@@ -270,7 +322,14 @@ impl BlobStore {
             None => {
                 let writer =
                     self.stage_through_object_store(upload_id, parts, total, expected).await?;
-                Ok(StagedBlob(Staged::Multipart(Box::new(writer))))
+                let again = Restage {
+                    blobs: self.clone(),
+                    upload_id: upload_id.to_string(),
+                    parts: parts.to_vec(),
+                    total,
+                    expected: expected.clone(),
+                };
+                Ok(StagedBlob(Staged::Multipart(Box::new(writer), again)))
             }
         }
     }
@@ -286,9 +345,9 @@ impl BlobStore {
         parts: &[UploadPart],
         total: u64,
         expected: &Digest,
-    ) -> Result<WriteMultipart, BlobError> {
+    ) -> Result<PartWriter, BlobError> {
         let upload = self.store.put_multipart(&layout::blob(expected)).await?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, WRITE_CHUNK);
+        let mut writer = PartWriter::new(upload, self.part_sizes);
         let mut hash = ContentHash::new(expected.algorithm());
         let outcome: Result<(), BlobError> = async {
             let mut written = 0u64;
@@ -306,8 +365,7 @@ impl BlobStore {
                     let chunk = chunk?;
                     in_part += chunk.len() as u64;
                     hash.update(&chunk);
-                    writer.wait_for_capacity(2).await?;
-                    writer.write(&chunk);
+                    writer.write(chunk).await?;
                 }
                 if in_part != part.size {
                     return Err(BlobError::Inconsistent(format!(
@@ -493,7 +551,23 @@ pub struct StagedBlob(Staged);
 
 enum Staged {
     Local { job: LocalCommit, staging: std::path::PathBuf },
-    Multipart(Box<WriteMultipart>),
+    Multipart(Box<PartWriter>, Restage),
+}
+
+/// What it takes to stage an object store commit again.
+struct Restage {
+    blobs: BlobStore,
+    upload_id: String,
+    parts: Vec<UploadPart>,
+    total: u64,
+    expected: Digest,
+}
+
+/// Azure keeps one list of uncommitted blocks per blob name: when two commits of the same
+/// digest race, the first to publish discards the other's blocks (`InvalidBlockList`). The
+/// loser stages again from its parts (identical bytes) and publishes that.
+fn lost_a_publish_race(e: &BlobError) -> bool {
+    matches!(e, BlobError::Storage(e) if e.to_string().contains("InvalidBlockList"))
 }
 
 impl StagedBlob {
@@ -509,9 +583,19 @@ impl StagedBlob {
             })
             .await
             .map_err(|e| BlobError::Body(format!("commit thread failed: {e}")))?,
-            Staged::Multipart(writer) => {
-                (*writer).finish().await?;
-                Ok(())
+            Staged::Multipart(writer, again) => {
+                let mut outcome = (*writer).finish().await;
+                for _ in 0..3 {
+                    if !outcome.as_ref().is_err_and(lost_a_publish_race) {
+                        break;
+                    }
+                    let Restage { blobs, upload_id, parts, total, expected } = &again;
+                    let writer = blobs
+                        .stage_through_object_store(upload_id, parts, *total, expected)
+                        .await?;
+                    outcome = writer.finish().await;
+                }
+                outcome
             }
         }
     }
@@ -522,10 +606,85 @@ impl StagedBlob {
             Staged::Local { staging, .. } => {
                 let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(staging)).await;
             }
-            Staged::Multipart(writer) => {
+            Staged::Multipart(writer, _) => {
                 let _ = (*writer).abort().await;
             }
         }
+    }
+}
+
+/// Streams bytes into a multipart upload in parts sized by [`PartSizes`] (growing, so any
+/// size fits under S3's 10 000 parts), with at most two parts in flight: memory per write is
+/// bounded by three parts whatever the object's size. Each part is sent once.
+struct PartWriter {
+    upload: Box<dyn MultipartUpload>,
+    sizes: PartSizes,
+    /// Parts handed to storage so far.
+    sent: usize,
+    buffer: PutPayloadMut,
+    in_flight: tokio::task::JoinSet<Result<(), object_store::Error>>,
+}
+
+/// Parts uploading at once per write.
+const PARTS_IN_FLIGHT: usize = 2;
+
+impl PartWriter {
+    fn new(upload: Box<dyn MultipartUpload>, sizes: PartSizes) -> PartWriter {
+        PartWriter {
+            upload,
+            sizes,
+            sent: 0,
+            buffer: PutPayloadMut::new(),
+            in_flight: tokio::task::JoinSet::new(),
+        }
+    }
+
+    async fn write(&mut self, mut chunk: Bytes) -> Result<(), BlobError> {
+        while !chunk.is_empty() {
+            let size = self.sizes.of(self.sent);
+            let take = (size - self.buffer.content_length()).min(chunk.len());
+            self.buffer.push(chunk.split_to(take));
+            if self.buffer.content_length() == size {
+                self.send_part().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn send_part(&mut self) -> Result<(), BlobError> {
+        while self.in_flight.len() >= PARTS_IN_FLIGHT {
+            self.wait_one().await?;
+        }
+        let payload = std::mem::take(&mut self.buffer).freeze();
+        self.in_flight.spawn(self.upload.put_part(payload));
+        self.sent += 1;
+        Ok(())
+    }
+
+    async fn wait_one(&mut self) -> Result<(), BlobError> {
+        match self.in_flight.join_next().await {
+            Some(Ok(result)) => Ok(result?),
+            Some(Err(e)) => Err(BlobError::Io(std::io::Error::other(e))),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends the last part, waits for all, and completes the upload (the object appears).
+    async fn finish(mut self) -> Result<(), BlobError> {
+        if self.buffer.content_length() > 0 {
+            self.send_part().await?;
+        }
+        while !self.in_flight.is_empty() {
+            self.wait_one().await?;
+        }
+        self.upload.complete().await?;
+        Ok(())
+    }
+
+    async fn abort(mut self) -> Result<(), BlobError> {
+        self.in_flight.abort_all();
+        self.upload.abort().await?;
+        Ok(())
     }
 }
 
@@ -866,21 +1025,69 @@ mod tests {
     //! One suite for every backend: each test runs on the filesystem (the local fast paths)
     //! and on object_store's in-memory store (the S3/GCS/Azure code path).
     use super::*;
+    use crate::backend::Backend as Backend_;
     use futures::stream;
 
     struct Backend {
         store: BlobStore,
+        /// How to open another store on the same storage (another instance, in spirit).
+        reopen: Box<dyn Fn() -> BlobStore + Send + Sync>,
         _dir: Option<tempfile::TempDir>,
+        _server: Option<test_servers::ObjectStoreServer>,
     }
+
+    /// Parts as small as S3 allows, so a few MiB cross several parts.
+    const SMALL_PARTS: PartSizes = PartSizes { first: backend::MIN_PART_SIZE };
 
     fn filesystem() -> Backend {
         let dir = tempfile::tempdir().unwrap();
-        Backend { store: BlobStore::filesystem(dir.path()).unwrap(), _dir: Some(dir) }
+        let root = dir.path().to_path_buf();
+        Backend {
+            store: BlobStore::filesystem(&root).unwrap(),
+            reopen: Box::new(move || BlobStore::filesystem(&root).unwrap()),
+            _dir: Some(dir),
+            _server: None,
+        }
     }
 
     fn memory() -> Backend {
         let memory = Arc::new(object_store::memory::InMemory::new());
-        Backend { store: BlobStore::from_object_store(memory), _dir: None }
+        let store = BlobStore::from_object_store(memory.clone()).with_part_sizes(SMALL_PARTS);
+        Backend {
+            store,
+            reopen: Box::new(move || {
+                BlobStore::from_object_store(memory.clone()).with_part_sizes(SMALL_PARTS)
+            }),
+            _dir: None,
+            _server: None,
+        }
+    }
+
+    /// Opens `backend` through the configuration path, probing it first as `serve` does.
+    fn configured(backend: Backend_, server: test_servers::ObjectStoreServer) -> Backend {
+        tokio::runtime::Handle::current().block_on(backend.probe()).unwrap();
+        let store = BlobStore::open(&backend).unwrap();
+        Backend {
+            store,
+            reopen: Box::new(move || BlobStore::open(&backend).unwrap()),
+            _dir: None,
+            _server: Some(server),
+        }
+    }
+
+    fn s3() -> Backend {
+        let server = test_servers::ObjectStoreServer::moto();
+        let mut settings = server.s3_bucket("suite");
+        settings.root = Some("registry/root".into());
+        settings.chunk_size = Some(SMALL_PARTS.first);
+        configured(Backend_::S3(settings), server)
+    }
+
+    fn azure() -> Backend {
+        let server = test_servers::ObjectStoreServer::azurite();
+        let mut settings = server.azure_container("suite");
+        settings.root = Some("registry".into());
+        configured(Backend_::Azure(settings), server)
     }
 
     impl Backend {
@@ -904,6 +1111,11 @@ mod tests {
             listed.into_iter().map(|m| m.unwrap().location.to_string()).collect()
         }
 
+        /// Every test ends its upload sessions: nothing of them may remain in storage.
+        async fn assert_no_upload_leftovers(&self) {
+            assert_eq!(self.keys("uploads").await, Vec::<String>::new(), "upload leftovers");
+        }
+
         /// Puts `bytes` straight at the blob key of `digest`, bypassing every check (an
         /// attacker's object, or one damaged on disk).
         async fn plant(&self, digest: &Digest, bytes: &[u8]) {
@@ -914,13 +1126,19 @@ mod tests {
 
     macro_rules! on_every_backend {
         ($($name:ident),* $(,)?) => {
-            mod filesystem {
+            on_every_backend!(@backend filesystem, $($name),*);
+            on_every_backend!(@backend memory, $($name),*);
+            on_every_backend!(@backend s3, $($name),*);
+            on_every_backend!(@backend azure, $($name),*);
+        };
+        (@backend $backend:ident, $($name:ident),*) => {
+            mod $backend {
                 $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { super::$name(super::filesystem()).await })*
-            }
-            mod in_memory {
-                $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { super::$name(super::memory()).await })*
+                async fn $name() {
+                    let backend = tokio::task::spawn_blocking(super::$backend).await.unwrap();
+                    super::$name(&backend).await;
+                    backend.assert_no_upload_leftovers().await;
+                })*
             }
         };
     }
@@ -940,9 +1158,75 @@ mod tests {
         idle_sessions_are_found_by_listing_uploads,
         put_small_checks_the_digest,
         deleting_a_blob_is_idempotent,
+        an_upload_continues_on_another_instance_across_several_parts,
+        two_sessions_commit_the_same_digest_at_once,
+        redirects_only_when_enabled_and_the_backend_presigns,
     );
 
-    async fn deleting_a_blob_is_idempotent(b: Backend) {
+    /// A session started on one instance is continued and committed by another (only the
+    /// saved hash state and the part list travel, as through the metadata database), and a
+    /// blob larger than a part crosses part boundaries intact, ranges included.
+    async fn an_upload_continues_on_another_instance_across_several_parts(b: &Backend) {
+        let data = pattern(2 * SMALL_PARTS.first + 1_234_567, 10);
+        let digest = Digest::sha256_of(&data);
+        let split = SMALL_PARTS.first + 99;
+        let (p1, hasher) = write(&b.store, "moved", &ResumableSha256::new(), &data[..split]).await;
+        let saved = hasher.to_bytes();
+        let other = (b.reopen)();
+        let hasher = ResumableSha256::from_bytes(&saved).unwrap();
+        let (p2, hasher) = write(&other, "moved", &hasher, &data[split..]).await;
+        other.commit_upload("moved", &[p1, p2], &hasher, &digest).await.unwrap();
+        other.delete_upload("moved").await;
+        assert_eq!(b.store.size(&digest).await.unwrap(), Some(data.len() as u64));
+        assert_eq!(read_all(&b.store, &digest, None).await, data);
+        let boundary = SMALL_PARTS.first as u64;
+        for range in [boundary - 10..boundary + 10, 0..1, data.len() as u64 - 1..data.len() as u64]
+        {
+            let (start, end) = (range.start as usize, range.end as usize);
+            assert_eq!(read_all(&other, &digest, Some(range)).await, &data[start..end]);
+        }
+    }
+
+    /// Two pushes of the same layer in parallel (two sessions, possibly two instances): both
+    /// commits succeed and the blob holds the bytes.
+    async fn two_sessions_commit_the_same_digest_at_once(b: &Backend) {
+        let data = pattern(300_000, 11);
+        let digest = Digest::sha256_of(&data);
+        let other = (b.reopen)();
+        let start = ResumableSha256::new();
+        let ((p1, h1), (p2, h2)) = tokio::join!(
+            write(&b.store, "same-1", &start, &data),
+            write(&other, "same-2", &start, &data),
+        );
+        let (p1, p2) = ([p1], [p2]);
+        let (c1, c2) = tokio::join!(
+            b.store.commit_upload("same-1", &p1, &h1, &digest),
+            other.commit_upload("same-2", &p2, &h2, &digest),
+        );
+        c1.unwrap();
+        c2.unwrap();
+        assert_eq!(read_all(&b.store, &digest, None).await, data);
+        b.store.delete_upload("same-1").await;
+        other.delete_upload("same-2").await;
+    }
+
+    async fn redirects_only_when_enabled_and_the_backend_presigns(b: &Backend) {
+        let digest = Digest::sha256_of(b"presigned");
+        b.store.put_small(&digest, Bytes::from_static(b"presigned")).await.unwrap();
+        assert_eq!(b.store.redirect_url(&digest).await.unwrap(), None, "off by default");
+        let redirecting = (b.reopen)().with_redirects(std::time::Duration::from_secs(60));
+        let url = redirecting.redirect_url(&digest).await.unwrap();
+        match &b._server {
+            None => assert_eq!(url, None, "the filesystem and memory serve bytes themselves"),
+            Some(_) => {
+                let (status, body) = test_servers::get(url.unwrap().as_str());
+                assert_eq!(status, 200);
+                assert!(body.ends_with(b"presigned"), "{}", String::from_utf8_lossy(&body));
+            }
+        }
+    }
+
+    async fn deleting_a_blob_is_idempotent(b: &Backend) {
         let store = &b.store;
         let digest = Digest::sha256_of(b"doomed");
         store.put_small(&digest, Bytes::from_static(b"doomed")).await.unwrap();
@@ -1024,7 +1308,7 @@ mod tests {
         (recorded(&written), written.hasher)
     }
 
-    async fn multi_part_upload_commits_and_reads_back_by_range(b: Backend) {
+    async fn multi_part_upload_commits_and_reads_back_by_range(b: &Backend) {
         let store = &b.store;
         let data = pattern(300_000, 0);
         let digest = Digest::sha256_of(&data);
@@ -1043,7 +1327,7 @@ mod tests {
         assert_eq!(read_all(store, &digest, None).await, data, "the blob outlives its parts");
     }
 
-    async fn single_and_empty_uploads_commit(b: Backend) {
+    async fn single_and_empty_uploads_commit(b: &Backend) {
         let store = &b.store;
         let data = pattern(70_001, 1);
         let digest = Digest::sha256_of(&data);
@@ -1059,7 +1343,7 @@ mod tests {
         assert_eq!(b.keys("uploads").await, Vec::<String>::new());
     }
 
-    async fn sha512_digest_is_computed_over_what_is_published(b: Backend) {
+    async fn sha512_digest_is_computed_over_what_is_published(b: &Backend) {
         let store = &b.store;
         for (upload, split) in [("s1", None), ("s2", Some(5))] {
             let data = b"sha512 content, in one part or two";
@@ -1087,7 +1371,7 @@ mod tests {
 
     /// Two requests racing from the same offset: each has its own object, the loser removes
     /// only its own, and the winner's part still commits to the right bytes.
-    async fn every_write_has_its_own_object_and_discarding_touches_only_it(b: Backend) {
+    async fn every_write_has_its_own_object_and_discarding_touches_only_it(b: &Backend) {
         let store = &b.store;
         let (a, b_bytes) = (pattern(50_000, 2), pattern(50_000, 3));
         let start = ResumableSha256::new();
@@ -1104,7 +1388,7 @@ mod tests {
 
     /// The poisoning: a slow request is still writing when another one's bytes are
     /// committed. Whatever the slow one writes afterwards never reaches the blob.
-    async fn a_write_still_running_after_the_commit_cannot_touch_the_blob(b: Backend) {
+    async fn a_write_still_running_after_the_commit_cannot_touch_the_blob(b: &Backend) {
         let store = b.store.clone();
         let good = pattern(200_000, 4);
         let digest = Digest::sha256_of(&good);
@@ -1136,7 +1420,7 @@ mod tests {
         assert_eq!(read_all(&store, &digest, None).await, good);
     }
 
-    async fn commit_replaces_a_bad_object_under_the_digest(b: Backend) {
+    async fn commit_replaces_a_bad_object_under_the_digest(b: &Backend) {
         let store = &b.store;
         let good = pattern(120_000, 5);
         let digest = Digest::sha256_of(&good);
@@ -1153,9 +1437,10 @@ mod tests {
         let (p2, h) = write(store, "again3", &h, &good[1..]).await;
         store.commit_upload("again3", &[p1, p2], &h, &digest).await.unwrap();
         assert_eq!(read_all(store, &digest, None).await, good);
+        store.delete_upload("again3").await;
     }
 
-    async fn concurrent_commits_of_one_session_both_publish_the_same_bytes(b: Backend) {
+    async fn concurrent_commits_of_one_session_both_publish_the_same_bytes(b: &Backend) {
         let store = &b.store;
         let data = pattern(400_000, 7);
         let digest = Digest::sha256_of(&data);
@@ -1184,7 +1469,7 @@ mod tests {
         assert_eq!(b.keys("uploads").await, Vec::<String>::new());
     }
 
-    async fn digest_mismatch_publishes_nothing(b: Backend) {
+    async fn digest_mismatch_publishes_nothing(b: &Backend) {
         let store = &b.store;
         let (part, hasher) = write(store, "u2", &ResumableSha256::new(), b"hello").await;
         let wrong = Digest::sha256_of(b"other");
@@ -1196,7 +1481,7 @@ mod tests {
         assert_eq!(b.keys("uploads").await, Vec::<String>::new());
     }
 
-    async fn missing_part_is_reported_not_papered_over(b: Backend) {
+    async fn missing_part_is_reported_not_papered_over(b: &Backend) {
         let store = &b.store;
         let data = pattern(10_000, 8);
         let digest = Digest::sha256_of(&data);
@@ -1214,7 +1499,7 @@ mod tests {
         assert_eq!(b.keys("uploads").await, Vec::<String>::new());
     }
 
-    async fn parts_that_disagree_with_the_hash_are_refused(b: Backend) {
+    async fn parts_that_disagree_with_the_hash_are_refused(b: &Backend) {
         let store = &b.store;
         let data = pattern(10_000, 9);
         let (part, hasher) = write(store, "odd", &ResumableSha256::new(), &data).await;
@@ -1236,7 +1521,7 @@ mod tests {
         assert_eq!(b.keys("uploads").await, Vec::<String>::new());
     }
 
-    async fn failed_body_leaves_nothing_and_keeps_the_hash(b: Backend) {
+    async fn failed_body_leaves_nothing_and_keeps_the_hash(b: &Backend) {
         let store = &b.store;
         let start = ResumableSha256::new();
         let body = stream::iter(vec![Ok(Bytes::from_static(b"abc")), Err("connection reset")]);
@@ -1263,9 +1548,10 @@ mod tests {
             left = b.keys("uploads/u3").await;
         }
         assert_eq!(left, Vec::<String>::new());
+        store.delete_upload("u3").await;
     }
 
-    async fn idle_sessions_are_found_by_listing_uploads(b: Backend) {
+    async fn idle_sessions_are_found_by_listing_uploads(b: &Backend) {
         let store = &b.store;
         let now = std::time::SystemTime::now;
         assert_eq!(store.idle_upload_sessions(now()).await.unwrap(), Vec::<String>::new());
@@ -1279,9 +1565,10 @@ mod tests {
         assert_eq!(store.idle_upload_sessions(earlier).await.unwrap(), Vec::<String>::new());
         store.delete_upload("s-a").await;
         assert_eq!(store.idle_upload_sessions(later).await.unwrap(), ["s-b"]);
+        store.delete_upload("s-b").await;
     }
 
-    async fn put_small_checks_the_digest(b: Backend) {
+    async fn put_small_checks_the_digest(b: &Backend) {
         let store = &b.store;
         let digest = Digest::sha256_of(b"small");
         let err = store.put_small(&digest, Bytes::from_static(b"other")).await.unwrap_err();

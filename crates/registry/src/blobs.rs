@@ -44,6 +44,21 @@ pub(crate) async fn get(
         ("etag", format!("\"{digest}\"")),
         ("cache-control", "max-age=31536000".to_string()),
     ];
+    // Whole-blob GETs may go straight to the object store; HEAD and ranges are answered
+    // here (both are cheap, and a range needs no second round trip).
+    if !head_only && range.is_none() {
+        if let Some(url) = registry.blobs.redirect_url(digest).await? {
+            let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
+            for (name, value) in
+                [("location", url.to_string()), ("docker-content-digest", digest.to_string())]
+            {
+                if let Ok(v) = value.parse() {
+                    response.headers_mut().insert(name, v);
+                }
+            }
+            return Ok(response);
+        }
+    }
     let (status, length) = match &range {
         Some(r) => {
             response_headers.push(("content-range", r.content_range(size)));

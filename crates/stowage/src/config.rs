@@ -466,10 +466,23 @@ impl Database {
     }
 }
 
+/// Where blobs are stored: one backend section at a time, with distribution's key names
+/// (`storage.filesystem`, `storage.s3`, `storage.azure`, `storage.gcs`, `storage.inmemory`);
+/// none means the filesystem under the data dir.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Storage {
-    pub filesystem: Filesystem,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filesystem: Option<Filesystem>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inmemory: Option<InMemory>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub azure: Option<Azure>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gcs: Option<Gcs>,
+    pub redirect: Redirect,
     pub maintenance: Maintenance,
 }
 
@@ -478,6 +491,174 @@ pub struct Storage {
 pub struct Filesystem {
     /// Root of blob storage; default: the data dir.
     pub rootdirectory: Option<PathBuf>,
+}
+
+/// `storage.inmemory: {}`: blobs in memory, lost on exit (tests).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InMemory {}
+
+/// `storage.s3` (distribution's names).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3 {
+    pub bucket: String,
+    pub region: Option<String>,
+    /// Endpoint of an S3-compatible server, e.g. `http://127.0.0.1:9000`.
+    pub regionendpoint: Option<String>,
+    pub forcepathstyle: bool,
+    /// With `secretkey`; both absent: the standard AWS credential chain.
+    pub accesskey: Option<String>,
+    pub secretkey: Option<String>,
+    pub rootdirectory: Option<String>,
+    /// First part size of multipart writes (at least 5MiB; parts grow for large blobs).
+    pub chunksize: Option<ByteSizeSetting>,
+    /// Accepted for distribution compatibility; commits never copy objects, so unused.
+    pub multipartcopythresholdsize: Option<ByteSizeSetting>,
+}
+
+/// `storage.azure` (distribution's names, plus `endpoint` for Azurite or private clouds).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Azure {
+    pub accountname: String,
+    pub accountkey: Option<String>,
+    pub container: String,
+    /// Domain suffix, default `core.windows.net`.
+    pub realm: Option<String>,
+    /// The account URL instead of `https://<accountname>.blob.<realm>`.
+    pub endpoint: Option<String>,
+    pub rootdirectory: Option<String>,
+}
+
+/// `storage.gcs` (distribution's names).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Gcs {
+    pub bucket: String,
+    /// Service account key file; absent: application default credentials.
+    pub keyfile: Option<PathBuf>,
+    pub rootdirectory: Option<String>,
+}
+
+/// `storage.redirect`: blob GETs answered with a 307 to a presigned object store URL.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Redirect {
+    /// `false` turns redirects on (object stores only; the filesystem always serves bytes).
+    pub disable: bool,
+    /// How long a presigned URL stays valid, e.g. `20m`.
+    pub expiry: String,
+}
+
+impl Default for Redirect {
+    fn default() -> Self {
+        Redirect { disable: true, expiry: "20m".into() }
+    }
+}
+
+impl Storage {
+    /// The one configured backend as typed settings; more than one is refused, none is the
+    /// filesystem under `data_dir`.
+    pub fn backend(&self, data_dir: &std::path::Path) -> anyhow::Result<blobstore::Backend> {
+        use blobstore::backend::{AzureSettings, GcsSettings, S3Settings, MIN_PART_SIZE};
+        let configured: Vec<&str> = [
+            ("storage.filesystem", self.filesystem.is_some()),
+            ("storage.inmemory", self.inmemory.is_some()),
+            ("storage.s3", self.s3.is_some()),
+            ("storage.azure", self.azure.is_some()),
+            ("storage.gcs", self.gcs.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect();
+        if configured.len() > 1 {
+            bail!(
+                "storage: {} are all configured; configure exactly one storage backend",
+                configured.join(" and ")
+            );
+        }
+        let required = |key: &str, value: &str| -> anyhow::Result<String> {
+            if value.trim().is_empty() {
+                bail!("{key} is required");
+            }
+            Ok(value.to_string())
+        };
+        let nonempty = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+        Ok(if let Some(s3) = &self.s3 {
+            let chunk_size = match &s3.chunksize {
+                Some(size) => {
+                    let bytes = size.bytes().context("storage.s3.chunksize")?;
+                    if bytes < MIN_PART_SIZE as u64 || bytes > 5 << 30 {
+                        bail!(
+                            "storage.s3.chunksize must be between 5MiB and 5GiB (S3's part sizes)"
+                        );
+                    }
+                    Some(bytes as usize)
+                }
+                None => None,
+            };
+            if let Some(threshold) = &s3.multipartcopythresholdsize {
+                threshold.bytes().context("storage.s3.multipartcopythresholdsize")?;
+            }
+            if let Some(endpoint) = nonempty(&s3.regionendpoint) {
+                check_url("storage.s3.regionendpoint", &endpoint)?;
+            }
+            blobstore::Backend::S3(S3Settings {
+                bucket: required("storage.s3.bucket", &s3.bucket)?,
+                region: nonempty(&s3.region),
+                endpoint: nonempty(&s3.regionendpoint),
+                force_path_style: s3.forcepathstyle,
+                access_key: nonempty(&s3.accesskey),
+                secret_key: nonempty(&s3.secretkey),
+                root: nonempty(&s3.rootdirectory),
+                chunk_size,
+            })
+        } else if let Some(azure) = &self.azure {
+            if let Some(endpoint) = nonempty(&azure.endpoint) {
+                check_url("storage.azure.endpoint", &endpoint)?;
+            }
+            blobstore::Backend::Azure(AzureSettings {
+                account_name: required("storage.azure.accountname", &azure.accountname)?,
+                account_key: nonempty(&azure.accountkey),
+                container: required("storage.azure.container", &azure.container)?,
+                endpoint: nonempty(&azure.endpoint),
+                realm: nonempty(&azure.realm),
+                root: nonempty(&azure.rootdirectory),
+            })
+        } else if let Some(gcs) = &self.gcs {
+            blobstore::Backend::Gcs(GcsSettings {
+                bucket: required("storage.gcs.bucket", &gcs.bucket)?,
+                keyfile: gcs.keyfile.clone(),
+                root: nonempty(&gcs.rootdirectory),
+            })
+        } else if self.inmemory.is_some() {
+            blobstore::Backend::InMemory
+        } else {
+            let root = self.filesystem.as_ref().and_then(|f| f.rootdirectory.clone());
+            blobstore::Backend::Filesystem { root: root.unwrap_or_else(|| data_dir.to_path_buf()) }
+        })
+    }
+
+    /// How long presigned blob URLs stay valid, or `None` when redirects are off.
+    pub fn redirect_expiry(&self) -> anyhow::Result<Option<Duration>> {
+        let expiry = parse_duration(&self.redirect.expiry).context("storage.redirect.expiry")?;
+        if expiry.is_zero() || expiry > Duration::from_secs(7 * 86400) {
+            bail!("storage.redirect.expiry must be longer than 0 and at most 7d (S3's limit)");
+        }
+        Ok((!self.redirect.disable).then_some(expiry))
+    }
+}
+
+/// `value` must be an http(s) URL with a host.
+fn check_url(key: &str, value: &str) -> anyhow::Result<()> {
+    let ok = url::Url::parse(value).is_ok_and(|u| {
+        matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty())
+    });
+    if !ok {
+        bail!("{key} must be an http:// or https:// URL, e.g. https://s3.example.com; {value:?} is not");
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -889,6 +1070,8 @@ impl Config {
         self.gc.settings()?;
         self.audit.retention()?;
         self.notifications.validate()?;
+        self.storage.backend(&self.data_dir)?;
+        self.storage.redirect_expiry()?;
         Ok(())
     }
 
@@ -910,8 +1093,8 @@ impl Config {
             resolved.database.url =
                 Some(format!("sqlite://{}", data_dir.join("stowage.db").display()));
         }
-        if resolved.storage.filesystem.rootdirectory.is_none() {
-            resolved.storage.filesystem.rootdirectory = Some(data_dir);
+        if let blobstore::Backend::Filesystem { root } = self.storage.backend(&data_dir)? {
+            resolved.storage.filesystem = Some(Filesystem { rootdirectory: Some(root) });
         }
         let mut value = serde_yaml::to_value(&resolved)?;
         mask_secrets(&mut value, "");
@@ -970,10 +1153,14 @@ impl Config {
         }
     }
 
-    pub fn blob_root(&self) -> anyhow::Result<PathBuf> {
-        match &self.storage.filesystem.rootdirectory {
-            Some(root) => Ok(root.clone()),
-            None => self.data_dir_created(),
+    /// The configured storage backend (the filesystem under the data dir by default).
+    pub fn storage_backend(&self) -> anyhow::Result<blobstore::Backend> {
+        let rooted = self.storage.filesystem.as_ref().is_some_and(|f| f.rootdirectory.is_some());
+        match self.storage.backend(&self.data_dir)? {
+            blobstore::Backend::Filesystem { .. } if !rooted => {
+                Ok(blobstore::Backend::Filesystem { root: self.data_dir_created()? })
+            }
+            backend => Ok(backend),
         }
     }
 }
@@ -1040,6 +1227,121 @@ mod tests {
             jail.set_env("STOWAGE_GC__BLOBS__INTERVAL", "soon");
             let error = format!("{:#}", Config::load().unwrap_err());
             assert!(error.contains("gc.blobs.interval"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail dictates the closure's error type
+    fn storage_backends_from_file_and_environment_one_at_a_time() {
+        use blobstore::Backend;
+        figment::Jail::expect_with(|jail| {
+            let config = Config::load().map_err(|e| e.to_string())?;
+            assert!(matches!(config.storage_backend().unwrap(), Backend::Filesystem { .. }));
+            assert_eq!(config.storage.redirect_expiry().unwrap(), None, "redirects off by default");
+            jail.create_file(
+                "stowage.yml",
+                "storage:\n  s3:\n    bucket: blobs\n    region: eu-west-1\n    \
+                 regionendpoint: http://127.0.0.1:9000\n    forcepathstyle: true\n    \
+                 accesskey: AKIAEXAMPLE\n    secretkey: s3cr3t\n    rootdirectory: /registry\n    \
+                 chunksize: 16MiB\n    multipartcopythresholdsize: 33554432\n  \
+                 redirect:\n    disable: false\n",
+            )?;
+            jail.set_env("STOWAGE_CONFIG", "stowage.yml");
+            jail.set_env("STOWAGE_STORAGE__S3__BUCKET", "from-env");
+            let config = Config::load().map_err(|e| e.to_string())?;
+            let Backend::S3(s3) = config.storage_backend().unwrap() else { panic!("not s3") };
+            assert_eq!(s3.bucket, "from-env", "the environment beats the file");
+            assert_eq!(s3.region.as_deref(), Some("eu-west-1"));
+            assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+            assert!(s3.force_path_style);
+            assert_eq!(s3.root.as_deref(), Some("/registry"));
+            assert_eq!(s3.chunk_size, Some(16 << 20));
+            assert_eq!(config.storage.redirect_expiry().unwrap(), Some(Duration::from_secs(1200)));
+            let shown = config.resolved_yaml().unwrap();
+            assert!(!shown.contains("s3cr3t") && !shown.contains("AKIAEXAMPLE"), "{shown}");
+            assert!(shown.contains("bucket: from-env"), "{shown}");
+            assert!(!shown.contains("filesystem"), "only the configured backend: {shown}");
+
+            jail.set_env("STOWAGE_STORAGE__FILESYSTEM__ROOTDIRECTORY", "/srv/blobs");
+            let error = format!("{:#}", Config::load().unwrap_err());
+            assert!(
+                error.contains(
+                    "storage.filesystem and storage.s3 are all configured; configure \
+                     exactly one storage backend"
+                ),
+                "{error}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail dictates the closure's error type
+    fn storage_mistakes_name_the_setting() {
+        figment::Jail::expect_with(|jail| {
+            for (vars, expected) in [
+                (vec![("S3__REGION", "x")], "storage.s3.bucket is required"),
+                (
+                    vec![("S3__BUCKET", "b"), ("S3__CHUNKSIZE", "1MiB")],
+                    "storage.s3.chunksize must be between 5MiB and 5GiB",
+                ),
+                (vec![("S3__BUCKET", "b"), ("S3__CHUNKSIZE", "lots")], "storage.s3.chunksize"),
+                (
+                    vec![("S3__BUCKET", "b"), ("S3__REGIONENDPOINT", "127.0.0.1:9000")],
+                    "storage.s3.regionendpoint must be an http:// or https:// URL",
+                ),
+                (vec![("S3__BUCKET", "b"), ("S3__BUKET", "c")], "storage.s3.buket"),
+                (vec![("AZURE__ACCOUNTNAME", "a")], "storage.azure.container is required"),
+                (vec![("AZURE__CONTAINER", "c")], "storage.azure.accountname is required"),
+                (vec![("GCS__KEYFILE", "/k.json")], "storage.gcs.bucket is required"),
+                (
+                    vec![("GCS__BUCKET", "b"), ("AZURE__ACCOUNTNAME", "a")],
+                    "storage.azure and storage.gcs are all configured",
+                ),
+                (vec![("REDIRECT__EXPIRY", "0s")], "storage.redirect.expiry must be longer than 0"),
+                (vec![("REDIRECT__EXPIRY", "8d")], "at most 7d"),
+            ] {
+                let names: Vec<String> =
+                    vars.iter().map(|(k, _)| format!("STOWAGE_STORAGE__{k}")).collect();
+                for (name, (_, value)) in names.iter().zip(&vars) {
+                    jail.set_env(name, value);
+                }
+                let error = format!("{:#}", Config::load().unwrap_err());
+                assert!(error.contains(expected), "{vars:?}: {error}");
+                for name in &names {
+                    std::env::remove_var(name);
+                }
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail dictates the closure's error type
+    fn storage_azure_gcs_and_inmemory_sections() {
+        use blobstore::Backend;
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "stowage.yml",
+                "storage:\n  azure:\n    accountname: acct\n    accountkey: c2VjcmV0\n    \
+                 container: registry\n    realm: core.chinacloudapi.cn\n",
+            )?;
+            jail.set_env("STOWAGE_CONFIG", "stowage.yml");
+            let config = Config::load().map_err(|e| e.to_string())?;
+            let Backend::Azure(a) = config.storage_backend().unwrap() else { panic!("not azure") };
+            assert_eq!(a.realm.as_deref(), Some("core.chinacloudapi.cn"));
+            assert!(!config.resolved_yaml().unwrap().contains("c2VjcmV0"));
+            jail.create_file(
+                "stowage.yml",
+                "storage:\n  gcs:\n    bucket: b\n    keyfile: /etc/key.json\n",
+            )?;
+            let config = Config::load().map_err(|e| e.to_string())?;
+            let Backend::Gcs(g) = config.storage_backend().unwrap() else { panic!("not gcs") };
+            assert_eq!(g.keyfile.as_deref(), Some(std::path::Path::new("/etc/key.json")));
+            jail.create_file("stowage.yml", "storage:\n  inmemory: {}\n")?;
+            let config = Config::load().map_err(|e| e.to_string())?;
+            assert!(matches!(config.storage_backend().unwrap(), Backend::InMemory));
             Ok(())
         });
     }

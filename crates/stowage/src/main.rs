@@ -129,9 +129,16 @@ fn init_logging(config: &Config) {
 
 async fn open_registry(config: &Config) -> anyhow::Result<registry::Registry> {
     let store = config.connect_store(&config.database_url()?).await?;
-    let root = config.blob_root()?;
-    let blobs = blobstore::BlobStore::filesystem(&root)
-        .with_context(|| format!("cannot open blob storage at {}", root.display()))?;
+    let backend = config.storage_backend()?;
+    let mut blobs = blobstore::BlobStore::open(&backend)
+        .with_context(|| format!("cannot open blob storage at {}", backend.describe()))?;
+    if let Some(expiry) = config.storage.redirect_expiry()? {
+        blobs = blobs.with_redirects(expiry);
+    }
+    backend
+        .probe()
+        .await
+        .with_context(|| format!("cannot reach blob storage at {}", backend.describe()))?;
     let limits = registry::Limits {
         max_manifest_bytes: config.limits.max_manifest_bytes,
         max_blob_bytes: (config.limits.max_blob_bytes > 0).then_some(config.limits.max_blob_bytes),
@@ -181,7 +188,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     registry.store.log_storage_notices().await;
     tracing::info!(
         database = %redact(&config.database_url()?),
-        storage = %config.blob_root()?.display(),
+        storage = %config.storage_backend()?.describe(),
         "metadata and storage ready"
     );
     match &registry.limits.index_validation {

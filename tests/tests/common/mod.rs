@@ -53,7 +53,16 @@ impl Registry {
 
     /// Starts a registry with extra `STOWAGE_*` environment variables (settings).
     pub fn start_with(backend: MetaBackend, env: &[(&str, &str)]) -> Registry {
-        let server = TestServer::start_with(backend, env);
+        Registry::start_on(backend, e2e::BlobBackend::from_env(), env)
+    }
+
+    /// Starts a registry storing its blobs on `storage`.
+    pub fn start_on(
+        backend: MetaBackend,
+        storage: e2e::BlobBackend,
+        env: &[(&str, &str)],
+    ) -> Registry {
+        let server = TestServer::start_on(backend, storage, env);
         let http = Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(120))
