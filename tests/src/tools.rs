@@ -206,7 +206,13 @@ impl Containers {
     /// Builds image `name` on top of `base` (`scratch` or an image in the private storage),
     /// adding one layer holding `files`: images built on one base share its layers.
     /// Returns the image ID.
-    pub fn build_image(&self, name: &str, base: &str, arch: &str, files: &[(&str, &[u8])]) -> String {
+    pub fn build_image(
+        &self,
+        name: &str,
+        base: &str,
+        arch: &str,
+        files: &[(&str, &[u8])],
+    ) -> String {
         let ctr = self
             .buildah(&["from", "--name", &format!("ctr-{}", crate::random_suffix()), base])
             .ok();
