@@ -373,9 +373,7 @@ async fn push_like_a_client(
     match resp.status() {
         StatusCode::CREATED => Ok(()),
         StatusCode::INTERNAL_SERVER_ERROR => {
-            let log = r.server.log();
-            let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
-            panic!("PUT {repo}:{tag} failed with 500:\n{}", errors.join("\n"));
+            panic!("PUT {repo}:{tag} failed with 500:\n{}", logged_errors(&r.server));
         }
         _ => {
             let body =
@@ -384,6 +382,11 @@ async fn push_like_a_client(
             Err(body.to_string())
         }
     }
+}
+
+/// The error lines of the server's log.
+fn logged_errors(server: &TestServer) -> String {
+    server.log().lines().filter(|l| l.contains("ERROR")).collect::<Vec<_>>().join("\n")
 }
 
 /// [`push_like_a_client`] until the push goes through (at most 50 times); returns how many
@@ -512,7 +515,8 @@ async fn pushes_racing_tag_deletes_and_online_gc_lose_nothing(backend: MetaBacke
                         let status = resp.status();
                         assert!(
                             status == StatusCode::ACCEPTED || status == StatusCode::NOT_FOUND,
-                            "delete {repo}@{digest}: {status}"
+                            "delete {repo}@{digest}: {status}\n{}",
+                            logged_errors(&r.server)
                         );
                     }
                 }
