@@ -72,6 +72,39 @@ impl TestServer {
         }
         cmd
     }
+
+    /// Runs `stowage <args>` on this server's data; returns stdout, asserting success.
+    #[track_caller]
+    pub fn stowage(&self, args: &[&str]) -> String {
+        let out = self.stowage_command(args).output().expect("run stowage");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "stowage {args:?} failed: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// `stowage gc status --json`.
+    #[track_caller]
+    pub fn gc_status(&self) -> Value {
+        serde_json::from_str(&self.stowage(&["gc", "status", "--json"]))
+            .expect("gc status --json prints JSON")
+    }
+
+    /// The storage notices (thresholds, in order) the server has logged for top-level group
+    /// `group` so far: one line per threshold crossed.
+    pub fn logged_storage_notices(&self, group: &str) -> Vec<i64> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains(&format!("group {group} has")))
+            .filter_map(|l| {
+                let at = l.find(" % of its container registry storage limit")?;
+                l[..at].rsplit(' ').next()?.parse().ok()
+            })
+            .collect()
+    }
 }
 
 /// An HTTP client that does not follow redirects.
@@ -202,6 +235,21 @@ impl GitLab {
             "name": path, "path": path, "namespace_id": namespace_id, "visibility": visibility,
         });
         id_of(&self.call(Method::POST, "/projects", Some(body)).await)
+    }
+
+    /// The id of repository `name` of project `project`.
+    pub async fn repository_id(&self, project: i64, name: &str) -> i64 {
+        let repos = self
+            .call(Method::GET, &format!("/projects/{project}/registry/repositories"), None)
+            .await;
+        repos
+            .as_array()
+            .unwrap_or_else(|| panic!("repository list is not an array: {repos}"))
+            .iter()
+            .find(|r| r["path"] == name)
+            .unwrap_or_else(|| panic!("{name} in {repos}"))["id"]
+            .as_i64()
+            .unwrap()
     }
 
     /// Sets `container_registry_access_level` (`enabled`, `private`, `disabled`) and checks

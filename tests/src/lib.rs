@@ -356,7 +356,9 @@ impl TestServer {
         None
     }
 
-    fn kill(&mut self) {
+    /// Stops the server abruptly (SIGKILL), as a crash would; [`restart`](Self::restart)
+    /// starts it again.
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -367,6 +369,41 @@ impl TestServer {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
+    }
+
+    /// Stops the server abruptly (SIGKILL) and starts it again on the same data and database
+    /// with `env` set on top of the variables it was started with (later ones win).
+    pub fn restart_with(&mut self, env: &[(&str, &str)]) {
+        for (key, value) in env {
+            self.extra_env.retain(|(k, _)| k != key);
+            self.extra_env.push((key.to_string(), value.to_string()));
+        }
+        self.restart();
+    }
+
+    /// The file holding blob `digest`'s bytes in the server's filesystem storage.
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let (algorithm, hex) = digest.split_once(':').expect("digest is algorithm:hex");
+        self.data_dir().join("data/blobs").join(algorithm).join(&hex[..2]).join(hex)
+    }
+
+    /// The digests of every blob object in the server's filesystem storage (interrupted
+    /// writes, `<hex>#1`, are not blobs and are left out).
+    pub fn stored_blobs(&self) -> std::collections::BTreeSet<String> {
+        let mut found = std::collections::BTreeSet::new();
+        let root = self.data_dir().join("data/blobs");
+        for algorithm in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            let name = algorithm.file_name().to_string_lossy().into_owned();
+            for prefix in std::fs::read_dir(algorithm.path()).into_iter().flatten().flatten() {
+                for object in std::fs::read_dir(prefix.path()).into_iter().flatten().flatten() {
+                    let hex = object.file_name().to_string_lossy().into_owned();
+                    if hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        found.insert(format!("{name}:{hex}"));
+                    }
+                }
+            }
+        }
+        found
     }
 
     /// Runs `stowage jobs run-due` (as of `at`, a `YYYY-MM-DD` day, when given) on this

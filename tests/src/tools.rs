@@ -218,8 +218,21 @@ impl Containers {
     /// Builds a single-layer image `name` from scratch holding `files` (path in image, bytes),
     /// with the given architecture, in the private storage. Returns the image ID.
     pub fn build_scratch_image(&self, name: &str, arch: &str, files: &[(&str, &[u8])]) -> String {
+        self.build_image(name, "scratch", arch, files)
+    }
+
+    /// Builds image `name` on top of `base` (`scratch` or an image in the private storage),
+    /// adding one layer holding `files`: images built on one base share its layers.
+    /// Returns the image ID.
+    pub fn build_image(
+        &self,
+        name: &str,
+        base: &str,
+        arch: &str,
+        files: &[(&str, &[u8])],
+    ) -> String {
         let ctr = self
-            .buildah(&["from", "--name", &format!("ctr-{}", crate::random_suffix()), "scratch"])
+            .buildah(&["from", "--name", &format!("ctr-{}", crate::random_suffix()), base])
             .ok();
         let ctr = ctr.stdout().trim().to_string();
         for (i, (path, data)) in files.iter().enumerate() {

@@ -11,7 +11,6 @@ use common::Registry;
 use e2e::gitlab::{start_auth_server, GitLab, ADMIN_TOKEN};
 use e2e::{backend_tests, unique_repo, MetaBackend, TestServer};
 use reqwest::{Method, StatusCode};
-use serde_json::Value;
 
 backend_tests!(
     status_and_dry_run_after_pushes_and_deletes,
@@ -21,18 +20,6 @@ backend_tests!(
     admins_start_a_full_pass_as_a_job,
     the_leftovers_sweep_runs_once_per_period_as_a_job
 );
-
-/// Runs `stowage <args>` against `server`'s data; returns stdout, asserting success.
-fn stowage(server: &TestServer, args: &[&str]) -> String {
-    let out = server.stowage_command(args).output().expect("run stowage");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "stowage {args:?} failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
 
 /// A temporary file of an interrupted write next to a blob, two hours old, in `server`'s
 /// storage; returns its key.
@@ -57,7 +44,7 @@ async fn status_and_dry_run_after_pushes_and_deletes(backend: MetaBackend) {
     let untagged = r.push_image(&repo, None).await;
     let leftover = plant_interrupted_write(&r.server);
 
-    let status = stowage(&r.server, &["gc", "status"]);
+    let status = r.server.stowage(&["gc", "status"]);
     for line in [
         "review queues:",
         "  manifests: ",
@@ -68,14 +55,13 @@ async fn status_and_dry_run_after_pushes_and_deletes(backend: MetaBackend) {
     ] {
         assert!(status.contains(line), "{line:?} missing from gc status:\n{status}");
     }
-    let json: Value = serde_json::from_str(&stowage(&r.server, &["gc", "status", "--json"]))
-        .expect("gc status --json is JSON");
+    let json = r.server.gc_status();
     assert_eq!(json["storage_deletions"]["pending"], 0, "{json}");
     assert!(json["review_queues"]["manifests"]["queued"].is_i64(), "{json}");
     assert_eq!(json["removed"]["last_day"]["failures"], 0, "{json}");
 
     // Everything counts as old enough with --min-age 0s.
-    let dry = stowage(&r.server, &["gc", "run", "--dry-run", "--min-age", "0s"]);
+    let dry = r.server.stowage(&["gc", "run", "--dry-run", "--min-age", "0s"]);
     assert!(dry.starts_with("dry run: nothing is removed\n"), "{dry}");
     assert!(dry.contains(&format!("would remove manifest {repo}@{}", untagged.digest)), "{dry}");
     for blob in [
@@ -96,7 +82,7 @@ async fn status_and_dry_run_after_pushes_and_deletes(backend: MetaBackend) {
         "{dry}"
     );
     // By default what was pushed within the last hour is left alone; the old leftover is not.
-    let cautious = stowage(&r.server, &["gc", "run", "--dry-run"]);
+    let cautious = r.server.stowage(&["gc", "run", "--dry-run"]);
     assert!(cautious.contains("summary: would remove 0 manifests, 0 blobs"), "{cautious}");
     assert!(cautious.contains(&leftover), "{cautious}");
 
@@ -106,7 +92,7 @@ async fn status_and_dry_run_after_pushes_and_deletes(backend: MetaBackend) {
         assert_eq!(r.blob_status(&repo, blob).await, StatusCode::OK, "{blob}");
     }
     assert!(r.server.data_dir().join("data").join(&leftover).exists());
-    let again = stowage(&r.server, &["gc", "run", "--dry-run", "--min-age", "0s"]);
+    let again = r.server.stowage(&["gc", "run", "--dry-run", "--min-age", "0s"]);
     assert_eq!(again, dry, "a dry run changes nothing");
 }
 
@@ -121,8 +107,7 @@ async fn only_admins_see_the_gc_figures(backend: MetaBackend) {
     assert_eq!(figures["review_queues"]["blobs"]["due"], 0, "{figures}");
     assert_eq!(figures["removed"]["last_hour"]["storage_bytes"], 0, "{figures}");
     // The same figures as the CLI's.
-    let cli: Value =
-        serde_json::from_str(&stowage(&server, &["gc", "status", "--json"])).expect("JSON");
+    let cli = server.gc_status();
     assert_eq!(cli["storage_deletions"], figures["storage_deletions"]);
     assert_eq!(cli["removed"], figures["removed"]);
 
@@ -139,12 +124,6 @@ async fn only_admins_see_the_gc_figures(backend: MetaBackend) {
         .await
         .expect("GET");
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
-}
-
-/// The key of `digest`'s bytes in `server`'s filesystem storage.
-fn blob_file(server: &TestServer, digest: &str) -> std::path::PathBuf {
-    let hex = &digest["sha256:".len()..];
-    server.data_dir().join("data").join(format!("blobs/sha256/{}/{hex}", &hex[..2]))
 }
 
 /// `stowage gc run` (a full pass through the write service's review) reclaims the bytes of
@@ -167,7 +146,7 @@ async fn online_gc_reclaims_exactly_the_unreferenced_bytes(backend: MetaBackend)
     ];
     let run = r.server.run_gc(&["--min-age", "0s"]);
     for d in gone {
-        assert!(!blob_file(&r.server, d).exists(), "{d} is still stored:\n{run}");
+        assert!(!r.server.blob_path(d).exists(), "{d} is still stored:\n{run}");
     }
     for d in gone {
         assert_eq!(r.blob_status(&repo, d).await, StatusCode::NOT_FOUND, "{d}");
@@ -176,11 +155,10 @@ async fn online_gc_reclaims_exactly_the_unreferenced_bytes(backend: MetaBackend)
     // The tagged image is whole.
     assert_eq!(r.get_manifest(&repo, "v1").await.status(), StatusCode::OK);
     for d in [&kept.config_digest, &kept.layer_digest] {
-        assert!(blob_file(&r.server, d).exists(), "{d} was deleted");
+        assert!(r.server.blob_path(d).exists(), "{d} was deleted");
         assert_eq!(r.blob_status(&repo, d).await, StatusCode::OK, "{d}");
     }
-    let status = stowage(&r.server, &["gc", "status", "--json"]);
-    let json: Value = serde_json::from_str(&status).expect("gc status --json is JSON");
+    let json = r.server.gc_status();
     assert_eq!(json["removed"]["last_hour"]["failures"], 0, "{json}");
 }
 

@@ -35,19 +35,6 @@ async fn push(registry: &Registry, name: &str, tag: &str, layer: &[u8]) -> Strin
     sha256_digest(&manifest)
 }
 
-async fn repository_id(api: &GitLab, project: i64, name: &str) -> i64 {
-    let repos =
-        api.call(Method::GET, &format!("/projects/{project}/registry/repositories"), None).await;
-    repos
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["path"] == name)
-        .unwrap_or_else(|| panic!("{name} in {repos}"))["id"]
-        .as_i64()
-        .unwrap()
-}
-
 async fn usage_shapes(backend: MetaBackend) {
     let server = start_auth_server(backend, &[]);
     let api = GitLab::root(&server);
@@ -97,7 +84,7 @@ async fn usage_shapes(backend: MetaBackend) {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 
     // Repository: size (GitLab's), size_bytes (details), exclusive_size.
-    let rid = repository_id(&api, app, &app_repo).await;
+    let rid = api.repository_id(app, &app_repo).await;
     let r = api.call(Method::GET, &format!("/registry/repositories/{rid}?size=true"), None).await;
     assert_eq!(
         (r["size"].clone(), r["exclusive_size"].clone()),
@@ -137,19 +124,6 @@ async fn usage_shapes(backend: MetaBackend) {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     assert!(text.contains("no drift"), "{text}");
-}
-
-/// The notices recorded for the group so far, as thresholds, from the server's log.
-fn logged_thresholds(server: &TestServer, group: &str) -> Vec<i64> {
-    server
-        .log()
-        .lines()
-        .filter(|l| l.contains(&format!("group {group} has")))
-        .filter_map(|l| {
-            let at = l.find(" % of its container registry storage limit")?;
-            l[..at].rsplit(' ').next()?.parse().ok()
-        })
-        .collect()
 }
 
 async fn quota_thresholds_and_enforcement(backend: MetaBackend) {
@@ -217,7 +191,7 @@ async fn quota_thresholds_and_enforcement(backend: MetaBackend) {
         assert_eq!(g["container_registry_storage_notice"]["threshold"], *threshold, "{g}");
         assert_eq!(g["container_registry_storage_percentage"], json!(*total as f64 / 10.0), "{g}");
         assert_eq!(
-            logged_thresholds(&server, &top),
+            server.logged_storage_notices(&top),
             [70, 85, 95, 100][..=i].to_vec(),
             "one notice per crossing"
         );
@@ -264,14 +238,14 @@ async fn quota_thresholds_and_enforcement(backend: MetaBackend) {
 
     // Deleting the manifest (what GC does once the tag is gone) frees its bytes: below 100 %
     // pushes work again, and crossing 100 % anew is recorded anew.
-    assert!(repository_id(&api, project, &repo).await > 0);
+    assert!(api.repository_id(project, &repo).await > 0);
     let gone = registry.send(Method::DELETE, &format!("/v2/{repo}/manifests/{}", digests[3])).await;
     assert_eq!(gone.status, StatusCode::ACCEPTED, "{}", gone.body);
     let g = api.call(Method::GET, &format!("/groups/{group}"), None).await;
     assert_eq!(g["container_registry_storage_usage"], 950, "{g}");
     assert_eq!(g["container_registry_storage_notice"]["threshold"], 95, "{g}");
     push(&registry, &repo, "v4", &random_bytes(60)).await;
-    assert_eq!(logged_thresholds(&server, &top), vec![70, 85, 95, 100, 100]);
+    assert_eq!(server.logged_storage_notices(&top), vec![70, 85, 95, 100, 100]);
 
     // No limit: anything goes.
     api.call(

@@ -386,11 +386,18 @@ impl Store {
         created_before: i64,
     ) -> Result<(u64, u64), MetaError> {
         let mut w = self.write_tx().await?;
+        // On PostgreSQL a manifest another instance's review deletes meanwhile would fail the
+        // queue row's foreign key: lock what is marked against deletion, and skip what a
+        // review holds (it is being reviewed already).
+        let lock = match self.backend() {
+            Backend::Postgres => " FOR KEY SHARE OF m SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
         let manifests = sqlx::query(&format!(
             "INSERT INTO gc_manifest_review_queue \
              (manifest_id, repository_id, review_after, event, created_at) \
              SELECT m.id, m.repository_id, $2, '{GC_RUN_EVENT}', $2 FROM manifests m \
-             WHERE {OLD_MANIFEST} AND {} \
+             WHERE {OLD_MANIFEST} AND {}{lock} \
              ON CONFLICT (manifest_id) DO UPDATE SET review_after = excluded.review_after, \
              event = excluded.event",
             dangling_manifest_condition(None)

@@ -77,6 +77,17 @@ impl Default for PoolSettings {
     }
 }
 
+impl MetaError {
+    /// PostgreSQL chose this transaction as the victim of a deadlock (SQLSTATE 40P01): it was
+    /// rolled back whole and may simply run again.
+    pub fn is_deadlock(&self) -> bool {
+        match self {
+            MetaError::Database(sqlx::Error::Database(e)) => e.code().as_deref() == Some("40P01"),
+            _ => false,
+        }
+    }
+}
+
 /// The file a `sqlite:` database URL names, read the way sqlx reads it; `None` for other URLs
 /// and for in-memory SQLite databases.
 pub fn sqlite_database_file(url: &str) -> Option<std::path::PathBuf> {

@@ -11,7 +11,10 @@
 //! existing blob or manifest, a writer locks its row `FOR SHARE`; GC locks the row
 //! `FOR UPDATE SKIP LOCKED` before re-checking it (see `gc_review.rs`). Writers lock item rows
 //! (`blobs`, `manifests`) before any row that refers to them (links, references, tags), so GC,
-//! which never waits for a writer, cannot deadlock with one.
+//! which never waits for a writer's item rows, cannot deadlock with one over them. It
+//! may still wait on a review-queue row a writer upserted; PostgreSQL then rolls one of the
+//! two back as a deadlock victim ([`MetaError::is_deadlock`]), and the write service runs a
+//! manifest push again.
 
 use oci::{Digest, RepositoryName, Tag};
 use sqlx::Row;

@@ -30,6 +30,9 @@ use oci::{Digest, RepositoryName, Tag};
 use rand::Rng;
 use serde_json::json;
 
+/// How often a write the database rolled back as a deadlock victim runs in all.
+const DEADLOCK_ATTEMPTS: u32 = 5;
+
 /// Garbage-collection settings the write path needs (`gc.reviewafter`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GcSettings {
@@ -363,6 +366,7 @@ impl WriteService {
     /// the protection rules allowed `actor` to push it and to create or move each tag as the
     /// locked tag rows say. Queues the manifest (`manifest_upload`) and the manifest a moved
     /// tag left (`tag_switch`).
+    /// A push PostgreSQL rolls back as a deadlock victim runs again (see `retry_deadlocks`).
     pub async fn put_manifest(
         &self,
         repo: &RepositoryName,
@@ -383,6 +387,17 @@ impl WriteService {
     }
 
     async fn put_manifest_audited(
+        &self,
+        repo: &RepositoryName,
+        actor: Actor,
+        manifest: &NewManifest,
+        tags: &[Tag],
+        ctx: &RequestContext,
+    ) -> Result<(), ServiceError> {
+        retry_deadlocks(|| self.put_manifest_once(repo, actor, manifest, tags, ctx)).await
+    }
+
+    async fn put_manifest_once(
         &self,
         repo: &RepositoryName,
         actor: Actor,
@@ -491,6 +506,16 @@ impl WriteService {
         actor: Actor,
         ctx: &RequestContext,
     ) -> Result<bool, ServiceError> {
+        retry_deadlocks(|| self.delete_tag_once(repo, tag, actor, ctx)).await
+    }
+
+    async fn delete_tag_once(
+        &self,
+        repo: &RepositoryName,
+        tag: &Tag,
+        actor: Actor,
+        ctx: &RequestContext,
+    ) -> Result<bool, ServiceError> {
         let protection = self.protection(repo).await?;
         let schedule = self.schedule();
         let mut w = self.store.write_tx().await?;
@@ -556,6 +581,16 @@ impl WriteService {
     }
 
     async fn delete_manifest_audited(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        actor: Actor,
+        ctx: &RequestContext,
+    ) -> Result<bool, ServiceError> {
+        retry_deadlocks(|| self.delete_manifest_once(repo, digest, actor, ctx)).await
+    }
+
+    async fn delete_manifest_once(
         &self,
         repo: &RepositoryName,
         digest: &Digest,
@@ -718,6 +753,29 @@ impl WriteService {
         w.commit().await?;
         log_removed(&report);
         Ok(report)
+    }
+}
+
+/// Runs a write transaction again when PostgreSQL rolled it back as a deadlock victim (a GC
+/// review may wait on a review row the write holds while the write waits on one the review
+/// holds): the user's write wins; at most [`DEADLOCK_ATTEMPTS`] runs.
+async fn retry_deadlocks<T, F, Fut>(mut run: F) -> Result<T, ServiceError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ServiceError>>,
+{
+    let mut attempts = 1;
+    loop {
+        match run().await {
+            Err(ServiceError::Meta(e)) if e.is_deadlock() && attempts < DEADLOCK_ATTEMPTS => {
+                tracing::info!(
+                    attempts,
+                    "a write lost a deadlock with garbage collection; retrying"
+                );
+                attempts += 1;
+            }
+            outcome => return outcome,
+        }
     }
 }
 
