@@ -11,6 +11,7 @@ use common::Registry;
 use e2e::gitlab::{start_auth_server, GitLab, ADMIN_TOKEN};
 use e2e::{backend_tests, unique_repo, MetaBackend, TestServer};
 use reqwest::{Method, StatusCode};
+use serde_json::Value;
 
 backend_tests!(
     status_and_dry_run_after_pushes_and_deletes,
@@ -185,8 +186,8 @@ async fn gc_run_beside_a_serving_instance(backend: MetaBackend) {
             );
             assert!(stdout.is_empty(), "nothing ran: {stdout}");
             assert_eq!(r.get_manifest(&repo, &untagged.digest).await.status(), StatusCode::OK);
-            assert!(blob_file(&r.server, &untagged.layer_digest).exists());
-            let dry = stowage(&r.server, &["gc", "run", "--dry-run", "--min-age", "0s"]);
+            assert!(r.server.blob_path(&untagged.layer_digest).exists());
+            let dry = r.server.stowage(&["gc", "run", "--dry-run", "--min-age", "0s"]);
             assert!(dry.contains(&untagged.digest), "{dry}");
         }
         MetaBackend::Postgres => {
@@ -195,7 +196,7 @@ async fn gc_run_beside_a_serving_instance(backend: MetaBackend) {
                 r.get_manifest(&repo, &untagged.digest).await.status(),
                 StatusCode::NOT_FOUND
             );
-            assert!(!blob_file(&r.server, &untagged.layer_digest).exists());
+            assert!(!r.server.blob_path(&untagged.layer_digest).exists());
         }
     }
 }
@@ -262,11 +263,11 @@ async fn admins_start_a_full_pass_as_a_job(backend: MetaBackend) {
 
     assert_eq!(r.get_manifest(&repo, &untagged.digest).await.status(), StatusCode::NOT_FOUND);
     for d in [&untagged.config_digest, &untagged.layer_digest] {
-        assert!(!blob_file(&r.server, d).exists(), "{d} is still stored");
+        assert!(!r.server.blob_path(d).exists(), "{d} is still stored");
     }
     assert_eq!(r.get_manifest(&repo, "v1").await.status(), StatusCode::OK);
     for d in [&kept.config_digest, &kept.layer_digest] {
-        assert!(blob_file(&r.server, d).exists(), "{d} was deleted");
+        assert!(r.server.blob_path(d).exists(), "{d} was deleted");
     }
     let listed = root.call(Method::GET, "/admin/jobs?kind=gc_full_pass", None).await;
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
