@@ -287,8 +287,11 @@ impl TestServer {
             .expect("open server log");
         let start_offset = log.metadata().map(|m| m.len()).unwrap_or(0) as usize;
         let mut cmd = Command::new(stowage_bin());
+        // A restart keeps the port, so clients holding `base`/`addr` go on working.
+        let listen =
+            if self.addr.is_empty() { "127.0.0.1:0".to_string() } else { self.addr.clone() };
         cmd.arg("serve")
-            .env("STOWAGE_HTTP_ADDR", "127.0.0.1:0")
+            .env("STOWAGE_HTTP_ADDR", listen)
             .env("STOWAGE_DATA_DIR", self.data_dir.path().join("data"))
             .env("RUST_LOG", "info")
             // Registry-core tests run against an open registry; auth tests ask for
@@ -428,7 +431,7 @@ impl TestServer {
     /// Runs `stowage <args>`, a command that changes registry state on its own, and returns
     /// what it printed, asserting success. SQLite mode is one process (such a command refuses
     /// beside `serve`), so there the server is stopped for the command and started again, on
-    /// a new port: clients must take `base`/`addr` afresh. On PostgreSQL it runs beside the
+    /// the same port. On PostgreSQL it runs beside the
     /// server, as another instance.
     pub fn run_offline(&mut self, args: &[&str]) -> String {
         let sqlite = self.backend == MetaBackend::Sqlite;

@@ -177,7 +177,7 @@ async fn gc_run_beside_a_serving_instance(backend: MetaBackend) {
         MetaBackend::Sqlite => {
             assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
             assert!(
-                stderr.starts_with(
+                stderr.lines().last().unwrap_or_default().starts_with(
                     "error: a running `stowage serve` collects garbage itself on SQLite; ask it \
                      for a full pass with POST /api/v4/admin/registry/gc (an instance admin's \
                      token), or stop it to run the pass from here: another stowage serve (pid "

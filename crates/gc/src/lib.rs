@@ -52,3 +52,20 @@ pub enum GcError {
     #[error("the pass took longer than gc.transactiontimeout ({0:?}) and was abandoned")]
     Timeout(std::time::Duration),
 }
+
+impl GcError {
+    /// PostgreSQL rolled the pass back as the victim of a deadlock with a concurrent write:
+    /// the write won, as it must, and nothing is lost; the pass simply runs again.
+    pub fn lost_to_a_write(&self) -> bool {
+        match self {
+            GcError::Meta(e) => e.is_deadlock(),
+            GcError::Review(e) => {
+                e.downcast_ref::<meta::MetaError>().is_some_and(|m| m.is_deadlock())
+                    || e.downcast_ref::<service::ServiceError>().is_some_and(
+                        |s| matches!(s, service::ServiceError::Meta(m) if m.is_deadlock()),
+                    )
+            }
+            _ => false,
+        }
+    }
+}

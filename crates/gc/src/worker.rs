@@ -89,6 +89,13 @@ impl Worker {
                     self.interval
                 }
             }
+            Err(error) if error.lost_to_a_write() => {
+                tracing::info!(
+                    worker = self.pass.name(),
+                    "a GC pass gave way to a concurrent write (deadlock); it runs again"
+                );
+                Duration::ZERO
+            }
             Err(error) => {
                 self.failures += 1;
                 let wait = backoff(self.interval, self.failures, self.max_backoff);

@@ -433,6 +433,30 @@ impl WriteTx<'_> {
         frozen_tags: &[Tag],
         schedule: &ReviewSchedule,
     ) -> Result<PutManifestOutcome, PutManifestError> {
+        // Manifests first (this one and the children it lists), then blobs, each kind in sorted
+        // order: the order GC's review takes them in too, so a review holding a manifest and
+        // waiting for a blob never waits on a push that holds the blob and waits for the
+        // manifest (a deadlock on PostgreSQL).
+        let mut manifest_digests: Vec<&str> =
+            manifest.children.iter().map(|c| c.digest.as_str()).collect();
+        manifest_digests.push(manifest.digest.as_str());
+        manifest_digests.sort_unstable();
+        manifest_digests.dedup();
+        let mut locked = std::collections::HashMap::with_capacity(manifest_digests.len());
+        for digest in manifest_digests {
+            locked.insert(digest, self.lock_manifest(repo_id, digest, schedule).await?);
+        }
+        let mut child_ids = Vec::with_capacity(manifest.children.len());
+        let mut absent_children = Vec::new();
+        for child in &manifest.children {
+            match locked.get(child.digest.as_str()).copied().flatten() {
+                Some(id) => child_ids.push(id),
+                None if child.must_exist => {
+                    return Err(PutManifestError::ManifestUnknown(child.digest.to_string()))
+                }
+                None => absent_children.push(&child.digest),
+            }
+        }
         // Sorted, so concurrent writers lock shared blobs in the same order.
         let mut blobs: Vec<&Digest> = manifest.blobs.iter().collect();
         blobs.sort();
@@ -458,20 +482,8 @@ impl WriteTx<'_> {
                 return Err(PutManifestError::BlobUnknown(blob.to_string()));
             }
         }
-        let mut child_ids = Vec::with_capacity(manifest.children.len());
-        let mut absent_children = Vec::new();
-        for child in &manifest.children {
-            match self.lock_manifest(repo_id, child.digest.as_str(), schedule).await? {
-                Some(id) => child_ids.push(id),
-                None if child.must_exist => {
-                    return Err(PutManifestError::ManifestUnknown(child.digest.to_string()))
-                }
-                None => absent_children.push(&child.digest),
-            }
-        }
-
         let now = schedule.now;
-        let existing = self.lock_manifest(repo_id, manifest.digest.as_str(), schedule).await?;
+        let existing = locked.get(manifest.digest.as_str()).copied().flatten();
         let manifest_id = match existing {
             Some(id) => id,
             None => {
@@ -652,6 +664,21 @@ impl WriteTx<'_> {
         .bind(&m.digest)
         .execute(&mut *self.tx)
         .await?;
+        for row in &children {
+            let id = get_i64(row, "id");
+            self.queue_manifest_review(id, m.repository_id, GcEvent::IndexDelete, schedule).await?;
+        }
+        for row in &referrers {
+            let id = get_i64(row, "id");
+            self.queue_manifest_review(id, m.repository_id, GcEvent::SubjectDelete, schedule)
+                .await?;
+        }
+        // Review rows are taken manifests first, then blobs, before the deletes (whose usage
+        // triggers lock usage rows): the order a push takes them in, so the two cannot deadlock.
+        for row in &blobs {
+            let digest: String = row.get("blob_digest");
+            self.queue_blob_review(&digest, GcEvent::ManifestDelete, schedule).await?;
+        }
         // Explicit deletes keep both backends identical even where cascades are off.
         for sql in [
             "DELETE FROM tags WHERE manifest_id = $1",
@@ -662,19 +689,6 @@ impl WriteTx<'_> {
             "DELETE FROM manifests WHERE id = $1",
         ] {
             sqlx::query(sql).bind(m.id).execute(&mut *self.tx).await?;
-        }
-        for row in &blobs {
-            let digest: String = row.get("blob_digest");
-            self.queue_blob_review(&digest, GcEvent::ManifestDelete, schedule).await?;
-        }
-        for row in &children {
-            let id = get_i64(row, "id");
-            self.queue_manifest_review(id, m.repository_id, GcEvent::IndexDelete, schedule).await?;
-        }
-        for row in &referrers {
-            let id = get_i64(row, "id");
-            self.queue_manifest_review(id, m.repository_id, GcEvent::SubjectDelete, schedule)
-                .await?;
         }
         Ok(())
     }

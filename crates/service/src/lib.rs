@@ -46,8 +46,12 @@ impl Default for GcSettings {
     }
 }
 
-/// The most a review row of an item a writer relies on is pushed back (GitLab: an hour).
-const POSTPONE_AT_MOST: Duration = Duration::from_secs(3600);
+/// How long a push has to finish: the review of an item a writer relies on (a blob whose
+/// existence a push checked, a manifest an index or tag is about to point at) is pushed back
+/// this far, and a freshly uploaded or mounted blob is not reviewed sooner, however short
+/// `gc.reviewafter` is (GitLab: an hour). So "no repository link needs it for an unfinished
+/// push" holds even with `gc.reviewafter: 0s`.
+const PUSH_WINDOW: Duration = Duration::from_secs(3600);
 /// Jitter added to `gc.reviewafter` when it is not zero, so items queued together spread out.
 const JITTER_MS: i64 = 60_000;
 /// When an item a writer holds is looked at again.
@@ -250,8 +254,15 @@ impl WriteService {
     fn schedule_at(&self, now: i64) -> ReviewSchedule {
         let delay = self.gc.review_after.as_millis().min(i64::MAX as u128 / 4) as i64;
         let jitter = if delay > 0 { rand::thread_rng().gen_range(0..=JITTER_MS) } else { 0 };
-        let postpone = self.gc.review_after.min(POSTPONE_AT_MOST).as_millis() as i64;
+        let postpone = PUSH_WINDOW.as_millis() as i64;
         ReviewSchedule { now, due: now + delay + jitter, postpone_to: now + postpone }
+    }
+
+    /// The schedule for a blob a push just stored or mounted: reviewed no sooner than the
+    /// push window, so its manifest can still arrive.
+    fn pushed_blob_schedule(&self) -> ReviewSchedule {
+        let schedule = self.schedule();
+        ReviewSchedule { due: schedule.due.max(schedule.postpone_to), ..schedule }
     }
 
     fn schedule(&self) -> ReviewSchedule {
@@ -282,7 +293,7 @@ impl WriteService {
     ) -> Result<(), ServiceError> {
         let staged = self.blobs.stage_upload(upload_id, parts, hasher, digest).await?;
         let size = hasher.len() as i64;
-        let schedule = self.schedule();
+        let schedule = self.pushed_blob_schedule();
         let mut w = match self.store.write_tx().await {
             Ok(w) => w,
             Err(e) => {
@@ -334,7 +345,7 @@ impl WriteService {
         repo: &RepositoryName,
         digest: &Digest,
     ) -> Result<Option<BlobRecord>, ServiceError> {
-        let schedule = self.schedule();
+        let schedule = self.pushed_blob_schedule();
         let mut w = self.store.write_tx().await?;
         let Some(blob) = w.lock_blob(digest.as_str(), &schedule).await? else { return Ok(None) };
         let repo_id = w.ensure_repository(repo).await?;

@@ -268,7 +268,9 @@ async fn reviews_delete_exactly_dangling(backend: Backend) {
     let plain = manifest("plain", &[&lp], &[], None);
     env.put(&r, &plain, &[]).await;
 
-    let later = meta::now_millis() + 1000;
+    // After the push window: uploads and the children the index relied on are reviewed only
+    // then, however short gc.reviewafter is.
+    let later = meta::now_millis() + 3_600_000 + 1000;
     let report = env.svc.review_manifests(later, 100).await.unwrap();
     let deleted: Vec<String> = report.deleted.iter().map(|d| d.digest.clone()).collect();
     let mut expected = vec![s(&orphan_referrer.digest), s(&plain.digest)];
