@@ -386,7 +386,8 @@ impl WriteService {
         tags: &[Tag],
         ctx: &RequestContext,
     ) -> Result<(), ServiceError> {
-        let result = self.put_manifest_audited(repo, actor, manifest, tags, ctx).await;
+        let result =
+            retry_deadlocks(|| self.put_manifest_once(repo, actor, manifest, tags, ctx)).await;
         if let Err(e @ (ServiceError::Refused(_) | ServiceError::TagFrozen(_))) = &result {
             let target = match tags.first() {
                 Some(tag) => ("Tag", format!("{repo}:{tag}")),
@@ -395,17 +396,6 @@ impl WriteService {
             self.audit_refusal(ctx, repo, "manifest_push", target, e).await;
         }
         result
-    }
-
-    async fn put_manifest_audited(
-        &self,
-        repo: &RepositoryName,
-        actor: Actor,
-        manifest: &NewManifest,
-        tags: &[Tag],
-        ctx: &RequestContext,
-    ) -> Result<(), ServiceError> {
-        retry_deadlocks(|| self.put_manifest_once(repo, actor, manifest, tags, ctx)).await
     }
 
     async fn put_manifest_once(
@@ -503,21 +493,11 @@ impl WriteService {
         actor: Actor,
         ctx: &RequestContext,
     ) -> Result<bool, ServiceError> {
-        let result = self.delete_tag_audited(repo, tag, actor, ctx).await;
+        let result = retry_deadlocks(|| self.delete_tag_once(repo, tag, actor, ctx)).await;
         if let Err(e @ ServiceError::Refused(_)) = &result {
             self.audit_refusal(ctx, repo, "tag_delete", ("Tag", format!("{repo}:{tag}")), e).await;
         }
         result
-    }
-
-    async fn delete_tag_audited(
-        &self,
-        repo: &RepositoryName,
-        tag: &Tag,
-        actor: Actor,
-        ctx: &RequestContext,
-    ) -> Result<bool, ServiceError> {
-        retry_deadlocks(|| self.delete_tag_once(repo, tag, actor, ctx)).await
     }
 
     async fn delete_tag_once(
@@ -581,7 +561,7 @@ impl WriteService {
         actor: Actor,
         ctx: &RequestContext,
     ) -> Result<bool, ServiceError> {
-        let result = self.delete_manifest_audited(repo, digest, actor, ctx).await;
+        let result = retry_deadlocks(|| self.delete_manifest_once(repo, digest, actor, ctx)).await;
         if let Err(e @ (ServiceError::Refused(_) | ServiceError::ManifestReferenced { .. })) =
             &result
         {
@@ -589,16 +569,6 @@ impl WriteService {
             self.audit_refusal(ctx, repo, "manifest_delete", target, e).await;
         }
         result
-    }
-
-    async fn delete_manifest_audited(
-        &self,
-        repo: &RepositoryName,
-        digest: &Digest,
-        actor: Actor,
-        ctx: &RequestContext,
-    ) -> Result<bool, ServiceError> {
-        retry_deadlocks(|| self.delete_manifest_once(repo, digest, actor, ctx)).await
     }
 
     async fn delete_manifest_once(
