@@ -100,10 +100,11 @@ fn links_stay_inside_the_repository() {
     // Files named in prose (`something.md`, `deploy/…`) exist too.
     for word in text.split(|c: char| c == '`' || c.is_whitespace()) {
         let word = word.trim_matches(|c: char| ",.;:()".contains(c));
-        if (word.ends_with(".md") || word.starts_with("deploy/")) && !word.contains('*') {
-            if word.starts_with("..") || !root.join(word).exists() {
-                broken.push(word.to_string());
-            }
+        if (word.ends_with(".md") || word.starts_with("deploy/"))
+            && !word.contains('*')
+            && (word.starts_with("..") || !root.join(word).exists())
+        {
+            broken.push(word.to_string());
         }
     }
     assert!(
