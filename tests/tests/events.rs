@@ -171,6 +171,16 @@ async fn acme_app(api: &GitLab) -> (i64, i64) {
 }
 
 /// Waits until every `webhook_delivery` job exists (`count`) and is in `state`.
+/// The receivers in these tests listen on loopback, which hooks may only reach when the
+/// operator allows it.
+const ALLOW_LOCAL_HOOKS: (&str, &str) = ("STOWAGE_WEBHOOKS__ALLOW_LOCAL_REQUESTS", "true");
+
+fn start_allowing_local_hooks(backend: MetaBackend, extra: &[(&str, &str)]) -> TestServer {
+    let mut env = vec![ALLOW_LOCAL_HOOKS];
+    env.extend_from_slice(extra);
+    start_auth_server(backend, &env)
+}
+
 fn await_delivery_state(server: &TestServer, count: usize, state: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -252,7 +262,7 @@ async fn receivers_get_one_event_per_push_and_delete(backend: MetaBackend) {
     )
     .unwrap();
     let path = config.path().to_string_lossy().into_owned();
-    let server = start_auth_server(backend, &[("STOWAGE_CONFIG", &path)]);
+    let server = start_allowing_local_hooks(backend, &[("STOWAGE_CONFIG", &path)]);
     let api = GitLab::root(&server);
     let (_, project) = acme_app(&api).await;
     let hook = api
@@ -313,7 +323,7 @@ async fn a_receiver_that_was_down_gets_the_backlog(backend: MetaBackend) {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let mut server = start_auth_server(backend, &[]);
+    let mut server = start_allowing_local_hooks(backend, &[]);
     let api = GitLab::root(&server);
     let (_, project) = acme_app(&api).await;
     api.call(
@@ -379,7 +389,7 @@ async fn audit_since(
 /// A scripted scenario leaves exactly the expected audit trail, on the instance and on the
 /// project, with actor, token kind and client address.
 async fn audit_log_records_a_scripted_scenario(backend: MetaBackend) {
-    let server = start_auth_server(backend, &[]);
+    let server = start_allowing_local_hooks(backend, &[]);
     let api = GitLab::root(&server);
     let (_, project) = acme_app(&api).await;
     let bob = api.create_user("bob").await;
@@ -491,7 +501,7 @@ async fn audit_log_records_a_scripted_scenario(backend: MetaBackend) {
 /// Outsiders do not learn that a private project's audit log or hooks exist; guests and
 /// developers are refused; hostile hook input is refused with a reason and stores nothing.
 async fn audit_and_hooks_refuse_outsiders_and_hostile_input(backend: MetaBackend) {
-    let server = start_auth_server(backend, &[]);
+    let server = start_allowing_local_hooks(backend, &[]);
     let api = GitLab::root(&server);
     let (group, project) = acme_app(&api).await;
     let mut as_user = Vec::new();
@@ -647,7 +657,59 @@ async fn audit_and_hooks_refuse_outsiders_and_hostile_input(backend: MetaBackend
     assert_eq!(names, ["hook_create", "hook_update", "hook_delete"]);
 }
 
+/// By default a hook may not reach this machine or its local network, however the address is
+/// spelled (server-side request forgery); a hook saved while that was allowed is refused at
+/// delivery, including a name that resolves to loopback, and its receiver gets nothing.
+async fn hooks_may_not_reach_the_local_network(backend: MetaBackend) {
+    let receiver = Receiver::start().await;
+    let mut server = start_auth_server(backend, &[]);
+    let api = GitLab::root(&server);
+    let (_, project) = acme_app(&api).await;
+    let hooks = format!("/projects/{project}/hooks");
+    let port = receiver.port;
+    let refused = "is blocked: requests to the local network are not allowed \
+                   (an administrator can allow them with webhooks.allow_local_requests)";
+    for url in [
+        receiver.url("/hook"),
+        format!("http://2130706433:{port}/hook"),
+        format!("http://0x7f.1:{port}/hook"),
+        format!("http://[::ffff:7f00:1]:{port}/hook"),
+        format!("http://[::1]:{port}/hook"),
+        format!("http://LocalHost.:{port}/hook"),
+        format!("http://0:{port}/hook"),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        "http://10.0.0.1/".to_string(),
+        "http://[fd00::1]/".to_string(),
+    ] {
+        let (status, answer) = api.request(Method::POST, &hooks, Some(json!({ "url": url }))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {answer}");
+        let message = answer["message"]["url"][0].as_str().unwrap_or_default();
+        assert!(message.ends_with(refused), "{url}: {answer}");
+    }
+    assert_eq!(api.call(Method::GET, &hooks, None).await, json!([]), "nothing was saved");
+
+    // Saved while allowed, then the operator takes the permission back.
+    server.restart_with(&[ALLOW_LOCAL_HOOKS]);
+    let api = GitLab::root(&server);
+    for url in [receiver.url("/literal"), format!("http://localhost:{port}/name")] {
+        api.call(Method::POST, &hooks, Some(json!({ "url": url }))).await;
+    }
+    server.restart_with(&[("STOWAGE_WEBHOOKS__ALLOW_LOCAL_REQUESTS", "false")]);
+    let registry = root_registry(&server, &["acme/app"]).await;
+    push(&registry, "acme/app", "v1").await;
+    await_delivery_state(&server, 1, "failed");
+    assert!(receiver.received().is_empty(), "{:?}", receiver.received());
+    let log = server.log();
+    for key in ["hook:1", "hook:2"] {
+        let blocked = log
+            .lines()
+            .any(|l| l.contains("event delivery failed") && l.contains(key) && l.contains(refused));
+        assert!(blocked, "no refusal logged for {key}: {log}");
+    }
+}
+
 backend_tests!(
+    hooks_may_not_reach_the_local_network,
     receivers_get_one_event_per_push_and_delete,
     a_receiver_that_was_down_gets_the_backlog,
     audit_log_records_a_scripted_scenario,

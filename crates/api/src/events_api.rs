@@ -361,8 +361,10 @@ const MAX_URL_CHARS: usize = 2048;
 const MAX_TOKEN_CHARS: usize = 1024;
 
 /// A hook URL, checked: absolute `http` or `https` with a host, no credentials in it (use
-/// `token`), no whitespace or control characters, at most [`MAX_URL_CHARS`].
-pub fn hook_url(text: &str) -> Result<String, ApiError> {
+/// `token`), no whitespace or control characters, at most [`MAX_URL_CHARS`], and not aimed at
+/// the local network unless `allow_local` (`webhooks.allow_local_requests`; see
+/// [`service::outbound`]).
+pub fn hook_url(text: &str, allow_local: bool) -> Result<String, ApiError> {
     let bad = |why: &str| ApiError::invalid("url", format!("{} {why}", oci::preview(text)));
     if text.chars().count() > MAX_URL_CHARS {
         return Err(ApiError::invalid("url", format!("is longer than {MAX_URL_CHARS} characters")));
@@ -374,8 +376,11 @@ pub fn hook_url(text: &str) -> Result<String, ApiError> {
     if !matches!(url.scheme(), "http" | "https") {
         return Err(bad("is not an http or https URL"));
     }
-    if url.host_str().is_none_or(str::is_empty) {
+    let Some(host) = url.host().filter(|h| !matches!(h, url::Host::Domain(""))) else {
         return Err(bad("has no host"));
+    };
+    if let Err(why) = ::service::outbound::check_host(&host, allow_local) {
+        return Err(bad(why));
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(ApiError::invalid(
@@ -415,9 +420,13 @@ pub struct HookParams {
 
 impl HookParams {
     /// The settings these parameters give, over `current` (a change) or the defaults.
-    fn settings(self, current: Option<&Webhook>) -> Result<WebhookSettings, ApiError> {
+    fn settings(
+        self,
+        current: Option<&Webhook>,
+        allow_local: bool,
+    ) -> Result<WebhookSettings, ApiError> {
         let url = match (self.url, current) {
-            (Some(url), _) => hook_url(&url)?,
+            (Some(url), _) => hook_url(&url, allow_local)?,
             (None, Some(hook)) => hook.url.clone(),
             (None, None) => return Err(ApiError::invalid("url", "is required")),
         };
@@ -519,7 +528,7 @@ async fn create_hook<K: SourceKind>(
     Params(p): Params<HookParams>,
 ) -> Answer {
     let source = managed::<K>(&s, &caller, &id).await?;
-    let settings = p.settings(None)?;
+    let settings = p.settings(None, s.hooks_allow_local)?;
     let hook = s.store.create_webhook(K::KIND, source.id(), &settings).await?;
     audit.record_on(&s.store, &source, "hook_create", hook_target(&hook), json!({})).await;
     Ok((StatusCode::CREATED, Json(HookView::from(&hook))).into_response())
@@ -534,7 +543,7 @@ async fn update_hook<K: SourceKind>(
 ) -> Answer {
     let source = managed::<K>(&s, &caller, &id).await?;
     let current = hook::<K>(&s, &source, &hook_id).await?;
-    let settings = p.settings(Some(&current))?;
+    let settings = p.settings(Some(&current), s.hooks_allow_local)?;
     let hook = s
         .store
         .update_webhook(current.id, &settings)
@@ -563,8 +572,13 @@ mod tests {
 
     #[test]
     fn hook_urls() {
-        assert_eq!(hook_url("http://127.0.0.1:9/x").unwrap(), "http://127.0.0.1:9/x");
-        assert_eq!(hook_url("https://hooks.example/a?b=c").unwrap(), "https://hooks.example/a?b=c");
+        assert_eq!(hook_url("http://127.0.0.1:9/x", true).unwrap(), "http://127.0.0.1:9/x");
+        let public = hook_url("https://hooks.example/a?b=c", false).unwrap();
+        assert_eq!(public, "https://hooks.example/a?b=c");
+        for local in ["http://127.0.0.1:9/x", "http://[::1]/", "http://localhost./", "http://0/"] {
+            let refused = hook_url(local, false).unwrap_err().to_string();
+            assert!(refused.contains("requests to the local network"), "{local}: {refused}");
+        }
         for bad in [
             "ftp://x/",
             "file:///etc/passwd",
@@ -577,9 +591,9 @@ mod tests {
             "http://x/ a",
             "",
         ] {
-            assert!(hook_url(bad).is_err(), "{bad:?} was accepted");
+            assert!(hook_url(bad, true).is_err(), "{bad:?} was accepted");
         }
-        assert!(hook_url(&format!("http://x/{}", "a".repeat(3000))).is_err());
+        assert!(hook_url(&format!("http://x/{}", "a".repeat(3000)), true).is_err());
     }
 
     #[test]

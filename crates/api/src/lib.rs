@@ -42,6 +42,8 @@ pub struct ApiState {
     pub job_token_lifetime: Duration,
     /// Where background work (repository and bulk tag deletes) is enqueued.
     pub jobs: jobs::Queue,
+    /// `webhooks.allow_local_requests`: hooks may target the local network.
+    pub hooks_allow_local: bool,
 }
 
 /// The `/api/v4` router: [`routes`] and GitLab's 404 for everything else.

@@ -14,6 +14,7 @@
 //! committed `blobs` row needs.
 
 pub mod events;
+pub mod outbound;
 
 use std::time::Duration;
 

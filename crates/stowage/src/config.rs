@@ -36,6 +36,7 @@ pub struct Config {
     pub gc: Gc,
     pub audit: AuditConfig,
     pub notifications: Notifications,
+    pub webhooks: Webhooks,
 }
 
 /// The audit log (see the README's "Audit log").
@@ -50,6 +51,17 @@ impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig { retention: "90d".into() }
     }
+}
+
+/// Project and group hooks (see the README's "Webhooks and notifications").
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Webhooks {
+    /// Hooks may target this machine and its local networks (loopback, private, link-local
+    /// addresses). Off by default, as GitLab's "Allow requests to the local network from
+    /// webhooks and integrations": otherwise any maintainer could make the server call internal
+    /// services. Instance endpoints (`notifications.endpoints`) are the operator's and exempt.
+    pub allow_local_requests: bool,
 }
 
 /// Registry event notifications, with distribution's keys (see the README's "Webhooks and
@@ -821,6 +833,7 @@ impl Default for Config {
             gc: Gc::default(),
             audit: AuditConfig::default(),
             notifications: Notifications::default(),
+            webhooks: Webhooks::default(),
         }
     }
 }

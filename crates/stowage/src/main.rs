@@ -221,6 +221,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         writes: registry.service.clone(),
         job_token_lifetime: parse_duration(&config.auth.job_token_lifetime)?,
         jobs: queue,
+        hooks_allow_local: config.webhooks.allow_local_requests,
     };
     if let Some(addr) = config.http.debug.addr.as_deref().filter(|a| !a.is_empty()) {
         let metrics = debug::install_recorder().context("cannot start the metrics recorder")?;

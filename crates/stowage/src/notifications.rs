@@ -10,7 +10,9 @@
 //! recorded (`webhook_deliveries`: status, response code, the start of the body); a receiver
 //! that took the event is never sent it again, and while any has not, the job fails and the
 //! queue retries it with backoff. Redirects are not followed: an answer other than 2xx is a
-//! failure.
+//! failure. Hooks (which users configure) reach only public addresses unless
+//! `webhooks.allow_local_requests` (see `service::outbound`): the check runs on the address
+//! each connection actually uses, so a name that resolves to a local address is refused too.
 
 use std::time::Duration;
 
@@ -41,6 +43,8 @@ struct Receiver {
     headers: Vec<(String, String)>,
     timeout: Duration,
     verify_tls: bool,
+    /// Only public addresses may be reached (a hook, unless `webhooks.allow_local_requests`).
+    public_only: bool,
     /// Failed attempts after which `backoff` is waited between attempts.
     threshold: u32,
     backoff: Duration,
@@ -51,17 +55,40 @@ struct Receiver {
 pub struct Notifier {
     store: Store,
     endpoints: std::sync::Arc<Vec<(Endpoint, Duration, Duration)>>,
-    client: reqwest::Client,
-    /// For hooks with `enable_ssl_verification: false`.
-    unverified: reqwest::Client,
+    /// By `[public_only][verify_tls]`.
+    clients: [[reqwest::Client; 2]; 2],
+    hooks_allow_local: bool,
 }
 
-fn client(verify_tls: bool) -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
+fn client(verify_tls: bool, public_only: bool) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .danger_accept_invalid_certs(!verify_tls)
-        .user_agent(concat!("stowage/", env!("CARGO_PKG_VERSION")))
-        .build()?)
+        .user_agent(concat!("stowage/", env!("CARGO_PKG_VERSION")));
+    if public_only {
+        builder = builder.no_proxy().dns_resolver(std::sync::Arc::new(PublicAddressesOnly));
+    }
+    Ok(builder.build()?)
+}
+
+/// Resolves a hook's host name to its public addresses only; a name with none is refused.
+struct PublicAddressesOnly;
+
+impl reqwest::dns::Resolve for PublicAddressesOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let all: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let public: Vec<std::net::SocketAddr> =
+                all.into_iter().filter(|a| !service::outbound::is_local_network(a.ip())).collect();
+            if public.is_empty() {
+                let refusal = format!("{host} {}", service::outbound::LOCAL_NETWORK_REFUSED);
+                return Err(refusal.into());
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
 }
 
 impl Notifier {
@@ -73,8 +100,11 @@ impl Notifier {
         Ok(Notifier {
             store,
             endpoints: std::sync::Arc::new(endpoints),
-            client: client(true)?,
-            unverified: client(false)?,
+            clients: [
+                [client(false, false)?, client(true, false)?],
+                [client(false, true)?, client(true, true)?],
+            ],
+            hooks_allow_local: config.webhooks.allow_local_requests,
         })
     }
 
@@ -104,6 +134,7 @@ impl Notifier {
                     .collect(),
                 timeout: *timeout,
                 verify_tls: true,
+                public_only: false,
                 threshold: e.threshold,
                 backoff: *backoff,
             });
@@ -121,6 +152,7 @@ impl Notifier {
                     headers,
                     timeout: HOOK_TIMEOUT,
                     verify_tls: hook.enable_ssl_verification,
+                    public_only: !self.hooks_allow_local,
                     threshold: 0,
                     backoff: Duration::ZERO,
                 });
@@ -173,7 +205,21 @@ impl Notifier {
     }
 
     async fn post(&self, r: &Receiver, envelope: &str, attempt: i64) -> DeliveryAttempt {
-        let client = if r.verify_tls { &self.client } else { &self.unverified };
+        let client = &self.clients[usize::from(r.public_only)][usize::from(r.verify_tls)];
+        // Addresses written in the URL never reach the resolver: check them here.
+        let written = url::Url::parse(&r.url).ok();
+        if let Some(host) = written.as_ref().and_then(|u| u.host()) {
+            if let Err(why) = service::outbound::check_host(&host, !r.public_only) {
+                return DeliveryAttempt {
+                    receiver: r.key.clone(),
+                    attempt,
+                    delivered: false,
+                    response_code: None,
+                    response: format!("{host} {why}"),
+                    at: meta::now_millis(),
+                };
+            }
+        }
         let mut request = client
             .post(&r.url)
             .timeout(r.timeout)
@@ -235,4 +281,22 @@ pub fn register(runner: &mut Runner, config: &Config, store: &Store) -> anyhow::
     });
     runner.every(AUDIT_PRUNE, PRUNE_INTERVAL, serde_json::json!({}));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::dns::Resolve;
+
+    /// A name that resolves only to loopback is refused by the resolver itself (the path a
+    /// hook's host name takes at connect time, past the check of the URL as written).
+    #[tokio::test]
+    async fn hook_names_resolving_to_loopback_are_refused() {
+        let name: reqwest::dns::Name = "localhost".parse().unwrap();
+        let refusal = match PublicAddressesOnly.resolve(name).await {
+            Ok(addrs) => panic!("resolved to {:?}", addrs.collect::<Vec<_>>()),
+            Err(e) => e.to_string(),
+        };
+        assert!(refusal.contains(service::outbound::LOCAL_NETWORK_REFUSED), "{refusal}");
+    }
 }
