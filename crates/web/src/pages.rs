@@ -239,11 +239,10 @@ pub async fn sign_in(
         }
         Err(LoginRefusal::Database(e)) => return Err(PageError::Database(e)),
     };
-    auth::web::note_actor(&parts.extensions, &auth::Identity::User {
-        user: user.clone(),
-        pat: None,
-    }
-    .audit_actor());
+    auth::web::note_actor(
+        &parts.extensions,
+        &auth::Identity::User { user: user.clone(), pat: None }.audit_actor(),
+    );
     let cookie = session::start(&state, &user).await?;
     let mut response = redirect("/");
     response.headers_mut().append(header::SET_COOKIE, cookie);
@@ -297,7 +296,10 @@ struct ExplorePage {
     next: Option<String>,
 }
 
-async fn project_rows(state: &WebState, projects: &[Project]) -> Result<Vec<ProjectRow>, PageError> {
+async fn project_rows(
+    state: &WebState,
+    projects: &[Project],
+) -> Result<Vec<ProjectRow>, PageError> {
     let mut rows = Vec::with_capacity(projects.len());
     for p in projects {
         rows.push(ProjectRow {
@@ -607,7 +609,13 @@ async fn registry_page(
     let page = q.page();
     let mut summaries = state
         .store()
-        .repository_summaries(&project.full_path, &search, order, PER_PAGE + 1, (page - 1) * PER_PAGE)
+        .repository_summaries(
+            &project.full_path,
+            &search,
+            order,
+            PER_PAGE + 1,
+            (page - 1) * PER_PAGE,
+        )
         .await?;
     let more = summaries.len() as i64 > PER_PAGE;
     summaries.truncate(PER_PAGE as usize);
@@ -848,8 +856,10 @@ async fn tag_page(
         .and_then(|p| p.parse::<i64>().ok())
         .filter(|p| (1..=MAX_PER_PAGE).contains(p))
         .unwrap_or(PER_PAGE);
-    let before = q.get("before").filter(|b| !b.is_empty()).map(|b| parse_marker(b, order)).transpose()?;
-    let after = q.get("after").filter(|a| !a.is_empty()).map(|a| parse_marker(a, order)).transpose()?;
+    let before =
+        q.get("before").filter(|b| !b.is_empty()).map(|b| parse_marker(b, order)).transpose()?;
+    let after =
+        q.get("after").filter(|a| !a.is_empty()).map(|a| parse_marker(a, order)).transpose()?;
     let backwards = before.is_some();
     let query = TagPageQuery {
         order,
@@ -874,16 +884,15 @@ async fn tag_page(
     let can_delete = actions.contains(&Action::Delete);
     let level = auth::policy::role_on_project(state.store(), &viewer.identity(), project).await?;
     let protection = state.store().protection_in_project(project.clone(), &repository.name).await?;
-    let name: oci::RepositoryName = repository
-        .name
-        .parse()
-        .map_err(|_| PageError::NotFound)?;
+    let name: oci::RepositoryName = repository.name.parse().map_err(|_| PageError::NotFound)?;
     let now = meta::now_millis();
     let mut rows = Vec::with_capacity(tags.len());
     for tag in &tags {
         let digest: Option<oci::Digest> = tag.digest.parse().ok();
         let platforms = match &digest {
-            Some(d) if is_index(&tag.media_type) => platforms_of(state, repository, &name, d).await?,
+            Some(d) if is_index(&tag.media_type) => {
+                platforms_of(state, repository, &name, d).await?
+            }
             _ => Vec::new(),
         };
         let artifacts = match &digest {
@@ -926,7 +935,10 @@ async fn tag_page(
     let base = format!("/{}/container_registry/{}", project.full_path, repository.id);
     let sort_param = if sort == "name" { "" } else { sort };
     let link = |key: &str, marker: String| {
-        format!("{base}{}", view_query(&[("search", &search), ("sort", sort_param), (key, &marker)]))
+        format!(
+            "{base}{}",
+            view_query(&[("search", &search), ("sort", sort_param), (key, &marker)])
+        )
     };
     let prev = match tags.first() {
         Some(first) if has_prev => Some(link("before", marker_text(first, order))),
@@ -1026,8 +1038,7 @@ async fn delete_tags(
     let mut notices = Vec::new();
     let mut refused = 0;
     for tag in &tags {
-        match state.writes.delete_tag(&name, tag, service::Actor::Level(level), &ctx).await
-        {
+        match state.writes.delete_tag(&name, tag, service::Actor::Level(level), &ctx).await {
             Ok(true) => deleted.push(tag.as_str().to_string()),
             Ok(false) => notices.push(format!("!Tag {} does not exist (any more).", tag.as_str())),
             Err(service::ServiceError::Refused(refusal)) => {
@@ -1042,9 +1053,11 @@ async fn delete_tags(
         }
     }
     if !deleted.is_empty() {
-        notices.insert(0, format!("Deleted {}: {}.", plural_tags(deleted.len()), deleted.join(", ")));
+        notices
+            .insert(0, format!("Deleted {}: {}.", plural_tags(deleted.len()), deleted.join(", ")));
     }
-    let status = if deleted.is_empty() && refused > 0 { StatusCode::FORBIDDEN } else { StatusCode::OK };
+    let status =
+        if deleted.is_empty() && refused > 0 { StatusCode::FORBIDDEN } else { StatusCode::OK };
     tag_page(state, viewer, project, repository, q, notices, status).await
 }
 
