@@ -519,3 +519,39 @@ pub async fn missing_project_hint(
     }
     Ok(Some(missing))
 }
+
+/// Whether `user` (or an anonymous visitor) may know that `project` exists: public projects
+/// for everyone, internal ones for signed-in users, private ones for members (guest and
+/// above, directly or through a group) and instance admins. Blocked users see what anonymous
+/// visitors see. The web UI asks this before showing anything of a project, and answers
+/// exactly as for a missing one when it is `false`.
+pub async fn user_may_see_project(
+    store: &Store,
+    user: Option<&User>,
+    project: &Project,
+) -> Result<bool, MetaError> {
+    let user = user.filter(|u| !u.blocked);
+    may_see(&Identity::Anonymous, user, project.visibility, async {
+        match user {
+            Some(u) => store.effective_access_level(u.id, project).await,
+            None => Ok(level::NONE),
+        }
+    })
+    .await
+}
+
+/// [`user_may_see_project`] for a group.
+pub async fn user_may_see_group(
+    store: &Store,
+    user: Option<&User>,
+    group: &meta::Group,
+) -> Result<bool, MetaError> {
+    let user = user.filter(|u| !u.blocked);
+    may_see(&Identity::Anonymous, user, group.visibility, async {
+        match user {
+            Some(u) => store.effective_group_access_level(u.id, group).await,
+            None => Ok(level::NONE),
+        }
+    })
+    .await
+}

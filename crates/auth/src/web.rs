@@ -176,7 +176,7 @@ fn invalid_credentials() -> Response {
 
 /// The client address the HTTP layer computed; the unspecified address when the router runs
 /// without that layer (then all clients share one throttling address, which fails safe).
-fn client_of(addr: Option<Extension<ClientAddr>>) -> IpAddr {
+pub fn client_of(addr: Option<Extension<ClientAddr>>) -> IpAddr {
     addr.map(|Extension(ClientAddr(ip))| ip).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
 }
 
@@ -196,27 +196,39 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, ()
     Ok(Some((user.to_string(), secret.to_string())))
 }
 
-/// Checks presented credentials. In order, so that nothing expensive happens for a request
-/// that will be refused anyway: the client's address limit; the form of the credentials
-/// (bounded length, no control characters); the address-and-username limit; and only then
-/// the database and the password pool. `Err` is the response to send.
-async fn login(
+/// Why a login was refused.
+#[derive(Debug)]
+pub enum LoginRefusal {
+    /// Too many failed attempts from this address (or for this username from it): wait.
+    Throttled(Duration),
+    /// Wrong, malformed or unusable credentials — one answer, whatever was wrong.
+    Invalid,
+    /// Too many passwords are being checked right now: the sentence says to retry.
+    Busy(String),
+    /// The database failed while checking.
+    Database(meta::MetaError),
+}
+
+/// THE login check every surface that accepts a username and secret uses (`/jwt/auth`, the
+/// web UI's sign-in form). In order, so that nothing expensive happens for a request that
+/// will be refused anyway: the client's address limit; the form of the credentials (bounded
+/// length, no control characters); the address-and-username limit; and only then the
+/// database and the password pool. `via` names the surface in the audit log.
+pub async fn check_login(
     state: &AuthState,
     origin: &RequestOrigin,
     client: IpAddr,
     username: &str,
     secret: &str,
-) -> Result<Identity, Response> {
+    via: &str,
+) -> Result<Identity, LoginRefusal> {
     let throttled = |wait: Duration| {
         tracing::warn!(
             username = %oci::preview(username),
             %client,
             "login refused: too many failed attempts"
         );
-        too_many(
-            "too many failed login attempts from this address; wait a few minutes before trying again",
-            wait,
-        )
+        LoginRefusal::Throttled(wait)
     };
     let address = [state.limiter.address_key(client)];
     if let Some(wait) = state.limiter.blocked(&address) {
@@ -227,7 +239,7 @@ async fn login(
         Err(why) => {
             state.limiter.failed(&address);
             tracing::info!(username = %oci::preview(username), %client, reason = %why, "login refused");
-            return Err(invalid_credentials());
+            return Err(LoginRefusal::Invalid);
         }
     };
     let keys = state.limiter.keys(client, credentials.username());
@@ -237,22 +249,43 @@ async fn login(
     match policy::authenticate(&state.store, &credentials).await {
         Ok(Some(identity)) => {
             state.limiter.succeeded(&keys);
-            audit_login(&state.store, origin, identity.audit_actor(), true).await;
+            audit_login(&state.store, origin, identity.audit_actor(), true, via).await;
             Ok(identity)
         }
         Ok(None) => {
             state.limiter.failed(&keys);
             tracing::info!(username = %oci::preview(username), %client, "login failed");
             let actor = AuditActor::system(credentials.username());
-            audit_login(&state.store, origin, actor, false).await;
-            Err(invalid_credentials())
+            audit_login(&state.store, origin, actor, false, via).await;
+            Err(LoginRefusal::Invalid)
         }
         Err(AuthError::Busy(busy)) => {
             tracing::warn!(%client, "login refused: the password pool is full");
-            Err(too_many(&busy.to_string(), Duration::from_secs(1)))
+            Err(LoginRefusal::Busy(busy.to_string()))
         }
-        Err(AuthError::Meta(e)) => Err(database_failed(&e, "check the credentials")),
+        Err(AuthError::Meta(e)) => Err(LoginRefusal::Database(e)),
     }
+}
+
+/// [`check_login`] for `/jwt/auth`: `Err` is the response to send.
+async fn login(
+    state: &AuthState,
+    origin: &RequestOrigin,
+    client: IpAddr,
+    username: &str,
+    secret: &str,
+) -> Result<Identity, Response> {
+    check_login(state, origin, client, username, secret, "/jwt/auth").await.map_err(|refusal| {
+        match refusal {
+            LoginRefusal::Throttled(wait) => too_many(
+                "too many failed login attempts from this address; wait a few minutes before trying again",
+                wait,
+            ),
+            LoginRefusal::Invalid => invalid_credentials(),
+            LoginRefusal::Busy(message) => too_many(&message, Duration::from_secs(1)),
+            LoginRefusal::Database(e) => database_failed(&e, "check the credentials"),
+        }
+    })
 }
 
 /// Records a login attempt that reached the credential check (throttled and malformed ones
@@ -262,6 +295,7 @@ async fn audit_login(
     origin: &RequestOrigin,
     actor: AuditActor,
     success: bool,
+    via: &str,
 ) {
     let entity = AuditEntity::user(actor.user_id.unwrap_or(0), &actor.name);
     let event = NewAuditEvent {
@@ -273,7 +307,7 @@ async fn audit_login(
         target_id: actor.user_id.map(|id| id.to_string()).unwrap_or_default(),
         target_details: actor.name.clone(),
         success,
-        details: serde_json::json!({ "via": "/jwt/auth" }),
+        details: serde_json::json!({ "via": via }),
         at: meta::now_millis(),
     };
     if let Err(e) = store.record_audit(&event).await {

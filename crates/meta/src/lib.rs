@@ -9,6 +9,7 @@
 //! and runs through sqlx's `Any` driver. The durable job queue's rows live here too ([`jobs`]).
 //! This crate must not know about HTTP or blob bytes.
 
+mod browse;
 mod cleanup;
 pub mod events;
 mod gc;
@@ -25,6 +26,7 @@ mod test_writes;
 mod usage;
 mod write;
 
+pub use browse::*;
 pub use cleanup::*;
 pub use gc::*;
 pub use gc_review::*;

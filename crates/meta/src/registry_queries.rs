@@ -105,7 +105,7 @@ const TAG_COLUMNS: &str = "t.name, m.digest, m.media_type, m.config_digest, m.to
      t.created_at, t.updated_at";
 
 /// `%`, `_` and `\` taken literally in a `LIKE ... ESCAPE '\'` pattern.
-fn like_literal(text: &str) -> String {
+pub(crate) fn like_literal(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if matches!(c, '%' | '_' | '\\') {

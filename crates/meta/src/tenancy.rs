@@ -146,7 +146,7 @@ fn scopes_of(text: &str) -> Vec<String> {
     text.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect()
 }
 
-fn user_from_row(r: &AnyRow) -> User {
+pub(crate) fn user_from_row(r: &AnyRow) -> User {
     User {
         id: get_i64(r, "id"),
         username: r.get("username"),
@@ -172,7 +172,7 @@ fn group_from_row(r: &AnyRow) -> Group {
     }
 }
 
-fn project_from_row(r: &AnyRow) -> Project {
+pub(crate) fn project_from_row(r: &AnyRow) -> Project {
     Project {
         id: get_i64(r, "id"),
         name: r.get("name"),

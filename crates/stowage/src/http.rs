@@ -23,7 +23,7 @@ use crate::client_addr::{self, TrustedProxies};
 const REQUEST_ID: &str = "x-request-id";
 
 /// Headers every response carries: no content sniffing, no framing. The CSP forbids loading
-/// anything — responses are JSON and blobs; a web UI will send its own policy.
+/// anything — responses are JSON and blobs; the web UI's pages send their own policy.
 pub const SECURITY_HEADERS: [(&str, &str); 3] = [
     ("x-content-type-options", "nosniff"),
     ("x-frame-options", "DENY"),
@@ -37,6 +37,7 @@ pub fn app(
     registry: registry::Registry,
     api: api::ApiState,
     auth: Option<auth::web::AuthState>,
+    web: Option<web::WebState>,
     trusted_proxies: TrustedProxies,
 ) -> Router {
     let request_id = axum::http::HeaderName::from_static(REQUEST_ID);
@@ -45,7 +46,10 @@ pub fn app(
     if let Some(auth) = auth {
         app = app.merge(auth::web::token_router(auth));
     }
-    app.fallback(unknown_path)
+    // The web UI answers only paths no other surface owns, so it can never shadow /v2,
+    // /api/v4 or /jwt/auth, whatever a group or project is called.
+    let pages = web.map(web::router);
+    app.fallback(move |request: Request| other_paths(pages.clone(), request))
         .layer(middleware::from_fn(errors_as_json))
         .layer(middleware::from_fn(request_metrics))
         .layer(middleware::from_fn(access_log))
@@ -144,6 +148,21 @@ pub fn error_body(status: StatusCode, surface: Surface, method: &Method, detail:
     body.to_string()
 }
 
+/// A path no API route matched: a web page (when the UI is on and the path is not under
+/// another surface's prefix), else the surface's JSON 404.
+async fn other_paths(pages: Option<Router>, request: Request) -> Response {
+    use tower::ServiceExt;
+    match pages {
+        Some(pages) if Surface::of(request.uri().path()) == Surface::Other => {
+            match pages.oneshot(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        }
+        _ => unknown_path(request).await,
+    }
+}
+
 /// What a path no surface serves answers.
 async fn unknown_path(request: Request) -> Response {
     let surface = Surface::of(request.uri().path());
@@ -162,7 +181,10 @@ async fn errors_as_json(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let response = next.run(request).await;
     let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) || is_json(&response) {
+    if !(status.is_client_error() || status.is_server_error())
+        || is_json(&response)
+        || is_html(&response)
+    {
         return response;
     }
     let (mut parts, body) = response.into_parts();
@@ -175,6 +197,15 @@ async fn errors_as_json(request: Request, next: Next) -> Response {
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Response::from_parts(parts, Body::from(body))
+}
+
+/// The web UI's own error pages stay pages.
+fn is_html(response: &Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"))
 }
 
 fn is_json(response: &Response) -> bool {

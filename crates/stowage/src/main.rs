@@ -272,7 +272,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             None
         }
     };
-    let app = http::app(registry, api, auth, config.http.trusted_proxies.clone());
+    // The web UI signs people in, so it runs with token authentication only; its cookies are
+    // `Secure` when browsers reach the registry over HTTPS (served here, or behind a proxy
+    // named by an https `http.host`).
+    let web = auth.clone().map(|auth| web::WebState {
+        auth,
+        writes: registry.service.clone(),
+        secure_cookies: config.external_url().starts_with("https://"),
+        session_lifetime: web::DEFAULT_SESSION_LIFETIME,
+    });
+    let app = http::app(registry, api, auth, web, config.http.trusted_proxies.clone());
     let limits = server::ConnectionLimits {
         header_read: parse_duration(&config.http.timeouts.header_read)?,
         idle: parse_duration(&config.http.timeouts.idle)?,

@@ -1,0 +1,11 @@
+// Progressive enhancements only: every page reads and works without this script.
+"use strict";
+document.addEventListener("click", (event) => {
+  const button = event.target.closest("button.copy");
+  if (!button || !navigator.clipboard) return;
+  navigator.clipboard.writeText(button.dataset.copy).then(() => {
+    const label = button.textContent;
+    button.textContent = "Copied";
+    setTimeout(() => { button.textContent = label; }, 1500);
+  });
+});
