@@ -418,11 +418,8 @@ impl TestServer {
     pub async fn object_exists(&self, key: &str) -> bool {
         match self.object_location(key) {
             Ok(path) => path.exists(),
-            Err(url) => {
-                let status = reqwest::Client::new().head(&url).send().await.unwrap().status();
-                assert!(status.is_success() || status.as_u16() == 404, "HEAD {url}: {status}");
-                status.is_success()
-            }
+            // A listing: moto answers unsigned HEADs of objects with 403.
+            Err(_) => self.object_keys(key).await.iter().any(|k| k == key),
         }
     }
 

@@ -368,8 +368,9 @@ impl Store {
         self.begin_write().await
     }
 
-    /// [`write_tx`](Self::write_tx) for garbage collection's own work (reviews, storage
-    /// deletions), which does not count as a foreground write.
+    /// [`write_tx`](Self::write_tx) for background bookkeeping that does not count as a
+    /// foreground write: garbage collection's own work (reviews, storage deletions) and the
+    /// job queue's claims, which every worker polls each second.
     pub async fn background_write_tx(&self) -> Result<WriteTx<'_>, MetaError> {
         self.begin_write().await
     }
