@@ -356,7 +356,9 @@ async fn leftovers_are_swept_on_the_filesystem_and_on_s3(backend: MetaBackend) {
         assert_eq!(r.server.object_keys("uploads").await.len(), 1, "{storage:?}: the live part");
 
         // Everything pushed pulls unchanged; the upload in progress completes.
-        for (digest, bytes) in [(&image.layer_digest, &image.layer), (&image.config_digest, &image.config)] {
+        for (digest, bytes) in
+            [(&image.layer_digest, &image.layer), (&image.config_digest, &image.config)]
+        {
             let resp = r.get(&format!("/v2/{repo}/blobs/{digest}")).await;
             let resp = if resp.status().is_redirection() {
                 let to = common::header(&resp, "location").unwrap();
@@ -374,7 +376,12 @@ async fn leftovers_are_swept_on_the_filesystem_and_on_s3(backend: MetaBackend) {
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), StatusCode::CREATED, "{storage:?}: {}", resp.text().await.unwrap());
+        assert_eq!(
+            resp.status(),
+            StatusCode::CREATED,
+            "{storage:?}: {}",
+            resp.text().await.unwrap()
+        );
         assert_eq!(r.blob_status(&repo, &digest).await, StatusCode::OK, "{storage:?}");
     }
 }

@@ -121,13 +121,13 @@ impl LeftoverSweep {
             let digests: Vec<&str> = page.iter().map(|b| b.digest.as_str()).collect();
             let unrecorded: HashSet<String> =
                 self.store.gc_unrecorded_blobs(&digests).await?.into_iter().collect();
-            found.extend(page.iter().filter(|b| unrecorded.contains(b.digest.as_str())).map(
-                |b| Leftover {
+            found.extend(page.iter().filter(|b| unrecorded.contains(b.digest.as_str())).map(|b| {
+                Leftover {
                     key: blobstore::layout::blob(&b.digest).to_string(),
                     size: b.size,
                     kind: LeftoverKind::BlobWithoutRecord,
-                },
-            ));
+                }
+            }));
         }
         Ok(found)
     }
@@ -205,4 +205,3 @@ impl LeftoverSweep {
         Ok(())
     }
 }
-

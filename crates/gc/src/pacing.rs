@@ -29,7 +29,12 @@ pub struct Pacing {
 impl Pacing {
     /// Always `batch` items, never a pause (tests, `stowage gc run`).
     pub fn fixed(batch: usize) -> Pacing {
-        Pacing { activity: None, batch: batch.max(1), busy_batch: batch.max(1), busy_pause: Duration::ZERO }
+        Pacing {
+            activity: None,
+            batch: batch.max(1),
+            busy_batch: batch.max(1),
+            busy_pause: Duration::ZERO,
+        }
     }
 
     /// `batch` items while `store` sees no foreground write, `busy_batch` and a

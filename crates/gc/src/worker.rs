@@ -232,7 +232,9 @@ pub fn spawn_background(
         ] {
             if enabled {
                 let pacing = match &parts.activity {
-                    Some(store) => Pacing::giving_way(store.clone(), REVIEW_BATCH, BUSY_REVIEW_BATCH),
+                    Some(store) => {
+                        Pacing::giving_way(store.clone(), REVIEW_BATCH, BUSY_REVIEW_BATCH)
+                    }
                     None => Pacing::fixed(REVIEW_BATCH),
                 };
                 let pass = ReviewPass { reviewer: reviewer.clone(), queue, pacing };

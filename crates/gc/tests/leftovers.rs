@@ -90,7 +90,6 @@ async fn old_leftovers_go_and_everything_else_stays(backend: Backend) {
     db.drop_database().await;
 }
 
-
 /// A blob store on the filesystem or on a bucket of a moto S3 server, with what keeps it
 /// alive (the directory, the server) until dropped.
 fn storage(s3: bool) -> (Box<dyn std::any::Any>, blobstore::BlobStore) {
@@ -108,7 +107,8 @@ fn storage(s3: bool) -> (Box<dyn std::any::Any>, blobstore::BlobStore) {
 
 /// Writes one upload part of `bytes` into session `id`, as a PATCH does.
 async fn upload_part(blobs: &blobstore::BlobStore, id: &str, bytes: &'static [u8]) {
-    let body = futures::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from_static(bytes)) });
+    let body =
+        futures::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from_static(bytes)) });
     let hasher = blobstore::ResumableSha256::new();
     blobs.write_part(id, &hasher, body, None).await.unwrap();
 }
@@ -161,11 +161,7 @@ async fn blob_objects_without_a_record_are_found_and_deleted(backend: Backend, s
     found.sort_by(|a, b| a.key.cmp(&b.key));
     let orphan_key = blobstore::layout::blob(&orphan).to_string();
     let mut expected = vec![
-        Leftover {
-            key: orphan_key.clone(),
-            size: 40,
-            kind: LeftoverKind::BlobWithoutRecord,
-        },
+        Leftover { key: orphan_key.clone(), size: 40, kind: LeftoverKind::BlobWithoutRecord },
         Leftover {
             key: "uploads/gone-session".into(),
             size: 18,
@@ -192,7 +188,8 @@ async fn blob_objects_without_a_record_are_found_and_deleted(backend: Backend, s
     assert_eq!(blobs.size(&orphan).await.unwrap(), None);
     assert_eq!(blobs.size(&queued).await.unwrap(), None);
     assert_eq!(blobs.size(&recorded).await.unwrap(), Some(15), "a recorded blob stays");
-    let live = blobs.idle_upload_sessions(std::time::SystemTime::now() + Duration::from_secs(86_400));
+    let live =
+        blobs.idle_upload_sessions(std::time::SystemTime::now() + Duration::from_secs(86_400));
     assert_eq!(live.await.unwrap(), vec!["live".to_string()], "the live session's part stays");
     assert_eq!(sweep.find(later).await.unwrap(), vec![], "nothing left");
 

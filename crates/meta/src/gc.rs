@@ -112,7 +112,15 @@ pub(crate) async fn insert_events(
         let rows: Vec<String> = (0..chunk.len())
             .map(|i| {
                 let p = 1 + 7 * i;
-                format!("(${p}, ${}, ${}, ${}, ${}, ${}, ${})", p + 1, p + 2, p + 3, p + 4, p + 5, p + 6)
+                format!(
+                    "(${p}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5,
+                    p + 6
+                )
             })
             .collect();
         let sql = format!(
@@ -192,7 +200,8 @@ impl StorageDeletionClaim<'_> {
                 }
             }
         }
-        self.w.in_list("DELETE FROM gc_storage_deletions WHERE digest IN ({list})", None, &done)
+        self.w
+            .in_list("DELETE FROM gc_storage_deletions WHERE digest IN ({list})", None, &done)
             .await?;
         for (item, error, _) in &failures {
             let attempts = item.attempts + 1;

@@ -273,8 +273,7 @@ impl WriteTx<'_> {
         )
         .await?;
         let postponed: HashSet<&str> = busy.iter().copied().collect();
-        let done: Vec<&str> =
-            claimed.iter().copied().filter(|d| !postponed.contains(d)).collect();
+        let done: Vec<&str> = claimed.iter().copied().filter(|d| !postponed.contains(d)).collect();
         self.in_list("DELETE FROM gc_blob_review_queue WHERE digest IN ({list})", None, &done)
             .await?;
         outcome.busy = busy.len();
