@@ -296,7 +296,10 @@ def sc_gc_push(bin_, workdir, cfg, backend):
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         timed_pushes(srv, 5, "warm")
+        before = gc_figures(srv)["review_queues"]["blobs"]["queued"]
+        t = time.monotonic()
         busy = timed_pushes(srv, cfg["push_images"], "busy", until=lambda: busy_flag["busy"])
+        busy_s = time.monotonic() - t
         backlog_left = gc_figures(srv)["review_queues"]["blobs"]["queued"]
         busy_flag["busy"] = False
         watcher.join(5)
@@ -307,6 +310,9 @@ def sc_gc_push(bin_, workdir, cfg, backend):
                          p99_ms=1000 * b.pct(lat, 99) if lat else None)
     out["backlog"] = cfg["push_backlog"]
     out["backlog_left_after"] = backlog_left
+    # How fast GC went on while it gave way to the pushes (see crates/gc/src/pacing.rs).
+    out["busy_seconds"] = busy_s
+    out["review_per_s_while_pushing"] = (before - backlog_left) / busy_s if busy_s > 0 else None
     if idle and busy:
         out["p99_change"] = out["busy"]["p99_ms"] / out["idle"]["p99_ms"] - 1
     return out
@@ -505,6 +511,8 @@ def render(gc):
         lines.append("| change | " + " | ".join(
             (f"{100 * push[be]['p99_change']:+.0f} %" if push.get(be, {}).get("p99_change") is not None
              else "n/a") for be in ("sqlite", "postgres")) + " | within +20 % |")
+        lines.append("| GC review rate while pushing | " + " | ".join(
+            f(push.get(be, {}).get("review_per_s_while_pushing"), "/s", 0) for be in ("sqlite", "postgres")) + " | |")
         lines.append("| pushes measured (idle / busy) | " + " | ".join(
             f"{b.get(push.get(be, {}), 'idle', 'pushes')} / {b.get(push.get(be, {}), 'busy', 'pushes')}"
             for be in ("sqlite", "postgres")) + " | |")

@@ -390,6 +390,73 @@ impl TestServer {
         self.data_dir().join("data/blobs").join(algorithm).join(&hex[..2]).join(hex)
     }
 
+    /// Where object `key` of the server's storage is: a file under its data directory, or a
+    /// URL of its S3 bucket (moto answers unsigned requests).
+    fn object_location(&self, key: &str) -> Result<PathBuf, String> {
+        match &self.object_store {
+            None => Ok(self.data_dir().join("data").join(key)),
+            Some(s3) => Err(format!("{}/stowage/{key}", s3.endpoint())),
+        }
+    }
+
+    /// Writes `bytes` as object `key` straight into the server's storage (filesystem or S3),
+    /// bypassing the registry: what a crash can leave behind.
+    pub async fn put_object(&self, key: &str, bytes: Vec<u8>) {
+        match self.object_location(key) {
+            Ok(path) => {
+                std::fs::create_dir_all(path.parent().expect("a key has a parent")).unwrap();
+                std::fs::write(&path, bytes).unwrap();
+            }
+            Err(url) => {
+                let resp = reqwest::Client::new().put(&url).body(bytes).send().await.unwrap();
+                assert!(resp.status().is_success(), "PUT {url}: {}", resp.status());
+            }
+        }
+    }
+
+    /// Whether object `key` is in the server's storage (filesystem or S3).
+    pub async fn object_exists(&self, key: &str) -> bool {
+        match self.object_location(key) {
+            Ok(path) => path.exists(),
+            // A listing: moto answers unsigned HEADs of objects with 403.
+            Err(_) => self.object_keys(key).await.iter().any(|k| k == key),
+        }
+    }
+
+    /// The keys of every object under `prefix` in the server's storage (filesystem or S3).
+    pub async fn object_keys(&self, prefix: &str) -> Vec<String> {
+        match self.object_location(prefix) {
+            Ok(path) => {
+                fn walk(dir: &Path, key: &str, out: &mut Vec<String>) {
+                    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                        let name = format!("{key}/{}", entry.file_name().to_string_lossy());
+                        if entry.path().is_dir() {
+                            walk(&entry.path(), &name, out);
+                        } else {
+                            out.push(name);
+                        }
+                    }
+                }
+                let mut out = Vec::new();
+                walk(&path, prefix.trim_end_matches('/'), &mut out);
+                out.sort();
+                out
+            }
+            Err(_) => {
+                let s3 = self.object_store.as_ref().expect("S3");
+                let url = format!("{}/stowage?list-type=2&prefix={prefix}", s3.endpoint());
+                let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
+                let mut out: Vec<String> = body
+                    .split("<Key>")
+                    .skip(1)
+                    .filter_map(|s| s.split_once("</Key>").map(|(k, _)| k.to_string()))
+                    .collect();
+                out.sort();
+                out
+            }
+        }
+    }
+
     /// The digests of every blob object in the server's filesystem storage (interrupted
     /// writes, `<hex>#1`, are not blobs and are left out).
     pub fn stored_blobs(&self) -> std::collections::BTreeSet<String> {

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use common::Registry;
 use e2e::gitlab::{start_auth_server, GitLab, ADMIN_TOKEN};
-use e2e::{backend_tests, unique_repo, MetaBackend, TestServer};
+use e2e::{backend_tests, unique_repo, BlobBackend, MetaBackend, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
@@ -19,7 +19,8 @@ backend_tests!(
     online_gc_reclaims_exactly_the_unreferenced_bytes,
     gc_run_beside_a_serving_instance,
     admins_start_a_full_pass_as_a_job,
-    the_leftovers_sweep_runs_once_per_period_as_a_job
+    the_leftovers_sweep_runs_once_per_period_as_a_job,
+    leftovers_are_swept_on_the_filesystem_and_on_s3
 );
 
 /// A temporary file of an interrupted write next to a blob, two hours old, in `server`'s
@@ -301,4 +302,86 @@ async fn the_leftovers_sweep_runs_once_per_period_as_a_job(backend: MetaBackend)
     r.server.run_due_jobs(Some(day));
     assert_eq!(slot_jobs(&r.server).len(), 1, "one sweep per period");
     assert!(r.server.data_dir().join("data").join(&leftover).exists(), "not swept twice");
+}
+
+/// What a push killed at the wrong moment leaves in storage, on the filesystem and on S3: the
+/// bytes of a blob published just before the kill, without the `blobs` row its commit never
+/// wrote, and an upload's parts whose session is gone. The leftovers sweep (the periodic job,
+/// here run as of a day far ahead, when all of it is old) removes the upload objects and
+/// queues the bytes for the storage deleter, which removes them an hour later (`gc run` at
+/// once); pushed images pull unchanged and an upload in progress still completes.
+async fn leftovers_are_swept_on_the_filesystem_and_on_s3(backend: MetaBackend) {
+    for storage in [BlobBackend::Filesystem, BlobBackend::S3] {
+        // No upload purge: as of the far day it would end the upload in progress too.
+        let purge_off = ("STOWAGE_STORAGE__MAINTENANCE__UPLOADPURGING__ENABLED", "false");
+        let mut r = Registry::start_on(backend, storage, &[purge_off]);
+        let repo = unique_repo("leftovers");
+        let image = r.push_image(&repo, Some("v1")).await;
+        let killed = e2e::random_bytes(4096);
+        let killed_digest = e2e::sha256_digest(&killed);
+        let hex = &killed_digest["sha256:".len()..];
+        let killed_key = format!("blobs/sha256/{}/{hex}", &hex[..2]);
+        r.server.put_object(&killed_key, killed.clone()).await;
+        let stray = format!("uploads/{}/0123456789abcdef", e2e::random_suffix());
+        r.server.put_object(&stray, vec![1u8; 300]).await;
+        // An upload in progress: one chunk stored, not committed.
+        let chunk = e2e::random_bytes(1000);
+        let location = r.start_upload(&repo).await;
+        let resp = r
+            .req(Method::PATCH, &location)
+            .header("Content-Type", "application/octet-stream")
+            .body(chunk.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED, "{storage:?}");
+        let location = common::path_of(&common::header(&resp, "location").unwrap());
+        let parts_before = r.server.object_keys("uploads").await;
+        assert_eq!(parts_before.len(), 2, "{storage:?}: the stray part and the live one");
+
+        r.server.run_due_jobs(Some("2099-01-01"));
+        assert!(!r.server.object_exists(&stray).await, "{storage:?}: {stray} stays");
+        assert!(
+            r.server.object_exists(&killed_key).await,
+            "{storage:?}: queued for the storage deleter, not removed at once"
+        );
+        let status = r.server.gc_status();
+        assert_eq!(status["storage_deletions"]["pending"], 1, "{storage:?}: {status}");
+        assert_eq!(status["storage_deletions"]["pending_bytes"], 4096, "{storage:?}: {status}");
+
+        let out = r.server.run_gc(&["--min-age", "0s"]);
+        assert!(out.contains("summary: removed 0 manifests, 0 blobs"), "{storage:?}: {out}");
+        assert!(out.contains("1 storage objects (4096 bytes"), "{storage:?}: {out}");
+        assert!(!r.server.object_exists(&killed_key).await, "{storage:?}: the killed push's bytes");
+        assert_eq!(r.server.object_keys("uploads").await.len(), 1, "{storage:?}: the live part");
+
+        // Everything pushed pulls unchanged; the upload in progress completes.
+        for (digest, bytes) in
+            [(&image.layer_digest, &image.layer), (&image.config_digest, &image.config)]
+        {
+            let resp = r.get(&format!("/v2/{repo}/blobs/{digest}")).await;
+            let resp = if resp.status().is_redirection() {
+                let to = common::header(&resp, "location").unwrap();
+                reqwest::get(&to).await.unwrap()
+            } else {
+                resp
+            };
+            assert_eq!(resp.status(), StatusCode::OK, "{storage:?}: {digest}");
+            assert_eq!(&resp.bytes().await.unwrap().to_vec(), bytes, "{storage:?}: {digest}");
+        }
+        let digest = e2e::sha256_digest(&chunk);
+        let resp = r
+            .req(Method::PUT, &common::with_query(&location, &format!("digest={digest}")))
+            .header("Content-Length", "0")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::CREATED,
+            "{storage:?}: {}",
+            resp.text().await.unwrap()
+        );
+        assert_eq!(r.blob_status(&repo, &digest).await, StatusCode::OK, "{storage:?}");
+    }
 }

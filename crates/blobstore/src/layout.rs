@@ -13,6 +13,10 @@
 //!                               to the key before `#`, renamed over it when complete. Left
 //!                               behind only by a crash; the GC leftovers sweep removes old
 //!                               ones (see [`interrupted_write`])
+//!                               An object here without a `blobs` row (a crash between
+//!                               publishing the bytes and committing the row) is found by
+//!                               the same sweep through [`blob_digest_of`] and queued for
+//!                               the storage deleter
 //!   uploads/
 //!     <upload uuid>/            everything one upload session stores; removed whole on
 //!                               commit, cancel or expiry (the purge lists this prefix)
@@ -38,6 +42,18 @@ use oci::Digest;
 pub fn blob(digest: &Digest) -> Path {
     let hex = digest.hex();
     Path::from(format!("blobs/{}/{}/{}", digest.algorithm().as_str(), &hex[..2], hex))
+}
+
+/// The digest whose blob object `key` is (`blobs/<algorithm>/<xx>/<hex>` with `xx` the first
+/// two characters of `hex`), the inverse of [`blob`]; `None` for any other key.
+pub fn blob_digest_of(key: &str) -> Option<Digest> {
+    let parts: Vec<&str> = key.split('/').collect();
+    let [top, algorithm, fanout, hex] = parts.as_slice() else { return None };
+    if *top != "blobs" || fanout.len() != 2 || !hex.starts_with(fanout) {
+        return None;
+    }
+    let digest: Digest = format!("{algorithm}:{hex}").parse().ok()?;
+    (blob(&digest).as_ref() == key).then_some(digest)
 }
 
 /// `blobs/`: the prefix under which every blob is stored.
@@ -124,6 +140,26 @@ mod tests {
         assert_eq!(upload_session_of("uploads/u1/p"), Some("u1"));
         assert_eq!(upload_session_of("uploads/u1"), Some("u1"));
         assert_eq!(upload_session_of("blobs/u1/p"), None);
+    }
+
+    #[test]
+    fn blob_keys_name_their_digest_and_nothing_else_does() {
+        let d: Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
+        assert_eq!(blob_digest_of(blob(&d).as_ref()), Some(d.clone()));
+        let hex = "ab".repeat(32);
+        for other in [
+            format!("blobs/sha256/ab/{hex}#1"),
+            format!("blobs/sha256/cd/{hex}"),
+            format!("blobs/sha256/ab/{}", &hex[..60]),
+            format!("blobs/SHA256/ab/{hex}"),
+            format!("blobs/sha256/ab/{}", hex.to_uppercase()),
+            format!("uploads/sha256/ab/{hex}"),
+            format!("blobs/sha256/ab/{hex}/x"),
+            format!("blobs/md5/ab/{hex}"),
+            "blobs/sha256".to_string(),
+        ] {
+            assert_eq!(blob_digest_of(&other), None, "{other}");
+        }
     }
 
     #[test]

@@ -500,6 +500,34 @@ impl BlobStore {
         }
     }
 
+    /// Every blob object (a key [`layout::blob_digest_of`] names) last changed before
+    /// `cutoff`, as the backend lists `blobs/` (on object stores, pages of a bucket listing;
+    /// on the filesystem, a directory walk), streamed: nothing is collected in memory. For
+    /// the leftovers sweep, which looks for bytes no `blobs` row records; no request lists
+    /// blobs.
+    pub fn blob_objects(
+        &self,
+        cutoff: std::time::SystemTime,
+    ) -> BoxStream<'static, Result<StoredBlob, BlobError>> {
+        let cutoff_millis = cutoff
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis().min(i64::MAX as u128) as i64)
+            .unwrap_or(0);
+        self.store
+            .list(Some(&layout::blobs()))
+            .filter_map(move |object| async move {
+                match object {
+                    Err(e) => Some(Err(e.into())),
+                    Ok(meta) => {
+                        let digest = layout::blob_digest_of(meta.location.as_ref())?;
+                        (meta.last_modified.timestamp_millis() < cutoff_millis)
+                            .then_some(Ok(StoredBlob { digest, size: meta.size }))
+                    }
+                }
+            })
+            .boxed()
+    }
+
     /// Temporary files of interrupted writes next to blobs (see
     /// [`layout::interrupted_write`]) last changed before `cutoff`. Only the filesystem
     /// backend leaves these; other backends' unfinished multipart uploads are invisible to
@@ -941,6 +969,13 @@ pub struct StoredUploadSession {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredObject {
     pub key: String,
+    pub size: u64,
+}
+
+/// A blob object in storage: its digest and size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredBlob {
+    pub digest: Digest,
     pub size: u64,
 }
 

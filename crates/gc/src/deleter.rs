@@ -17,13 +17,16 @@ use futures::StreamExt;
 use meta::DeletionOutcome;
 use oci::Digest;
 
+use crate::pacing::Pacing;
 use crate::worker::{Pass, PassReport};
 use crate::GcError;
 
-/// Rows claimed per pass.
-pub const DELETER_BATCH: usize = 64;
+/// Rows claimed per pass while nothing else writes.
+pub const DELETER_BATCH: usize = 500;
+/// Rows claimed per pass while writes come in (see [`crate::pacing`]).
+pub const BUSY_DELETER_BATCH: usize = 16;
 /// Storage deletes in flight at once.
-pub const DELETER_CONCURRENCY: usize = 16;
+pub const DELETER_CONCURRENCY: usize = 32;
 
 /// The reason logged and recorded for each object the deleter removes.
 pub const STORAGE_REASON: &str = "blob removed from the metadata";
@@ -57,7 +60,7 @@ pub struct StorageDeleter {
     store: meta::Store,
     blobs: blobstore::BlobStore,
     max_backoff: Duration,
-    batch: usize,
+    pacing: Pacing,
     concurrency: usize,
 }
 
@@ -71,21 +74,29 @@ impl StorageDeleter {
             store,
             blobs,
             max_backoff,
-            batch: DELETER_BATCH,
+            pacing: Pacing::fixed(DELETER_BATCH),
             concurrency: DELETER_CONCURRENCY,
         }
     }
 
     /// Other batch size and parallelism (tests, benchmarks).
     pub fn with_batch(mut self, batch: usize, concurrency: usize) -> StorageDeleter {
-        self.batch = batch.max(1);
+        self.pacing = Pacing::fixed(batch);
         self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// The same deleter taking small batches with pauses while `store` sees foreground
+    /// writes (see [`crate::pacing`]).
+    pub fn giving_way_to(mut self, store: meta::Store) -> StorageDeleter {
+        self.pacing = Pacing::giving_way(store, self.pacing.batch, BUSY_DELETER_BATCH);
         self
     }
 
     /// One batch of what is due at `now_ms`.
     pub async fn delete_due(&self, now_ms: i64) -> Result<DeleterReport, GcError> {
-        let claim = self.store.gc_claim_storage_deletions(now_ms, self.batch as i64).await?;
+        let batch = self.pacing.batch();
+        let claim = self.store.gc_claim_storage_deletions(now_ms, batch as i64).await?;
         // Owned items and handles: the futures must not borrow from the claim (Send bounds).
         let outcomes: Vec<(String, DeletionOutcome)> = futures::stream::iter(claim.items.clone())
             .map(|item| {
@@ -170,5 +181,9 @@ impl Pass for StorageDeleter {
     async fn run(&self, now_ms: i64) -> Result<PassReport, GcError> {
         let report = self.delete_due(now_ms).await?;
         Ok(PassReport { found: report.claimed, removed: report.deleted })
+    }
+
+    fn pause(&self) -> Duration {
+        self.pacing.pause()
     }
 }

@@ -10,6 +10,8 @@
 //! - [`deleter`]: the storage deleter, which removes the bytes of blobs whose metadata the
 //!   review removed (`gc_storage_deletions`), idempotently, retrying failures with backoff.
 //! - [`leftovers`]: the sweep of storage objects no live upload session owns.
+//! - [`pacing`]: batch sizes and pauses: large batches while nothing else writes, small ones
+//!   with pauses while pushes come in.
 //! - [`pass`]: `stowage gc run`: one full mark-and-sweep now, or its dry run.
 //! - [`jobs`]: what runs once across instances, as durable jobs of the `jobs` crate: the
 //!   leftovers sweep (periodic) and a full pass (on demand, `POST /api/v4/admin/registry/gc`).
@@ -23,6 +25,7 @@ pub mod clock;
 pub mod deleter;
 pub mod jobs;
 pub mod leftovers;
+pub mod pacing;
 pub mod pass;
 pub mod review;
 pub mod settings;
@@ -32,6 +35,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use deleter::{DeleterReport, StorageDeleter};
 pub use jobs::{FullPassJob, GcJobs, FULL_PASS_JOB, LEFTOVERS_JOB};
 pub use leftovers::{Leftover, LeftoverKind, LeftoverReport, LeftoverSweep};
+pub use pacing::Pacing;
 pub use pass::{dry_run, full_pass, DryRunReport, FullPassOptions, FullPassSummary, Progress};
 pub use review::{Queue, Removed, RemovedKind, ReviewError, ReviewReport, Reviewer};
 pub use settings::{GcSettings, WorkerSettings};

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::deleter::StorageDeleter;
+use crate::pacing::Pacing;
 use crate::review::{Queue, Reviewer};
 use crate::settings::GcSettings;
 use crate::GcError;
@@ -20,6 +21,10 @@ pub trait Pass: Send + Sync {
     /// For logs: `blobs`, `manifests`, `storage`, `leftovers`.
     fn name(&self) -> &'static str;
     async fn run(&self, now_ms: i64) -> Result<PassReport, GcError>;
+    /// The wait after a pass that found work before the next one (see [`crate::pacing`]).
+    fn pause(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// What one pass found.
@@ -84,7 +89,7 @@ impl Worker {
                 }
                 self.failures = 0;
                 if report.found > 0 {
-                    Duration::ZERO
+                    self.pass.pause()
                 } else {
                     self.interval
                 }
@@ -129,14 +134,17 @@ impl Worker {
     }
 }
 
-/// Review rows taken per pass.
-pub const REVIEW_BATCH: usize = 100;
+/// Review rows taken per pass while nothing else writes: each batch is a handful of
+/// statements whatever its size, so large batches make a backlog drain fast.
+pub const REVIEW_BATCH: usize = 1000;
+/// Review rows taken per pass while writes come in (see [`crate::pacing`]).
+pub const BUSY_REVIEW_BATCH: usize = 25;
 
 /// A review worker's pass: one batch of a queue through the [`Reviewer`].
 pub struct ReviewPass {
     pub reviewer: Arc<dyn Reviewer>,
     pub queue: Queue,
-    pub batch: usize,
+    pub pacing: Pacing,
 }
 
 #[async_trait]
@@ -148,7 +156,7 @@ impl Pass for ReviewPass {
     async fn run(&self, now_ms: i64) -> Result<PassReport, GcError> {
         let report = self
             .queue
-            .review(&*self.reviewer, now_ms, self.batch)
+            .review(&*self.reviewer, now_ms, self.pacing.batch())
             .await
             .map_err(GcError::Review)?;
         if report.reviewed > 0 {
@@ -161,6 +169,10 @@ impl Pass for ReviewPass {
             );
         }
         Ok(PassReport { found: report.reviewed, removed: report.deleted.len() })
+    }
+
+    fn pause(&self) -> Duration {
+        self.pacing.pause()
     }
 }
 
@@ -190,6 +202,9 @@ impl Background {
 /// passes run once across instances, as jobs: see [`crate::jobs`].)
 pub struct BackgroundParts {
     pub deleter: StorageDeleter,
+    /// Where the workers see foreground writes, to give way to them ([`crate::pacing`]);
+    /// `None`: full batches always.
+    pub activity: Option<meta::Store>,
     /// The review the blob and manifest workers run (`serve` passes the write service);
     /// `None` runs no review worker, only the storage deleter and the sweep.
     pub reviewer: Option<Arc<dyn Reviewer>>,
@@ -216,13 +231,23 @@ pub fn spawn_background(
             (Queue::Blobs, settings.blobs_enabled(), settings.blobs.interval),
         ] {
             if enabled {
-                let pass = ReviewPass { reviewer: reviewer.clone(), queue, batch: REVIEW_BATCH };
+                let pacing = match &parts.activity {
+                    Some(store) => {
+                        Pacing::giving_way(store.clone(), REVIEW_BATCH, BUSY_REVIEW_BATCH)
+                    }
+                    None => Pacing::fixed(REVIEW_BATCH),
+                };
+                let pass = ReviewPass { reviewer: reviewer.clone(), queue, pacing };
                 start(queue.name(), Arc::new(pass), interval, timeout);
             }
         }
     }
     if settings.blobs_enabled() {
-        start("storage", Arc::new(parts.deleter), settings.blobs.interval, timeout);
+        let deleter = match &parts.activity {
+            Some(store) => parts.deleter.giving_way_to(store.clone()),
+            None => parts.deleter,
+        };
+        start("storage", Arc::new(deleter), settings.blobs.interval, timeout);
     }
     Background { shutdown, handles }
 }

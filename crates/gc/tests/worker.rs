@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use common::{reviewed, ScriptedReviewer};
 use gc::worker::{backoff, BackgroundParts, REVIEW_BATCH};
-use gc::{GcSettings, ManualClock, Queue, ReviewPass, Reviewer, StorageDeleter, Worker};
+use gc::{GcSettings, ManualClock, Pacing, Queue, ReviewPass, Reviewer, StorageDeleter, Worker};
 
 const INTERVAL: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 fn worker(reviewer: &Arc<ScriptedReviewer>, queue: Queue, clock: &Arc<ManualClock>) -> Worker {
     let reviewer: Arc<dyn Reviewer> = reviewer.clone();
-    let pass = ReviewPass { reviewer, queue, batch: 7 };
+    let pass = ReviewPass { reviewer, queue, pacing: Pacing::fixed(7) };
     Worker::new(Arc::new(pass), clock.clone(), INTERVAL, MAX_BACKOFF, Some(Duration::from_secs(10)))
 }
 
@@ -92,7 +92,8 @@ impl Reviewer for Stuck {
 
 #[tokio::test(start_paused = true)]
 async fn a_pass_longer_than_the_transaction_timeout_fails() {
-    let pass = ReviewPass { reviewer: Arc::new(Stuck), queue: Queue::Blobs, batch: 1 };
+    let pass =
+        ReviewPass { reviewer: Arc::new(Stuck), queue: Queue::Blobs, pacing: Pacing::fixed(1) };
     let clock = Arc::new(ManualClock::new(0));
     let timeout = Some(Duration::from_secs(10));
     let mut w = Worker::new(Arc::new(pass), clock, INTERVAL, MAX_BACKOFF, timeout);
@@ -131,6 +132,7 @@ async fn the_disabled_flags_decide_which_workers_start() {
         let parts = BackgroundParts {
             deleter: StorageDeleter::new(db.store.clone(), blobs.clone(), MAX_BACKOFF),
             reviewer,
+            activity: Some(db.store.clone()),
         };
         async move {
             let background = gc::spawn_background(&settings, parts, Arc::new(ManualClock::new(0)));
@@ -152,6 +154,6 @@ async fn the_disabled_flags_decide_which_workers_start() {
     let mut no_manifests = defaults;
     no_manifests.manifests.disabled = true;
     assert_eq!(started(no_manifests, true).await, ["blobs", "storage"], "gc.manifests.disabled");
-    assert_eq!(REVIEW_BATCH, 100);
+    assert_eq!(REVIEW_BATCH, 1000);
     db.drop_database().await;
 }

@@ -6,6 +6,8 @@
 //! Tables: migration 0007 (`gc_blob_review_queue`, `gc_manifest_review_queue`,
 //! `gc_storage_deletions`, `gc_events`). Timestamps are milliseconds since the epoch.
 
+use std::collections::HashMap;
+
 use sqlx::Row;
 
 use crate::gc_review::{dangling_blob_condition, dangling_manifest_condition};
@@ -98,6 +100,49 @@ pub struct GcEventRecord<'a> {
     pub outcome: &'a str,
 }
 
+/// Most `gc_events` rows per `INSERT` (7 parameters each: within both backends' limits).
+const EVENTS_PER_INSERT: usize = 1000;
+
+/// Appends `events` with one multi-row `INSERT` per [`EVENTS_PER_INSERT`].
+pub(crate) async fn insert_events(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    events: &[GcEventRecord<'_>],
+) -> Result<(), MetaError> {
+    for chunk in events.chunks(EVENTS_PER_INSERT) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let p = 1 + 7 * i;
+                format!(
+                    "(${p}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5,
+                    p + 6
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO gc_events (at, kind, digest, repository, size, reason, outcome) VALUES {}",
+            rows.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for e in chunk {
+            query = query
+                .bind(e.at)
+                .bind(e.kind)
+                .bind(e.digest)
+                .bind(e.repository)
+                .bind(e.size)
+                .bind(truncate(e.reason))
+                .bind(e.outcome);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 pub(crate) async fn insert_event(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     e: &GcEventRecord<'_>,
@@ -122,28 +167,25 @@ impl StorageDeletionClaim<'_> {
     /// Records the outcomes (by digest, for [`items`](Self::items)) and commits: a deleted
     /// object's row goes and a `deleted` event is written; a failure keeps the row with
     /// `attempts + 1`, `next_attempt_at = now + min(2^attempts s, max_backoff_ms)` and the
-    /// error, plus a `failed` event. An item without an outcome stays as it was.
+    /// error, plus a `failed` event. An item without an outcome stays as it was. Set-based:
+    /// a handful of statements per batch (one per failure, which are rare).
     pub async fn finish(
         mut self,
         now: i64,
         max_backoff_ms: i64,
         outcomes: &[(String, DeletionOutcome)],
     ) -> Result<(), MetaError> {
-        for item in &self.republished {
-            sqlx::query("DELETE FROM gc_storage_deletions WHERE digest = $1")
-                .bind(&item.digest)
-                .execute(&mut *self.w.tx)
-                .await?;
-        }
+        let items: HashMap<&str, &StorageDeletion> =
+            self.items.iter().map(|i| (i.digest.as_str(), i)).collect();
+        let mut done: Vec<&str> = self.republished.iter().map(|i| i.digest.as_str()).collect();
+        let mut events = Vec::new();
+        let mut failures = Vec::new();
         for (digest, outcome) in outcomes {
-            let Some(item) = self.items.iter().find(|i| &i.digest == digest) else { continue };
+            let Some(item) = items.get(digest.as_str()) else { continue };
             match outcome {
                 DeletionOutcome::Deleted => {
-                    sqlx::query("DELETE FROM gc_storage_deletions WHERE digest = $1")
-                        .bind(digest)
-                        .execute(&mut *self.w.tx)
-                        .await?;
-                    let event = GcEventRecord {
+                    done.push(digest);
+                    events.push(GcEventRecord {
                         at: now,
                         kind: GC_EVENT_STORAGE,
                         digest,
@@ -151,37 +193,40 @@ impl StorageDeletionClaim<'_> {
                         size: item.size,
                         reason: "blob removed from the metadata",
                         outcome: GC_OUTCOME_DELETED,
-                    };
-                    insert_event(&mut self.w.tx, &event).await?;
+                    });
                 }
                 DeletionOutcome::Failed(error) => {
-                    let attempts = item.attempts + 1;
-                    let next =
-                        now.saturating_add(storage_retry_backoff_ms(attempts, max_backoff_ms));
-                    sqlx::query(
-                        "UPDATE gc_storage_deletions SET attempts = $1, next_attempt_at = $2, \
-                         last_error = $3 WHERE digest = $4",
-                    )
-                    .bind(attempts)
-                    .bind(next)
-                    .bind(truncate(error))
-                    .bind(digest)
-                    .execute(&mut *self.w.tx)
-                    .await?;
-                    let reason = format!("storage delete failed: {error}");
-                    let event = GcEventRecord {
-                        at: now,
-                        kind: GC_EVENT_STORAGE,
-                        digest,
-                        repository: None,
-                        size: item.size,
-                        reason: &reason,
-                        outcome: GC_OUTCOME_FAILED,
-                    };
-                    insert_event(&mut self.w.tx, &event).await?;
+                    failures.push((*item, error, format!("storage delete failed: {error}")))
                 }
             }
         }
+        self.w
+            .in_list("DELETE FROM gc_storage_deletions WHERE digest IN ({list})", None, &done)
+            .await?;
+        for (item, error, _) in &failures {
+            let attempts = item.attempts + 1;
+            let next = now.saturating_add(storage_retry_backoff_ms(attempts, max_backoff_ms));
+            sqlx::query(
+                "UPDATE gc_storage_deletions SET attempts = $1, next_attempt_at = $2, \
+                 last_error = $3 WHERE digest = $4",
+            )
+            .bind(attempts)
+            .bind(next)
+            .bind(truncate(error))
+            .bind(&item.digest)
+            .execute(&mut *self.w.tx)
+            .await?;
+        }
+        events.extend(failures.iter().map(|(item, _, reason)| GcEventRecord {
+            at: now,
+            kind: GC_EVENT_STORAGE,
+            digest: &item.digest,
+            repository: None,
+            size: item.size,
+            reason,
+            outcome: GC_OUTCOME_FAILED,
+        }));
+        insert_events(&mut self.w.tx, &events).await?;
         self.w.commit().await
     }
 }
@@ -276,26 +321,24 @@ impl Store {
         now: i64,
         limit: i64,
     ) -> Result<StorageDeletionClaim<'_>, MetaError> {
-        let mut w = self.write_tx().await?;
+        let mut w = self.background_write_tx().await?;
         let lock = match self.backend() {
-            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Postgres => " FOR UPDATE OF d SKIP LOCKED",
             Backend::Sqlite => "",
         };
+        // One statement: the due rows, each with whether its blob is recorded again.
         let sql = format!(
-            "SELECT digest, size, attempts, next_attempt_at, last_error, created_at \
-             FROM gc_storage_deletions WHERE next_attempt_at <= $1 \
-             ORDER BY next_attempt_at, digest LIMIT $2{lock}"
+            "SELECT d.digest, d.size, d.attempts, d.next_attempt_at, d.last_error, d.created_at, \
+             CAST(CASE WHEN EXISTS (SELECT 1 FROM blobs b WHERE b.digest = d.digest) \
+             THEN 1 ELSE 0 END AS BIGINT) AS recorded \
+             FROM gc_storage_deletions d WHERE d.next_attempt_at <= $1 \
+             ORDER BY d.next_attempt_at, d.digest LIMIT $2{lock}"
         );
         let rows = sqlx::query(&sql).bind(now).bind(limit).fetch_all(&mut *w.tx).await?;
         let (mut items, mut republished) = (Vec::new(), Vec::new());
         for row in &rows {
             let item = deletion_from_row(row);
-            let exists = sqlx::query("SELECT 1 AS one FROM blobs WHERE digest = $1")
-                .bind(&item.digest)
-                .fetch_optional(&mut *w.tx)
-                .await?
-                .is_some();
-            if exists {
+            if get_i64(row, "recorded") != 0 {
                 republished.push(item);
             } else {
                 items.push(item);
@@ -330,6 +373,54 @@ impl Store {
         w.commit().await
     }
 
+    /// Of `digests` (blob objects found in storage), those that no `blobs` row records and no
+    /// pending storage deletion holds: bytes a crash left between publishing them and
+    /// committing their row. One query per 500 digests.
+    pub async fn gc_unrecorded_blobs(&self, digests: &[&str]) -> Result<Vec<String>, MetaError> {
+        let mut found = Vec::new();
+        for chunk in digests.chunks(500) {
+            let list = crate::store::placeholders(1, chunk.len());
+            let sql = format!(
+                "SELECT digest FROM blobs WHERE digest IN ({list}) \
+                 UNION SELECT digest FROM gc_storage_deletions WHERE digest IN ({list})"
+            );
+            let mut query = sqlx::query(&sql);
+            for d in chunk {
+                query = query.bind(*d);
+            }
+            let known: std::collections::HashSet<String> =
+                query.fetch_all(&self.pool).await?.iter().map(|r| r.get("digest")).collect();
+            found.extend(chunk.iter().filter(|d| !known.contains(**d)).map(|d| d.to_string()));
+        }
+        Ok(found)
+    }
+
+    /// Queues bytes the leftovers sweep found without a `blobs` row for the storage deleter at
+    /// `at`, unless a row records them by now; `false` if it did not queue them (recorded, or
+    /// queued already). The deleter checks again when it claims the row, and an upload of the
+    /// same digest cancels the row when it records the blob, as for every storage deletion.
+    pub async fn gc_queue_unrecorded_bytes(
+        &self,
+        digest: &str,
+        size: i64,
+        at: i64,
+    ) -> Result<bool, MetaError> {
+        let mut w = self.background_write_tx().await?;
+        let done = sqlx::query(
+            "INSERT INTO gc_storage_deletions (digest, size, next_attempt_at, created_at) \
+             SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM blobs WHERE digest = $1) \
+             ON CONFLICT (digest) DO NOTHING",
+        )
+        .bind(digest)
+        .bind(size)
+        .bind(at)
+        .bind(crate::now_millis())
+        .execute(&mut *w.tx)
+        .await?;
+        w.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     /// Pending storage deletions, soonest due first, at most `limit`.
     pub async fn gc_storage_deletions(
         &self,
@@ -348,7 +439,7 @@ impl Store {
     /// Makes every pending storage deletion due at `now` (an operator's `gc run` retries
     /// those that are backing off). Returns how many were postponed before.
     pub async fn gc_storage_deletions_due_now(&self, now: i64) -> Result<u64, MetaError> {
-        let mut w = self.write_tx().await?;
+        let mut w = self.background_write_tx().await?;
         let done = sqlx::query(
             "UPDATE gc_storage_deletions SET next_attempt_at = $1 WHERE next_attempt_at > $1",
         )
@@ -362,7 +453,7 @@ impl Store {
     /// Writes one `gc_events` row (the leftovers sweep; deletions in a claim or a review
     /// write theirs in their own transaction).
     pub async fn gc_record_event(&self, event: &GcEventRecord<'_>) -> Result<(), MetaError> {
-        let mut w = self.write_tx().await?;
+        let mut w = self.background_write_tx().await?;
         insert_event(&mut w.tx, event).await?;
         w.commit().await
     }
@@ -385,7 +476,7 @@ impl Store {
         now: i64,
         created_before: i64,
     ) -> Result<(u64, u64), MetaError> {
-        let mut w = self.write_tx().await?;
+        let mut w = self.background_write_tx().await?;
         // On PostgreSQL a manifest another instance's review deletes meanwhile would fail the
         // queue row's foreign key: lock what is marked against deletion, and skip what a
         // review holds (it is being reviewed already).

@@ -9,9 +9,11 @@
 //! rather than waited for. GC thereby never waits for a writer, and no lock cycle with one can
 //! form. On SQLite every write transaction runs alone.
 
+use std::collections::{HashMap, HashSet};
+
 use sqlx::Row;
 
-use crate::gc::{insert_event, truncate, GcEventRecord, GC_EVENT_BLOB, GC_OUTCOME_DELETED};
+use crate::gc::{insert_event, insert_events, GcEventRecord, GC_EVENT_BLOB, GC_OUTCOME_DELETED};
 use crate::registry::BlobRecord;
 use crate::store::{get_i64, placeholders, Backend, MetaError, WriteTx};
 use crate::write::{manifest_row, ManifestRow};
@@ -43,10 +45,11 @@ pub struct BlobBatchReview {
     pub busy: usize,
 }
 
-/// Most values in one `IN (…)` list (both backends' parameter limits are far above).
-const IN_LIST_MAX: usize = 500;
+/// Most values in one `IN (…)` list: a review batch of the blob worker is one list (both
+/// backends' parameter limits, 32 766 and 65 535, are far above).
+const IN_LIST_MAX: usize = 1000;
 /// Most rows in one multi-row `INSERT`.
-const ROWS_PER_INSERT: usize = 100;
+const ROWS_PER_INSERT: usize = 1000;
 
 /// An item row as a review found it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -173,6 +176,10 @@ impl WriteTx<'_> {
     /// dangling ([`dangling_blob_condition`]) — its links and row — queueing its bytes in
     /// `gc_storage_deletions` with a `gc_events` row whose reason is the event that queued
     /// it. Every other review row is done: the blob is kept, or was gone already.
+    ///
+    /// The re-check is a statement of its own after the lock: on PostgreSQL each statement
+    /// sees what committed before it began, so a manifest committed while the lock was being
+    /// taken is seen (checking in the locking statement itself would miss it).
     pub async fn review_blob_batch(
         &mut self,
         items: &[BlobReview],
@@ -187,8 +194,9 @@ impl WriteTx<'_> {
             .await?;
         let mut busy = Vec::new();
         if locked.len() < claimed.len() && self.backend() == Backend::Postgres {
+            let held: HashSet<&str> = locked.iter().map(String::as_str).collect();
             let skipped: Vec<&str> =
-                claimed.iter().copied().filter(|d| !locked.iter().any(|l| l == d)).collect();
+                claimed.iter().copied().filter(|d| !held.contains(d)).collect();
             busy = self
                 .blob_digests("SELECT digest FROM blobs WHERE digest IN ({list})", "", &skipped)
                 .await?;
@@ -234,33 +242,28 @@ impl WriteTx<'_> {
             }
             query.execute(&mut *self.tx).await?;
         }
+        let events: HashMap<&str, &str> =
+            items.iter().map(|i| (i.digest.as_str(), i.event.as_str())).collect();
         let removed: Vec<(BlobRecord, String)> = dangling
             .into_iter()
             .map(|blob| {
-                let event = items.iter().find(|i| i.digest == blob.digest);
-                let reason = event.map(|i| i.event.clone()).unwrap_or_default();
-                (blob, reason)
+                let reason = events.get(blob.digest.as_str()).copied().unwrap_or_default();
+                (blob, reason.to_string())
             })
             .collect();
-        for chunk in removed.chunks(ROWS_PER_INSERT) {
-            let rows: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let p = 4 + 3 * i;
-                    format!("($1, $2, ${p}, NULL, ${}, ${}, $3)", p + 1, p + 2)
-                })
-                .collect();
-            let sql = format!(
-                "INSERT INTO gc_events (at, kind, digest, repository, size, reason, outcome) \
-                 VALUES {}",
-                rows.join(", ")
-            );
-            let mut query =
-                sqlx::query(&sql).bind(now).bind(GC_EVENT_BLOB).bind(GC_OUTCOME_DELETED);
-            for (blob, reason) in chunk {
-                query = query.bind(&blob.digest).bind(blob.size).bind(truncate(reason));
-            }
-            query.execute(&mut *self.tx).await?;
-        }
+        let records: Vec<GcEventRecord<'_>> = removed
+            .iter()
+            .map(|(blob, reason)| GcEventRecord {
+                at: now,
+                kind: GC_EVENT_BLOB,
+                digest: &blob.digest,
+                repository: None,
+                size: blob.size,
+                reason,
+                outcome: GC_OUTCOME_DELETED,
+            })
+            .collect();
+        insert_events(&mut self.tx, &records).await?;
         let busy: Vec<&str> = busy.iter().map(String::as_str).collect();
         self.in_list(
             "UPDATE gc_blob_review_queue SET review_after = $1, review_count = review_count + 1 \
@@ -269,7 +272,8 @@ impl WriteTx<'_> {
             &busy,
         )
         .await?;
-        let done: Vec<&str> = claimed.iter().copied().filter(|d| !busy.contains(d)).collect();
+        let postponed: HashSet<&str> = busy.iter().copied().collect();
+        let done: Vec<&str> = claimed.iter().copied().filter(|d| !postponed.contains(d)).collect();
         self.in_list("DELETE FROM gc_blob_review_queue WHERE digest IN ({list})", None, &done)
             .await?;
         outcome.busy = busy.len();
@@ -300,7 +304,7 @@ impl WriteTx<'_> {
 
     /// Runs `sql` (with `{list}` for the `IN` list, and `$1` = `first` when given) over
     /// `digests`, in bounded chunks; nothing for none.
-    async fn in_list(
+    pub(crate) async fn in_list(
         &mut self,
         sql: &str,
         first: Option<i64>,

@@ -191,7 +191,8 @@ impl Store {
         if kinds.is_empty() || limit <= 0 {
             return Ok(Vec::new());
         }
-        let mut w = self.write_tx().await?;
+        // Every worker polls this each second: bookkeeping, not a write GC should give way to.
+        let mut w = self.background_write_tx().await?;
         let lock = match self.backend() {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",

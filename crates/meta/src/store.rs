@@ -121,6 +121,25 @@ pub struct Store {
     /// so every change passes [`WriteTx::commit`], which bumps the generation and thereby
     /// invalidates every entry. (PostgreSQL serves several instances; nothing is cached.)
     pub(crate) tag_cache: Option<Arc<TagCache>>,
+    /// When this process last began a foreground write (every write but garbage
+    /// collection's): GC gives way to writes (see [`Store::since_foreground_write`]).
+    foreground: Arc<ForegroundWrites>,
+}
+
+/// See [`Store::foreground`].
+struct ForegroundWrites {
+    start: std::time::Instant,
+    /// Milliseconds after `start` of the last foreground write; `-1`: none yet.
+    last_ms: std::sync::atomic::AtomicI64,
+}
+
+impl Default for ForegroundWrites {
+    fn default() -> Self {
+        ForegroundWrites {
+            start: std::time::Instant::now(),
+            last_ms: std::sync::atomic::AtomicI64::new(-1),
+        }
+    }
 }
 
 /// See [`Store::tag_cache`].
@@ -314,6 +333,7 @@ impl Store {
             backend,
             sqlite_writer: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
             tag_cache: (backend == Backend::Sqlite).then(|| Arc::new(TagCache::default())),
+            foreground: Arc::default(),
         };
         Ok(store)
     }
@@ -342,6 +362,31 @@ impl Store {
     /// Begins a write transaction (on SQLite: waits for the single writer slot and takes the
     /// database's write lock at once, `BEGIN IMMEDIATE`).
     pub async fn write_tx(&self) -> Result<WriteTx<'_>, MetaError> {
+        let f = &self.foreground;
+        let now = f.start.elapsed().as_millis().min(i64::MAX as u128) as i64;
+        f.last_ms.store(now, Ordering::Relaxed);
+        self.begin_write().await
+    }
+
+    /// [`write_tx`](Self::write_tx) for background bookkeeping that does not count as a
+    /// foreground write: garbage collection's own work (reviews, storage deletions) and the
+    /// job queue's claims, which every worker polls each second.
+    pub async fn background_write_tx(&self) -> Result<WriteTx<'_>, MetaError> {
+        self.begin_write().await
+    }
+
+    /// How long ago this process last began a foreground write ([`write_tx`](Self::write_tx));
+    /// `None` if it never did. GC uses it to give way to pushes: while writes come in it
+    /// reviews in small batches with pauses between them (on SQLite they queue for the one
+    /// writer; on PostgreSQL they share the CPU).
+    pub fn since_foreground_write(&self) -> Option<Duration> {
+        let f = &self.foreground;
+        let last = f.last_ms.load(Ordering::Relaxed);
+        let now = f.start.elapsed().as_millis().min(i64::MAX as u128) as i64;
+        (last >= 0).then(|| Duration::from_millis(now.saturating_sub(last).max(0) as u64))
+    }
+
+    async fn begin_write(&self) -> Result<WriteTx<'_>, MetaError> {
         let (guard, tx) = match &self.sqlite_writer {
             Some(lock) => {
                 let guard = lock.clone().lock_owned().await;

@@ -760,7 +760,9 @@ impl Store {
     /// Records a use of the token (at most once a minute, to keep logins write-light).
     pub async fn touch_personal_access_token(&self, id: i64) -> Result<(), MetaError> {
         let now = now_millis();
-        let mut w = self.write_tx().await?;
+        // Bookkeeping on every authenticated request (a write at most once a minute): not a
+        // write garbage collection gives way to.
+        let mut w = self.background_write_tx().await?;
         sqlx::query(
             "UPDATE personal_access_tokens SET last_used_at = $1 WHERE id = $2 \
              AND (last_used_at IS NULL OR last_used_at < $3)",

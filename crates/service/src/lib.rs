@@ -658,7 +658,7 @@ impl WriteService {
         now_ms: i64,
         limit: usize,
     ) -> Result<ReviewReport, ServiceError> {
-        let mut w = self.store.write_tx().await?;
+        let mut w = self.store.background_write_tx().await?;
         let items = w.claim_blob_reviews(now_ms, limit as i64).await?;
         let batch = w.review_blob_batch(&items, now_ms, now_ms + BUSY_RETRY_MS).await?;
         w.commit().await?;
@@ -692,7 +692,7 @@ impl WriteService {
     ) -> Result<ReviewReport, ServiceError> {
         let mut report = ReviewReport::default();
         let schedule = self.schedule_at(now_ms);
-        let mut w = self.store.write_tx().await?;
+        let mut w = self.store.background_write_tx().await?;
         for item in w.claim_manifest_reviews(now_ms, limit as i64).await? {
             report.reviewed += 1;
             match w.lock_manifest_for_review(item.manifest_id).await? {

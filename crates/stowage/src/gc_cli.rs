@@ -59,6 +59,7 @@ pub fn start_background(
         ),
         // The write service reviews: the one place that deletes registry state.
         reviewer: Some(Arc::new(registry.service.clone())),
+        activity: Some(registry.store.clone()),
     };
     let background = gc::spawn_background(&settings, parts, Arc::new(gc::SystemClock));
     if settings.disabled {
@@ -274,10 +275,13 @@ fn progress_text(p: &gc::Progress<'_>) -> String {
             r.failed
         ),
         gc::Progress::Leftovers(r) => format!(
-            "leftovers: removed {} ({}), {} failed",
+            "leftovers: removed {} ({}), {} failed; queued {} blob objects without a record \
+             ({}) for the storage deleter",
             r.removed,
             bytes(r.removed_bytes as i64),
-            r.failed
+            r.failed,
+            r.queued,
+            bytes(r.queued_bytes as i64)
         ),
     }
 }
