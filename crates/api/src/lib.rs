@@ -14,6 +14,7 @@ pub mod background;
 pub mod caller;
 pub mod cleanup;
 pub mod error;
+pub mod dependency_proxy_api;
 pub mod events_api;
 pub mod export;
 pub mod gc_api;
@@ -113,4 +114,5 @@ pub fn routes() -> Routes {
         .merge(background::routes())
         .merge(gc_api::routes())
         .merge(events_api::routes())
+        .merge(dependency_proxy_api::routes())
 }

@@ -10,6 +10,7 @@
 //! This crate must not know about HTTP or blob bytes.
 
 mod cleanup;
+pub mod dependency_proxy;
 pub mod events;
 mod gc;
 mod gc_review;
@@ -26,6 +27,7 @@ mod usage;
 mod write;
 
 pub use cleanup::*;
+pub use dependency_proxy::{dependency_proxy_prefix, ProxyManifest};
 pub use gc::*;
 pub use gc_review::*;
 pub use protection::*;

@@ -33,7 +33,7 @@ use axum::Router;
 use oci::{Digest, ErrorCode, Reference, RepositoryName};
 
 use crate::error::{RegistryError, Result};
-use crate::{blobs, listing, manifests, uploads, Query, Registry};
+use crate::{blobs, listing, manifests, proxied, uploads, Query, Registry};
 
 pub fn router(registry: Registry) -> Router {
     Router::new()
@@ -415,7 +415,10 @@ async fn run(
     let headers = &parts.headers;
     use Operation::*;
     match op {
-        GetBlob { digest, head } => blobs::get(r, &access, &digest, headers, head).await,
+        GetBlob { digest, head } => match proxied::pull_through(r, &access) {
+            Some(proxy) => proxied::blob(r, proxy, &access, &digest, headers, head).await,
+            None => blobs::get(r, &access, &digest, headers, head).await,
+        },
         DeleteBlob { digest } => blobs::delete(r, &access, &digest).await,
         StartUpload => {
             let _uploading = UploadInProgress::start();
@@ -431,9 +434,10 @@ async fn run(
             uploads::finish(r, &access, &id, &query, headers, body).await
         }
         CancelUpload { id } => uploads::cancel(r, &access, &id).await,
-        GetManifest { reference, head } => {
-            manifests::get(r, &access, &reference, headers, head, &ctx).await
-        }
+        GetManifest { reference, head } => match proxied::pull_through(r, &access) {
+            Some(proxy) => proxied::manifest(proxy, &access, &reference, headers, head).await,
+            None => manifests::get(r, &access, &reference, headers, head, &ctx).await,
+        },
         PutManifest { reference } => {
             manifests::put(r, &access, &reference, &query, headers, body, &ctx).await
         }
