@@ -320,7 +320,9 @@ async fn permission_matrix(backend: MetaBackend) {
         } else {
             assert_eq!(r.status(), 401, "{who} pulls {name}");
             let body: serde_json::Value = r.json().await.unwrap();
-            assert_eq!(body["errors"][0]["code"], "UNAUTHORIZED", "{who}: {body}");
+            assert_eq!(body["errors"][0]["code"], "DENIED", "{who}: {body}");
+            let message = body["errors"][0]["message"].as_str().unwrap();
+            assert!(message.contains("dependency proxy serves pulls only"), "{who}: {body}");
         }
     }
 

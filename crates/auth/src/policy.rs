@@ -378,11 +378,12 @@ pub async fn dependency_proxy_actions(
     if group.parent_id.is_some() || !store.dependency_proxy_enabled(group.id).await? {
         return Ok(Vec::new());
     }
+    let group = &group;
     let guest_of_group = |user: User| async move {
         Ok::<bool, MetaError>(
             !user.blocked
                 && (user.is_admin
-                    || store.effective_group_access_level(user.id, &group).await?
+                    || store.effective_group_access_level(user.id, group).await?
                         >= level::GUEST),
         )
     };

@@ -328,7 +328,18 @@ fn refused(registry: &Registry, refusal: Refusal) -> RegistryError {
         Refusal::Unauthenticated { .. } => {
             RegistryError::new(ErrorCode::Unauthorized, "authentication required")
         }
-        // Worded the same whether or not a project exists, so private projects stay invisible.
+        // Worded the same whether or not a project (or group) exists, so private ones stay
+        // invisible.
+        Refusal::Denied { scope }
+            if scope.name.parse::<RepositoryName>().is_ok_and(|n| n.dependency_proxy().is_some()) =>
+        {
+            RegistryError::new(
+                ErrorCode::Denied,
+                "requested access to the resource is denied: a group's dependency proxy serves \
+                 pulls only, to guests of the group and above, its deploy tokens and CI jobs \
+                 (anyone for a public group)",
+            )
+        }
         Refusal::Denied { .. } => RegistryError::new(
             ErrorCode::Denied,
             "requested access to the resource is denied: images live at <project path>[/up to 3 more levels] \
