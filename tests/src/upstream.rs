@@ -207,12 +207,8 @@ async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Resp
     let method = request.method().clone();
     let path_and_query =
         request.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
-    *state
-        .seen
-        .lock()
-        .unwrap()
-        .entry(format!("{method} {}", request.uri().path()))
-        .or_default() += 1;
+    *state.seen.lock().unwrap().entry(format!("{method} {}", request.uri().path())).or_default() +=
+        1;
     let mode = *state.mode.lock().unwrap();
     match mode {
         UpstreamMode::Fail(status) => {
@@ -234,8 +230,7 @@ async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Resp
         }
         UpstreamMode::Forward => {}
     }
-    let mut upstream =
-        state.http.request(method, format!("{}{path_and_query}", state.target));
+    let mut upstream = state.http.request(method, format!("{}{path_and_query}", state.target));
     for (name, value) in request.headers() {
         if name != "host" {
             upstream = upstream.header(name, value);

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use e2e::gitlab::{
-    granted_actions, http_client, level, repo_scope, request_token, start_auth_server,
-    token_for, GitLab, ADMIN_PASSWORD,
+    granted_actions, http_client, level, repo_scope, request_token, start_auth_server, token_for,
+    GitLab, ADMIN_PASSWORD,
 };
 use e2e::upstream::{CountingProxy, Distribution, Pusher, UpstreamMode};
 use e2e::{backend_tests, sha256_digest, MetaBackend, TestServer};
@@ -57,8 +57,7 @@ impl Setup {
     }
 
     async fn get(&self, token: Option<&str>, path: &str) -> reqwest::Response {
-        let mut req =
-            self.http.get(format!("{}{path}", self.server.base)).header("accept", ACCEPT);
+        let mut req = self.http.get(format!("{}{path}", self.server.base)).header("accept", ACCEPT);
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -144,7 +143,10 @@ async fn cold_then_warm_pull(backend: MetaBackend) {
 async fn revalidation_and_stale(backend: MetaBackend) {
     let s = setup(
         backend,
-        &[("STOWAGE_DEPENDENCY_PROXY__TTL", "1s"), ("STOWAGE_DEPENDENCY_PROXY__STALE_IF_ERROR", "1h")],
+        &[
+            ("STOWAGE_DEPENDENCY_PROXY__TTL", "1s"),
+            ("STOWAGE_DEPENDENCY_PROXY__STALE_IF_ERROR", "1h"),
+        ],
     )
     .await;
     s.api.create_group("acme", None, "public").await;
@@ -279,7 +281,8 @@ async fn permission_matrix(backend: MetaBackend) {
     let developer = s.api.create_user("dev").await;
     s.api.add_member("groups", private, guest.id, level::GUEST).await;
     s.api.add_member("groups", private, developer.id, level::DEVELOPER).await;
-    let deploy = s.api.create_deploy_token("groups", private, "proxy-deploy", &["read_registry"]).await;
+    let deploy =
+        s.api.create_deploy_token("groups", private, "proxy-deploy", &["read_registry"]).await;
     let other_deploy =
         s.api.create_deploy_token("groups", public, "pub-deploy", &["read_registry"]).await;
     let job = s.api.create_job_token(project).await;
@@ -291,18 +294,48 @@ async fn permission_matrix(backend: MetaBackend) {
     let cases: Vec<(&str, Option<(&str, &str)>, &str, bool)> = vec![
         ("anonymous", None, public_name.as_str(), true),
         ("anonymous", None, private_name.as_str(), false),
-        ("outsider", Some((outsider.username.as_str(), outsider.password.as_str())), public_name.as_str(), true),
-        ("outsider", Some((outsider.username.as_str(), outsider.password.as_str())), private_name.as_str(), false),
-        ("guest", Some((guest.username.as_str(), guest.password.as_str())), private_name.as_str(), true),
-        ("developer", Some((developer.username.as_str(), developer.password.as_str())), private_name.as_str(), true),
-        ("group deploy token", Some((deploy.username.as_str(), deploy.token.as_str())), private_name.as_str(), true),
+        (
+            "outsider",
+            Some((outsider.username.as_str(), outsider.password.as_str())),
+            public_name.as_str(),
+            true,
+        ),
+        (
+            "outsider",
+            Some((outsider.username.as_str(), outsider.password.as_str())),
+            private_name.as_str(),
+            false,
+        ),
+        (
+            "guest",
+            Some((guest.username.as_str(), guest.password.as_str())),
+            private_name.as_str(),
+            true,
+        ),
+        (
+            "developer",
+            Some((developer.username.as_str(), developer.password.as_str())),
+            private_name.as_str(),
+            true,
+        ),
+        (
+            "group deploy token",
+            Some((deploy.username.as_str(), deploy.token.as_str())),
+            private_name.as_str(),
+            true,
+        ),
         (
             "another group's deploy token",
             Some((other_deploy.username.as_str(), other_deploy.token.as_str())),
             private_name.as_str(),
             false,
         ),
-        ("job token", Some((job.username.as_str(), job.token.as_str())), private_name.as_str(), true),
+        (
+            "job token",
+            Some((job.username.as_str(), job.token.as_str())),
+            private_name.as_str(),
+            true,
+        ),
         ("root", Some(("root", ADMIN_PASSWORD)), missing_name.as_str(), false),
     ];
     for (who, cred, name, allowed) in &cases {
@@ -311,8 +344,7 @@ async fn permission_matrix(backend: MetaBackend) {
             .await
             .unwrap_or_else(|e| panic!("{who}: no token: {e:?}"));
         let granted = granted_actions(&token, name);
-        let expected: Vec<String> =
-            if *allowed { vec!["pull".into()] } else { Vec::new() };
+        let expected: Vec<String> = if *allowed { vec!["pull".into()] } else { Vec::new() };
         assert_eq!(granted, expected, "{who} on {name}");
         let r = s.manifest(&token, name, "3").await;
         if *allowed {
@@ -330,11 +362,13 @@ async fn permission_matrix(backend: MetaBackend) {
     let cred = Some((outsider.username.as_str(), outsider.password.as_str()));
     let mut answers = Vec::new();
     for name in [&private_name, &missing_name] {
-        let token =
-            request_token(&s.http, &s.server.base, cred, &[repo_scope(name, "pull")]).await.unwrap();
+        let token = request_token(&s.http, &s.server.base, cred, &[repo_scope(name, "pull")])
+            .await
+            .unwrap();
         let r = s.manifest(&token, name, "3").await;
         let status = r.status();
-        let challenge = r.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_string());
+        let challenge =
+            r.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_string());
         let body = r.text().await.unwrap();
         let norm = |t: &str| t.replace(name.as_str(), "<NAME>");
         answers.push((status, norm(&body), challenge.as_deref().map(norm)));
@@ -342,7 +376,9 @@ async fn permission_matrix(backend: MetaBackend) {
     assert_eq!(answers[0], answers[1]);
 
     // Writes: refused to the group's developer and to root.
-    for cred in [(developer.username.as_str(), developer.password.as_str()), ("root", ADMIN_PASSWORD)] {
+    for cred in
+        [(developer.username.as_str(), developer.password.as_str()), ("root", ADMIN_PASSWORD)]
+    {
         let scopes = [repo_scope(&private_name, "pull,push")];
         let token = token_for(&s.http, &s.server.base, Some(cred), &scopes).await;
         let r = s
@@ -353,15 +389,18 @@ async fn permission_matrix(backend: MetaBackend) {
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{} pushes", cred.0);
+        let body = r.text().await.unwrap();
+        assert!(body.contains("dependency proxy serves pulls only"), "{body}");
     }
 
     // Turning the proxy off: only owners; then nobody pulls.
-    let as_guest = GitLab::with_token(
-        &s.server,
-        &s.api.create_pat(&guest, &["api"]).await.token,
-    );
+    let as_guest = GitLab::with_token(&s.server, &s.api.create_pat(&guest, &["api"]).await.token);
     let (status, _) = as_guest
-        .request(Method::PUT, &format!("/groups/{private}/dependency_proxy"), Some(json!({"enabled": false})))
+        .request(
+            Method::PUT,
+            &format!("/groups/{private}/dependency_proxy"),
+            Some(json!({"enabled": false})),
+        )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, _) = as_guest
@@ -370,18 +409,28 @@ async fn permission_matrix(backend: MetaBackend) {
     assert_eq!(status, StatusCode::FORBIDDEN);
     let v = s
         .api
-        .call(Method::PUT, &format!("/groups/{private}/dependency_proxy"), Some(json!({"enabled": false})))
+        .call(
+            Method::PUT,
+            &format!("/groups/{private}/dependency_proxy"),
+            Some(json!({"enabled": false})),
+        )
         .await;
     assert_eq!(v, json!({"enabled": false}));
     let cred = Some((guest.username.as_str(), guest.password.as_str()));
-    let token =
-        request_token(&s.http, &s.server.base, cred, &[repo_scope(&private_name, "pull")]).await.unwrap();
+    let token = request_token(&s.http, &s.server.base, cred, &[repo_scope(&private_name, "pull")])
+        .await
+        .unwrap();
     assert!(granted_actions(&token, &private_name).is_empty());
     s.api
-        .call(Method::PUT, &format!("/groups/{private}/dependency_proxy"), Some(json!({"enabled": true})))
+        .call(
+            Method::PUT,
+            &format!("/groups/{private}/dependency_proxy"),
+            Some(json!({"enabled": true})),
+        )
         .await;
-    let token =
-        request_token(&s.http, &s.server.base, cred, &[repo_scope(&private_name, "pull")]).await.unwrap();
+    let token = request_token(&s.http, &s.server.base, cred, &[repo_scope(&private_name, "pull")])
+        .await
+        .unwrap();
     assert_eq!(s.manifest(&token, &private_name, "3").await.status(), 200);
 }
 

@@ -383,8 +383,7 @@ pub async fn dependency_proxy_actions(
         Ok::<bool, MetaError>(
             !user.blocked
                 && (user.is_admin
-                    || store.effective_group_access_level(user.id, group).await?
-                        >= level::GUEST),
+                    || store.effective_group_access_level(user.id, group).await? >= level::GUEST),
         )
     };
     let allowed = match identity {
@@ -547,6 +546,10 @@ pub async fn missing_project_hint(
     cred: &str,
     name: &str,
 ) -> Result<Option<String>, MetaError> {
+    // A dependency proxy's names are nobody's to push to: the generic denial explains them.
+    if name.parse::<RepositoryName>().is_ok_and(|n| n.dependency_proxy().is_some()) {
+        return Ok(None);
+    }
     let Some(identity) = load_identity(store, cred).await? else { return Ok(None) };
     if matches!(identity, Identity::Anonymous) {
         return Ok(None);

@@ -54,10 +54,11 @@ impl Store {
     /// Whether the dependency proxy of the top-level group `group_id` is enabled (it is
     /// unless it was turned off).
     pub async fn dependency_proxy_enabled(&self, group_id: i64) -> Result<bool, MetaError> {
-        let row = sqlx::query("SELECT enabled FROM dependency_proxy_settings WHERE namespace_id = $1")
-            .bind(group_id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT enabled FROM dependency_proxy_settings WHERE namespace_id = $1")
+                .bind(group_id)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(row.is_none_or(|r| get_i64(&r, "enabled") != 0))
     }
 

@@ -408,7 +408,14 @@ impl Tee {
             (Ok(part), None) => {
                 let stored = blobstore::UploadPart { object: part.object, size: part.size };
                 self.service
-                    .commit_proxy_blob(&self.repo, &upload_id, stored, &part.hasher, &self.digest, &ctx())
+                    .commit_proxy_blob(
+                        &self.repo,
+                        &upload_id,
+                        stored,
+                        &part.hasher,
+                        &self.digest,
+                        &ctx(),
+                    )
                     .await
                     .map_err(|e| e.to_string())
             }

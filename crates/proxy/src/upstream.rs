@@ -239,7 +239,9 @@ impl Upstream {
         })?;
         let status = response.status();
         if status == StatusCode::TOO_MANY_REQUESTS {
-            return Err(UpstreamError::RateLimited { retry_after: retry_after(response.headers()) });
+            return Err(UpstreamError::RateLimited {
+                retry_after: retry_after(response.headers()),
+            });
         }
         if !status.is_success() {
             return Err(UpstreamError::failed(format!(

@@ -165,16 +165,17 @@ impl WriteService {
             if current.is_some_and(|m| m.digest == cached.digest) {
                 continue;
             }
-            let parsed = match ParsedManifest::parse(Some(cached.media_type.as_str()), &cached.payload) {
-                Ok(parsed) => parsed,
-                Err(e) => {
-                    tracing::warn!(
-                        repository = %repo, digest = %cached.digest, error = %e,
-                        "the dependency proxy serves a manifest it cannot store"
-                    );
-                    continue;
-                }
-            };
+            let parsed =
+                match ParsedManifest::parse(Some(cached.media_type.as_str()), &cached.payload) {
+                    Ok(parsed) => parsed,
+                    Err(e) => {
+                        tracing::warn!(
+                            repository = %repo, digest = %cached.digest, error = %e,
+                            "the dependency proxy serves a manifest it cannot store"
+                        );
+                        continue;
+                    }
+                };
             let mut complete = true;
             for blob in parsed.required_blobs() {
                 if self.store.repository_blob(repo, &blob).await?.is_none() {
@@ -186,8 +187,7 @@ impl WriteService {
                 continue;
             }
             // A sparse index is normal here: clients pull the platforms they run.
-            let new =
-                new_manifest(digest, &parsed, cached.payload.clone(), &IndexValidation::None);
+            let new = new_manifest(digest, &parsed, cached.payload.clone(), &IndexValidation::None);
             let tags: Vec<Tag> = tag.into_iter().collect();
             self.put_manifest(repo, Actor::Level(access_level::ADMIN), &new, &tags, ctx).await?;
         }

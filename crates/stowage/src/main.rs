@@ -149,7 +149,12 @@ async fn open_registry(config: &Config) -> anyhow::Result<registry::Registry> {
         service::WriteService::new(store.clone(), blobs.clone(), config.gc.service_settings()?)
             .with_events(event_settings(config, None));
     // The CLI commands that open the registry need no access decisions; `serve` sets the gate.
-    Ok(registry::Registry { store, blobs, service, limits, gate: auth::Gate::Open,
+    Ok(registry::Registry {
+        store,
+        blobs,
+        service,
+        limits,
+        gate: auth::Gate::Open,
         pull_through: None,
     })
 }
@@ -167,10 +172,8 @@ fn dependency_proxy(
         timeout: Duration::from_secs(30),
     })
     .context("cannot build the dependency proxy's HTTP client")?;
-    let cache = proxy::CacheSettings {
-        ttl: settings.ttl()?,
-        stale_if_error: settings.stale_if_error()?,
-    };
+    let cache =
+        proxy::CacheSettings { ttl: settings.ttl()?, stale_if_error: settings.stale_if_error()? };
     let instance = registry.service.event_settings().instance_id.clone();
     Ok(std::sync::Arc::new(proxy::DependencyProxy::new(
         registry.service.clone(),
