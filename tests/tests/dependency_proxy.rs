@@ -267,6 +267,9 @@ async fn multi_arch_index(backend: MetaBackend) {
     assert_eq!(tags["tags"], json!(["latest"]), "{tags}");
 }
 
+/// (who, credential, image name, may pull).
+type Case<'a> = (&'a str, Option<(&'a str, &'a str)>, &'a str, bool);
+
 /// Who may pull through which group's proxy; private groups are invisible; the setting and
 /// the cache purge are the owners'.
 async fn permission_matrix(backend: MetaBackend) {
@@ -291,7 +294,7 @@ async fn permission_matrix(backend: MetaBackend) {
     let private_name = proxied("privg", "alpine");
     let public_name = proxied("pubg", "alpine");
     let missing_name = proxied("nosuch", "alpine");
-    let cases: Vec<(&str, Option<(&str, &str)>, &str, bool)> = vec![
+    let cases: Vec<Case> = vec![
         ("anonymous", None, public_name.as_str(), true),
         ("anonymous", None, private_name.as_str(), false),
         (
