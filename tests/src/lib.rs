@@ -22,6 +22,7 @@ pub mod dockerd;
 pub mod gitlab;
 pub mod tenants;
 pub mod tools;
+pub mod upstream;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

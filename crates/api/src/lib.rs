@@ -13,6 +13,7 @@ use axum::Router;
 pub mod background;
 pub mod caller;
 pub mod cleanup;
+pub mod dependency_proxy_api;
 pub mod error;
 pub mod events_api;
 pub mod export;
@@ -115,4 +116,5 @@ pub fn routes() -> Routes {
         .merge(background::routes())
         .merge(gc_api::routes())
         .merge(events_api::routes())
+        .merge(dependency_proxy_api::routes())
 }

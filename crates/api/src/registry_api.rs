@@ -979,6 +979,10 @@ pub const ROUTES: &[RouteDoc] = &[
     route("put", "/groups/{id}", "groups", "Set a top-level group's container registry storage limit (instance admins)", &[
         ("container_registry_storage_limit", "integer", "bytes, 0 for no limit"),
     ], 200),
+    route("put", "/groups/{id}/dependency_proxy", "dependency_proxy", "Turn a top-level group's dependency proxy on or off (owners)", &[
+        ("enabled", "boolean", "whether the group's dependency proxy serves pulls (default true)"),
+    ], 200),
+    route("delete", "/groups/{id}/dependency_proxy/cache", "dependency_proxy", "Purge a top-level group's dependency proxy cache (owners)", &[], 202),
     route("get", "/groups/{id}/members", "members", "List a group's members", &[], 200),
     route("get", "/groups/{id}/members/all", "members", "List a group's members, inherited ones included", &[], 200),
     route("get", "/groups/{id}/members/all/{user_id}", "members", "Get a group member, inherited or not", &[], 200),

@@ -59,7 +59,7 @@ pub async fn group_level(store: &Store, caller: &Caller, group: &Group) -> Resul
     })
 }
 
-fn require_level(level: i64, needed: i64, what: &str) -> Result<(), ApiError> {
+pub(crate) fn require_level(level: i64, needed: i64, what: &str) -> Result<(), ApiError> {
     if level >= needed {
         Ok(())
     } else {

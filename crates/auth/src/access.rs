@@ -162,7 +162,7 @@ async fn may_pull(
         },
     };
     let (Some(identity), Some(store)) = (identity, store) else { return Ok(false) };
-    Ok(policy::allowed_on_image(store, &identity, name.as_str()).await?.contains(&Action::Pull))
+    Ok(policy::allowed_on_image(store, &identity, name).await?.contains(&Action::Pull))
 }
 
 /// Makes the access decision for registry requests.

@@ -29,6 +29,7 @@ use meta::{
     access_level as level, DeployToken, JobToken, MetaError, PersonalAccessToken, Project,
     RegistryAccess, SourceType, Store, User, Visibility,
 };
+use oci::RepositoryName;
 
 /// How many components an image name may have below its project's path.
 pub const MAX_EXTRA_SEGMENTS: usize = 3;
@@ -197,7 +198,13 @@ fn job_token_active(token: &JobToken) -> bool {
 }
 
 /// The project an image name belongs to, if any (and if the name is not too deep below it).
+/// Never a project for the images of a dependency proxy
+/// (`<group>/dependency_proxy/containers/…`), even if a project `<group>/dependency_proxy`
+/// exists: only the proxy writes there.
 pub async fn project_for_image(store: &Store, name: &str) -> Result<Option<Project>, MetaError> {
+    if name.parse::<RepositoryName>().is_ok_and(|n| n.dependency_proxy().is_some()) {
+        return Ok(None);
+    }
     let prefixes = meta::path_prefixes(name);
     let Some(project) = store.longest_project_match(&prefixes).await? else { return Ok(None) };
     let extra = name.split('/').count() - project.full_path.split('/').count();
@@ -339,16 +346,76 @@ pub async fn role_on_project(
     }
 }
 
-/// The actions on image `name` that `identity` may take (none if no project holds it).
+/// The actions on image `name` that `identity` may take (none if no project holds it). The
+/// images of a group's dependency proxy follow [`dependency_proxy_actions`].
 pub async fn allowed_on_image(
     store: &Store,
     identity: &Identity,
-    name: &str,
+    name: &RepositoryName,
 ) -> Result<Vec<Action>, MetaError> {
-    match project_for_image(store, name).await? {
+    if let Some(image) = name.dependency_proxy() {
+        return dependency_proxy_actions(store, identity, image.group).await;
+    }
+    match project_for_image(store, name.as_str()).await? {
         Some(project) => allowed_actions(store, identity, &project).await,
         None => Ok(Vec::new()),
     }
+}
+
+/// The actions `identity` may take on the images of top-level group `group_path`'s dependency
+/// proxy: pull or nothing (its content is written by the proxy alone). As GitLab: the guest
+/// role on the group (or instance admin), a deploy token of the group with `read_registry`, or
+/// a CI job token whose user is a guest of the group (an operator-minted one: whose project is
+/// in the group); anonymous callers, and every credential, only if the group is public. A
+/// missing group, a subgroup or a disabled proxy allows nothing, so a private group's proxy
+/// answers exactly like a missing one.
+pub async fn dependency_proxy_actions(
+    store: &Store,
+    identity: &Identity,
+    group_path: &str,
+) -> Result<Vec<Action>, MetaError> {
+    let Some(group) = store.group_by_full_path(group_path).await? else { return Ok(Vec::new()) };
+    if group.parent_id.is_some() || !store.dependency_proxy_enabled(group.id).await? {
+        return Ok(Vec::new());
+    }
+    let group = &group;
+    let guest_of_group = |user: User| async move {
+        Ok::<bool, MetaError>(
+            !user.blocked
+                && (user.is_admin
+                    || store.effective_group_access_level(user.id, group).await? >= level::GUEST),
+        )
+    };
+    let allowed = match identity {
+        _ if group.visibility == Visibility::Public => match identity {
+            Identity::User { pat: Some((_, scopes)), user } => {
+                !user.blocked && has_scope(scopes, "read_registry")
+            }
+            Identity::User { user, .. } => !user.blocked,
+            _ => true,
+        },
+        Identity::Anonymous => false,
+        Identity::User { user, pat } => {
+            let scoped = pat.as_ref().is_none_or(|(_, scopes)| has_scope(scopes, "read_registry"));
+            scoped && guest_of_group(user.clone()).await?
+        }
+        Identity::Deploy(token) => {
+            token.source_type == SourceType::Group
+                && token.source_id == group.id
+                && token.scopes.iter().any(|s| s == "read_registry")
+        }
+        Identity::Job { token } => match token.user_id {
+            Some(id) => match store.user_by_id(id).await? {
+                Some(user) => guest_of_group(user).await?,
+                None => false,
+            },
+            None => match store.project_by_id(token.project_id).await? {
+                Some(project) => project.full_path.starts_with(&format!("{}/", group.full_path)),
+                None => false,
+            },
+        },
+    };
+    Ok(if allowed { vec![Action::Pull] } else { Vec::new() })
 }
 
 /// Why credentials could not be checked.
@@ -479,6 +546,10 @@ pub async fn missing_project_hint(
     cred: &str,
     name: &str,
 ) -> Result<Option<String>, MetaError> {
+    // A dependency proxy's names are nobody's to push to: the generic denial explains them.
+    if name.parse::<RepositoryName>().is_ok_and(|n| n.dependency_proxy().is_some()) {
+        return Ok(None);
+    }
     let Some(identity) = load_identity(store, cred).await? else { return Ok(None) };
     if matches!(identity, Identity::Anonymous) {
         return Ok(None);

@@ -330,10 +330,8 @@ async fn grant(
     for scope in scopes {
         let granted: Vec<String> = match scope.kind.as_str() {
             "repository" => {
-                if scope.name.parse::<oci::RepositoryName>().is_err() {
-                    continue;
-                }
-                let allowed = policy::allowed_on_image(store, identity, &scope.name).await?;
+                let Ok(name) = scope.name.parse::<oci::RepositoryName>() else { continue };
+                let allowed = policy::allowed_on_image(store, identity, &name).await?;
                 scope
                     .actions
                     .iter()

@@ -11,6 +11,7 @@
 
 mod browse;
 mod cleanup;
+pub mod dependency_proxy;
 pub mod events;
 mod gc;
 mod gc_review;
@@ -28,6 +29,7 @@ mod write;
 
 pub use browse::*;
 pub use cleanup::*;
+pub use dependency_proxy::{dependency_proxy_prefix, ProxyManifest};
 pub use gc::*;
 pub use gc_review::*;
 pub use protection::*;

@@ -21,7 +21,10 @@ pub use manifest::{
     ParsedManifest, Platform,
 };
 pub use media::{MediaType, MediaTypeError};
-pub use name::{NameError, Reference, ReferenceError, RepositoryName, Tag};
+pub use name::{
+    DependencyProxyImage, NameError, Reference, ReferenceError, RepositoryName, Tag,
+    DEPENDENCY_PROXY_PATH,
+};
 pub use range::{ByteRange, ChunkRange, ChunkRangeError, RangeNotSatisfiable};
 
 /// Characters of untrusted text an error message shows before cutting it short.

@@ -97,6 +97,29 @@ impl fmt::Debug for RepositoryName {
     }
 }
 
+/// The components between a top-level group and an image of its dependency proxy
+/// (GitLab's `<group>/dependency_proxy/containers/<image>`).
+pub const DEPENDENCY_PROXY_PATH: &str = "dependency_proxy/containers";
+
+/// A repository name of a top-level group's dependency proxy, read from a parsed
+/// [`RepositoryName`]: `<group>/dependency_proxy/containers/<image>`, where `<group>` is one
+/// component (a top-level group) and `<image>` the upstream image (`alpine`, `bitnami/redis`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DependencyProxyImage<'a> {
+    pub group: &'a str,
+    pub image: &'a str,
+}
+
+impl RepositoryName {
+    /// The dependency-proxy image this name addresses, if it is one. The one place that
+    /// decides which repository names belong to a dependency proxy.
+    pub fn dependency_proxy(&self) -> Option<DependencyProxyImage<'_>> {
+        let (group, rest) = self.0.split_once('/')?;
+        let image = rest.strip_prefix(DEPENDENCY_PROXY_PATH)?.strip_prefix('/')?;
+        (!image.is_empty()).then_some(DependencyProxyImage { group, image })
+    }
+}
+
 /// A tag: `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
 pub struct Tag(String);
@@ -202,6 +225,25 @@ mod tests {
             &"a".repeat(256),
         ] {
             assert!(bad.parse::<RepositoryName>().is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn dependency_proxy_names() {
+        let name = |s: &str| s.parse::<RepositoryName>().unwrap();
+        let n = name("acme/dependency_proxy/containers/bitnami/redis");
+        assert_eq!(
+            n.dependency_proxy(),
+            Some(DependencyProxyImage { group: "acme", image: "bitnami/redis" })
+        );
+        for not in [
+            "acme/dependency_proxy/containers",
+            "acme/sub/dependency_proxy/containers/alpine",
+            "acme/dependency_proxy/containersx/alpine",
+            "acme/dependency_proxy/alpine",
+            "dependency_proxy/containers/alpine",
+        ] {
+            assert_eq!(name(not).dependency_proxy(), None, "{not}");
         }
     }
 

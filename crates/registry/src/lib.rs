@@ -11,6 +11,7 @@ mod blobs;
 mod error;
 mod listing;
 mod manifests;
+mod proxied;
 mod quota;
 mod routes;
 mod uploads;
@@ -58,6 +59,9 @@ pub struct Registry {
     pub limits: Limits,
     /// Decides who may do what; every request passes it before a handler runs.
     pub gate: auth::Gate,
+    /// Fetches what a group's dependency proxy does not hold yet from its upstream; `None`
+    /// serves those repositories from what they hold, like any other.
+    pub pull_through: Option<std::sync::Arc<dyn service::dependency_proxy::PullThrough>>,
 }
 
 impl Registry {

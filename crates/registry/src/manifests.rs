@@ -4,7 +4,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use meta::{ManifestRecord, NewManifest};
+use meta::ManifestRecord;
 use oci::{Digest, ErrorCode, ManifestError, ParsedManifest, Reference, RepositoryName, Tag};
 use service::events::EventTarget;
 use service::{RequestContext, ServiceError};
@@ -23,7 +23,7 @@ fn manifest_unknown(name: &RepositoryName, reference: &Reference) -> RegistryErr
 }
 
 /// Whether an `Accept` header admits `media_type`. No header (or a wildcard) admits anything.
-fn accepts(headers: &HeaderMap, media_type: &str) -> bool {
+pub(crate) fn accepts(headers: &HeaderMap, media_type: &str) -> bool {
     let mut any_listed = false;
     for value in headers.get_all("accept") {
         let Ok(value) = value.to_str() else { continue };
@@ -187,18 +187,12 @@ pub(crate) async fn put(
     let parsed = ParsedManifest::parse(header(headers, "content-type"), &payload).map_err(
         |e: ManifestError| RegistryError::new(ErrorCode::ManifestInvalid, e.to_string()),
     )?;
-    let new = NewManifest {
-        digest: digest.clone(),
-        media_type: parsed.media_type.clone(),
-        artifact_type: parsed.artifact_type.clone(),
-        subject: parsed.subject.as_ref().map(|s| s.digest.clone()),
-        config_digest: parsed.config.as_ref().map(|c| c.digest.clone()),
-        total_size: (payload.len() as i64).saturating_add(parsed.referenced_size()),
-        annotations: parsed.annotations.as_ref().map(|a| a.to_string()),
-        blobs: parsed.required_blobs(),
-        children: parsed.children(&registry.limits.index_validation),
+    let new = service::dependency_proxy::new_manifest(
+        digest.clone(),
+        &parsed,
         payload,
-    };
+        &registry.limits.index_validation,
+    );
     let digests: Vec<&str> = new.blobs.iter().map(|d| d.as_str()).collect();
     crate::quota::require_room(registry, name, Some(&digests)).await?;
     registry.service.put_manifest(name, access.into(), &new, &tags, ctx).await.map_err(|e| match e {

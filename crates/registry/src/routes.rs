@@ -33,7 +33,7 @@ use axum::Router;
 use oci::{Digest, ErrorCode, Reference, RepositoryName};
 
 use crate::error::{RegistryError, Result};
-use crate::{blobs, listing, manifests, uploads, Query, Registry};
+use crate::{blobs, listing, manifests, proxied, uploads, Query, Registry};
 
 pub fn router(registry: Registry) -> Router {
     Router::new()
@@ -328,7 +328,18 @@ fn refused(registry: &Registry, refusal: Refusal) -> RegistryError {
         Refusal::Unauthenticated { .. } => {
             RegistryError::new(ErrorCode::Unauthorized, "authentication required")
         }
-        // Worded the same whether or not a project exists, so private projects stay invisible.
+        // Worded the same whether or not a project (or group) exists, so private ones stay
+        // invisible.
+        Refusal::Denied { scope }
+            if scope.name.parse::<RepositoryName>().is_ok_and(|n| n.dependency_proxy().is_some()) =>
+        {
+            RegistryError::new(
+                ErrorCode::Denied,
+                "requested access to the resource is denied: a group's dependency proxy serves \
+                 pulls only, to guests of the group and above, its deploy tokens and CI jobs \
+                 (anyone for a public group)",
+            )
+        }
         Refusal::Denied { .. } => RegistryError::new(
             ErrorCode::Denied,
             "requested access to the resource is denied: images live at <project path>[/up to 3 more levels] \
@@ -415,7 +426,10 @@ async fn run(
     let headers = &parts.headers;
     use Operation::*;
     match op {
-        GetBlob { digest, head } => blobs::get(r, &access, &digest, headers, head).await,
+        GetBlob { digest, head } => match proxied::pull_through(r, &access) {
+            Some(proxy) => proxied::blob(r, proxy, &access, &digest, headers, head).await,
+            None => blobs::get(r, &access, &digest, headers, head).await,
+        },
         DeleteBlob { digest } => blobs::delete(r, &access, &digest).await,
         StartUpload => {
             let _uploading = UploadInProgress::start();
@@ -431,9 +445,10 @@ async fn run(
             uploads::finish(r, &access, &id, &query, headers, body).await
         }
         CancelUpload { id } => uploads::cancel(r, &access, &id).await,
-        GetManifest { reference, head } => {
-            manifests::get(r, &access, &reference, headers, head, &ctx).await
-        }
+        GetManifest { reference, head } => match proxied::pull_through(r, &access) {
+            Some(proxy) => proxied::manifest(proxy, &access, &reference, headers, head).await,
+            None => manifests::get(r, &access, &reference, headers, head, &ctx).await,
+        },
         PutManifest { reference } => {
             manifests::put(r, &access, &reference, &query, headers, body, &ctx).await
         }

@@ -138,7 +138,14 @@ async fn registry(dir: &std::path::Path) -> Registry {
     let store = meta::Store::connect(&url).await.unwrap();
     let blobs = blobstore::BlobStore::filesystem(&dir.join("blobs")).unwrap();
     let service = service::WriteService::new(store.clone(), blobs.clone(), Default::default());
-    Registry { store, blobs, service, limits: Default::default(), gate: auth::Gate::Open }
+    Registry {
+        store,
+        blobs,
+        service,
+        limits: Default::default(),
+        gate: auth::Gate::Open,
+        pull_through: None,
+    }
 }
 
 proptest! {

@@ -13,6 +13,7 @@
 //! [`WriteService::commit_upload`]), so garbage collection can never delete bytes that a
 //! committed `blobs` row needs.
 
+pub mod dependency_proxy;
 pub mod events;
 pub mod outbound;
 

@@ -37,6 +37,64 @@ pub struct Config {
     pub audit: AuditConfig,
     pub notifications: Notifications,
     pub webhooks: Webhooks,
+    pub dependency_proxy: DependencyProxyConfig,
+}
+
+/// The dependency proxy of top-level groups (see the README's "Dependency proxy"). From the
+/// environment: `STOWAGE_DEPENDENCY_PROXY__UPSTREAM=http://mirror.internal:5000`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DependencyProxyConfig {
+    /// The registry images are pulled from: `https://` (or `http://` on a private network).
+    pub upstream: String,
+    /// Credentials at the upstream (its token service or basic auth); anonymous without.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// After how long a manifest pulled by tag is revalidated upstream (a `HEAD`).
+    pub ttl: String,
+    /// How long after its last validation a cached manifest is still served, with a warning,
+    /// when the upstream fails (timeout, 5xx, 429).
+    pub stale_if_error: String,
+}
+
+impl Default for DependencyProxyConfig {
+    fn default() -> Self {
+        DependencyProxyConfig {
+            upstream: "https://registry-1.docker.io".into(),
+            username: None,
+            password: None,
+            ttl: "24h".into(),
+            stale_if_error: "168h".into(),
+        }
+    }
+}
+
+impl DependencyProxyConfig {
+    /// The upstream URL, checked: http or https with a host, nothing after the path.
+    pub fn upstream_url(&self) -> anyhow::Result<url::Url> {
+        let url = url::Url::parse(&self.upstream)
+            .with_context(|| format!("dependency_proxy.upstream: {:?} is no URL", self.upstream))?;
+        if !matches!(url.scheme(), "http" | "https")
+            || url.host_str().is_none_or(|h| h.is_empty())
+            || url.query().is_some()
+            || url.fragment().is_some()
+        {
+            bail!(
+                "dependency_proxy.upstream must be a registry's URL with http:// or https://, \
+                 e.g. https://registry-1.docker.io; {:?} is not",
+                self.upstream
+            );
+        }
+        Ok(url)
+    }
+
+    pub fn ttl(&self) -> anyhow::Result<Duration> {
+        parse_duration(&self.ttl).context("dependency_proxy.ttl")
+    }
+
+    pub fn stale_if_error(&self) -> anyhow::Result<Duration> {
+        parse_duration(&self.stale_if_error).context("dependency_proxy.stale_if_error")
+    }
 }
 
 /// The audit log (see the README's "Audit log").
@@ -834,6 +892,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             notifications: Notifications::default(),
             webhooks: Webhooks::default(),
+            dependency_proxy: DependencyProxyConfig::default(),
         }
     }
 }
@@ -1085,6 +1144,9 @@ impl Config {
         self.notifications.validate()?;
         self.storage.backend(&self.data_dir)?;
         self.storage.redirect_expiry()?;
+        self.dependency_proxy.upstream_url()?;
+        self.dependency_proxy.ttl()?;
+        self.dependency_proxy.stale_if_error()?;
         Ok(())
     }
 

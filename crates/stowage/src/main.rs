@@ -149,7 +149,38 @@ async fn open_registry(config: &Config) -> anyhow::Result<registry::Registry> {
         service::WriteService::new(store.clone(), blobs.clone(), config.gc.service_settings()?)
             .with_events(event_settings(config, None));
     // The CLI commands that open the registry need no access decisions; `serve` sets the gate.
-    Ok(registry::Registry { store, blobs, service, limits, gate: auth::Gate::Open })
+    Ok(registry::Registry {
+        store,
+        blobs,
+        service,
+        limits,
+        gate: auth::Gate::Open,
+        pull_through: None,
+    })
+}
+
+/// The dependency proxy of top-level groups, as `dependency_proxy.*` configures it.
+fn dependency_proxy(
+    config: &Config,
+    registry: &registry::Registry,
+) -> anyhow::Result<std::sync::Arc<dyn service::dependency_proxy::PullThrough>> {
+    let settings = &config.dependency_proxy;
+    let upstream = proxy::Upstream::new(proxy::UpstreamSettings {
+        url: settings.upstream_url()?,
+        username: settings.username.clone().filter(|u| !u.is_empty()),
+        password: settings.password.clone(),
+        timeout: Duration::from_secs(30),
+    })
+    .context("cannot build the dependency proxy's HTTP client")?;
+    let cache =
+        proxy::CacheSettings { ttl: settings.ttl()?, stale_if_error: settings.stale_if_error()? };
+    let instance = registry.service.event_settings().instance_id.clone();
+    Ok(std::sync::Arc::new(proxy::DependencyProxy::new(
+        registry.service.clone(),
+        upstream,
+        cache,
+        instance,
+    )))
 }
 
 /// How this instance names itself in registry events: `http.host`'s authority when set, else
@@ -209,6 +240,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let local_addr = listener.local_addr()?;
     let mut registry = registry;
     registry.service = registry.service.with_events(event_settings(&config, Some(local_addr)));
+    registry.pull_through = Some(dependency_proxy(&config, &registry)?);
     memory::start_trimming();
     // Background work (deletes, cleanup policies, the upload purge) runs as durable jobs: with
     // several instances each job, and each period of a periodic one, runs once.
