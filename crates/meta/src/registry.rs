@@ -5,7 +5,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use crate::now_millis;
-use crate::store::{get_i64, MetaError, Store};
+use crate::store::{get_i64, Backend, MetaError, Store, TagVersion};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlobRecord {
@@ -236,20 +236,36 @@ impl Store {
         Ok(row.as_ref().map(manifest_from_row))
     }
 
+    /// The manifest `tag` points at, through the tag cache (see [`TagVersion`]).
     pub async fn manifest_by_tag(
         &self,
         repo: &RepositoryName,
         tag: &Tag,
     ) -> Result<Option<ManifestRecord>, MetaError> {
-        let generation = match &self.tag_cache {
-            Some(cache) => match cache.get(repo.as_str(), tag.as_str()) {
-                Some(hit) => return Ok(Some(hit)),
-                None => Some(cache.generation()),
-            },
-            None => None,
+        let cached = self.tag_cache.get(repo.as_str(), tag.as_str());
+        let process_generation = match self.backend() {
+            Backend::Sqlite => {
+                let current = self.tag_cache.generation();
+                if let Some((TagVersion::Process(generation), record)) = cached {
+                    if generation == current {
+                        return Ok(Some(record));
+                    }
+                }
+                Some(current)
+            }
+            Backend::Postgres => {
+                if let Some((version @ TagVersion::Repository { .. }, record)) = cached {
+                    if self.repository_tag_version(repo).await? == Some(version) {
+                        return Ok(Some(record));
+                    }
+                }
+                None
+            }
         };
+        // One statement, so the version read is the one the record was read under.
         let sql = format!(
-            "SELECT {MANIFEST_COLUMNS} FROM tags t JOIN repositories r ON r.id = t.repository_id \
+            "SELECT {MANIFEST_COLUMNS}, r.id AS repository_id, r.tag_generation \
+             FROM tags t JOIN repositories r ON r.id = t.repository_id \
              JOIN manifests m ON m.id = t.manifest_id WHERE r.name = $1 AND t.name = $2"
         );
         let row = sqlx::query(&sql)
@@ -257,13 +273,32 @@ impl Store {
             .bind(tag.as_str())
             .fetch_optional(&self.pool)
             .await?;
-        let record = row.as_ref().map(manifest_from_row);
-        if let (Some(cache), Some(generation), Some(record)) =
-            (&self.tag_cache, generation, &record)
-        {
-            cache.put(generation, repo.as_str(), tag.as_str(), record.clone());
-        }
-        Ok(record)
+        let Some(row) = row else { return Ok(None) };
+        let record = manifest_from_row(&row);
+        let version = match process_generation {
+            Some(generation) => TagVersion::Process(generation),
+            None => TagVersion::Repository {
+                id: get_i64(&row, "repository_id"),
+                generation: get_i64(&row, "tag_generation"),
+            },
+        };
+        self.tag_cache.put(version, repo.as_str(), tag.as_str(), record.clone());
+        Ok(Some(record))
+    }
+
+    /// The repository's id and tag generation now (PostgreSQL's tag cache check).
+    async fn repository_tag_version(
+        &self,
+        repo: &RepositoryName,
+    ) -> Result<Option<TagVersion>, MetaError> {
+        let row = sqlx::query("SELECT id, tag_generation FROM repositories WHERE name = $1")
+            .bind(repo.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| TagVersion::Repository {
+            id: get_i64(&r, "id"),
+            generation: get_i64(&r, "tag_generation"),
+        }))
     }
 
     /// Tags in lexical order after `last`, at most `n`; `None` when the repository is unknown.

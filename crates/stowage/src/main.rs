@@ -235,6 +235,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             }
         });
     }
+    let shared = match config.redis.settings()? {
+        Some(settings) => {
+            tracing::info!(addr = %settings.addr, "rate limits and login throttling shared through Redis");
+            shared::Shared::redis(&settings).map_err(|e| anyhow::anyhow!(e))?
+        }
+        None => shared::Shared::local(),
+    };
+    let rate_limiter = std::sync::Arc::new(auth::ratelimit::RateLimiter::new(
+        config.ratelimit.limits()?,
+        shared.clone(),
+    ));
     let auth = match config.auth.mode {
         config::AuthMode::Token => {
             let tokens = std::sync::Arc::new(
@@ -261,7 +272,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             Some(auth::web::AuthState {
                 store: registry.store.clone(),
                 tokens,
-                limiter: Default::default(),
+                limiter: std::sync::Arc::new(
+                    auth::throttle::LoginLimiter::default().sharing(shared.clone()),
+                ),
             })
         }
         config::AuthMode::None => {
@@ -271,7 +284,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             None
         }
     };
-    let app = http::app(registry, api, auth, config.http.trusted_proxies.clone());
+    let app =
+        http::app(registry, api, auth, config.http.trusted_proxies.clone(), rate_limiter);
     let limits = server::ConnectionLimits {
         header_read: parse_duration(&config.http.timeouts.header_read)?,
         idle: parse_duration(&config.http.timeouts.idle)?,
