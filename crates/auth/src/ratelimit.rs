@@ -132,7 +132,8 @@ impl RateKey {
 
 /// The headers a credential arrives in, on any surface: `Authorization` (Basic or Bearer), and
 /// the API's `PRIVATE-TOKEN`, `JOB-TOKEN` and `DEPLOY-TOKEN`.
-const CREDENTIAL_HEADERS: [&str; 4] = ["authorization", "private-token", "job-token", "deploy-token"];
+const CREDENTIAL_HEADERS: [&str; 4] =
+    ["authorization", "private-token", "job-token", "deploy-token"];
 
 /// THE keys a request counts against: its client address (as `client_addr` computed it), and
 /// its credential if it presents one.

@@ -382,8 +382,7 @@ impl Store {
     // ---- upload sessions ----------------------------------------------------------------
 
     pub async fn create_upload(&self, upload: &UploadRecord) -> Result<(), MetaError> {
-        let mut w = self.write_tx().await?;
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO uploads (id, repository, size, parts, hash_state, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
@@ -393,10 +392,21 @@ impl Store {
         .bind(upload.parts)
         .bind(&upload.hash_state)
         .bind(upload.created_at)
-        .bind(upload.updated_at)
-        .execute(&mut *w.tx)
-        .await?;
-        w.commit().await
+        .bind(upload.updated_at);
+        match self.backend() {
+            // One statement is its own transaction: no BEGIN and COMMIT round trips.
+            Backend::Postgres => {
+                insert.execute(&self.pool).await?;
+                Ok(())
+            }
+            // SQLite: through the writer lock, so it waits for other writers instead of
+            // failing busy.
+            Backend::Sqlite => {
+                let mut w = self.write_tx().await?;
+                insert.execute(&mut *w.tx).await?;
+                w.commit().await
+            }
+        }
     }
 
     /// How many upload sessions are open (on every instance), for metrics.
@@ -485,16 +495,9 @@ impl Store {
     /// removes the session's storage objects).
     pub async fn delete_upload(&self, id: &str) -> Result<bool, MetaError> {
         let mut w = self.write_tx().await?;
-        // Also cascaded by the foreign key; explicit so it holds whatever the connection's
-        // foreign-key setting.
-        sqlx::query("DELETE FROM upload_parts WHERE upload_id = $1")
-            .bind(id)
-            .execute(&mut *w.tx)
-            .await?;
-        let result =
-            sqlx::query("DELETE FROM uploads WHERE id = $1").bind(id).execute(&mut *w.tx).await?;
+        let existed = w.end_upload(id).await?;
         w.commit().await?;
-        Ok(result.rows_affected() > 0)
+        Ok(existed)
     }
 
     /// Sessions idle since before `updated_before` (milliseconds), oldest first.
@@ -801,4 +804,23 @@ mod tests {
         };
     }
     on_both_backends!(backfill_of_artifact_types, sparse_index_references);
+}
+
+impl crate::store::WriteTx<'_> {
+    /// Ends upload session `id` (its row and part list) in this transaction; whether it
+    /// existed. The write service ends a session in the transaction that commits its blob, so
+    /// a push costs one commit less.
+    pub async fn end_upload(&mut self, id: &str) -> Result<bool, MetaError> {
+        // Also cascaded by the foreign key; explicit so it holds whatever the connection's
+        // foreign-key setting.
+        sqlx::query("DELETE FROM upload_parts WHERE upload_id = $1")
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await?;
+        let result = sqlx::query("DELETE FROM uploads WHERE id = $1")
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(result.rows_affected() > 0)
+    }
 }

@@ -171,7 +171,11 @@ impl Shared {
     }
 
     /// Counts a failure against every key, each in a `window` from its first failure.
-    pub async fn count_failure(&self, keys: &[String], window: Duration) -> Result<(), Unavailable> {
+    pub async fn count_failure(
+        &self,
+        keys: &[String],
+        window: Duration,
+    ) -> Result<(), Unavailable> {
         if keys.is_empty() {
             return Ok(());
         }
@@ -191,7 +195,10 @@ impl Shared {
 
     /// How long until every `(key, limit)` whose failure count reached its limit expires;
     /// `None` when none has.
-    pub async fn blocked_for(&self, keys: &[(String, u32)]) -> Result<Option<Duration>, Unavailable> {
+    pub async fn blocked_for(
+        &self,
+        keys: &[(String, u32)],
+    ) -> Result<Option<Duration>, Unavailable> {
         if keys.is_empty() {
             return Ok(None);
         }
@@ -217,9 +224,7 @@ impl Shared {
             return Ok(());
         }
         let _: i64 = self
-            .run(|mut conn| async move {
-                redis::cmd("DEL").arg(keys).query_async(&mut conn).await
-            })
+            .run(|mut conn| async move { redis::cmd("DEL").arg(keys).query_async(&mut conn).await })
             .await?;
         Ok(())
     }
@@ -273,8 +278,7 @@ impl Redis {
     }
 
     fn trip(&self) {
-        self.closed_until
-            .store(self.millis() + RETRY_AFTER.as_millis() as u64, Ordering::Release);
+        self.closed_until.store(self.millis() + RETRY_AFTER.as_millis() as u64, Ordering::Release);
     }
 
     /// The connection, made on first use (and again after a failed first attempt).
@@ -322,9 +326,11 @@ mod tests {
     async fn an_unreachable_redis_fails_fast_then_stays_out_of_the_way() {
         // A port nothing listens on (bound, then closed).
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let shared =
-            Shared::redis(&RedisSettings { addr: format!("127.0.0.1:{port}"), ..Default::default() })
-                .unwrap();
+        let shared = Shared::redis(&RedisSettings {
+            addr: format!("127.0.0.1:{port}"),
+            ..Default::default()
+        })
+        .unwrap();
         let started = Instant::now();
         assert_eq!(shared.gcra("k", Duration::from_secs(1), 1).await, Err(Unavailable));
         assert!(started.elapsed() < OPERATION_TIMEOUT * 2, "{:?}", started.elapsed());

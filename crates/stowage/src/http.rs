@@ -64,12 +64,13 @@ pub fn app(
 /// `TOOMANYREQUESTS` and `Retry-After`, in the error JSON of its surface; the keys are the
 /// client address the client-address layer computed and the credential presented.
 async fn rate_limit(
-    axum::extract::State(limiter): axum::extract::State<std::sync::Arc<auth::ratelimit::RateLimiter>>,
+    axum::extract::State(limiter): axum::extract::State<
+        std::sync::Arc<auth::ratelimit::RateLimiter>,
+    >,
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(class) = auth::ratelimit::RateClass::of(request.method(), request.uri().path())
-    else {
+    let Some(class) = auth::ratelimit::RateClass::of(request.method(), request.uri().path()) else {
         return next.run(request).await;
     };
     let client = request
@@ -84,8 +85,7 @@ async fn rate_limit(
     let surface = Surface::of(request.uri().path());
     let detail = "too many requests from this address or credential; retry after the time in \
                   the Retry-After header";
-    let mut response =
-        json_error(StatusCode::TOO_MANY_REQUESTS, surface, request.method(), detail);
+    let mut response = json_error(StatusCode::TOO_MANY_REQUESTS, surface, request.method(), detail);
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
     response

@@ -284,8 +284,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             None
         }
     };
-    let app =
-        http::app(registry, api, auth, config.http.trusted_proxies.clone(), rate_limiter);
+    let app = http::app(registry, api, auth, config.http.trusted_proxies.clone(), rate_limiter);
     let limits = server::ConnectionLimits {
         header_read: parse_duration(&config.http.timeouts.header_read)?,
         idle: parse_duration(&config.http.timeouts.idle)?,
