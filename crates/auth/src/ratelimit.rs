@@ -79,7 +79,7 @@ impl RateLimit {
         if rate == 0.0 {
             return Ok(None);
         }
-        if !rate.is_finite() || rate < 0.001 || rate > 1_000_000.0 {
+        if !(0.001..=1_000_000.0).contains(&rate) {
             return Err(format!(
                 "{key}.rate must be 0 (off) or between 0.001 and 1000000 requests per second"
             ));
