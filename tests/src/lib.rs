@@ -20,6 +20,7 @@ pub mod cli;
 pub mod db_proxy;
 pub mod dockerd;
 pub mod gitlab;
+pub mod round_robin;
 pub mod tenants;
 pub mod tools;
 pub mod upstream;

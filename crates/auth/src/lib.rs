@@ -5,7 +5,9 @@
 //!
 //! Secrets are only ever stored hashed and compared in constant time; nothing here logs one.
 //! Presented credentials are bounded and parsed before anything looks at them, failed logins
-//! are throttled per client address, and password hashing runs on a bounded pool of its own,
+//! are throttled per client address (shared by the instances through Redis when configured),
+//! requests are rate limited per credential and client address ([`ratelimit`]), and password
+//! hashing runs on a bounded pool of its own,
 //! so neither guessing nor flooding can lock users out or slow the registry down.
 //! This crate owns no SQL (it calls `meta`) and no blob bytes.
 
@@ -13,6 +15,7 @@ pub mod access;
 pub mod credentials;
 pub mod jwt;
 pub mod policy;
+pub mod ratelimit;
 pub mod scope;
 pub mod secret;
 pub mod throttle;

@@ -15,6 +15,11 @@
 //! username costs what a short one does), expired windows are dropped, and at most
 //! [`MAX_ENTRIES`] are kept — when full, the oldest windows go first.
 //!
+//! With Redis configured (`redis.addr`) failures are also counted there, under keys that are
+//! the full SHA-256 of the same parts (unsalted, so every instance computes the same key; at
+//! 32 bytes nobody can make two collide), and an attempt is refused when either count says so:
+//! the instances of a fleet share one limit, and while Redis is away each still has its own.
+//!
 //! The `governor` crate was considered: its keyed limiters count every check as a use and
 //! have no way to ask "is this key blocked?" without spending, while a login limit must count
 //! only failures and look before hashing; its keyed store also has no size cap. A fixed window
@@ -44,7 +49,15 @@ type KeyHash = [u8; 16];
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LimitKey {
     hash: KeyHash,
+    /// The key in Redis: `stowage:login:<sha-256 hex>`.
+    shared: [u8; 32],
     max: u32,
+}
+
+impl LimitKey {
+    fn shared_key(&self) -> String {
+        format!("stowage:login:{}", hex::encode(self.shared))
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -56,6 +69,8 @@ struct Window {
 /// Counts failed logins per [`LimitKey`] in fixed windows; see the module docs.
 pub struct LoginLimiter {
     windows: Mutex<HashMap<KeyHash, Window>>,
+    /// Redis, when configured: the counts every instance shares.
+    shared: shared::Shared,
     /// Random per process, so nobody can choose usernames whose keys collide.
     salt: [u8; 16],
     capacity: usize,
@@ -80,24 +95,34 @@ impl LoginLimiter {
     pub fn with_capacity(capacity: usize) -> LoginLimiter {
         LoginLimiter {
             windows: Mutex::new(HashMap::new()),
+            shared: shared::Shared::local(),
             salt: rand::random(),
             capacity: capacity.max(1),
             window: LOGIN_WINDOW,
         }
     }
 
+    /// This limiter, sharing its counts through `shared` (Redis) when that is configured.
+    pub fn sharing(mut self, shared: shared::Shared) -> LoginLimiter {
+        self.shared = shared;
+        self
+    }
+
     fn key(&self, parts: &[&[u8]], max: u32) -> LimitKey {
-        let mut hasher = Sha256::new();
-        hasher.update(self.salt);
+        let mut salted = Sha256::new();
+        salted.update(self.salt);
+        let mut unsalted = Sha256::new();
         for part in parts {
             // Length-prefixed, so no two different part lists hash the same input.
-            hasher.update((part.len() as u64).to_be_bytes());
-            hasher.update(part);
+            for hasher in [&mut salted, &mut unsalted] {
+                hasher.update((part.len() as u64).to_be_bytes());
+                hasher.update(part);
+            }
         }
-        let digest = hasher.finalize();
+        let digest = salted.finalize();
         let mut hash = [0u8; 16];
         hash.copy_from_slice(&digest[..16]);
-        LimitKey { hash, max }
+        LimitKey { hash, shared: unsalted.finalize().into(), max }
     }
 
     /// The key of a client address alone.
@@ -119,8 +144,16 @@ impl LoginLimiter {
     }
 
     /// How long until an attempt with `keys` is allowed again; `None` when it is allowed now.
-    pub fn blocked(&self, keys: &[LimitKey]) -> Option<Duration> {
-        self.blocked_at(keys, Instant::now())
+    /// Asks Redis too when it is configured (and up); the longer wait wins.
+    pub async fn blocked(&self, keys: &[LimitKey]) -> Option<Duration> {
+        let local = self.blocked_at(keys, Instant::now());
+        if !self.shared.is_configured() {
+            return local;
+        }
+        let shared_keys: Vec<(String, u32)> =
+            keys.iter().map(|k| (k.shared_key(), k.max)).collect();
+        let shared = self.shared.blocked_for(&shared_keys).await.unwrap_or(None);
+        local.max(shared)
     }
 
     fn blocked_at(&self, keys: &[LimitKey], now: Instant) -> Option<Duration> {
@@ -134,9 +167,13 @@ impl LoginLimiter {
             .max()
     }
 
-    /// Records a failed attempt against every key.
-    pub fn failed(&self, keys: &[LimitKey]) {
-        self.failed_at(keys, Instant::now())
+    /// Records a failed attempt against every key, here and in Redis when configured.
+    pub async fn failed(&self, keys: &[LimitKey]) {
+        self.failed_at(keys, Instant::now());
+        if self.shared.is_configured() {
+            let shared_keys: Vec<String> = keys.iter().map(LimitKey::shared_key).collect();
+            let _ = self.shared.count_failure(&shared_keys, self.window).await;
+        }
     }
 
     fn failed_at(&self, keys: &[LimitKey], now: Instant) {
@@ -155,7 +192,19 @@ impl LoginLimiter {
 
     /// A successful login forgets the failures of its address and username (typos before the
     /// right password); the address's own count stays.
-    pub fn succeeded(&self, keys: &[LimitKey]) {
+    pub async fn succeeded(&self, keys: &[LimitKey]) {
+        self.succeeded_local(keys);
+        if self.shared.is_configured() {
+            let pairs: Vec<String> = keys
+                .iter()
+                .filter(|k| k.max == MAX_PAIR_FAILURES)
+                .map(LimitKey::shared_key)
+                .collect();
+            let _ = self.shared.forget(&pairs).await;
+        }
+    }
+
+    fn succeeded_local(&self, keys: &[LimitKey]) {
         let mut windows = self.windows.lock().expect("limiter lock");
         for key in keys.iter().filter(|k| k.max == MAX_PAIR_FAILURES) {
             windows.remove(&key.hash);
@@ -241,7 +290,7 @@ mod tests {
         let l = LoginLimiter::default();
         let now = Instant::now();
         fail(&l, A, "alice", MAX_PAIR_FAILURES - 1, now);
-        l.succeeded(&l.keys(A, "alice"));
+        l.succeeded_local(&l.keys(A, "alice"));
         fail(&l, A, "alice", MAX_PAIR_FAILURES - 1, now);
         assert_eq!(l.blocked_at(&l.keys(A, "alice"), now), None);
         fail(&l, A, "bob", MAX_ADDRESS_FAILURES - 2 * (MAX_PAIR_FAILURES - 1), now);

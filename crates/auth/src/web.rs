@@ -231,29 +231,29 @@ pub async fn check_login(
         LoginRefusal::Throttled(wait)
     };
     let address = [state.limiter.address_key(client)];
-    if let Some(wait) = state.limiter.blocked(&address) {
+    if let Some(wait) = state.limiter.blocked(&address).await {
         return Err(throttled(wait));
     }
     let credentials = match Credentials::parse(username, secret) {
         Ok(credentials) => credentials,
         Err(why) => {
-            state.limiter.failed(&address);
+            state.limiter.failed(&address).await;
             tracing::info!(username = %oci::preview(username), %client, reason = %why, "login refused");
             return Err(LoginRefusal::Invalid);
         }
     };
     let keys = state.limiter.keys(client, credentials.username());
-    if let Some(wait) = state.limiter.blocked(&keys) {
+    if let Some(wait) = state.limiter.blocked(&keys).await {
         return Err(throttled(wait));
     }
     match policy::authenticate(&state.store, &credentials).await {
         Ok(Some(identity)) => {
-            state.limiter.succeeded(&keys);
+            state.limiter.succeeded(&keys).await;
             audit_login(&state.store, origin, identity.audit_actor(), true, via).await;
             Ok(identity)
         }
         Ok(None) => {
-            state.limiter.failed(&keys);
+            state.limiter.failed(&keys).await;
             tracing::info!(username = %oci::preview(username), %client, "login failed");
             let actor = AuditActor::system(credentials.username());
             audit_login(&state.store, origin, actor, false, via).await;

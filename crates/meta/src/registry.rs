@@ -5,7 +5,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use crate::now_millis;
-use crate::store::{get_i64, MetaError, Store};
+use crate::store::{get_i64, Backend, MetaError, Store, TagVersion};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlobRecord {
@@ -236,20 +236,36 @@ impl Store {
         Ok(row.as_ref().map(manifest_from_row))
     }
 
+    /// The manifest `tag` points at, through the tag cache (see [`TagVersion`]).
     pub async fn manifest_by_tag(
         &self,
         repo: &RepositoryName,
         tag: &Tag,
     ) -> Result<Option<ManifestRecord>, MetaError> {
-        let generation = match &self.tag_cache {
-            Some(cache) => match cache.get(repo.as_str(), tag.as_str()) {
-                Some(hit) => return Ok(Some(hit)),
-                None => Some(cache.generation()),
-            },
-            None => None,
+        let cached = self.tag_cache.get(repo.as_str(), tag.as_str());
+        let process_generation = match self.backend() {
+            Backend::Sqlite => {
+                let current = self.tag_cache.generation();
+                if let Some((TagVersion::Process(generation), record)) = cached {
+                    if generation == current {
+                        return Ok(Some(record));
+                    }
+                }
+                Some(current)
+            }
+            Backend::Postgres => {
+                if let Some((version @ TagVersion::Repository { .. }, record)) = cached {
+                    if self.repository_tag_version(repo).await? == Some(version) {
+                        return Ok(Some(record));
+                    }
+                }
+                None
+            }
         };
+        // One statement, so the version read is the one the record was read under.
         let sql = format!(
-            "SELECT {MANIFEST_COLUMNS} FROM tags t JOIN repositories r ON r.id = t.repository_id \
+            "SELECT {MANIFEST_COLUMNS}, r.id AS repository_id, r.tag_generation \
+             FROM tags t JOIN repositories r ON r.id = t.repository_id \
              JOIN manifests m ON m.id = t.manifest_id WHERE r.name = $1 AND t.name = $2"
         );
         let row = sqlx::query(&sql)
@@ -257,13 +273,32 @@ impl Store {
             .bind(tag.as_str())
             .fetch_optional(&self.pool)
             .await?;
-        let record = row.as_ref().map(manifest_from_row);
-        if let (Some(cache), Some(generation), Some(record)) =
-            (&self.tag_cache, generation, &record)
-        {
-            cache.put(generation, repo.as_str(), tag.as_str(), record.clone());
-        }
-        Ok(record)
+        let Some(row) = row else { return Ok(None) };
+        let record = manifest_from_row(&row);
+        let version = match process_generation {
+            Some(generation) => TagVersion::Process(generation),
+            None => TagVersion::Repository {
+                id: get_i64(&row, "repository_id"),
+                generation: get_i64(&row, "tag_generation"),
+            },
+        };
+        self.tag_cache.put(version, repo.as_str(), tag.as_str(), record.clone());
+        Ok(Some(record))
+    }
+
+    /// The repository's id and tag generation now (PostgreSQL's tag cache check).
+    async fn repository_tag_version(
+        &self,
+        repo: &RepositoryName,
+    ) -> Result<Option<TagVersion>, MetaError> {
+        let row = sqlx::query("SELECT id, tag_generation FROM repositories WHERE name = $1")
+            .bind(repo.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| TagVersion::Repository {
+            id: get_i64(&r, "id"),
+            generation: get_i64(&r, "tag_generation"),
+        }))
     }
 
     /// Tags in lexical order after `last`, at most `n`; `None` when the repository is unknown.
@@ -347,8 +382,7 @@ impl Store {
     // ---- upload sessions ----------------------------------------------------------------
 
     pub async fn create_upload(&self, upload: &UploadRecord) -> Result<(), MetaError> {
-        let mut w = self.write_tx().await?;
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO uploads (id, repository, size, parts, hash_state, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
@@ -358,10 +392,21 @@ impl Store {
         .bind(upload.parts)
         .bind(&upload.hash_state)
         .bind(upload.created_at)
-        .bind(upload.updated_at)
-        .execute(&mut *w.tx)
-        .await?;
-        w.commit().await
+        .bind(upload.updated_at);
+        match self.backend() {
+            // One statement is its own transaction: no BEGIN and COMMIT round trips.
+            Backend::Postgres => {
+                insert.execute(&self.pool).await?;
+                Ok(())
+            }
+            // SQLite: through the writer lock, so it waits for other writers instead of
+            // failing busy.
+            Backend::Sqlite => {
+                let mut w = self.write_tx().await?;
+                insert.execute(&mut *w.tx).await?;
+                w.commit().await
+            }
+        }
     }
 
     /// How many upload sessions are open (on every instance), for metrics.
@@ -450,16 +495,9 @@ impl Store {
     /// removes the session's storage objects).
     pub async fn delete_upload(&self, id: &str) -> Result<bool, MetaError> {
         let mut w = self.write_tx().await?;
-        // Also cascaded by the foreign key; explicit so it holds whatever the connection's
-        // foreign-key setting.
-        sqlx::query("DELETE FROM upload_parts WHERE upload_id = $1")
-            .bind(id)
-            .execute(&mut *w.tx)
-            .await?;
-        let result =
-            sqlx::query("DELETE FROM uploads WHERE id = $1").bind(id).execute(&mut *w.tx).await?;
+        let existed = w.end_upload(id).await?;
         w.commit().await?;
-        Ok(result.rows_affected() > 0)
+        Ok(existed)
     }
 
     /// Sessions idle since before `updated_before` (milliseconds), oldest first.
@@ -766,4 +804,23 @@ mod tests {
         };
     }
     on_both_backends!(backfill_of_artifact_types, sparse_index_references);
+}
+
+impl crate::store::WriteTx<'_> {
+    /// Ends upload session `id` (its row and part list) in this transaction; whether it
+    /// existed. The write service ends a session in the transaction that commits its blob, so
+    /// a push costs one commit less.
+    pub async fn end_upload(&mut self, id: &str) -> Result<bool, MetaError> {
+        // Also cascaded by the foreign key; explicit so it holds whatever the connection's
+        // foreign-key setting.
+        sqlx::query("DELETE FROM upload_parts WHERE upload_id = $1")
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await?;
+        let result = sqlx::query("DELETE FROM uploads WHERE id = $1")
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(result.rows_affected() > 0)
+    }
 }

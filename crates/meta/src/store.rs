@@ -63,6 +63,9 @@ impl MetaError {
     }
 }
 
+/// A pooled connection idle longer than this is pinged before it is used again.
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
+
 /// How the metadata database's connection pool behaves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolSettings {
@@ -117,10 +120,8 @@ pub struct Store {
     /// lock can fail at once with SQLITE_BUSY when another writer got there first. Writers
     /// therefore queue on this lock, which makes SQLite writes wait instead of failing.
     sqlite_writer: Option<Arc<Mutex<()>>>,
-    /// Manifests by (repository, tag), for SQLite only: there this process is the only writer,
-    /// so every change passes [`WriteTx::commit`], which bumps the generation and thereby
-    /// invalidates every entry. (PostgreSQL serves several instances; nothing is cached.)
-    pub(crate) tag_cache: Option<Arc<TagCache>>,
+    /// Manifests by (repository, tag): see [`TagCache`].
+    pub(crate) tag_cache: Arc<TagCache>,
     /// When this process last began a foreground write (every write but garbage
     /// collection's): GC gives way to writes (see [`Store::since_foreground_write`]).
     foreground: Arc<ForegroundWrites>,
@@ -142,37 +143,49 @@ impl Default for ForegroundWrites {
     }
 }
 
-/// See [`Store::tag_cache`].
+/// What a cached manifest-by-tag answer was read under; it is served again only while this
+/// is still current.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TagVersion {
+    /// SQLite: this process is the only writer, so every change passes [`WriteTx::commit`],
+    /// which bumps the process-wide generation and thereby invalidates every entry; a hit
+    /// costs no query at all.
+    Process(u64),
+    /// PostgreSQL (several instances): the repository's id and `tag_generation`, which a
+    /// trigger bumps in the transaction of every tag change (migration 0013); a hit costs one
+    /// primary-key read of the repository's row, and no instance serves a tag moved by
+    /// another once the move has committed.
+    Repository { id: i64, generation: i64 },
+}
+
+/// Manifests by (repository, tag), each with the [`TagVersion`] it was read under.
 #[derive(Default)]
 pub(crate) struct TagCache {
     generation: std::sync::atomic::AtomicU64,
-    entries: std::sync::Mutex<HashMap<(String, String), (u64, crate::ManifestRecord)>>,
+    entries: std::sync::Mutex<HashMap<(String, String), (TagVersion, crate::ManifestRecord)>>,
 }
 
 /// Entries kept at most; beyond that the cache starts over.
 const TAG_CACHE_ENTRIES: usize = 10_000;
 
 impl TagCache {
-    /// The current generation; read it before querying, store the result with it.
+    /// The current process generation (SQLite); read it before querying, store the result
+    /// with it.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 
-    pub fn get(&self, repo: &str, tag: &str) -> Option<crate::ManifestRecord> {
-        let current = self.generation();
+    pub fn get(&self, repo: &str, tag: &str) -> Option<(TagVersion, crate::ManifestRecord)> {
         let entries = self.entries.lock().expect("tag cache lock");
-        match entries.get(&(repo.to_string(), tag.to_string())) {
-            Some((generation, record)) if *generation == current => Some(record.clone()),
-            _ => None,
-        }
+        entries.get(&(repo.to_string(), tag.to_string())).cloned()
     }
 
-    pub fn put(&self, generation: u64, repo: &str, tag: &str, record: crate::ManifestRecord) {
+    pub fn put(&self, version: TagVersion, repo: &str, tag: &str, record: crate::ManifestRecord) {
         let mut entries = self.entries.lock().expect("tag cache lock");
         if entries.len() >= TAG_CACHE_ENTRIES {
             entries.clear();
         }
-        entries.insert((repo.to_string(), tag.to_string()), (generation, record));
+        entries.insert((repo.to_string(), tag.to_string()), (version, record));
     }
 }
 
@@ -192,6 +205,7 @@ impl TagCache {
 pub struct WriteTx<'a> {
     pub(crate) tx: Transaction<'static, Any>,
     guard: Option<OwnedMutexGuard<()>>,
+    /// The process cache to invalidate on commit (SQLite only).
     cache: Option<Arc<TagCache>>,
     backend: Backend,
     _store: std::marker::PhantomData<&'a Store>,
@@ -312,8 +326,21 @@ impl Store {
                 Backend::Postgres => 16,
             })
             .acquire_timeout(settings.acquire_timeout)
-            // A ping before every acquire is one more round trip to SQLite's worker thread.
-            .test_before_acquire(backend != Backend::Sqlite)
+            // sqlx pings every connection when it is released (a round trip per use, off the
+            // request's path) and by default again before every acquire (one more, on it).
+            // A connection busy a moment ago is alive: only one idle for a while — possibly
+            // from before a database restart — is pinged before it is handed out, so a
+            // restarted server costs no failed requests and a busy one no extra round trips.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for < IDLE_BEFORE_PING {
+                        return Ok(true);
+                    }
+                    use sqlx::Connection;
+                    Ok(conn.ping().await.is_ok())
+                })
+            })
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
@@ -332,7 +359,7 @@ impl Store {
             pool,
             backend,
             sqlite_writer: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
-            tag_cache: (backend == Backend::Sqlite).then(|| Arc::new(TagCache::default())),
+            tag_cache: Arc::new(TagCache::default()),
             foreground: Arc::default(),
         };
         Ok(store)
@@ -397,7 +424,7 @@ impl Store {
         Ok(WriteTx {
             tx,
             guard,
-            cache: self.tag_cache.clone(),
+            cache: (self.backend == Backend::Sqlite).then(|| self.tag_cache.clone()),
             backend: self.backend,
             _store: std::marker::PhantomData,
         })

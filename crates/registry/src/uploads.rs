@@ -213,7 +213,8 @@ async fn commit(
             };
         }
     }
-    end_session(registry, &upload.id).await?;
+    // The write service ended the session's row with the commit; its parts go now.
+    registry.blobs.delete_upload(&upload.id).await;
     Ok(blob_created(name, digest))
 }
 

@@ -283,7 +283,8 @@ impl WriteService {
     /// Completes an upload: joins and verifies the parts into a staging object (outside any
     /// transaction: it may take long), then, in one transaction, records the blob (or locks
     /// the row of the blob already stored), cancels a pending deletion of its bytes, publishes
-    /// the bytes, links the blob to `repo` and queues it for review (`blob_upload`). A
+    /// the bytes, links the blob to `repo`, queues it for review (`blob_upload`) and ends the
+    /// upload session's row (its parts in storage are the caller's to delete). A
     /// [`BlobError::DigestMismatch`] means the content is not what the client named.
     pub async fn commit_upload(
         &self,
@@ -305,6 +306,12 @@ impl WriteService {
         };
         let recorded =
             record_blob(&mut w, repo, digest, size, GcEvent::BlobUpload, &schedule).await;
+        let recorded = match recorded {
+            // The session ends with the commit that publishes its blob (one commit, not two);
+            // its parts in storage are the caller's to remove afterwards.
+            Ok(()) => w.end_upload(upload_id).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
         if let Err(e) = recorded {
             staged.discard().await;
             return Err(e.into());

@@ -38,6 +38,94 @@ pub struct Config {
     pub notifications: Notifications,
     pub webhooks: Webhooks,
     pub dependency_proxy: DependencyProxyConfig,
+    pub redis: Redis,
+    pub ratelimit: RateLimitConfig,
+}
+
+/// `redis`: optional, with distribution's key names. When set, the instances share rate
+/// limits and failed-login counts through it; when unset, or while it is unreachable, each
+/// instance counts on its own and everything else works the same (the metadata database is
+/// the source of truth for everything else).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Redis {
+    /// `host:port`, e.g. `127.0.0.1:6379`; unset (the default): no Redis.
+    pub addr: Option<String>,
+    pub password: Option<String>,
+    /// The database number.
+    pub db: i64,
+}
+
+impl Redis {
+    /// The settings, `None` when `redis.addr` is unset.
+    pub fn settings(&self) -> anyhow::Result<Option<shared::RedisSettings>> {
+        let Some(addr) = self.addr.as_ref().filter(|a| !a.is_empty()) else { return Ok(None) };
+        if self.db < 0 {
+            bail!("redis.db must be a database number (0 or more)");
+        }
+        let settings = shared::RedisSettings {
+            addr: addr.clone(),
+            password: self.password.clone(),
+            db: self.db,
+        };
+        settings.validate().map_err(|e| anyhow::anyhow!(e))?;
+        Ok(Some(settings))
+    }
+}
+
+/// `ratelimit`: requests per second (`rate`, 0 = off) and `burst` per client address and per
+/// credential, for each class of requests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// `GET` and `HEAD` under `/v2` (pulls); off by default.
+    pub pull: RateLimitEntry,
+    /// Every other request under `/v2` (pushes, deletes).
+    pub push: RateLimitEntry,
+    /// `/jwt/auth` (logins).
+    pub token: RateLimitEntry,
+    /// `/api/v4`.
+    pub api: RateLimitEntry,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitEntry {
+    /// Requests per second on average; 0 turns the limit off.
+    pub rate: f64,
+    /// Requests allowed at once.
+    pub burst: u32,
+}
+
+impl Default for RateLimitEntry {
+    fn default() -> Self {
+        RateLimitEntry { rate: 0.0, burst: 0 }
+    }
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            pull: RateLimitEntry::default(),
+            push: RateLimitEntry { rate: 500.0, burst: 1000 },
+            token: RateLimitEntry { rate: 50.0, burst: 100 },
+            api: RateLimitEntry { rate: 200.0, burst: 400 },
+        }
+    }
+}
+
+impl RateLimitConfig {
+    pub fn limits(&self) -> anyhow::Result<auth::ratelimit::RateLimits> {
+        let limit = |key: &str, e: &RateLimitEntry| {
+            auth::ratelimit::RateLimit::new(key, e.rate, e.burst).map_err(|e| anyhow::anyhow!(e))
+        };
+        Ok(auth::ratelimit::RateLimits {
+            pull: limit("ratelimit.pull", &self.pull)?,
+            push: limit("ratelimit.push", &self.push)?,
+            token: limit("ratelimit.token", &self.token)?,
+            api: limit("ratelimit.api", &self.api)?,
+        })
+    }
 }
 
 /// The dependency proxy of top-level groups (see the README's "Dependency proxy"). From the
@@ -893,6 +981,8 @@ impl Default for Config {
             notifications: Notifications::default(),
             webhooks: Webhooks::default(),
             dependency_proxy: DependencyProxyConfig::default(),
+            redis: Redis::default(),
+            ratelimit: RateLimitConfig::default(),
         }
     }
 }
@@ -1144,6 +1234,8 @@ impl Config {
         self.notifications.validate()?;
         self.storage.backend(&self.data_dir)?;
         self.storage.redirect_expiry()?;
+        self.redis.settings()?;
+        self.ratelimit.limits()?;
         self.dependency_proxy.upstream_url()?;
         self.dependency_proxy.ttl()?;
         self.dependency_proxy.stale_if_error()?;

@@ -39,6 +39,7 @@ pub fn app(
     auth: Option<auth::web::AuthState>,
     web: Option<web::WebState>,
     trusted_proxies: TrustedProxies,
+    rate_limiter: std::sync::Arc<auth::ratelimit::RateLimiter>,
 ) -> Router {
     let request_id = axum::http::HeaderName::from_static(REQUEST_ID);
     // The /v2 router makes its own access decisions (`registry.gate`), on the request it parsed.
@@ -50,6 +51,7 @@ pub fn app(
     // /api/v4 or /jwt/auth, whatever a group or project is called.
     let pages = web.map(web::router);
     app.fallback(move |request: Request| other_paths(pages.clone(), request))
+        .layer(middleware::from_fn_with_state(rate_limiter, rate_limit))
         .layer(middleware::from_fn(errors_as_json))
         .layer(middleware::from_fn(request_metrics))
         .layer(middleware::from_fn(access_log))
@@ -60,6 +62,37 @@ pub fn app(
         .layer(middleware::from_fn(drop_unusable_request_id))
         .layer(middleware::from_fn(api_version_header))
         .layer(middleware::from_fn(security_headers))
+}
+
+/// Refuses a request over its rate limit (`ratelimit.*`, see [`auth::ratelimit`]) with 429
+/// `TOOMANYREQUESTS` and `Retry-After`, in the error JSON of its surface; the keys are the
+/// client address the client-address layer computed and the credential presented.
+async fn rate_limit(
+    axum::extract::State(limiter): axum::extract::State<
+        std::sync::Arc<auth::ratelimit::RateLimiter>,
+    >,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(class) = auth::ratelimit::RateClass::of(request.method(), request.uri().path()) else {
+        return next.run(request).await;
+    };
+    let client = request
+        .extensions()
+        .get::<auth::ClientAddr>()
+        .map(|c| c.0)
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let keys = auth::ratelimit::rate_keys(client, request.headers());
+    let Some(wait) = limiter.check(class, &keys).await else {
+        return next.run(request).await;
+    };
+    let surface = Surface::of(request.uri().path());
+    let detail = "too many requests from this address or credential; retry after the time in \
+                  the Retry-After header";
+    let mut response = json_error(StatusCode::TOO_MANY_REQUESTS, surface, request.method(), detail);
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    response
 }
 
 /// Which error format a path's clients read.

@@ -268,6 +268,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             }
         });
     }
+    let shared = match config.redis.settings()? {
+        Some(settings) => {
+            tracing::info!(addr = %settings.addr, "rate limits and login throttling shared through Redis");
+            shared::Shared::redis(&settings).map_err(|e| anyhow::anyhow!(e))?
+        }
+        None => shared::Shared::local(),
+    };
+    let rate_limiter = std::sync::Arc::new(auth::ratelimit::RateLimiter::new(
+        config.ratelimit.limits()?,
+        shared.clone(),
+    ));
     let auth = match config.auth.mode {
         config::AuthMode::Token => {
             let tokens = std::sync::Arc::new(
@@ -294,7 +305,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             Some(auth::web::AuthState {
                 store: registry.store.clone(),
                 tokens,
-                limiter: Default::default(),
+                limiter: std::sync::Arc::new(
+                    auth::throttle::LoginLimiter::default().sharing(shared.clone()),
+                ),
             })
         }
         config::AuthMode::None => {
@@ -313,7 +326,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         secure_cookies: config.external_url().starts_with("https://"),
         session_lifetime: web::DEFAULT_SESSION_LIFETIME,
     });
-    let app = http::app(registry, api, auth, web, config.http.trusted_proxies.clone());
+    let app = http::app(
+        registry,
+        api,
+        auth,
+        web,
+        config.http.trusted_proxies.clone(),
+        rate_limiter,
+    );
     let limits = server::ConnectionLimits {
         header_read: parse_duration(&config.http.timeouts.header_read)?,
         idle: parse_duration(&config.http.timeouts.idle)?,
