@@ -1,0 +1,84 @@
+-- Listings that stay fast at scale: every listing is a query over indexes, the same cost for
+-- every caller (issue 11, "Listings that stay fast at scale").
+--
+-- 1. `repositories.project_id`: the project a repository belongs to (the project whose full
+--    path is its name or a prefix of it; projects never nest), so visibility is a join and
+--    "the repositories of the projects a caller may read" an index range per project. Set on
+--    insert by trigger, and by a new project for the names below it.
+-- 2. `repositories.tags_count`: kept by triggers on `tags` inside the writing transaction, so a
+--    tag count or page total is one row read, not a COUNT over a million tags.
+-- 3. A pg_trgm GIN index on `lower(tags.name)` serves the case-insensitive substring search
+--    of tag names (`name=`). pg_trgm ships with PostgreSQL (contrib) and is a trusted
+--    extension; where it cannot be created the search still works, by scanning.
+
+ALTER TABLE repositories ADD COLUMN project_id BIGINT;
+ALTER TABLE repositories ADD COLUMN tags_count BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX repositories_by_project ON repositories (project_id, name);
+
+-- The project whose full path is `name` or its longest prefix (the unique index on
+-- projects.full_path answers each prefix).
+CREATE FUNCTION repository_project_of(repository_name TEXT) RETURNS BIGINT LANGUAGE sql STABLE AS $$
+    SELECT p.id FROM projects p
+    WHERE p.full_path = ANY (
+        SELECT array_to_string((string_to_array(repository_name, '/'))[1:i], '/')
+        FROM generate_series(1, cardinality(string_to_array(repository_name, '/'))) AS i)
+    ORDER BY length(p.full_path) DESC LIMIT 1
+$$;
+
+CREATE FUNCTION repository_project_on_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.project_id := repository_project_of(NEW.name);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER repository_project_on_insert BEFORE INSERT ON repositories
+FOR EACH ROW EXECUTE FUNCTION repository_project_on_insert();
+
+CREATE FUNCTION project_repositories_on_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE repositories SET project_id = NEW.id
+    WHERE name = NEW.full_path
+       OR (name > NEW.full_path || '/' AND name < NEW.full_path || '0');
+    RETURN NULL;
+END $$;
+CREATE TRIGGER project_repositories_on_insert AFTER INSERT ON projects
+FOR EACH ROW EXECUTE FUNCTION project_repositories_on_insert();
+
+UPDATE repositories SET project_id = repository_project_of(name);
+
+-- ---- tag counts ----------------------------------------------------------------------------
+
+UPDATE repositories r SET tags_count = c.n
+FROM (SELECT repository_id, COUNT(*) AS n FROM tags GROUP BY repository_id) c
+WHERE c.repository_id = r.id;
+
+CREATE FUNCTION tags_count_on_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE repositories SET tags_count = tags_count + 1 WHERE id = NEW.repository_id;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER tags_count_on_insert AFTER INSERT ON tags
+FOR EACH ROW EXECUTE FUNCTION tags_count_on_insert();
+
+CREATE FUNCTION tags_count_on_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE repositories SET tags_count = tags_count - 1 WHERE id = OLD.repository_id;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER tags_count_on_delete AFTER DELETE ON tags
+FOR EACH ROW EXECUTE FUNCTION tags_count_on_delete();
+
+-- ---- tag name search -----------------------------------------------------------------------
+
+DO $$
+BEGIN
+    CREATE EXTENSION IF NOT EXISTS pg_trgm;
+EXCEPTION WHEN OTHERS THEN
+    RAISE NOTICE 'pg_trgm is not available (%): tag name search will scan', SQLERRM;
+END $$;
+
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm') THEN
+        CREATE INDEX tags_name_trigrams ON tags USING gin (lower(name) gin_trgm_ops);
+    END IF;
+END $$;
