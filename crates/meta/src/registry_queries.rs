@@ -19,6 +19,10 @@ pub struct RepositoryRecord {
     pub id: i64,
     pub name: String,
     pub created_at: i64,
+    /// How many tags it has (kept by the write transaction, never counted on read).
+    pub tags_count: i64,
+    /// The project it belongs to (its name's longest project prefix), if any.
+    pub project_id: Option<i64>,
 }
 
 /// A tag with what it points at.
@@ -76,16 +80,21 @@ pub struct TagPageQuery {
     pub limit: i64,
 }
 
+/// Up to how many candidates a substring search takes from the trigram index.
+const TRIGRAM_CANDIDATES: i64 = 2000;
+
 /// `P/` and `P0`: the bounds of the names strictly below `path`.
 fn below(path: &str) -> (String, String) {
     (format!("{path}/"), format!("{path}0"))
 }
 
-fn repository_from_row(row: &AnyRow) -> RepositoryRecord {
+pub(crate) fn repository_from_row(row: &AnyRow) -> RepositoryRecord {
     RepositoryRecord {
         id: get_i64(row, "id"),
         name: row.get("name"),
         created_at: get_i64(row, "created_at"),
+        tags_count: get_i64(row, "tags_count"),
+        project_id: row.get::<Option<i64>, _>("project_id"),
     }
 }
 
@@ -118,7 +127,7 @@ fn like_literal(text: &str) -> String {
 
 impl Store {
     pub async fn repository_by_id(&self, id: i64) -> Result<Option<RepositoryRecord>, MetaError> {
-        let row = sqlx::query("SELECT id, name, created_at FROM repositories WHERE id = $1")
+        let row = sqlx::query("SELECT id, name, created_at, tags_count, project_id FROM repositories WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -132,7 +141,7 @@ impl Store {
     ) -> Result<Vec<RepositoryRecord>, MetaError> {
         let (low, high) = below(path);
         let rows = sqlx::query(
-            "SELECT id, name, created_at FROM repositories \
+            "SELECT id, name, created_at, tags_count, project_id FROM repositories \
              WHERE name = $1 OR (name > $2 AND name < $3) ORDER BY name",
         )
         .bind(path)
@@ -143,13 +152,40 @@ impl Store {
         Ok(rows.iter().map(repository_from_row).collect())
     }
 
+    /// The repository's tag count: one row read (`tags_count` is kept by triggers on `tags`
+    /// in every writing transaction, migration 0011), not a count over its tags.
     pub async fn count_tags(&self, repository_id: i64) -> Result<i64, MetaError> {
-        let row =
-            sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM tags WHERE repository_id = $1")
-                .bind(repository_id)
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(get_i64(&row, "n"))
+        let row = sqlx::query("SELECT tags_count FROM repositories WHERE id = $1")
+            .bind(repository_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map_or(0, |r| get_i64(&r, "tags_count")))
+    }
+
+    /// How many repositories project `project_id` has, and the `limit` of them after the
+    /// first `offset`, by name (the `(project_id, name)` index answers both).
+    pub async fn project_repositories_page(
+        &self,
+        project_id: i64,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(i64, Vec<RepositoryRecord>), MetaError> {
+        let row = sqlx::query(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM repositories WHERE project_id = $1",
+        )
+        .bind(project_id)
+        .fetch_one(&self.pool)
+        .await?;
+        let rows = sqlx::query(
+            "SELECT id, name, created_at, tags_count, project_id FROM repositories WHERE project_id = $1 \
+             ORDER BY name LIMIT $2 OFFSET $3",
+        )
+        .bind(project_id)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok((get_i64(&row, "n"), rows.iter().map(repository_from_row).collect()))
     }
 
     /// Tag names in name order, `offset`/`limit` (the REST API's page-numbered listing).
@@ -221,8 +257,26 @@ impl Store {
             }
         }
         let contains = query.name_contains.as_ref().map(|c| (next(), c));
-        if let Some((p, _)) = contains {
+        let mut trigram_pattern = None;
+        if let Some((p, text)) = contains {
+            let needle = text.to_lowercase();
+            // No tag holds any other character: nothing can match.
+            if !needle.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
+            {
+                return Ok(Vec::new());
+            }
             sql.push_str(&format!(" AND LOWER(t.name) LIKE ${p} ESCAPE '\\'"));
+            if self.few_tags_contain(repository_id, &needle).await? {
+                // The trigram index names the candidates (`_` matches any character there,
+                // so they are a superset, filtered exactly above).
+                let q = next();
+                trigram_pattern = Some(format!("%{needle}%"));
+                sql.push_str(&format!(
+                    " AND t.name IN (SELECT s.name FROM tag_name_trigrams f \
+                     JOIN tag_search_names s ON s.id = f.rowid \
+                     WHERE f.name LIKE ${q} AND s.repository_id = t.repository_id)"
+                ));
+            }
         }
         let exact = query.name_exact.as_ref().map(|e| (next(), e));
         if let Some((p, _)) = exact {
@@ -243,6 +297,9 @@ impl Store {
         if let Some((_, c)) = contains {
             q = q.bind(format!("%{}%", like_literal(&c.to_lowercase())));
         }
+        if let Some(pattern) = &trigram_pattern {
+            q = q.bind(pattern.as_str());
+        }
         if let Some((_, e)) = exact {
             q = q.bind(e.as_str());
         }
@@ -252,6 +309,27 @@ impl Store {
             tags.reverse();
         }
         Ok(tags)
+    }
+
+    /// Whether at most [`TRIGRAM_CANDIDATES`] tags of the repository contain `needle` (lower
+    /// case, three characters or more) as the trigram index sees it. A rare substring is then
+    /// found through the index; a common one by walking the tags in order, which meets a page
+    /// of matches soon. Either way a page reads a bounded number of rows.
+    async fn few_tags_contain(&self, repository_id: i64, needle: &str) -> Result<bool, MetaError> {
+        if needle.chars().count() < 3 {
+            return Ok(false);
+        }
+        let row = sqlx::query(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM (SELECT 1 AS one FROM tag_name_trigrams f \
+             JOIN tag_search_names s ON s.id = f.rowid \
+             WHERE f.name LIKE $1 AND s.repository_id = $2 LIMIT $3) c",
+        )
+        .bind(format!("%{needle}%"))
+        .bind(repository_id)
+        .bind(TRIGRAM_CANDIDATES + 1)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(get_i64(&row, "n") <= TRIGRAM_CANDIDATES)
     }
 
     /// Every tag of the repository with its published time (for bulk deletion).

@@ -7,9 +7,10 @@
 --    insert by trigger, and by a new project for the names below it.
 -- 2. `repositories.tags_count`: kept by triggers on `tags` inside the writing transaction, so a
 --    tag count or page total is one row read, not a COUNT over a million tags.
--- 3. A pg_trgm GIN index on `lower(tags.name)` serves the case-insensitive substring search
---    of tag names (`name=`). pg_trgm ships with PostgreSQL (contrib) and is a trusted
---    extension; where it cannot be created the search still works, by scanning.
+-- 3. `tag_search_names` + the view `tag_name_trigrams`, with a pg_trgm GIN index: an index
+--    that serves the case-insensitive substring search of tag names (`name=`). pg_trgm ships
+--    with PostgreSQL (contrib) and is a trusted extension; where it cannot be created the
+--    search still works, by scanning.
 
 ALTER TABLE repositories ADD COLUMN project_id BIGINT;
 ALTER TABLE repositories ADD COLUMN tags_count BIGINT NOT NULL DEFAULT 0;
@@ -68,6 +69,35 @@ CREATE TRIGGER tags_count_on_delete AFTER DELETE ON tags
 FOR EACH ROW EXECUTE FUNCTION tags_count_on_delete();
 
 -- ---- tag name search -----------------------------------------------------------------------
+-- The same shape as on SQLite, so the search query is written once: `tag_search_names` (one
+-- row per tag, with an id) and `tag_name_trigrams (rowid, name)` whose `name LIKE` a trigram
+-- index answers — here a view over the lower-cased names with a pg_trgm GIN index below it.
+
+CREATE TABLE tag_search_names (
+    id            BIGSERIAL PRIMARY KEY,
+    repository_id BIGINT NOT NULL,
+    name          TEXT   COLLATE "C" NOT NULL,
+    UNIQUE (repository_id, name)
+);
+INSERT INTO tag_search_names (repository_id, name) SELECT repository_id, name FROM tags;
+
+CREATE VIEW tag_name_trigrams AS SELECT id AS rowid, lower(name) AS name FROM tag_search_names;
+
+CREATE FUNCTION tag_search_on_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO tag_search_names (repository_id, name) VALUES (NEW.repository_id, NEW.name);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER tag_search_on_insert AFTER INSERT ON tags
+FOR EACH ROW EXECUTE FUNCTION tag_search_on_insert();
+
+CREATE FUNCTION tag_search_on_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM tag_search_names WHERE repository_id = OLD.repository_id AND name = OLD.name;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER tag_search_on_delete AFTER DELETE ON tags
+FOR EACH ROW EXECUTE FUNCTION tag_search_on_delete();
 
 DO $$
 BEGIN
@@ -79,6 +109,7 @@ END $$;
 DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm') THEN
-        CREATE INDEX tags_name_trigrams ON tags USING gin (lower(name) gin_trgm_ops);
+        CREATE INDEX tag_search_names_trigrams ON tag_search_names
+            USING gin (lower(name) gin_trgm_ops);
     END IF;
 END $$;

@@ -79,7 +79,9 @@ INSERT INTO tag_name_trigrams (tag_name_trigrams) VALUES ('rebuild');
 CREATE TRIGGER tag_search_on_insert AFTER INSERT ON tags
 BEGIN
     INSERT INTO tag_search_names (repository_id, name) VALUES (NEW.repository_id, NEW.name);
-    INSERT INTO tag_name_trigrams (rowid, name) VALUES (last_insert_rowid(), NEW.name);
+    INSERT INTO tag_name_trigrams (rowid, name)
+    SELECT s.id, s.name FROM tag_search_names s
+    WHERE s.repository_id = NEW.repository_id AND s.name = NEW.name;
 END;
 
 CREATE TRIGGER tag_search_on_delete AFTER DELETE ON tags
