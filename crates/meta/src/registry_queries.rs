@@ -188,22 +188,39 @@ impl Store {
         Ok((get_i64(&row, "n"), rows.iter().map(repository_from_row).collect()))
     }
 
-    /// Tag names in name order, `offset`/`limit` (the REST API's page-numbered listing).
+    /// Tag names in name order, `offset`/`limit` (the REST API's page-numbered listing). A
+    /// page in the second half of the listing is read from the end (`ORDER BY name DESC` with
+    /// the offset counted from there, `tags_count` saying where the end is) and turned around,
+    /// so the rows skipped are at most half the tags, and few for the last pages.
     pub async fn tag_names_page(
         &self,
         repository_id: i64,
         offset: i64,
         limit: i64,
     ) -> Result<Vec<String>, MetaError> {
-        let rows = sqlx::query(
-            "SELECT name FROM tags WHERE repository_id = $1 ORDER BY name LIMIT $2 OFFSET $3",
-        )
-        .bind(repository_id)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.iter().map(|r| r.get("name")).collect())
+        let total = self.count_tags(repository_id).await?;
+        let from_end = offset > total / 2 && offset < total;
+        let (sql, offset, limit) = if from_end {
+            let limit = limit.min(total - offset);
+            (
+                "SELECT name FROM tags WHERE repository_id = $1 ORDER BY name DESC LIMIT $2 OFFSET $3",
+                total - offset - limit,
+                limit,
+            )
+        } else {
+            ("SELECT name FROM tags WHERE repository_id = $1 ORDER BY name LIMIT $2 OFFSET $3", offset, limit)
+        };
+        let rows = sqlx::query(sql)
+            .bind(repository_id)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut names: Vec<String> = rows.iter().map(|r| r.get("name")).collect();
+        if from_end {
+            names.reverse();
+        }
+        Ok(names)
     }
 
     pub async fn tag_detail(
@@ -359,16 +376,21 @@ impl Store {
         } else {
             "SELECT id FROM repositories WHERE name = $1 AND $2 = $2 AND $3 = $3"
         };
+        // Tagged manifests are found from the manifests (an index probe of `tags_by_manifest`
+        // each), not from the tags: a repository with a million tags on a few manifests reads
+        // a few rows. A tag's manifest is always in the tag's repository.
+        let tagged = format!(
+            "SELECT m.id FROM manifests m WHERE m.repository_id IN ({repos}) \
+             AND EXISTS (SELECT 1 FROM tags t WHERE t.manifest_id = m.id)"
+        );
         let sql = format!(
             "SELECT CAST(COALESCE(SUM(b.size), 0) AS BIGINT) AS size FROM blobs b \
              WHERE b.digest IN (SELECT mb.blob_digest FROM manifest_blobs mb WHERE mb.manifest_id IN ( \
-               SELECT t.manifest_id FROM tags t WHERE t.repository_id IN ({repos}) \
-               UNION SELECT mr.child_id FROM manifest_references mr \
-                 JOIN tags t ON t.manifest_id = mr.parent_id WHERE t.repository_id IN ({repos}) \
+               {tagged} \
+               UNION SELECT mr.child_id FROM manifest_references mr WHERE mr.parent_id IN ({tagged}) \
                UNION SELECT m.id FROM manifest_digest_references md \
-                 JOIN tags t ON t.manifest_id = md.parent_id \
                  JOIN manifests m ON m.repository_id = md.repository_id AND m.digest = md.child_digest \
-                 WHERE t.repository_id IN ({repos})))"
+                 WHERE md.parent_id IN ({tagged})))"
         );
         let row = sqlx::query(&sql).bind(path).bind(&low).bind(&high).fetch_one(&self.pool).await?;
         Ok(get_i64(&row, "size"))

@@ -170,7 +170,7 @@ impl Store {
         group_path: &str,
         offset: i64,
         limit: i64,
-    ) -> Result<(i64, Vec<crate::RepositoryRecord>), MetaError> {
+    ) -> Result<(i64, Vec<crate::registry_queries::RepositoryRecord>), MetaError> {
         let (readable, values) = read_predicate(reader, 3);
         let from = format!(
             "FROM repositories r JOIN projects p ON p.id = r.project_id \
