@@ -34,6 +34,9 @@ pub enum RegistryReader {
     Operator,
 }
 
+/// Up to how many readable projects the catalog reads each project's repositories separately.
+pub const FEW_PROJECTS: i64 = 100;
+
 /// The access level from which a member may pull (GitLab's reporter).
 const READ_LEVEL: i64 = access_level::REPORTER;
 
@@ -126,6 +129,12 @@ impl Store {
     /// catalog). A repository counts when its project is readable and its name is at most
     /// `max_extra_segments` components below the project's path (deeper names belong to no
     /// project, as the policy sees it).
+    ///
+    /// Two ways to the same answer, chosen by how many projects the reader may read: up to
+    /// [`FEW_PROJECTS`], each one's next `limit` names (an index range on `(project_id, name)`)
+    /// merged, so a user who sees a handful of 100 000 repositories reads a handful of rows;
+    /// beyond that, the repositories in name order with the rule as a join, which meets a page
+    /// of readable names soon when so many projects are readable.
     pub async fn readable_repository_names(
         &self,
         reader: &RegistryReader,
@@ -133,18 +142,57 @@ impl Store {
         after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<String>, MetaError> {
-        let (readable, values) = read_predicate(reader, 4);
-        let sql = format!(
-            "SELECT r.name FROM repositories r JOIN projects p ON p.id = r.project_id \
-             WHERE r.name > $1 AND {} - {} <= $2 AND {readable} ORDER BY r.name LIMIT $3",
-            slashes("r.name"),
-            slashes("p.full_path"),
-        );
-        let mut q = sqlx::query(&sql).bind(after.unwrap_or("")).bind(max_extra_segments).bind(limit);
+        let depth_ok = format!("{} - {} <= $2", slashes("r.name"), slashes("p.full_path"));
+        let projects = self.readable_projects_up_to(reader, FEW_PROJECTS + 1).await?;
+        let (sql, values) = if projects.len() as i64 <= FEW_PROJECTS {
+            if projects.is_empty() {
+                return Ok(Vec::new());
+            }
+            let ranges: Vec<String> = (0..projects.len())
+                .map(|i| {
+                    format!(
+                        "SELECT name FROM (SELECT r.name FROM repositories r \
+                         JOIN projects p ON p.id = r.project_id \
+                         WHERE r.project_id = ${} AND r.name > $1 AND {depth_ok} \
+                         ORDER BY r.name LIMIT $3) AS range{i}",
+                        i + 4
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "SELECT name FROM ({}) AS readable ORDER BY name LIMIT $3",
+                ranges.join(" UNION ALL ")
+            );
+            (sql, projects)
+        } else {
+            let (readable, values) = read_predicate(reader, 4);
+            let sql = format!(
+                "SELECT r.name FROM repositories r JOIN projects p ON p.id = r.project_id \
+                 WHERE r.name > $1 AND {depth_ok} AND {readable} ORDER BY r.name LIMIT $3"
+            );
+            (sql, values)
+        };
+        let mut q =
+            sqlx::query(&sql).bind(after.unwrap_or("")).bind(max_extra_segments).bind(limit);
         for v in values {
             q = q.bind(v);
         }
         Ok(q.fetch_all(&self.pool).await?.iter().map(|r| r.get("name")).collect())
+    }
+
+    /// The ids of up to `limit` projects whose registry `reader` may pull.
+    async fn readable_projects_up_to(
+        &self,
+        reader: &RegistryReader,
+        limit: i64,
+    ) -> Result<Vec<i64>, MetaError> {
+        let (readable, values) = read_predicate(reader, 2);
+        let sql = format!("SELECT p.id FROM projects p WHERE {readable} ORDER BY p.id LIMIT $1");
+        let mut q = sqlx::query(&sql).bind(limit);
+        for v in values {
+            q = q.bind(v);
+        }
+        Ok(q.fetch_all(&self.pool).await?.iter().map(|r| get_i64(r, "id")).collect())
     }
 
     /// The ids of the projects whose registry `reader` may pull.
