@@ -98,16 +98,16 @@ impl Env {
         body
     }
 
-    async fn group(&self, path: &str, parent: Option<i64>) -> i64 {
-        let mut body = json!({"name": path, "path": path, "visibility": "private"});
+    async fn group(&self, path: &str, parent: Option<i64>, visibility: &str) -> i64 {
+        let mut body = json!({"name": path, "path": path, "visibility": visibility});
         if let Some(parent) = parent {
             body["parent_id"] = parent.into();
         }
         self.send(reqwest::Method::POST, "/groups", body).await["id"].as_i64().unwrap()
     }
 
-    /// A project with `visibility` and registry `access` in group `group`.
-    async fn project(&self, group: i64, path: &str, visibility: &str, access: &str) -> i64 {
+    /// A project with `visibility` in group `group`.
+    async fn project(&self, group: i64, path: &str, visibility: &str) -> i64 {
         let p = self
             .send(
                 reqwest::Method::POST,
@@ -116,16 +116,16 @@ impl Env {
                        "visibility": visibility}),
             )
             .await;
-        let id = p["id"].as_i64().unwrap();
-        if access != "enabled" {
-            self.send(
-                reqwest::Method::PUT,
-                &format!("/projects/{id}"),
-                json!({"container_registry_access_level": access}),
-            )
-            .await;
-        }
-        id
+        p["id"].as_i64().unwrap()
+    }
+
+    async fn registry_access(&self, project: i64, access: &str) {
+        self.send(
+            reqwest::Method::PUT,
+            &format!("/projects/{project}"),
+            json!({"container_registry_access_level": access}),
+        )
+        .await;
     }
 
     async fn user(&self, username: &str) -> i64 {
@@ -242,9 +242,9 @@ impl Env {
 
 async fn repository_listing_pages(backend: MetaBackend) {
     let env = Env::start(backend);
-    let group = env.group("acme", None).await;
-    let project = env.project(group, "app", "private", "enabled").await;
-    let other = env.project(group, "web", "private", "enabled").await;
+    let group = env.group("acme", None, "internal").await;
+    let project = env.project(group, "app", "private").await;
+    let other = env.project(group, "web", "private").await;
     let names = ["acme/app", "acme/app/a", "acme/app/b", "acme/app/c/d", "acme/app/e"];
     for name in names {
         env.push(name).await;
@@ -283,7 +283,8 @@ async fn repository_listing_pages(backend: MetaBackend) {
         .json::<Value>()
         .await
         .unwrap();
-    let page2: Vec<&str> = page2.as_array().unwrap().iter().map(|r| r["path"].as_str().unwrap()).collect();
+    let page2: Vec<&str> =
+        page2.as_array().unwrap().iter().map(|r| r["path"].as_str().unwrap()).collect();
     assert_eq!(page2, ["acme/app/b", "acme/app/c/d"]);
     let page3 = env.get(&format!("{base}?per_page=2&page=3")).await;
     assert_eq!(page3.paths(), ["acme/app/e"]);
@@ -330,7 +331,15 @@ async fn repository_listing_pages(backend: MetaBackend) {
     ] {
         let ours = env.get(&format!("{base}?{query}")).await;
         let theirs = env.get(&format!("{tags}?{query}")).await;
-        assert_eq!(ours.status, theirs.status, "{query}: {} vs {}", ours.body, theirs.body);
+        assert_eq!(
+            ours.status,
+            theirs.status,
+            "{query}: {} {:?} vs {} {:?}",
+            ours.body,
+            ours.pagination(),
+            theirs.body,
+            theirs.pagination()
+        );
         if ours.status == StatusCode::OK {
             let (ours_h, theirs_h) = (ours.pagination(), theirs.pagination());
             // The repository listing has 5 items, the tag listing 1: compare what does not
@@ -349,10 +358,21 @@ async fn repository_listing_pages(backend: MetaBackend) {
     let past = env.get(&format!("{base}?page=99")).await;
     assert_eq!((past.status, past.paths().len()), (StatusCode::OK, 0));
     assert_eq!(past.header("x-total"), "5");
-    for bad in ["page=abc", "page=1&page=2", "page=1000001"] {
+    // A repeated parameter: the last one counts (as in Rails, and in every listing here).
+    let repeated = env.get(&format!("{base}?per_page=2&page=1&page=2")).await;
+    assert_eq!(
+        (repeated.header("x-page"), repeated.paths()),
+        ("2".into(), vec!["acme/app/b".to_string(), "acme/app/c/d".to_string()])
+    );
+    for bad in ["page=abc", "page=1000001", "per_page=%2B%2B"] {
         let a = env.get(&format!("{base}?{bad}")).await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{bad}: {}", a.body);
-        assert!(a.body["message"].as_str().unwrap().starts_with("page "), "{bad}: {}", a.body);
+        let name = bad.split('=').next().unwrap();
+        assert!(
+            a.body["message"].as_str().unwrap().starts_with(&format!("{name} ")),
+            "{bad}: {}",
+            a.body
+        );
     }
 
     // ---- a group's repositories: every readable project below it, paged ----
@@ -393,9 +413,10 @@ async fn repository_listing_pages(backend: MetaBackend) {
 
 async fn catalog_of_a_restricted_user(backend: MetaBackend) {
     let env = Env::start(backend);
-    let acme = env.group("acme", None).await;
-    let team = env.group("team", Some(acme)).await;
-    let public = env.group("pub", None).await;
+    // Group visibility bounds what projects may be; it is not what the registry checks.
+    let acme = env.group("acme", None, "public").await;
+    let team = env.group("team", Some(acme), "private").await;
+    let public = env.group("pub", None, "public").await;
     // (project, visibility, registry access, the user's membership)
     let projects = [
         ("acme", acme, "mine", "private", "enabled", Some(("projects", 20))),
@@ -411,12 +432,16 @@ async fn catalog_of_a_restricted_user(backend: MetaBackend) {
     let user = env.user("rita").await;
     env.member("groups", team, user, 20).await;
     for (group_path, group, path, visibility, access, membership) in projects {
-        let id = env.project(group, path, visibility, access).await;
+        let id = env.project(group, path, visibility).await;
         if let Some((on, level)) = membership {
             env.member(on, id, user, level).await;
         }
         env.push(&format!("{group_path}/{path}")).await;
         env.push(&format!("{group_path}/{path}/sub/image")).await;
+        // Set after the pushes: a disabled registry takes none.
+        if access != "enabled" {
+            env.registry_access(id, access).await;
+        }
     }
     let expected = [
         "acme/internal",
@@ -463,7 +488,14 @@ async fn catalog_of_a_restricted_user(backend: MetaBackend) {
     let now = env.catalog(&bearer, 100).await;
     assert!(!now.iter().any(|r| r.starts_with("acme/team/")), "{now:?}");
 
-    // Blocked: the token reads nothing.
+    // Blocked: the token lists nothing any more.
     env.send(reqwest::Method::POST, &format!("/users/{user}/block"), json!({})).await;
-    assert_eq!(env.catalog(&bearer, 100).await, Vec::<String>::new());
+    let resp =
+        env.http.get(env.server.url("/v2/_catalog")).bearer_auth(&bearer).send().await.unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    // The credential behind the token is re-checked: refused, as an expired token would be,
+    // so a client asks for a new token (which a blocked user cannot get).
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{text}");
+    assert!(text.contains("UNAUTHORIZED"), "{text}");
 }

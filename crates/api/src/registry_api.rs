@@ -31,8 +31,8 @@ use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::events_api::Audit;
 use crate::input::{
-    flag, int, numeric_id, request_host, tag_param, ListFilters, Listing, NoFilters, Page, Params, Path,
-    Ref, Sort,
+    flag, int, numeric_id, request_host, tag_param, ListFilters, Listing, NoFilters, Page, Params,
+    Path, Ref, Sort,
 };
 use crate::routing::Routes;
 use crate::service as svc;
@@ -165,10 +165,9 @@ fn registry_reader(caller: &Caller) -> meta::RegistryReader {
     match caller {
         Caller::Operator => meta::RegistryReader::Operator,
         Caller::Anonymous => auth::policy::registry_reader(&auth::Identity::Anonymous),
-        Caller::User(user) => auth::policy::registry_reader(&auth::Identity::User {
-            user: user.clone(),
-            pat: None,
-        }),
+        Caller::User(user) => {
+            auth::policy::registry_reader(&auth::Identity::User { user: user.clone(), pat: None })
+        }
     }
 }
 

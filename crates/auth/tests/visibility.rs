@@ -13,7 +13,9 @@
 use auth::access::Action;
 use auth::policy::{self, Identity};
 use meta::testing::TestDb;
-use meta::{Backend, DeployToken, Group, JobToken, Project, RegistryAccess, SourceType, Visibility};
+use meta::{
+    Backend, DeployToken, Group, JobToken, Project, RegistryAccess, SourceType, Visibility,
+};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
@@ -50,7 +52,12 @@ fn tenancy() -> impl Strategy<Value = Tenancy> {
         prop::collection::vec((0..8usize, visibility(), registry_access()), 1..7),
         prop::collection::vec((prop::bool::weighted(0.15), prop::bool::weighted(0.2)), 1..5),
         prop::collection::vec(
-            (any::<bool>(), 0..8usize, 0..5usize, prop::sample::select(vec![10i64, 20, 30, 40, 50])),
+            (
+                any::<bool>(),
+                0..8usize,
+                0..5usize,
+                prop::sample::select(vec![10i64, 20, 30, 40, 50]),
+            ),
             0..10,
         ),
         prop::collection::vec((0..8usize, 0..8usize), 0..4),
@@ -59,9 +66,7 @@ fn tenancy() -> impl Strategy<Value = Tenancy> {
             let groups: Vec<_> = groups
                 .into_iter()
                 .enumerate()
-                .map(|(i, (parent, nested, v))| {
-                    ((nested && i > 0).then(|| parent.index(i)), v)
-                })
+                .map(|(i, (parent, nested, v))| ((nested && i > 0).then(|| parent.index(i)), v))
                 .collect();
             let g = groups.len();
             let projects: Vec<_> = projects.into_iter().map(|(i, v, a)| (i % g, v, a)).collect();
@@ -126,8 +131,13 @@ async fn build(store: &meta::Store, case: usize, t: &Tenancy) -> Built {
 
 fn readers(b: &Built) -> Vec<Identity> {
     let mut out = vec![Identity::Anonymous];
-    let scope_sets: [&[&str]; 5] =
-        [&["read_registry"], &["write_registry"], &["api"], &[], &["read_registry", "write_registry"]];
+    let scope_sets: [&[&str]; 5] = [
+        &["read_registry"],
+        &["write_registry"],
+        &["api"],
+        &[],
+        &["read_registry", "write_registry"],
+    ];
     for user in &b.users {
         out.push(Identity::User { user: user.clone(), pat: None });
         for scopes in scope_sets {
@@ -159,7 +169,13 @@ fn readers(b: &Built) -> Vec<Identity> {
     }
     for p in &b.projects {
         let job = |user_id| Identity::Job {
-            token: JobToken { id: 1, project_id: p.id, user_id, expires_at: i64::MAX, created_at: 0 },
+            token: JobToken {
+                id: 1,
+                project_id: p.id,
+                user_id,
+                expires_at: i64::MAX,
+                created_at: 0,
+            },
         };
         out.push(job(None));
         for user in &b.users {
@@ -193,8 +209,13 @@ async fn equivalence(backend: Backend) {
         let ids: Vec<i64> = built.projects.iter().map(|p| p.id).collect();
         let prefix = format!("c{case}g");
         let ours = |name: &String| name.starts_with(&prefix) || name.starts_with("nowhere/");
-        let all_repositories: Vec<String> =
-            store.list_repositories(None, i64::MAX).await.unwrap().into_iter().filter(ours).collect();
+        let all_repositories: Vec<String> = store
+            .list_repositories(None, i64::MAX)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(ours)
+            .collect();
         for identity in readers(&built) {
             let reader = policy::registry_reader(&identity);
             let mut by_query = store.readable_project_ids(&reader).await.unwrap();
@@ -210,7 +231,12 @@ async fn equivalence(backend: Backend) {
             assert_eq!(by_query, by_policy, "{backend:?} case {case}: {t:?}\n{identity:?}");
 
             let mut catalog = store
-                .readable_repository_names(&reader, policy::MAX_EXTRA_SEGMENTS as i64, None, i64::MAX)
+                .readable_repository_names(
+                    &reader,
+                    policy::MAX_EXTRA_SEGMENTS as i64,
+                    None,
+                    i64::MAX,
+                )
                 .await
                 .unwrap();
             catalog.retain(ours);

@@ -80,6 +80,14 @@ pub struct TagPageQuery {
     pub limit: i64,
 }
 
+/// Where a page starts when read from the nearer end of a listing.
+pub(crate) struct NearerEnd {
+    /// Read in descending order (and turn the rows around).
+    pub from_end: bool,
+    pub offset: i64,
+    pub limit: i64,
+}
+
 /// Up to how many candidates a substring search takes from the trigram index.
 const TRIGRAM_CANDIDATES: i64 = 2000;
 
@@ -127,10 +135,12 @@ fn like_literal(text: &str) -> String {
 
 impl Store {
     pub async fn repository_by_id(&self, id: i64) -> Result<Option<RepositoryRecord>, MetaError> {
-        let row = sqlx::query("SELECT id, name, created_at, tags_count, project_id FROM repositories WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT id, name, created_at, tags_count, project_id FROM repositories WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.as_ref().map(repository_from_row))
     }
 
@@ -162,30 +172,49 @@ impl Store {
         Ok(row.map_or(0, |r| get_i64(&r, "tags_count")))
     }
 
-    /// How many repositories project `project_id` has, and the `limit` of them after the
-    /// first `offset`, by name (the `(project_id, name)` index answers both).
+    /// How many repositories project `project_id` has (`projects.repositories_count`, kept by
+    /// triggers), and the `limit` of them after the first `offset`, by name: a range of the
+    /// `(project_id, name)` index, read from the end for pages in the second half.
     pub async fn project_repositories_page(
         &self,
         project_id: i64,
         offset: i64,
         limit: i64,
     ) -> Result<(i64, Vec<RepositoryRecord>), MetaError> {
-        let row = sqlx::query(
-            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM repositories WHERE project_id = $1",
-        )
-        .bind(project_id)
-        .fetch_one(&self.pool)
-        .await?;
-        let rows = sqlx::query(
-            "SELECT id, name, created_at, tags_count, project_id FROM repositories WHERE project_id = $1 \
-             ORDER BY name LIMIT $2 OFFSET $3",
-        )
-        .bind(project_id)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok((get_i64(&row, "n"), rows.iter().map(repository_from_row).collect()))
+        let total = sqlx::query("SELECT repositories_count FROM projects WHERE id = $1")
+            .bind(project_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map_or(0, |r| get_i64(&r, "repositories_count"));
+        let page = Self::page_from_nearer_end(total, offset, limit);
+        let sql = format!(
+            "SELECT id, name, created_at, tags_count, project_id FROM repositories \
+             WHERE project_id = $1 ORDER BY name {} LIMIT $2 OFFSET $3",
+            if page.from_end { "DESC" } else { "ASC" }
+        );
+        let rows = sqlx::query(&sql)
+            .bind(project_id)
+            .bind(page.limit)
+            .bind(page.offset)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut repositories: Vec<RepositoryRecord> =
+            rows.iter().map(repository_from_row).collect();
+        if page.from_end {
+            repositories.reverse();
+        }
+        Ok((total, repositories))
+    }
+
+    /// How to read rows `offset..offset + limit` of `total` in order with the fewest rows
+    /// skipped: from the start, or (in the second half) backwards from the end.
+    pub(crate) fn page_from_nearer_end(total: i64, offset: i64, limit: i64) -> NearerEnd {
+        if offset > total / 2 && offset < total {
+            let limit = limit.min(total - offset);
+            NearerEnd { from_end: true, offset: total - offset - limit, limit }
+        } else {
+            NearerEnd { from_end: false, offset, limit }
+        }
     }
 
     /// Tag names in name order, `offset`/`limit` (the REST API's page-numbered listing). A
@@ -199,16 +228,12 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<String>, MetaError> {
         let total = self.count_tags(repository_id).await?;
-        let from_end = offset > total / 2 && offset < total;
-        let (sql, offset, limit) = if from_end {
-            let limit = limit.min(total - offset);
-            (
-                "SELECT name FROM tags WHERE repository_id = $1 ORDER BY name DESC LIMIT $2 OFFSET $3",
-                total - offset - limit,
-                limit,
-            )
+        let page = Self::page_from_nearer_end(total, offset, limit);
+        let (from_end, offset, limit) = (page.from_end, page.offset, page.limit);
+        let sql = if from_end {
+            "SELECT name FROM tags WHERE repository_id = $1 ORDER BY name DESC LIMIT $2 OFFSET $3"
         } else {
-            ("SELECT name FROM tags WHERE repository_id = $1 ORDER BY name LIMIT $2 OFFSET $3", offset, limit)
+            "SELECT name FROM tags WHERE repository_id = $1 ORDER BY name LIMIT $2 OFFSET $3"
         };
         let rows = sqlx::query(sql)
             .bind(repository_id)

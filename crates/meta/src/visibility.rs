@@ -46,8 +46,7 @@ pub(crate) fn read_predicate(reader: &RegistryReader, first: usize) -> (String, 
     const NOT_DISABLED: &str = "p.registry_access_level <> 'disabled'";
     // What anonymous callers may pull, and so every credential but a user's (a user gets it
     // through `USERS_OPEN`).
-    const PUBLIC_OPEN: &str =
-        "(p.registry_access_level = 'enabled' AND p.visibility = 'public')";
+    const PUBLIC_OPEN: &str = "(p.registry_access_level = 'enabled' AND p.visibility = 'public')";
     const USERS_OPEN: &str =
         "(p.registry_access_level = 'enabled' AND p.visibility IN ('public', 'internal'))";
     // A user (`user` is a SQL expression) who reads `p` as a person: an admin, a reporter or
@@ -72,17 +71,17 @@ pub(crate) fn read_predicate(reader: &RegistryReader, first: usize) -> (String, 
         | RegistryReader::User { read_scope: false, .. } => ("(1 = 0)".into(), vec![]),
         RegistryReader::User { user_id, is_admin, .. } => {
             let admin = if *is_admin { "1 = 1" } else { "1 = 0" };
-            (format!("({NOT_DISABLED} AND {})", user_reads(&format!("${a}"), admin)), vec![
-                *user_id,
-            ])
+            (
+                format!("({NOT_DISABLED} AND {})", user_reads(&format!("${a}"), admin)),
+                vec![*user_id],
+            )
         }
         RegistryReader::Deploy { read_scope: false, .. } => {
             (format!("({NOT_DISABLED} AND {PUBLIC_OPEN})"), vec![])
         }
-        RegistryReader::Deploy { source_type: SourceType::Project, source_id, .. } => (
-            format!("({NOT_DISABLED} AND ({PUBLIC_OPEN} OR p.id = ${a}))"),
-            vec![*source_id],
-        ),
+        RegistryReader::Deploy { source_type: SourceType::Project, source_id, .. } => {
+            (format!("({NOT_DISABLED} AND ({PUBLIC_OPEN} OR p.id = ${a}))"), vec![*source_id])
+        }
         RegistryReader::Deploy { source_type: SourceType::Group, source_id, .. } => (
             format!(
                 "({NOT_DISABLED} AND ({PUBLIC_OPEN} OR EXISTS (SELECT 1 FROM namespaces dg \
@@ -211,7 +210,9 @@ impl Store {
 
     /// How many repositories below group `group_path` (in every project under it) `reader`
     /// may pull, and the `limit` of them after the first `offset`, by name: a page of a
-    /// group's repository listing.
+    /// group's repository listing. The total adds up the readable projects' kept counts; the
+    /// page walks the group's name range (every repository below the group has a name in it)
+    /// from the nearer end.
     pub async fn readable_repositories_below_group(
         &self,
         reader: &RegistryReader,
@@ -220,28 +221,36 @@ impl Store {
         limit: i64,
     ) -> Result<(i64, Vec<crate::registry_queries::RepositoryRecord>), MetaError> {
         let (readable, values) = read_predicate(reader, 3);
-        let from = format!(
-            "FROM repositories r JOIN projects p ON p.id = r.project_id \
+        let (low, high) = (format!("{group_path}/"), format!("{group_path}0"));
+        let count_sql = format!(
+            "SELECT CAST(COALESCE(SUM(p.repositories_count), 0) AS BIGINT) AS n FROM projects p \
              WHERE p.full_path > $1 AND p.full_path < $2 AND {readable}"
         );
-        let (low, high) = (format!("{group_path}/"), format!("{group_path}0"));
-        let count_sql = format!("SELECT CAST(COUNT(*) AS BIGINT) AS n {from}");
         let mut q = sqlx::query(&count_sql).bind(&low).bind(&high);
         for v in &values {
             q = q.bind(*v);
         }
         let total = get_i64(&q.fetch_one(&self.pool).await?, "n");
+        let page = Store::page_from_nearer_end(total, offset, limit);
         let n = 3 + values.len();
         let page_sql = format!(
-            "SELECT r.id, r.name, r.created_at, r.tags_count, r.project_id {from} \
-             ORDER BY r.name LIMIT ${n} OFFSET ${}",
+            "SELECT r.id, r.name, r.created_at, r.tags_count, r.project_id \
+             FROM repositories r JOIN projects p ON p.id = r.project_id \
+             WHERE r.name > $1 AND r.name < $2 AND {readable} \
+             ORDER BY r.name {} LIMIT ${n} OFFSET ${}",
+            if page.from_end { "DESC" } else { "ASC" },
             n + 1
         );
         let mut q = sqlx::query(&page_sql).bind(&low).bind(&high);
         for v in &values {
             q = q.bind(*v);
         }
-        let rows = q.bind(limit).bind(offset).fetch_all(&self.pool).await?;
-        Ok((total, rows.iter().map(crate::registry_queries::repository_from_row).collect()))
+        let rows = q.bind(page.limit).bind(page.offset).fetch_all(&self.pool).await?;
+        let mut repositories: Vec<_> =
+            rows.iter().map(crate::registry_queries::repository_from_row).collect();
+        if page.from_end {
+            repositories.reverse();
+        }
+        Ok((total, repositories))
     }
 }

@@ -4,7 +4,8 @@
 -- 1. `repositories.project_id`: the project a repository belongs to (the project whose full
 --    path is its name or a prefix of it; projects never nest), so visibility is a join and
 --    "the repositories of the projects a caller may read" an index range per project. Set on
---    insert by trigger, and by a new project for the names below it.
+--    insert by trigger, and by a new project for the names below it; and
+--    `projects.repositories_count`, kept by the same triggers, for listing totals.
 -- 2. `repositories.tags_count`: kept by triggers on `tags` inside the writing transaction, so a
 --    tag count or page total is one row read, not a COUNT over a million tags.
 -- 3. `tag_search_names` + the view `tag_name_trigrams`, with a pg_trgm GIN index: an index
@@ -14,6 +15,7 @@
 
 ALTER TABLE repositories ADD COLUMN project_id BIGINT;
 ALTER TABLE repositories ADD COLUMN tags_count BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE projects ADD COLUMN repositories_count BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX repositories_by_project ON repositories (project_id, name);
 
 -- The project whose full path is `name` or its longest prefix (the unique index on
@@ -34,17 +36,36 @@ END $$;
 CREATE TRIGGER repository_project_on_insert BEFORE INSERT ON repositories
 FOR EACH ROW EXECUTE FUNCTION repository_project_on_insert();
 
+-- Counted after the insert: an insert that conflicts (ON CONFLICT DO NOTHING) counts nothing.
+CREATE FUNCTION repository_counted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' AND NEW.project_id IS NOT NULL THEN
+        UPDATE projects SET repositories_count = repositories_count + 1 WHERE id = NEW.project_id;
+    ELSIF TG_OP = 'DELETE' AND OLD.project_id IS NOT NULL THEN
+        UPDATE projects SET repositories_count = repositories_count - 1 WHERE id = OLD.project_id;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER repository_counted AFTER INSERT OR DELETE ON repositories
+FOR EACH ROW EXECUTE FUNCTION repository_counted();
+
 CREATE FUNCTION project_repositories_on_insert() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE repositories SET project_id = NEW.id
     WHERE name = NEW.full_path
        OR (name > NEW.full_path || '/' AND name < NEW.full_path || '0');
+    UPDATE projects SET repositories_count =
+        (SELECT COUNT(*) FROM repositories WHERE project_id = NEW.id)
+    WHERE id = NEW.id;
     RETURN NULL;
 END $$;
 CREATE TRIGGER project_repositories_on_insert AFTER INSERT ON projects
 FOR EACH ROW EXECUTE FUNCTION project_repositories_on_insert();
 
 UPDATE repositories SET project_id = repository_project_of(name);
+UPDATE projects p SET repositories_count = c.n
+FROM (SELECT project_id, COUNT(*) AS n FROM repositories GROUP BY project_id) c
+WHERE c.project_id = p.id;
 
 -- ---- tag counts ----------------------------------------------------------------------------
 

@@ -4,7 +4,8 @@
 -- 1. `repositories.project_id`: the project a repository belongs to (the project whose full
 --    path is its name or a prefix of it; projects never nest), so visibility is a join and
 --    "the repositories of the projects a caller may read" an index range per project. Set on
---    insert by trigger, and by a new project for the names below it.
+--    insert by trigger, and by a new project for the names below it; and
+--    `projects.repositories_count`, kept by the same triggers, for listing totals.
 -- 2. `repositories.tags_count`: kept by triggers on `tags` inside the writing transaction, so a
 --    tag count or page total is one row read, not a COUNT over a million tags.
 -- 3. `tag_search_names` + `tag_name_trigrams` (FTS5, trigram tokenizer): an index that serves
@@ -14,6 +15,7 @@
 
 ALTER TABLE repositories ADD COLUMN project_id BIGINT;
 ALTER TABLE repositories ADD COLUMN tags_count BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE projects ADD COLUMN repositories_count BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX repositories_by_project ON repositories (project_id, name);
 
 -- The candidates are the full paths between the name's first segment and the name itself
@@ -28,12 +30,23 @@ BEGIN
                OR substr(NEW.name, 1, length(p.full_path) + 1) = p.full_path || '/')
         ORDER BY length(p.full_path) DESC LIMIT 1)
     WHERE id = NEW.id;
+    UPDATE projects SET repositories_count = repositories_count + 1
+    WHERE id = (SELECT project_id FROM repositories WHERE id = NEW.id);
+END;
+
+CREATE TRIGGER repository_project_on_delete AFTER DELETE ON repositories
+WHEN OLD.project_id IS NOT NULL
+BEGIN
+    UPDATE projects SET repositories_count = repositories_count - 1 WHERE id = OLD.project_id;
 END;
 
 CREATE TRIGGER project_repositories_on_insert AFTER INSERT ON projects
 BEGIN
     UPDATE repositories SET project_id = NEW.id
     WHERE name = NEW.full_path OR (name > NEW.full_path || '/' AND name < NEW.full_path || '0');
+    UPDATE projects SET repositories_count =
+        (SELECT COUNT(*) FROM repositories WHERE project_id = NEW.id)
+    WHERE id = NEW.id;
 END;
 
 UPDATE repositories SET project_id = (
@@ -43,6 +56,8 @@ UPDATE repositories SET project_id = (
       AND (p.full_path = repositories.name
            OR substr(repositories.name, 1, length(p.full_path) + 1) = p.full_path || '/')
     ORDER BY length(p.full_path) DESC LIMIT 1);
+UPDATE projects SET repositories_count =
+    (SELECT COUNT(*) FROM repositories r WHERE r.project_id = projects.id);
 
 -- ---- tag counts ----------------------------------------------------------------------------
 
