@@ -150,6 +150,7 @@ impl CatalogAccess {
         last: Option<&RepositoryName>,
         limit: i64,
     ) -> Result<Vec<String>, MetaError> {
+        // An open registry (`sees_everything`) is listed by the caller without a filter.
         let Some(store) = self.store.as_ref() else { return Ok(Vec::new()) };
         let identity = match &self.principal {
             Principal::Open => return store.list_repositories(last, limit).await,

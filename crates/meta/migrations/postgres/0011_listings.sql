@@ -36,18 +36,30 @@ END $$;
 CREATE TRIGGER repository_project_on_insert BEFORE INSERT ON repositories
 FOR EACH ROW EXECUTE FUNCTION repository_project_on_insert();
 
--- Counted after the insert: an insert that conflicts (ON CONFLICT DO NOTHING) counts nothing.
-CREATE FUNCTION repository_counted() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Counted once per statement (transition tables): a statement that inserts many
+-- repositories of one project updates its row once, not once per repository. Only rows
+-- actually inserted are in `added` (an insert that conflicts counts nothing).
+CREATE FUNCTION repositories_added() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'INSERT' AND NEW.project_id IS NOT NULL THEN
-        UPDATE projects SET repositories_count = repositories_count + 1 WHERE id = NEW.project_id;
-    ELSIF TG_OP = 'DELETE' AND OLD.project_id IS NOT NULL THEN
-        UPDATE projects SET repositories_count = repositories_count - 1 WHERE id = OLD.project_id;
-    END IF;
+    UPDATE projects p SET repositories_count = p.repositories_count + a.n
+    FROM (SELECT project_id, COUNT(*) AS n FROM added WHERE project_id IS NOT NULL
+          GROUP BY project_id) a
+    WHERE p.id = a.project_id;
     RETURN NULL;
 END $$;
-CREATE TRIGGER repository_counted AFTER INSERT OR DELETE ON repositories
-FOR EACH ROW EXECUTE FUNCTION repository_counted();
+CREATE TRIGGER repositories_added AFTER INSERT ON repositories
+REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION repositories_added();
+
+CREATE FUNCTION repositories_removed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE projects p SET repositories_count = p.repositories_count - d.n
+    FROM (SELECT project_id, COUNT(*) AS n FROM removed WHERE project_id IS NOT NULL
+          GROUP BY project_id) d
+    WHERE p.id = d.project_id;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER repositories_removed AFTER DELETE ON repositories
+REFERENCING OLD TABLE AS removed FOR EACH STATEMENT EXECUTE FUNCTION repositories_removed();
 
 CREATE FUNCTION project_repositories_on_insert() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -73,21 +85,26 @@ UPDATE repositories r SET tags_count = c.n
 FROM (SELECT repository_id, COUNT(*) AS n FROM tags GROUP BY repository_id) c
 WHERE c.repository_id = r.id;
 
-CREATE FUNCTION tags_count_on_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Per statement, as for repositories: a bulk insert or delete of tags updates each
+-- repository's row once.
+CREATE FUNCTION tags_added() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE repositories SET tags_count = tags_count + 1 WHERE id = NEW.repository_id;
+    UPDATE repositories r SET tags_count = r.tags_count + a.n
+    FROM (SELECT repository_id, COUNT(*) AS n FROM added GROUP BY repository_id) a
+    WHERE r.id = a.repository_id;
+    INSERT INTO tag_search_names (repository_id, name) SELECT repository_id, name FROM added;
     RETURN NULL;
 END $$;
-CREATE TRIGGER tags_count_on_insert AFTER INSERT ON tags
-FOR EACH ROW EXECUTE FUNCTION tags_count_on_insert();
 
-CREATE FUNCTION tags_count_on_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION tags_removed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE repositories SET tags_count = tags_count - 1 WHERE id = OLD.repository_id;
+    UPDATE repositories r SET tags_count = r.tags_count - d.n
+    FROM (SELECT repository_id, COUNT(*) AS n FROM removed GROUP BY repository_id) d
+    WHERE r.id = d.repository_id;
+    DELETE FROM tag_search_names s USING removed d
+    WHERE s.repository_id = d.repository_id AND s.name = d.name;
     RETURN NULL;
 END $$;
-CREATE TRIGGER tags_count_on_delete AFTER DELETE ON tags
-FOR EACH ROW EXECUTE FUNCTION tags_count_on_delete();
 
 -- ---- tag name search -----------------------------------------------------------------------
 -- The same shape as on SQLite, so the search query is written once: `tag_search_names` (one
@@ -104,21 +121,10 @@ INSERT INTO tag_search_names (repository_id, name) SELECT repository_id, name FR
 
 CREATE VIEW tag_name_trigrams AS SELECT id AS rowid, lower(name) AS name FROM tag_search_names;
 
-CREATE FUNCTION tag_search_on_insert() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO tag_search_names (repository_id, name) VALUES (NEW.repository_id, NEW.name);
-    RETURN NULL;
-END $$;
-CREATE TRIGGER tag_search_on_insert AFTER INSERT ON tags
-FOR EACH ROW EXECUTE FUNCTION tag_search_on_insert();
-
-CREATE FUNCTION tag_search_on_delete() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    DELETE FROM tag_search_names WHERE repository_id = OLD.repository_id AND name = OLD.name;
-    RETURN NULL;
-END $$;
-CREATE TRIGGER tag_search_on_delete AFTER DELETE ON tags
-FOR EACH ROW EXECUTE FUNCTION tag_search_on_delete();
+CREATE TRIGGER tags_added AFTER INSERT ON tags
+REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION tags_added();
+CREATE TRIGGER tags_removed AFTER DELETE ON tags
+REFERENCING OLD TABLE AS removed FOR EACH STATEMENT EXECUTE FUNCTION tags_removed();
 
 DO $$
 BEGIN
