@@ -316,7 +316,7 @@ impl Store {
                 sql.push_str(&format!(
                     " AND t.name IN (SELECT s.name FROM tag_name_trigrams f \
                      JOIN tag_search_names s ON s.id = f.rowid \
-                     WHERE f.name LIKE ${q} AND s.repository_id = t.repository_id)"
+                     WHERE f.name LIKE ${q} AND s.repository_id = $1)"
                 ));
             }
         }
