@@ -257,6 +257,16 @@ impl<T> Listing<T> {
     }
 }
 
+impl<T> Listing<T> {
+    /// One page the database already cut (`items`, of `total` in all) as the answer, with the
+    /// pagination headers: the same headers as [`Listing::answer`].
+    pub fn answer_page<I: serde::Serialize>(&self, items: Vec<I>, total: i64) -> Response {
+        let mut response = axum::Json(items).into_response();
+        self.links.apply(response.headers_mut(), self.page, total);
+        response
+    }
+}
+
 /// Where a listing's pages are: the absolute URL of the request and its query without the page
 /// number, for `Link` headers.
 pub struct PageLinks {

@@ -31,8 +31,8 @@ use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::events_api::Audit;
 use crate::input::{
-    flag, int, numeric_id, request_host, tag_param, ListFilters, Listing, NoFilters, Params, Path,
-    Ref, Sort,
+    flag, int, numeric_id, request_host, tag_param, ListFilters, Listing, NoFilters, Page, Params,
+    Path, Ref, Sort,
 };
 use crate::routing::Routes;
 use crate::service as svc;
@@ -160,27 +160,51 @@ pub async fn repository(
     }
 }
 
-/// The repositories of every project below `group` whose registry the caller may read.
+/// Who the caller is for the set-based listings (the readable set is one query).
+fn registry_reader(caller: &Caller) -> meta::RegistryReader {
+    match caller {
+        Caller::Operator => meta::RegistryReader::Operator,
+        Caller::Anonymous => auth::policy::registry_reader(&auth::Identity::Anonymous),
+        Caller::User(user) => {
+            auth::policy::registry_reader(&auth::Identity::User { user: user.clone(), pat: None })
+        }
+    }
+}
+
+/// One page of the repositories of every project below `group` whose registry the caller may
+/// read, with their projects, and how many there are in all.
 pub async fn group_repositories(
     store: &Store,
     caller: &Caller,
     group_ref: &Ref,
-) -> Result<Vec<(Project, RepositoryRecord)>, ApiError> {
+    page: Page,
+) -> Result<(i64, Vec<(Project, RepositoryRecord)>), ApiError> {
     let group = svc::group(store, caller, group_ref).await?;
-    let prefix = format!("{}/", group.full_path);
-    let mut out = Vec::new();
-    for project in store.list_projects().await? {
-        if !project.full_path.starts_with(&prefix) {
-            continue;
-        }
-        if !registry_actions(store, caller, &project).await?.contains(&"pull") {
-            continue;
-        }
-        for repository in store.repositories_at_or_below(&project.full_path).await? {
-            out.push((project.clone(), repository));
-        }
+    let (total, repositories) = store
+        .readable_repositories_below_group(
+            &registry_reader(caller),
+            &group.full_path,
+            page.offset(),
+            page.per_page,
+        )
+        .await?;
+    let mut projects: Vec<Project> = Vec::new();
+    let mut out = Vec::with_capacity(repositories.len());
+    for repository in repositories {
+        let Some(project_id) = repository.project_id else { continue };
+        let project = match projects.iter().find(|p| p.id == project_id) {
+            Some(p) => p.clone(),
+            None => match store.project_by_id(project_id).await? {
+                Some(p) => {
+                    projects.push(p.clone());
+                    p
+                }
+                None => continue,
+            },
+        };
+        out.push((project, repository));
     }
-    Ok(out)
+    Ok((total, out))
 }
 
 // ---- deleting -------------------------------------------------------------------------------
@@ -422,7 +446,7 @@ async fn repository_view(
         .trim_start_matches('/')
         .to_string();
     let tags_count = match extras.tags_count {
-        Some(true) => Some(store.count_tags(repository.id).await?),
+        Some(true) => Some(repository.tags_count),
         _ => None,
     };
     let tags = match extras.tags {
@@ -516,11 +540,14 @@ async fn list_project_repositories(
 ) -> Answer {
     let host = request_host(&headers);
     let project = readable_project(&s.store, &caller, &Ref::parse("id", &id)?).await?;
-    let mut out = Vec::new();
-    for repository in s.store.repositories_at_or_below(&project.full_path).await? {
-        out.push(repository_view(&s.store, &host, &project, &repository, &listing.filters).await?);
+    let page = listing.page;
+    let (total, repositories) =
+        s.store.project_repositories_page(project.id, page.offset(), page.per_page).await?;
+    let mut out = Vec::with_capacity(repositories.len());
+    for repository in &repositories {
+        out.push(repository_view(&s.store, &host, &project, repository, &listing.filters).await?);
     }
-    Ok(listing.answer(out))
+    Ok(listing.answer_page(out, total))
 }
 
 async fn list_group_repositories(
@@ -531,13 +558,13 @@ async fn list_group_repositories(
     listing: Listing<RepositoryExtras>,
 ) -> Answer {
     let host = request_host(&headers);
-    let mut out = Vec::new();
-    for (project, repository) in
-        group_repositories(&s.store, &caller, &Ref::parse("id", &id)?).await?
-    {
-        out.push(repository_view(&s.store, &host, &project, &repository, &listing.filters).await?);
+    let (total, repositories) =
+        group_repositories(&s.store, &caller, &Ref::parse("id", &id)?, listing.page).await?;
+    let mut out = Vec::with_capacity(repositories.len());
+    for (project, repository) in &repositories {
+        out.push(repository_view(&s.store, &host, project, repository, &listing.filters).await?);
     }
-    Ok(listing.answer(out))
+    Ok(listing.answer_page(out, total))
 }
 
 async fn get_repository(

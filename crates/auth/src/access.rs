@@ -141,10 +141,32 @@ impl CatalogAccess {
         matches!(self.principal, Principal::Open)
     }
 
-    /// Whether the caller may pull `name`: listings leave out what it may not, exactly as if
-    /// it did not exist.
-    pub async fn may_pull(&self, name: &RepositoryName) -> Result<bool, MetaError> {
-        may_pull(&self.principal, self.store.as_ref(), name).await
+    /// Up to `limit` names of the repositories the caller may pull, after `last` in name
+    /// order: one query over the readable set ([`policy::registry_reader`]), so a page costs
+    /// the same for every caller. What it may not pull is left out, exactly as if it did not
+    /// exist.
+    pub async fn readable_repositories(
+        &self,
+        last: Option<&RepositoryName>,
+        limit: i64,
+    ) -> Result<Vec<String>, MetaError> {
+        // An open registry (`sees_everything`) is listed by the caller without a filter.
+        let Some(store) = self.store.as_ref() else { return Ok(Vec::new()) };
+        let identity = match &self.principal {
+            Principal::Open => return store.list_repositories(last, limit).await,
+            Principal::Identity(identity) => Some(identity.as_ref().clone()),
+            Principal::Credential(cred) => policy::load_identity(store, cred).await?,
+        };
+        // A credential no longer valid reads nothing.
+        let Some(identity) = identity else { return Ok(Vec::new()) };
+        store
+            .readable_repository_names(
+                &policy::registry_reader(&identity),
+                policy::MAX_EXTRA_SEGMENTS as i64,
+                last.map(|l| l.as_str()),
+                limit,
+            )
+            .await
     }
 }
 

@@ -27,7 +27,7 @@ use crate::credentials::Credentials;
 use meta::events::{AuditActor, TokenKind};
 use meta::{
     access_level as level, DeployToken, JobToken, MetaError, PersonalAccessToken, Project,
-    RegistryAccess, SourceType, Store, User, Visibility,
+    RegistryAccess, RegistryReader, SourceType, Store, User, Visibility,
 };
 use oci::RepositoryName;
 
@@ -315,6 +315,29 @@ pub async fn allowed_actions(
         }
     }
     Ok(actions)
+}
+
+/// Who `identity` is for the set-based listings: [`meta::RegistryReader`], whose SQL
+/// predicate is the set form of the pull rule of [`allowed_actions`] (kept equal by the
+/// property test `tests/visibility.rs`). Change one, change both.
+pub fn registry_reader(identity: &Identity) -> RegistryReader {
+    match identity {
+        Identity::Anonymous => RegistryReader::Anonymous,
+        Identity::User { user, pat } => RegistryReader::User {
+            user_id: user.id,
+            is_admin: user.is_admin,
+            blocked: user.blocked,
+            read_scope: pat.as_ref().is_none_or(|(_, scopes)| has_scope(scopes, "read_registry")),
+        },
+        Identity::Deploy(token) => RegistryReader::Deploy {
+            source_type: token.source_type,
+            source_id: token.source_id,
+            read_scope: token.scopes.iter().any(|s| s == "read_registry"),
+        },
+        Identity::Job { token } => {
+            RegistryReader::Job { project_id: token.project_id, user_id: token.user_id }
+        }
+    }
 }
 
 async fn user_role(store: &Store, user: &User, project: &Project) -> Result<i64, MetaError> {

@@ -25,6 +25,7 @@ mod tenancy;
 #[cfg(test)]
 mod test_writes;
 mod usage;
+mod visibility;
 mod write;
 
 pub use browse::*;
@@ -42,6 +43,7 @@ pub use store::{
 };
 pub use tenancy::*;
 pub use usage::*;
+pub use visibility::*;
 pub use write::*;
 
 /// Milliseconds since the Unix epoch: the portable timestamp every table uses.

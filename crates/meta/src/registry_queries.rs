@@ -19,6 +19,10 @@ pub struct RepositoryRecord {
     pub id: i64,
     pub name: String,
     pub created_at: i64,
+    /// How many tags it has (kept by the write transaction, never counted on read).
+    pub tags_count: i64,
+    /// The project it belongs to (its name's longest project prefix), if any.
+    pub project_id: Option<i64>,
 }
 
 /// A tag with what it points at.
@@ -76,16 +80,29 @@ pub struct TagPageQuery {
     pub limit: i64,
 }
 
+/// Where a page starts when read from the nearer end of a listing.
+pub(crate) struct NearerEnd {
+    /// Read in descending order (and turn the rows around).
+    pub from_end: bool,
+    pub offset: i64,
+    pub limit: i64,
+}
+
+/// Up to how many candidates a substring search takes from the trigram index.
+const TRIGRAM_CANDIDATES: i64 = 2000;
+
 /// `P/` and `P0`: the bounds of the names strictly below `path`.
 fn below(path: &str) -> (String, String) {
     (format!("{path}/"), format!("{path}0"))
 }
 
-fn repository_from_row(row: &AnyRow) -> RepositoryRecord {
+pub(crate) fn repository_from_row(row: &AnyRow) -> RepositoryRecord {
     RepositoryRecord {
         id: get_i64(row, "id"),
         name: row.get("name"),
         created_at: get_i64(row, "created_at"),
+        tags_count: get_i64(row, "tags_count"),
+        project_id: row.get::<Option<i64>, _>("project_id"),
     }
 }
 
@@ -118,10 +135,12 @@ pub(crate) fn like_literal(text: &str) -> String {
 
 impl Store {
     pub async fn repository_by_id(&self, id: i64) -> Result<Option<RepositoryRecord>, MetaError> {
-        let row = sqlx::query("SELECT id, name, created_at FROM repositories WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT id, name, created_at, tags_count, project_id FROM repositories WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.as_ref().map(repository_from_row))
     }
 
@@ -132,7 +151,7 @@ impl Store {
     ) -> Result<Vec<RepositoryRecord>, MetaError> {
         let (low, high) = below(path);
         let rows = sqlx::query(
-            "SELECT id, name, created_at FROM repositories \
+            "SELECT id, name, created_at, tags_count, project_id FROM repositories \
              WHERE name = $1 OR (name > $2 AND name < $3) ORDER BY name",
         )
         .bind(path)
@@ -143,31 +162,90 @@ impl Store {
         Ok(rows.iter().map(repository_from_row).collect())
     }
 
+    /// The repository's tag count: one row read (`tags_count` is kept by triggers on `tags`
+    /// in every writing transaction, migration 0014), not a count over its tags.
     pub async fn count_tags(&self, repository_id: i64) -> Result<i64, MetaError> {
-        let row =
-            sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM tags WHERE repository_id = $1")
-                .bind(repository_id)
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(get_i64(&row, "n"))
+        let row = sqlx::query("SELECT tags_count FROM repositories WHERE id = $1")
+            .bind(repository_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map_or(0, |r| get_i64(&r, "tags_count")))
     }
 
-    /// Tag names in name order, `offset`/`limit` (the REST API's page-numbered listing).
+    /// How many repositories project `project_id` has (`projects.repositories_count`, kept by
+    /// triggers), and the `limit` of them after the first `offset`, by name: a range of the
+    /// `(project_id, name)` index, read from the end for pages in the second half.
+    pub async fn project_repositories_page(
+        &self,
+        project_id: i64,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(i64, Vec<RepositoryRecord>), MetaError> {
+        let total = sqlx::query("SELECT repositories_count FROM projects WHERE id = $1")
+            .bind(project_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map_or(0, |r| get_i64(&r, "repositories_count"));
+        let page = Self::page_from_nearer_end(total, offset, limit);
+        let sql = format!(
+            "SELECT id, name, created_at, tags_count, project_id FROM repositories \
+             WHERE project_id = $1 ORDER BY name {} LIMIT $2 OFFSET $3",
+            if page.from_end { "DESC" } else { "ASC" }
+        );
+        let rows = sqlx::query(&sql)
+            .bind(project_id)
+            .bind(page.limit)
+            .bind(page.offset)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut repositories: Vec<RepositoryRecord> =
+            rows.iter().map(repository_from_row).collect();
+        if page.from_end {
+            repositories.reverse();
+        }
+        Ok((total, repositories))
+    }
+
+    /// How to read rows `offset..offset + limit` of `total` in order with the fewest rows
+    /// skipped: from the start, or (in the second half) backwards from the end.
+    pub(crate) fn page_from_nearer_end(total: i64, offset: i64, limit: i64) -> NearerEnd {
+        if offset > total / 2 && offset < total {
+            let limit = limit.min(total - offset);
+            NearerEnd { from_end: true, offset: total - offset - limit, limit }
+        } else {
+            NearerEnd { from_end: false, offset, limit }
+        }
+    }
+
+    /// Tag names in name order, `offset`/`limit` (the REST API's page-numbered listing). A
+    /// page in the second half of the listing is read from the end (`ORDER BY name DESC` with
+    /// the offset counted from there, `tags_count` saying where the end is) and turned around,
+    /// so the rows skipped are at most half the tags, and few for the last pages.
     pub async fn tag_names_page(
         &self,
         repository_id: i64,
         offset: i64,
         limit: i64,
     ) -> Result<Vec<String>, MetaError> {
-        let rows = sqlx::query(
-            "SELECT name FROM tags WHERE repository_id = $1 ORDER BY name LIMIT $2 OFFSET $3",
-        )
-        .bind(repository_id)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.iter().map(|r| r.get("name")).collect())
+        let total = self.count_tags(repository_id).await?;
+        let page = Self::page_from_nearer_end(total, offset, limit);
+        let (from_end, offset, limit) = (page.from_end, page.offset, page.limit);
+        let sql = if from_end {
+            "SELECT name FROM tags WHERE repository_id = $1 ORDER BY name DESC LIMIT $2 OFFSET $3"
+        } else {
+            "SELECT name FROM tags WHERE repository_id = $1 ORDER BY name LIMIT $2 OFFSET $3"
+        };
+        let rows = sqlx::query(sql)
+            .bind(repository_id)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut names: Vec<String> = rows.iter().map(|r| r.get("name")).collect();
+        if from_end {
+            names.reverse();
+        }
+        Ok(names)
     }
 
     pub async fn tag_detail(
@@ -221,8 +299,26 @@ impl Store {
             }
         }
         let contains = query.name_contains.as_ref().map(|c| (next(), c));
-        if let Some((p, _)) = contains {
+        let mut trigram_pattern = None;
+        if let Some((p, text)) = contains {
+            let needle = text.to_lowercase();
+            // No tag holds any other character: nothing can match.
+            if !needle.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
+            {
+                return Ok(Vec::new());
+            }
             sql.push_str(&format!(" AND LOWER(t.name) LIKE ${p} ESCAPE '\\'"));
+            if self.few_tags_contain(repository_id, &needle).await? {
+                // The trigram index names the candidates (`_` matches any character there,
+                // so they are a superset, filtered exactly above).
+                let q = next();
+                trigram_pattern = Some(format!("%{needle}%"));
+                sql.push_str(&format!(
+                    " AND t.name IN (SELECT s.name FROM tag_name_trigrams f \
+                     JOIN tag_search_names s ON s.id = f.rowid \
+                     WHERE f.name LIKE ${q} AND s.repository_id = $1)"
+                ));
+            }
         }
         let exact = query.name_exact.as_ref().map(|e| (next(), e));
         if let Some((p, _)) = exact {
@@ -243,6 +339,9 @@ impl Store {
         if let Some((_, c)) = contains {
             q = q.bind(format!("%{}%", like_literal(&c.to_lowercase())));
         }
+        if let Some(pattern) = &trigram_pattern {
+            q = q.bind(pattern.as_str());
+        }
         if let Some((_, e)) = exact {
             q = q.bind(e.as_str());
         }
@@ -252,6 +351,27 @@ impl Store {
             tags.reverse();
         }
         Ok(tags)
+    }
+
+    /// Whether at most [`TRIGRAM_CANDIDATES`] tags of the repository contain `needle` (lower
+    /// case, three characters or more) as the trigram index sees it. A rare substring is then
+    /// found through the index; a common one by walking the tags in order, which meets a page
+    /// of matches soon. Either way a page reads a bounded number of rows.
+    async fn few_tags_contain(&self, repository_id: i64, needle: &str) -> Result<bool, MetaError> {
+        if needle.chars().count() < 3 {
+            return Ok(false);
+        }
+        let row = sqlx::query(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM (SELECT 1 AS one FROM tag_name_trigrams f \
+             JOIN tag_search_names s ON s.id = f.rowid \
+             WHERE f.name LIKE $1 AND s.repository_id = $2 LIMIT $3) c",
+        )
+        .bind(format!("%{needle}%"))
+        .bind(repository_id)
+        .bind(TRIGRAM_CANDIDATES + 1)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(get_i64(&row, "n") <= TRIGRAM_CANDIDATES)
     }
 
     /// Every tag of the repository with its published time (for bulk deletion).
@@ -281,16 +401,21 @@ impl Store {
         } else {
             "SELECT id FROM repositories WHERE name = $1 AND $2 = $2 AND $3 = $3"
         };
+        // Tagged manifests are found from the manifests (an index probe of `tags_by_manifest`
+        // each), not from the tags: a repository with a million tags on a few manifests reads
+        // a few rows. A tag's manifest is always in the tag's repository.
+        let tagged = format!(
+            "SELECT m.id FROM manifests m WHERE m.repository_id IN ({repos}) \
+             AND EXISTS (SELECT 1 FROM tags t WHERE t.manifest_id = m.id)"
+        );
         let sql = format!(
             "SELECT CAST(COALESCE(SUM(b.size), 0) AS BIGINT) AS size FROM blobs b \
              WHERE b.digest IN (SELECT mb.blob_digest FROM manifest_blobs mb WHERE mb.manifest_id IN ( \
-               SELECT t.manifest_id FROM tags t WHERE t.repository_id IN ({repos}) \
-               UNION SELECT mr.child_id FROM manifest_references mr \
-                 JOIN tags t ON t.manifest_id = mr.parent_id WHERE t.repository_id IN ({repos}) \
+               {tagged} \
+               UNION SELECT mr.child_id FROM manifest_references mr WHERE mr.parent_id IN ({tagged}) \
                UNION SELECT m.id FROM manifest_digest_references md \
-                 JOIN tags t ON t.manifest_id = md.parent_id \
                  JOIN manifests m ON m.repository_id = md.repository_id AND m.digest = md.child_digest \
-                 WHERE t.repository_id IN ({repos})))"
+                 WHERE md.parent_id IN ({tagged})))"
         );
         let row = sqlx::query(&sql).bind(path).bind(&low).bind(&high).fetch_one(&self.pool).await?;
         Ok(get_i64(&row, "size"))

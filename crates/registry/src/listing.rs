@@ -72,7 +72,7 @@ pub(crate) async fn catalog(
     } else if access.sees_everything() {
         registry.store.list_repositories(last.as_ref(), n + 1).await?
     } else {
-        visible_repositories(registry, access, last, n + 1).await?
+        access.readable_repositories(last.as_ref(), n + 1).await?
     };
     let next = if names.len() as i64 > n {
         names.truncate(n as usize);
@@ -81,43 +81,6 @@ pub(crate) async fn catalog(
         None
     };
     Ok(paged_response(serde_json::json!({ "repositories": names }), next))
-}
-
-/// Up to `want` repository names after `last` that the filter lets the caller read: private
-/// repositories are left out, exactly as if they did not exist.
-async fn visible_repositories(
-    registry: &Registry,
-    access: &CatalogAccess,
-    mut last: Option<RepositoryName>,
-    want: i64,
-) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    loop {
-        let batch = registry.store.list_repositories(last.as_ref(), 500).await?;
-        let done = batch.len() < 500;
-        // Stored names were valid when they were written; one that no longer parses ends
-        // the walk rather than restarting it from the beginning.
-        last = match batch.last().map(|l| l.parse::<RepositoryName>()) {
-            Some(Ok(name)) => Some(name),
-            Some(Err(_)) => return Ok(out),
-            None => None,
-        };
-        for name in batch {
-            let readable = match name.parse::<RepositoryName>() {
-                Ok(parsed) => access.may_pull(&parsed).await?,
-                Err(_) => false,
-            };
-            if readable {
-                out.push(name);
-                if out.len() as i64 >= want {
-                    return Ok(out);
-                }
-            }
-        }
-        if done {
-            return Ok(out);
-        }
-    }
 }
 
 pub(crate) async fn tags(
