@@ -242,7 +242,8 @@ async fn equivalence(backend: Backend) {
             catalog.retain(ours);
             let mut expected = Vec::new();
             for name in &all_repositories {
-                let actions = policy::allowed_on_image(store, &identity, name).await.unwrap();
+                let parsed: oci::RepositoryName = name.parse().expect("a valid repository name");
+                let actions = policy::allowed_on_image(store, &identity, &parsed).await.unwrap();
                 if actions.contains(&Action::Pull) {
                     expected.push(name.clone());
                 }

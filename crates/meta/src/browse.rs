@@ -194,7 +194,7 @@ impl Store {
         };
         let sql = format!(
             "SELECT r.id, r.name, r.created_at, \
-             CAST((SELECT COUNT(*) FROM tags t WHERE t.repository_id = r.id) AS BIGINT) AS tags_count, \
+             r.tags_count, r.project_id, \
              (SELECT MAX(t.updated_at) FROM tags t WHERE t.repository_id = r.id) AS last_published, \
              COALESCE((SELECT MAX(t.updated_at) FROM tags t WHERE t.repository_id = r.id), 0) AS last_published_or_0 \
              FROM repositories r \
@@ -214,11 +214,7 @@ impl Store {
         Ok(rows
             .iter()
             .map(|r| RepositorySummary {
-                repository: RepositoryRecord {
-                    id: get_i64(r, "id"),
-                    name: r.get("name"),
-                    created_at: get_i64(r, "created_at"),
-                },
+                repository: crate::registry_queries::repository_from_row(r),
                 tags_count: get_i64(r, "tags_count"),
                 last_published: r.try_get::<Option<i64>, _>("last_published").ok().flatten(),
             })

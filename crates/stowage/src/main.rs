@@ -326,14 +326,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         secure_cookies: config.external_url().starts_with("https://"),
         session_lifetime: web::DEFAULT_SESSION_LIFETIME,
     });
-    let app = http::app(
-        registry,
-        api,
-        auth,
-        web,
-        config.http.trusted_proxies.clone(),
-        rate_limiter,
-    );
+    let app =
+        http::app(registry, api, auth, web, config.http.trusted_proxies.clone(), rate_limiter);
     let limits = server::ConnectionLimits {
         header_read: parse_duration(&config.http.timeouts.header_read)?,
         idle: parse_duration(&config.http.timeouts.idle)?,
