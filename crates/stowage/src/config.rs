@@ -107,9 +107,9 @@ impl Default for RateLimitConfig {
     fn default() -> Self {
         RateLimitConfig {
             pull: RateLimitEntry::default(),
-            push: RateLimitEntry { rate: 500.0, burst: 1000 },
-            token: RateLimitEntry { rate: 50.0, burst: 100 },
-            api: RateLimitEntry { rate: 200.0, burst: 400 },
+            push: RateLimitEntry::default(),
+            token: RateLimitEntry::default(),
+            api: RateLimitEntry::default(),
         }
     }
 }
