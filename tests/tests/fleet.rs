@@ -425,7 +425,7 @@ async fn assert_too_many(resp: Response, surface: &str) {
     }
 }
 
-const LIMITS: [(&str, &str); 8] = [
+const LIMITS: [(&str, &str); 9] = [
     ("STOWAGE_AUTH__MODE", "token"),
     ("STOWAGE_ADMIN_PASSWORD", "a-long-fleet-password"),
     ("STOWAGE_HTTP__TRUSTED_PROXIES", "[127.0.0.1/32]"),
@@ -434,6 +434,7 @@ const LIMITS: [(&str, &str); 8] = [
     ("STOWAGE_RATELIMIT__PUSH__RATE", "0.05"),
     ("STOWAGE_RATELIMIT__PUSH__BURST", "4"),
     ("STOWAGE_RATELIMIT__TOKEN__RATE", "100"),
+    ("STOWAGE_RATELIMIT__TOKEN__BURST", "100"),
 ];
 
 /// With Redis, the three instances share one allowance per client (and per credential):

@@ -516,6 +516,25 @@ impl Store {
     }
 }
 
+impl crate::store::WriteTx<'_> {
+    /// Ends upload session `id` (its row and part list) in this transaction; whether it
+    /// existed. The write service ends a session in the transaction that commits its blob, so
+    /// a push costs one commit less.
+    pub async fn end_upload(&mut self, id: &str) -> Result<bool, MetaError> {
+        // Also cascaded by the foreign key; explicit so it holds whatever the connection's
+        // foreign-key setting.
+        sqlx::query("DELETE FROM upload_parts WHERE upload_id = $1")
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await?;
+        let result = sqlx::query("DELETE FROM uploads WHERE id = $1")
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(result.rows_affected() > 0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use oci::{media_type as mt, Digest, IndexChild, RepositoryName, Tag};
@@ -804,23 +823,4 @@ mod tests {
         };
     }
     on_both_backends!(backfill_of_artifact_types, sparse_index_references);
-}
-
-impl crate::store::WriteTx<'_> {
-    /// Ends upload session `id` (its row and part list) in this transaction; whether it
-    /// existed. The write service ends a session in the transaction that commits its blob, so
-    /// a push costs one commit less.
-    pub async fn end_upload(&mut self, id: &str) -> Result<bool, MetaError> {
-        // Also cascaded by the foreign key; explicit so it holds whatever the connection's
-        // foreign-key setting.
-        sqlx::query("DELETE FROM upload_parts WHERE upload_id = $1")
-            .bind(id)
-            .execute(&mut *self.tx)
-            .await?;
-        let result = sqlx::query("DELETE FROM uploads WHERE id = $1")
-            .bind(id)
-            .execute(&mut *self.tx)
-            .await?;
-        Ok(result.rows_affected() > 0)
-    }
 }

@@ -386,7 +386,7 @@ mod tests {
         assert_eq!(shared.blocked_for(&[(a.clone(), 4), (b.clone(), 4)]).await, Ok(None));
         let wait = shared.blocked_for(&[(a.clone(), 4), (b.clone(), 3)]).await.unwrap().unwrap();
         assert!(wait <= window && wait > Duration::from_millis(1500), "{wait:?}");
-        shared.forget(&[b.clone()]).await.unwrap();
+        shared.forget(std::slice::from_ref(&b)).await.unwrap();
         assert_eq!(shared.blocked_for(&[(b.clone(), 1)]).await, Ok(None));
         shared.forget(&[a]).await.unwrap();
     }

@@ -75,7 +75,7 @@ impl Redis {
 
 /// `ratelimit`: requests per second (`rate`, 0 = off) and `burst` per client address and per
 /// credential, for each class of requests.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitConfig {
     /// `GET` and `HEAD` under `/v2` (pulls); off by default.
@@ -100,17 +100,6 @@ pub struct RateLimitEntry {
 impl Default for RateLimitEntry {
     fn default() -> Self {
         RateLimitEntry { rate: 0.0, burst: 0 }
-    }
-}
-
-impl Default for RateLimitConfig {
-    fn default() -> Self {
-        RateLimitConfig {
-            pull: RateLimitEntry::default(),
-            push: RateLimitEntry::default(),
-            token: RateLimitEntry::default(),
-            api: RateLimitEntry::default(),
-        }
     }
 }
 

@@ -186,14 +186,24 @@ pub fn error_body(status: StatusCode, surface: Surface, method: &Method, detail:
 async fn other_paths(pages: Option<Router>, request: Request) -> Response {
     use tower::ServiceExt;
     match pages {
-        Some(pages) if Surface::of(request.uri().path()) == Surface::Other => {
-            match pages.oneshot(request).await {
-                Ok(response) => response,
-                Err(never) => match never {},
-            }
-        }
+        Some(pages) if !machine_path(request.uri().path()) => match pages.oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        },
         _ => unknown_path(request).await,
     }
+}
+
+/// Whether a path belongs to the machine surfaces: under `/v2`, `/api` or `/jwt` however its
+/// first segment is spelled (case, percent-encoding). Those names are reserved, so no group is
+/// shadowed; a client that misspells an API route gets the surface's JSON 404, never a page.
+fn machine_path(path: &str) -> bool {
+    let first = path.trim_start_matches('/').split('/').next().unwrap_or_default();
+    let decoded = url::form_urlencoded::parse(format!("x={first}").as_bytes())
+        .next()
+        .map(|(_, v)| v.to_lowercase())
+        .unwrap_or_default();
+    Surface::of(path) != Surface::Other || matches!(decoded.as_str(), "v2" | "api" | "jwt")
 }
 
 /// What a path no surface serves answers.
