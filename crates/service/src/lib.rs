@@ -38,7 +38,8 @@ const DEADLOCK_ATTEMPTS: u32 = 5;
 /// Garbage-collection settings the write path needs (`gc.reviewafter`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GcSettings {
-    /// Delay before a queued item is reviewed; up to 60 s of jitter is added when not zero.
+    /// Delay before a queued item is reviewed; up to 60 s of jitter (at most the delay itself) is
+    /// added when not zero.
     pub review_after: Duration,
 }
 
@@ -255,7 +256,10 @@ impl WriteService {
     /// When rows queued at `now` fall due, and how far a relied-on item's review is pushed.
     fn schedule_at(&self, now: i64) -> ReviewSchedule {
         let delay = self.gc.review_after.as_millis().min(i64::MAX as u128 / 4) as i64;
-        let jitter = if delay > 0 { rand::thread_rng().gen_range(0..=JITTER_MS) } else { 0 };
+        // Spreads reviews queued together; never more than the delay itself, so a short
+        // `gc.reviewafter` (seconds, in tests and small installations) stays short.
+        let jitter_max = JITTER_MS.min(delay);
+        let jitter = if delay > 0 { rand::thread_rng().gen_range(0..=jitter_max) } else { 0 };
         let postpone = PUSH_WINDOW.as_millis() as i64;
         ReviewSchedule { now, due: now + delay + jitter, postpone_to: now + postpone }
     }

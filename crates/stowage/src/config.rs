@@ -407,7 +407,7 @@ pub struct Gc {
     /// No GC worker runs on this instance (items still queue up).
     pub disabled: bool,
     /// How long after the event that queued it an item is reviewed, e.g. `24h`; `0s` for
-    /// tests. Up to 60 s of jitter is added when it is not 0.
+    /// tests. Up to 60 s of jitter (never more than the delay) is added when it is not 0.
     pub reviewafter: String,
     /// The longest wait between retries after failures, e.g. `24h`.
     pub maxbackoff: String,
