@@ -17,12 +17,12 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use axum::http::{HeaderMap, Method};
+use axum::http::HeaderMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 use sha2::{Digest, Sha256};
 
-/// What a request is limited as.
+/// What a request is limited as (the HTTP layer decides it from the request's surface).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RateClass {
     /// `GET`/`HEAD` under `/v2` (off by default).
@@ -36,26 +36,6 @@ pub enum RateClass {
 }
 
 impl RateClass {
-    /// The class of a request, `None` for paths that are not limited.
-    pub fn of(method: &Method, path: &str) -> Option<RateClass> {
-        let under = |prefix: &str| {
-            path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-        };
-        if under("/v2") {
-            Some(if method == Method::GET || method == Method::HEAD {
-                RateClass::Pull
-            } else {
-                RateClass::Push
-            })
-        } else if under("/jwt/auth") {
-            Some(RateClass::Token)
-        } else if under("/api/v4") {
-            Some(RateClass::Api)
-        } else {
-            None
-        }
-    }
-
     fn name(self) -> &'static str {
         match self {
             RateClass::Pull => "pull",
@@ -262,17 +242,6 @@ mod tests {
     fn limits(rate: f64, burst: u32) -> RateLimits {
         let limit = RateLimit::new("ratelimit.push", rate, burst).unwrap();
         RateLimits { push: limit, ..Default::default() }
-    }
-
-    #[test]
-    fn classes_follow_path_and_method() {
-        assert_eq!(RateClass::of(&Method::GET, "/v2/a/manifests/x"), Some(RateClass::Pull));
-        assert_eq!(RateClass::of(&Method::HEAD, "/v2/"), Some(RateClass::Pull));
-        assert_eq!(RateClass::of(&Method::PATCH, "/v2/a/blobs/uploads/x"), Some(RateClass::Push));
-        assert_eq!(RateClass::of(&Method::POST, "/jwt/auth"), Some(RateClass::Token));
-        assert_eq!(RateClass::of(&Method::GET, "/api/v4/projects"), Some(RateClass::Api));
-        assert_eq!(RateClass::of(&Method::GET, "/v2x"), None);
-        assert_eq!(RateClass::of(&Method::GET, "/debug/health"), None);
     }
 
     #[test]

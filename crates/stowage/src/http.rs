@@ -74,7 +74,8 @@ async fn rate_limit(
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(class) = auth::ratelimit::RateClass::of(request.method(), request.uri().path()) else {
+    let surface = Surface::of(request.uri().path());
+    let Some(class) = surface.rate_class(request.method()) else {
         return next.run(request).await;
     };
     let client = request
@@ -86,7 +87,6 @@ async fn rate_limit(
     let Some(wait) = limiter.check(class, &keys).await else {
         return next.run(request).await;
     };
-    let surface = Surface::of(request.uri().path());
     let detail = "too many requests from this address or credential; retry after the time in \
                   the Retry-After header";
     let mut response = json_error(StatusCode::TOO_MANY_REQUESTS, surface, request.method(), detail);
@@ -121,6 +121,21 @@ impl Surface {
             Surface::Token
         } else {
             Surface::Other
+        }
+    }
+
+    /// What a request on this surface is rate-limited as: `/v2` reads are pulls, its other
+    /// methods pushes; paths of no machine surface are not limited.
+    fn rate_class(self, method: &Method) -> Option<auth::ratelimit::RateClass> {
+        use auth::ratelimit::RateClass;
+        match self {
+            Surface::Registry if method == Method::GET || method == Method::HEAD => {
+                Some(RateClass::Pull)
+            }
+            Surface::Registry => Some(RateClass::Push),
+            Surface::Token => Some(RateClass::Token),
+            Surface::Api => Some(RateClass::Api),
+            Surface::Other => None,
         }
     }
 
@@ -439,6 +454,19 @@ async fn access_log(mut request: Request, next: Next) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rate_classes_follow_path_and_method() {
+        use auth::ratelimit::RateClass;
+        let class = |method: Method, path: &str| Surface::of(path).rate_class(&method);
+        assert_eq!(class(Method::GET, "/v2/a/manifests/x"), Some(RateClass::Pull));
+        assert_eq!(class(Method::HEAD, "/v2/"), Some(RateClass::Pull));
+        assert_eq!(class(Method::PATCH, "/v2/a/blobs/uploads/x"), Some(RateClass::Push));
+        assert_eq!(class(Method::POST, "/jwt/auth"), Some(RateClass::Token));
+        assert_eq!(class(Method::GET, "/api/v4/projects"), Some(RateClass::Api));
+        assert_eq!(class(Method::GET, "/v2x"), None);
+        assert_eq!(class(Method::GET, "/debug/health"), None);
+    }
 
     #[test]
     fn surfaces() {
