@@ -205,19 +205,25 @@ impl Notifier {
     }
 
     async fn post(&self, r: &Receiver, envelope: &str, attempt: i64) -> DeliveryAttempt {
+        let (delivered, response_code, response) = self.send(r, envelope).await;
+        DeliveryAttempt {
+            receiver: r.key.clone(),
+            attempt,
+            delivered,
+            response_code,
+            response,
+            at: meta::now_millis(),
+        }
+    }
+
+    /// Sends the envelope to `r`: whether it was taken, the answer's status and its start.
+    async fn send(&self, r: &Receiver, envelope: &str) -> (bool, Option<i64>, String) {
         let client = &self.clients[usize::from(r.public_only)][usize::from(r.verify_tls)];
         // Addresses written in the URL never reach the resolver: check them here.
         let written = url::Url::parse(&r.url).ok();
         if let Some(host) = written.as_ref().and_then(|u| u.host()) {
             if let Err(why) = service::outbound::check_host(&host, !r.public_only) {
-                return DeliveryAttempt {
-                    receiver: r.key.clone(),
-                    attempt,
-                    delivered: false,
-                    response_code: None,
-                    response: format!("{host} {why}"),
-                    at: meta::now_millis(),
-                };
+                return (false, None, format!("{host} {why}"));
             }
         }
         let mut request = client
@@ -228,7 +234,7 @@ impl Notifier {
         for (k, v) in &r.headers {
             request = request.header(k, v);
         }
-        let (delivered, response_code, response) = match request.send().await {
+        match request.send().await {
             Ok(mut answer) => {
                 let status = answer.status();
                 let mut body = Vec::new();
@@ -244,14 +250,6 @@ impl Notifier {
                 (status.is_success(), Some(i64::from(status.as_u16())), text)
             }
             Err(e) => (false, None, e.to_string()),
-        };
-        DeliveryAttempt {
-            receiver: r.key.clone(),
-            attempt,
-            delivered,
-            response_code,
-            response,
-            at: meta::now_millis(),
         }
     }
 }
