@@ -167,10 +167,13 @@ impl WriteTx<'_> {
     }
 }
 
+// The queue's own bookkeeping (enqueue, lease renewal, outcome, pruning) runs on
+// `background_write_tx`: the GC workers give way to foreground writes (pushes), and a periodic
+// job's lease renewal each second is not one — counted as one, it kept GC in small batches.
 impl Store {
     /// Adds a job, or finds the one that already has its dedupe key.
     pub async fn enqueue_job(&self, job: &NewJob, now: i64) -> Result<Enqueued, MetaError> {
-        let mut w = self.write_tx().await?;
+        let mut w = self.background_write_tx().await?;
         let enqueued = w.insert_job(job, now).await?;
         w.commit().await?;
         Ok(enqueued)
@@ -259,7 +262,7 @@ impl Store {
         owner: &str,
         until: i64,
     ) -> Result<bool, MetaError> {
-        let mut w = self.write_tx().await?;
+        let mut w = self.background_write_tx().await?;
         let done = sqlx::query(
             "UPDATE jobs SET lease_until = $1 \
              WHERE id = $2 AND lease_owner = $3 AND state = 'running'",
@@ -275,7 +278,7 @@ impl Store {
 
     /// Records that `owner`'s attempt at job `id` succeeded. False: the lease was lost.
     pub async fn complete_job(&self, id: i64, owner: &str, now: i64) -> Result<bool, MetaError> {
-        let mut w = self.write_tx().await?;
+        let mut w = self.background_write_tx().await?;
         let done = sqlx::query(
             "UPDATE jobs SET state = 'succeeded', finished_at = $1, lease_owner = NULL, \
              lease_until = NULL WHERE id = $2 AND lease_owner = $3 AND state = 'running'",
@@ -300,7 +303,7 @@ impl Store {
         error: &str,
         retry_at: Option<i64>,
     ) -> Result<Option<JobState>, MetaError> {
-        let mut w = self.write_tx().await?;
+        let mut w = self.background_write_tx().await?;
         let retry = i64::from(retry_at.is_some());
         let row = sqlx::query(
             "UPDATE jobs SET \
@@ -380,7 +383,7 @@ impl Store {
         finished_before: i64,
         keyed_before: i64,
     ) -> Result<u64, MetaError> {
-        let mut w = self.write_tx().await?;
+        let mut w = self.background_write_tx().await?;
         let done = sqlx::query(
             "DELETE FROM jobs WHERE state IN ('succeeded', 'dead') AND finished_at < $1 \
              AND (dedupe_key IS NULL OR run_at < $2)",
