@@ -100,46 +100,26 @@ pub struct GcEventRecord<'a> {
     pub outcome: &'a str,
 }
 
-/// Most `gc_events` rows per `INSERT` (7 parameters each: within both backends' limits).
-const EVENTS_PER_INSERT: usize = 1000;
-
-/// Appends `events` with one multi-row `INSERT` per [`EVENTS_PER_INSERT`].
+/// Appends `events` with one `INSERT` (its rows bound as one JSON parameter: see
+/// [`crate::store::json_values`]).
 pub(crate) async fn insert_events(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    backend: Backend,
     events: &[GcEventRecord<'_>],
 ) -> Result<(), MetaError> {
-    for chunk in events.chunks(EVENTS_PER_INSERT) {
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                let p = 1 + 7 * i;
-                format!(
-                    "(${p}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    p + 1,
-                    p + 2,
-                    p + 3,
-                    p + 4,
-                    p + 5,
-                    p + 6
-                )
-            })
-            .collect();
-        let sql = format!(
-            "INSERT INTO gc_events (at, kind, digest, repository, size, reason, outcome) VALUES {}",
-            rows.join(", ")
-        );
-        let mut query = sqlx::query(&sql);
-        for e in chunk {
-            query = query
-                .bind(e.at)
-                .bind(e.kind)
-                .bind(e.digest)
-                .bind(e.repository)
-                .bind(e.size)
-                .bind(truncate(e.reason))
-                .bind(e.outcome);
-        }
-        query.execute(&mut **tx).await?;
+    use crate::store::JsonColumn::{BigInt, Text};
+    if events.is_empty() {
+        return Ok(());
     }
+    let rows = crate::store::json_rows(backend, 1, &[BigInt, Text, Text, Text, BigInt, Text, Text]);
+    let sql = format!(
+        "INSERT INTO gc_events (at, kind, digest, repository, size, reason, outcome) {rows}"
+    );
+    let values: Vec<_> = events
+        .iter()
+        .map(|e| (e.at, e.kind, e.digest, e.repository, e.size, truncate(e.reason), e.outcome))
+        .collect();
+    sqlx::query(&sql).bind(crate::store::json_array(&values)).execute(&mut **tx).await?;
     Ok(())
 }
 
@@ -226,7 +206,8 @@ impl StorageDeletionClaim<'_> {
             reason,
             outcome: GC_OUTCOME_FAILED,
         }));
-        insert_events(&mut self.w.tx, &events).await?;
+        let backend = self.w.backend();
+        insert_events(&mut self.w.tx, backend, &events).await?;
         self.w.commit().await
     }
 }
@@ -379,15 +360,12 @@ impl Store {
     pub async fn gc_unrecorded_blobs(&self, digests: &[&str]) -> Result<Vec<String>, MetaError> {
         let mut found = Vec::new();
         for chunk in digests.chunks(500) {
-            let list = crate::store::placeholders(1, chunk.len());
+            let list = crate::store::json_values(self.backend(), 1);
             let sql = format!(
                 "SELECT digest FROM blobs WHERE digest IN ({list}) \
                  UNION SELECT digest FROM gc_storage_deletions WHERE digest IN ({list})"
             );
-            let mut query = sqlx::query(&sql);
-            for d in chunk {
-                query = query.bind(*d);
-            }
+            let query = sqlx::query(&sql).bind(crate::store::json_array(chunk));
             let known: std::collections::HashSet<String> =
                 query.fetch_all(&self.pool).await?.iter().map(|r| r.get("digest")).collect();
             found.extend(chunk.iter().filter(|d| !known.contains(**d)).map(|d| d.to_string()));

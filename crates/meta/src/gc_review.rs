@@ -15,7 +15,9 @@ use sqlx::Row;
 
 use crate::gc::{insert_event, insert_events, GcEventRecord, GC_EVENT_BLOB, GC_OUTCOME_DELETED};
 use crate::registry::BlobRecord;
-use crate::store::{get_i64, placeholders, Backend, MetaError, WriteTx};
+use crate::store::{
+    get_i64, json_array, json_rows, json_values, Backend, JsonColumn, MetaError, WriteTx,
+};
 use crate::write::{manifest_row, ManifestRow};
 use crate::Store;
 
@@ -44,12 +46,6 @@ pub struct BlobBatchReview {
     /// Held by a writer (PostgreSQL): postponed.
     pub busy: usize,
 }
-
-/// Most values in one `IN (…)` list: a review batch of the blob worker is one list (both
-/// backends' parameter limits, 32 766 and 65 535, are far above).
-const IN_LIST_MAX: usize = 1000;
-/// Most rows in one multi-row `INSERT`.
-const ROWS_PER_INSERT: usize = 1000;
 
 /// An item row as a review found it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -202,18 +198,14 @@ impl WriteTx<'_> {
                 .await?;
         }
         let locked: Vec<&str> = locked.iter().map(String::as_str).collect();
-        let dangling_sql = format!(
-            "SELECT b.digest, b.size FROM blobs b WHERE b.digest IN ({{list}}) AND {}",
-            dangling_blob_condition(None)
-        );
         let mut dangling = Vec::new();
-        for chunk in locked.chunks(IN_LIST_MAX) {
-            let sql = dangling_sql.replace("{list}", &placeholders(1, chunk.len()));
-            let mut query = sqlx::query(&sql);
-            for d in chunk {
-                query = query.bind(*d);
-            }
-            for row in query.fetch_all(&mut *self.tx).await? {
+        if !locked.is_empty() {
+            let sql = format!(
+                "SELECT b.digest, b.size FROM blobs b WHERE b.digest IN ({}) AND {}",
+                json_values(self.backend(), 1),
+                dangling_blob_condition(None)
+            );
+            for row in sqlx::query(&sql).bind(json_array(&locked)).fetch_all(&mut *self.tx).await? {
                 dangling
                     .push(BlobRecord { digest: row.get("digest"), size: get_i64(&row, "size") });
             }
@@ -226,21 +218,20 @@ impl WriteTx<'_> {
         ] {
             self.in_list(sql, None, &gone).await?;
         }
-        for chunk in dangling.chunks(ROWS_PER_INSERT) {
-            let rows: Vec<String> = (0..chunk.len())
-                .map(|i| format!("(${}, ${}, $1, $1)", 2 + 2 * i, 3 + 2 * i))
-                .collect();
+        if !dangling.is_empty() {
+            let rows = json_rows(
+                self.backend(),
+                1,
+                &[JsonColumn::Text, JsonColumn::BigInt, JsonColumn::BigInt, JsonColumn::BigInt],
+            );
             let sql = format!(
                 "INSERT INTO gc_storage_deletions (digest, size, next_attempt_at, created_at) \
-                 VALUES {} ON CONFLICT (digest) DO UPDATE \
-                 SET size = excluded.size, next_attempt_at = excluded.next_attempt_at",
-                rows.join(", ")
+                 {rows} ON CONFLICT (digest) DO UPDATE \
+                 SET size = excluded.size, next_attempt_at = excluded.next_attempt_at"
             );
-            let mut query = sqlx::query(&sql).bind(now);
-            for blob in chunk {
-                query = query.bind(&blob.digest).bind(blob.size);
-            }
-            query.execute(&mut *self.tx).await?;
+            let values: Vec<(&str, i64, i64, i64)> =
+                dangling.iter().map(|b| (b.digest.as_str(), b.size, now, now)).collect();
+            sqlx::query(&sql).bind(json_array(&values)).execute(&mut *self.tx).await?;
         }
         let events: HashMap<&str, &str> =
             items.iter().map(|i| (i.digest.as_str(), i.event.as_str())).collect();
@@ -263,7 +254,8 @@ impl WriteTx<'_> {
                 outcome: GC_OUTCOME_DELETED,
             })
             .collect();
-        insert_events(&mut self.tx, &records).await?;
+        let backend = self.backend();
+        insert_events(&mut self.tx, backend, &records).await?;
         let busy: Vec<&str> = busy.iter().map(String::as_str).collect();
         self.in_list(
             "UPDATE gc_blob_review_queue SET review_after = $1, review_count = review_count + 1 \
@@ -283,45 +275,39 @@ impl WriteTx<'_> {
     }
 
     /// The digests `sql` (with `{list}` for the `IN` list, `suffix` appended) selects for
-    /// `digests`, in bounded chunks.
+    /// `digests`, in one statement.
     async fn blob_digests(
         &mut self,
         sql: &str,
         suffix: &str,
         digests: &[&str],
     ) -> Result<Vec<String>, MetaError> {
-        let mut out = Vec::new();
-        for chunk in digests.chunks(IN_LIST_MAX) {
-            let sql = format!("{}{suffix}", sql.replace("{list}", &placeholders(1, chunk.len())));
-            let mut query = sqlx::query(&sql);
-            for d in chunk {
-                query = query.bind(*d);
-            }
-            out.extend(query.fetch_all(&mut *self.tx).await?.iter().map(|r| r.get("digest")));
+        if digests.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        let sql = format!("{}{suffix}", sql.replace("{list}", &json_values(self.backend(), 1)));
+        let rows = sqlx::query(&sql).bind(json_array(digests)).fetch_all(&mut *self.tx).await?;
+        Ok(rows.iter().map(|r| r.get("digest")).collect())
     }
 
     /// Runs `sql` (with `{list}` for the `IN` list, and `$1` = `first` when given) over
-    /// `digests`, in bounded chunks; nothing for none.
+    /// `digests`, in one statement; nothing for none.
     pub(crate) async fn in_list(
         &mut self,
         sql: &str,
         first: Option<i64>,
         digests: &[&str],
     ) -> Result<(), MetaError> {
-        let offset = usize::from(first.is_some()) + 1;
-        for chunk in digests.chunks(IN_LIST_MAX) {
-            let sql = sql.replace("{list}", &placeholders(offset, chunk.len()));
-            let mut query = sqlx::query(&sql);
-            if let Some(first) = first {
-                query = query.bind(first);
-            }
-            for d in chunk {
-                query = query.bind(*d);
-            }
-            query.execute(&mut *self.tx).await?;
+        if digests.is_empty() {
+            return Ok(());
         }
+        let param = usize::from(first.is_some()) + 1;
+        let sql = sql.replace("{list}", &json_values(self.backend(), param));
+        let mut query = sqlx::query(&sql);
+        if let Some(first) = first {
+            query = query.bind(first);
+        }
+        query.bind(json_array(digests)).execute(&mut *self.tx).await?;
         Ok(())
     }
 
