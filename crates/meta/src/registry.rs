@@ -394,9 +394,15 @@ impl Store {
         .bind(upload.created_at)
         .bind(upload.updated_at);
         match self.backend() {
-            // One statement is its own transaction: no BEGIN and COMMIT round trips.
+            // Without waiting for the WAL flush (`synchronous_commit = off`, this transaction
+            // only): a new session lost to a database crash costs its client a retry (the next
+            // request on it answers BLOB_UPLOAD_UNKNOWN), never data, and a push saves a disk
+            // flush. Every commit that stores or publishes content still waits for its flush.
             Backend::Postgres => {
-                insert.execute(&self.pool).await?;
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
+                insert.execute(&mut *tx).await?;
+                tx.commit().await?;
                 Ok(())
             }
             // SQLite: through the writer lock, so it waits for other writers instead of
@@ -533,6 +539,39 @@ impl crate::store::WriteTx<'_> {
             .await?;
         Ok(result.rows_affected() > 0)
     }
+
+    /// Ends upload session `id` if it still holds `size` bytes: the commit of a request that
+    /// read the session at that size and wrote its last chunk after it. A chunk another
+    /// request appended meanwhile (`Moved`), or an end that came first (`Gone`), leaves it.
+    pub async fn end_upload_at(&mut self, id: &str, size: i64) -> Result<EndedUpload, MetaError> {
+        let result = sqlx::query("DELETE FROM uploads WHERE id = $1 AND size = $2")
+            .bind(id)
+            .bind(size)
+            .execute(&mut *self.tx)
+            .await?;
+        if result.rows_affected() == 0 {
+            let row = sqlx::query("SELECT 1 AS one FROM uploads WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+            return Ok(if row.is_some() { EndedUpload::Moved } else { EndedUpload::Gone });
+        }
+        sqlx::query("DELETE FROM upload_parts WHERE upload_id = $1")
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(EndedUpload::Ended)
+    }
+}
+
+/// What [`WriteTx::end_upload_at`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndedUpload {
+    Ended,
+    /// Another request appended a chunk since the session was read.
+    Moved,
+    /// The session had ended already.
+    Gone,
 }
 
 #[cfg(test)]

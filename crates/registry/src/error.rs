@@ -133,6 +133,9 @@ impl From<service::ServiceError> for RegistryError {
             e @ (ServiceError::ManifestUnknown(_) | ServiceError::TagFrozen(_)) => {
                 RegistryError::internal(e)
             }
+            e @ ServiceError::UploadSessionChanged => {
+                RegistryError::new(ErrorCode::RangeInvalid, e.to_string())
+            }
             ServiceError::Meta(e) => e.into(),
             ServiceError::Blob(e) => e.into(),
         }

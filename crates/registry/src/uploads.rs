@@ -117,22 +117,22 @@ fn out_of_order(name: &RepositoryName, upload: &UploadRecord, start: u64) -> Reg
     .with_header("docker-upload-uuid", upload.id.clone())
 }
 
-/// Streams `body` into a new part of its own and appends it to the session, unless another
-/// request appended first. Returns the updated session.
-async fn append(
+/// Streams `body` into a new part object of the session (checking its `Content-Range`, if
+/// any, against what the session holds). The part is not recorded yet.
+async fn write_part(
     registry: &Registry,
     name: &RepositoryName,
-    mut upload: UploadRecord,
+    upload: &UploadRecord,
     headers: &HeaderMap,
     body: Body,
-) -> Result<UploadRecord> {
+) -> Result<blobstore::WrittenPart> {
     let range = content_range(headers)?;
     if let Some(range) = range {
         if range.start() != upload.size as u64 {
-            return Err(out_of_order(name, &upload, range.start()));
+            return Err(out_of_order(name, upload, range.start()));
         }
     }
-    let hasher = hasher_of(&upload)?;
+    let hasher = hasher_of(upload)?;
     let written = registry
         .blobs
         .write_part(&upload.id, &hasher, body.into_data_stream(), remaining(registry, upload.size))
@@ -150,6 +150,19 @@ async fn append(
             ));
         }
     }
+    Ok(written)
+}
+
+/// Streams `body` into a new part of its own and appends it to the session, unless another
+/// request appended first. Returns the updated session.
+async fn append(
+    registry: &Registry,
+    name: &RepositoryName,
+    mut upload: UploadRecord,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<UploadRecord> {
+    let written = write_part(registry, name, &upload, headers, body).await?;
     let part = UploadPart { start: upload.size, size: written.size as i64, object: written.object };
     let state = written.hasher.to_bytes();
     let appended = registry.store.append_upload_part(&upload.id, upload.size, &part, &state).await;
@@ -178,6 +191,20 @@ async fn append(
     Ok(upload)
 }
 
+/// The parts the session has recorded, in order.
+async fn recorded_parts(
+    registry: &Registry,
+    upload: &UploadRecord,
+) -> Result<Vec<blobstore::UploadPart>> {
+    Ok(registry
+        .store
+        .upload_parts(&upload.id, upload.size)
+        .await?
+        .into_iter()
+        .map(|p| blobstore::UploadPart { object: p.object, size: p.size as u64 })
+        .collect())
+}
+
 /// Verifies the digest, publishes the blob and links it to `name` (the write service does
 /// both in one transaction), and ends the session.
 async fn commit(
@@ -187,14 +214,51 @@ async fn commit(
     digest: &Digest,
 ) -> Result<Response> {
     let hasher = hasher_of(upload)?;
-    let parts: Vec<blobstore::UploadPart> = registry
-        .store
-        .upload_parts(&upload.id, upload.size)
-        .await?
-        .into_iter()
-        .map(|p| blobstore::UploadPart { object: p.object, size: p.size as u64 })
-        .collect();
-    match registry.service.commit_upload(name, &upload.id, &parts, &hasher, digest).await {
+    let parts = recorded_parts(registry, upload).await?;
+    commit_parts(registry, name, upload, &parts, &hasher, digest).await
+}
+
+/// [`commit`] with a last chunk in the same request (a `PUT` with a body, a monolithic
+/// `POST ?digest=`): the chunk is streamed into a part and the commit takes it directly. It is
+/// never recorded on its own, since the transaction that publishes the blob ends the session
+/// anyway: one database commit less per push (on PostgreSQL each waits for a WAL flush).
+async fn append_and_commit(
+    registry: &Registry,
+    name: &RepositoryName,
+    upload: &UploadRecord,
+    headers: &HeaderMap,
+    body: Body,
+    digest: &Digest,
+) -> Result<Response> {
+    let written = write_part(registry, name, upload, headers, body).await?;
+    let mut parts = recorded_parts(registry, upload).await?;
+    let last = written.object.clone();
+    if written.size > 0 {
+        parts.push(blobstore::UploadPart { object: written.object, size: written.size });
+    }
+    let result = commit_parts(registry, name, upload, &parts, &written.hasher, digest).await;
+    if result.is_err() || written.size == 0 {
+        // Ended sessions lose every object anyway; a live one keeps only recorded parts.
+        registry.blobs.discard_part(&upload.id, &last).await;
+    }
+    result
+}
+
+/// Commits `parts` (hashed by `hasher`) as the blob of session `upload`, read at its
+/// current size: see [`service::WriteService::commit_upload_session`].
+async fn commit_parts(
+    registry: &Registry,
+    name: &RepositoryName,
+    upload: &UploadRecord,
+    parts: &[blobstore::UploadPart],
+    hasher: &ResumableSha256,
+    digest: &Digest,
+) -> Result<Response> {
+    let committed = registry
+        .service
+        .commit_upload_session(name, &upload.id, upload.size, parts, hasher, digest)
+        .await;
+    match committed {
         Ok(()) => {}
         Err(service::ServiceError::Blob(e @ blobstore::BlobError::DigestMismatch { .. })) => {
             // The session cannot be completed any more: end it with everything it stored.
@@ -205,10 +269,14 @@ async fn commit(
         }
         Err(e) => {
             // A concurrent PUT finished (or a cancel ended) this session while this one read
-            // its parts: the client's answer is that the session is over. Anything else is a
-            // server fault.
+            // it: the client's answer is that the session is over. A chunk another request
+            // appended meanwhile: this request's offset is stale. Anything else is a server
+            // fault.
             return match registry.store.upload(&upload.id).await? {
                 None => Err(upload_unknown(&upload.id)),
+                Some(current) if matches!(e, service::ServiceError::UploadSessionChanged) => {
+                    Err(out_of_order(name, &current, upload.size as u64))
+                }
                 Some(_) => Err(e.into()),
             };
         }
@@ -250,11 +318,7 @@ pub(crate) async fn start(
     registry.store.create_upload(&upload).await?;
     if let Some(digest) = query.get("digest") {
         let digest = parse_digest(digest)?;
-        let result = async {
-            let upload = append(registry, name, upload.clone(), headers, body).await?;
-            commit(registry, name, &upload, &digest).await
-        }
-        .await;
+        let result = append_and_commit(registry, name, &upload, headers, body, &digest).await;
         if result.is_err() {
             // A failed monolithic upload leaves no session behind.
             let _ = end_session(registry, &upload.id).await;
@@ -341,9 +405,11 @@ pub(crate) async fn finish(
     let digest = parse_digest(digest)?;
     let has_body = header(headers, "content-length").is_none_or(|l| l.trim() != "0")
         || header(headers, "transfer-encoding").is_some();
-    let upload =
-        if has_body { append(registry, name, upload, headers, body).await? } else { upload };
-    commit(registry, name, &upload, &digest).await
+    if has_body {
+        append_and_commit(registry, name, &upload, headers, body, &digest).await
+    } else {
+        commit(registry, name, &upload, &digest).await
+    }
 }
 
 pub(crate) async fn cancel(

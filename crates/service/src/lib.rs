@@ -102,6 +102,10 @@ pub enum ServiceError {
     /// A manifest delete refused because an index of the repository lists the manifest.
     #[error("manifest {manifest} is listed by index {index}{}; delete the index or its tags first", tag.as_ref().map(|t| format!(" (tag {t})")).unwrap_or_default())]
     ManifestReferenced { manifest: String, index: String, tag: Option<String> },
+    /// The upload session got another chunk, or ended, after the committing request read it
+    /// (see [`WriteService::commit_upload_session`]); nothing was stored.
+    #[error("the upload session changed while this request completed it")]
+    UploadSessionChanged,
     #[error(transparent)]
     Meta(#[from] MetaError),
     #[error(transparent)]
@@ -298,6 +302,36 @@ impl WriteService {
         hasher: &ResumableSha256,
         digest: &Digest,
     ) -> Result<(), ServiceError> {
+        self.commit(repo, upload_id, None, parts, hasher, digest).await
+    }
+
+    /// [`commit_upload`](Self::commit_upload) of a `/v2` upload session read at
+    /// `recorded_size` bytes, whose `parts` may end with a last chunk the session never
+    /// recorded (a `PUT` with a body): the session ends only if it still holds
+    /// `recorded_size` bytes, in the transaction that publishes the blob. A chunk another
+    /// request appended meanwhile, or an end that came first, is
+    /// [`ServiceError::UploadSessionChanged`] and stores nothing.
+    pub async fn commit_upload_session(
+        &self,
+        repo: &RepositoryName,
+        upload_id: &str,
+        recorded_size: i64,
+        parts: &[blobstore::UploadPart],
+        hasher: &ResumableSha256,
+        digest: &Digest,
+    ) -> Result<(), ServiceError> {
+        self.commit(repo, upload_id, Some(recorded_size), parts, hasher, digest).await
+    }
+
+    async fn commit(
+        &self,
+        repo: &RepositoryName,
+        upload_id: &str,
+        recorded_size: Option<i64>,
+        parts: &[blobstore::UploadPart],
+        hasher: &ResumableSha256,
+        digest: &Digest,
+    ) -> Result<(), ServiceError> {
         let staged = self.blobs.stage_upload(upload_id, parts, hasher, digest).await?;
         let size = hasher.len() as i64;
         let schedule = self.pushed_blob_schedule();
@@ -313,8 +347,17 @@ impl WriteService {
         let recorded = match recorded {
             // The session ends with the commit that publishes its blob (one commit, not two);
             // its parts in storage are the caller's to remove afterwards.
-            Ok(()) => w.end_upload(upload_id).await.map(|_| ()),
-            Err(e) => Err(e),
+            Ok(()) => match recorded_size {
+                None => w.end_upload(upload_id).await.map(|_| ()).map_err(ServiceError::from),
+                Some(size) => match w.end_upload_at(upload_id, size).await {
+                    Ok(meta::EndedUpload::Ended) => Ok(()),
+                    Ok(meta::EndedUpload::Moved | meta::EndedUpload::Gone) => {
+                        Err(ServiceError::UploadSessionChanged)
+                    }
+                    Err(e) => Err(e.into()),
+                },
+            },
+            Err(e) => Err(e.into()),
         };
         if let Err(e) = recorded {
             staged.discard().await;
