@@ -361,7 +361,7 @@ impl WriteService {
         };
         if let Err(e) = recorded {
             staged.discard().await;
-            return Err(e.into());
+            return Err(e);
         }
         // Inside the transaction: a deleter of these bytes that started before waited for
         // `store_blob`; one that starts later finds the blobs row.
