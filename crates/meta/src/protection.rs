@@ -654,6 +654,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn refusals_of_one_request_are_named_together() {
+        assert_eq!(Refusal::all(Vec::new()), None);
+        let tag = |m: &str| Refusal { kind: RefusalKind::Tag, message: m.to_string() };
+        let immutable = Refusal { kind: RefusalKind::Immutable, message: "b is immutable".into() };
+        let both = Refusal::all(vec![tag("a is protected"), immutable]).unwrap();
+        assert_eq!(both.kind, RefusalKind::Tag);
+        assert_eq!(both.message, "a is protected; b is immutable");
+        assert_eq!(Refusal::all(vec![tag("only")]), Some(tag("only")));
+    }
+
+    #[test]
     fn wildcards() {
         assert!(wildcard_match("acme/app", "acme/app"));
         assert!(!wildcard_match("acme/app", "acme/app/x"));
