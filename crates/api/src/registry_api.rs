@@ -1058,7 +1058,7 @@ pub const ROUTES: &[RouteDoc] = &[
         ("name", "string", "case-insensitive substring of the tag name"),
         ("name_exact", "string", "exact tag name"),
     ], 200),
-    route("delete", "/projects/{id}/registry/repositories/{repository_id}", "registry", "Delete a repository (in the background; maintainers)", &[], 202),
+    route("delete", "/projects/{id}/registry/repositories/{repository_id}", "registry", "Delete a repository (in the background; maintainers; refused by repository protection rules)", &[], 202),
     route("get", "/projects/{id}/registry/repositories/{repository_id}/tags", "registry", "List a repository's tags (X-Total, X-Total-Pages, X-Page, X-Per-Page, X-Next-Page, X-Prev-Page, Link)", PAGE, 200),
     route("delete", "/projects/{id}/registry/repositories/{repository_id}/tags", "registry", "Delete tags in bulk (in the background; maintainers; never latest)", &[
         ("name_regex_delete", "string", "RE2 regex of the tag names to delete, matched against the whole name (required; name_regex is accepted too)"),
