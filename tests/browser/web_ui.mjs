@@ -1,5 +1,6 @@
 // Drives the web UI in Debian's Chromium for tests/tests/web_ui.rs, like a person would:
-// sign in, find an image by search, open its tag details, read the digests, delete a tag,
+// sign in, find an image by search, open its tag details, read the digests, select two tags
+// and delete them in one confirmation,
 // try to delete a protected one, sign out. A screenshot after every step goes to
 // $SCREENSHOTS. Prints what it saw as one JSON object on stdout; any failure exits non-zero.
 import { chromium } from "playwright-core";
@@ -13,7 +14,7 @@ const env = (name) => {
 const base = env("STOWAGE_URL");
 const project = env("PROJECT");
 const image = env("IMAGE"); // the repository's name below the project, e.g. "app"
-const doomed = env("DELETE_TAG");
+const doomed = env("DELETE_TAGS").split(","); // selected together, deleted in one confirmation
 const kept = env("PROTECTED_TAG");
 const shots = env("SCREENSHOTS");
 mkdirSync(shots, { recursive: true });
@@ -58,7 +59,8 @@ try {
   seen.protected_disabled = await protectedBox.isDisabled();
   seen.protected_reason = (await page.locator(`tr.tag[data-tag="${kept}"] .reason`).textContent()).trim();
 
-  await page.locator(`input[name="tag"][value="${doomed}"]`).check();
+  for (const tag of doomed) await page.locator(`input[name="tag"][value="${tag}"]`).check();
+  await shot("selected");
   await page.getByRole("button", { name: "Delete selected tags" }).click();
   await page.waitForSelector("#doomed");
   seen.confirm_lists = (await page.locator("#doomed").textContent()).trim();

@@ -24,6 +24,7 @@ pub mod round_robin;
 pub mod tenants;
 pub mod tools;
 pub mod upstream;
+pub mod web;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -8,130 +8,10 @@ use e2e::backend_tests;
 use e2e::gitlab::{seed_image, token_for, Registry, ADMIN_PASSWORD};
 use e2e::tenants::{world, World};
 use e2e::tools::{require_tool, Containers};
+use e2e::web::{hidden_value, Browser};
 use e2e::MetaBackend;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-
-/// A browser without JavaScript: keeps its session cookie by hand (so the tests see every
-/// `Set-Cookie`) and never follows redirects.
-struct Browser {
-    http: reqwest::Client,
-    base: String,
-    session: Option<String>,
-}
-
-struct Answer {
-    status: StatusCode,
-    set_cookies: Vec<String>,
-    location: Option<String>,
-    body: String,
-}
-
-impl Answer {
-    /// The value of the first hidden `authenticity_token` field.
-    fn csrf(&self) -> String {
-        hidden_value(&self.body, "authenticity_token")
-            .unwrap_or_else(|| panic!("no authenticity_token in the page:\n{}", self.body))
-    }
-
-    fn cookie(&self, name: &str) -> Option<&String> {
-        self.set_cookies.iter().find(|c| c.starts_with(&format!("{name}=")))
-    }
-}
-
-fn hidden_value(body: &str, name: &str) -> Option<String> {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = body.find(&marker)? + marker.len();
-    let end = body[start..].find('"')?;
-    Some(body[start..start + end].to_string())
-}
-
-fn cookie_value(set_cookie: &str) -> String {
-    set_cookie.split(';').next().unwrap().split_once('=').unwrap().1.to_string()
-}
-
-impl Browser {
-    fn new(world: &World) -> Browser {
-        let http =
-            reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-        Browser { http, base: world.server.base.clone(), session: None }
-    }
-
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        form: Option<&[(&str, &str)]>,
-        extra_cookie: Option<&str>,
-    ) -> Answer {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
-        let mut cookies: Vec<String> = Vec::new();
-        if let Some(s) = &self.session {
-            cookies.push(format!("_stowage_session={s}"));
-        }
-        if let Some(c) = extra_cookie {
-            cookies.push(c.to_string());
-        }
-        if !cookies.is_empty() {
-            req = req.header("cookie", cookies.join("; "));
-        }
-        if let Some(form) = form {
-            let body = url::form_urlencoded::Serializer::new(String::new())
-                .extend_pairs(form.iter())
-                .finish();
-            req = req.header("content-type", "application/x-www-form-urlencoded").body(body);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let set_cookies = resp
-            .headers()
-            .get_all("set-cookie")
-            .iter()
-            .map(|v| v.to_str().unwrap().to_string())
-            .collect();
-        let location = resp.headers().get("location").map(|v| v.to_str().unwrap().to_string());
-        Answer { status, set_cookies, location, body: resp.text().await.unwrap() }
-    }
-
-    async fn get(&self, path: &str) -> Answer {
-        self.send(Method::GET, path, None, None).await
-    }
-
-    async fn post(&self, path: &str, form: &[(&str, &str)]) -> Answer {
-        self.send(Method::POST, path, Some(form), None).await
-    }
-
-    /// Signs in through the form; panics unless it works. Answers the sign-in response.
-    async fn sign_in(&mut self, username: &str, password: &str) -> Answer {
-        let answer = self.try_sign_in(username, password).await;
-        assert_eq!(answer.status, StatusCode::SEE_OTHER, "sign-in as {username}: {}", answer.body);
-        let cookie = answer.cookie("_stowage_session").expect("a session cookie");
-        self.session = Some(cookie_value(cookie));
-        answer
-    }
-
-    async fn try_sign_in(&self, username: &str, password: &str) -> Answer {
-        let form = self.get("/users/sign_in").await;
-        assert_eq!(form.status, StatusCode::OK);
-        let login = cookie_value(form.cookie("_stowage_login_csrf").expect("login CSRF cookie"));
-        let token = form.csrf();
-        assert_eq!(token, login, "the form repeats its cookie");
-        let fields =
-            [("username", username), ("password", password), ("authenticity_token", &token)];
-        self.send(
-            Method::POST,
-            "/users/sign_in",
-            Some(&fields),
-            Some(&format!("_stowage_login_csrf={login}")),
-        )
-        .await
-    }
-
-    /// The CSRF token of the signed-in layout (the sign-out form on every page).
-    async fn csrf(&self) -> String {
-        self.get("/").await.csrf()
-    }
-}
 
 async fn tags_of(world: &World, name: &str) -> Vec<String> {
     let scope = e2e::gitlab::repo_scope(name, "pull");
@@ -426,13 +306,15 @@ async fn protected_tags_cannot_be_deleted(backend: MetaBackend) {
     let dev_box = body.split("value=\"dev\"").nth(1).unwrap().split('>').next().unwrap();
     assert!(!dev_box.contains("disabled"), "{dev_box}");
 
-    // Sent anyway: refused by the write service, with the rule named, and nothing deleted.
+    // Sent anyway, with a deletable tag among them: refused as a whole by the write service,
+    // every rule named, and nothing deleted (not even dev).
     let token = maria.csrf().await;
     let forced = maria
         .post(
             &page,
             &[
                 ("authenticity_token", &token),
+                ("tag", "dev"),
                 ("tag", "v1"),
                 ("tag", "release-1"),
                 ("confirm", "yes"),
@@ -440,10 +322,20 @@ async fn protected_tags_cannot_be_deleted(backend: MetaBackend) {
         )
         .await;
     assert_eq!(forced.status, StatusCode::FORBIDDEN, "{}", forced.body);
-    assert!(forced.body.contains("Not deleted: tag v1 is protected by rule"), "{}", forced.body);
-    assert!(forced.body.contains("Not deleted: tag release-1 is immutable"), "{}", forced.body);
+    assert!(
+        forced.body.contains("Nothing was deleted: tag v1 is protected by rule &quot;^v.*&quot;")
+            || forced
+                .body
+                .contains("Nothing was deleted: tag v1 is protected by rule &#34;^v.*&#34;"),
+        "{}",
+        forced.body
+    );
+    assert!(forced.body.contains("; tag release-1 is immutable"), "{}", forced.body);
+    assert!(!forced.body.contains("Deleted"), "{}", forced.body);
     let left = tags_of(&w, "acme/a").await;
-    assert!(left.contains(&"v1".to_string()) && left.contains(&"release-1".to_string()));
+    for tag in ["dev", "v1", "release-1", "latest"] {
+        assert!(left.contains(&tag.to_string()), "{tag} is still there: {left:?}");
+    }
 
     // A reporter sees the tags and no delete controls; a forced delete is refused by role.
     let mut rita = Browser::new(&w);
@@ -590,8 +482,9 @@ fn screenshot_dir(test: &str, backend: MetaBackend) -> std::path::PathBuf {
 }
 
 /// Real images pushed with skopeo, then a person's path through the UI in Chromium: sign in,
-/// search, tag details whose digests equal `skopeo inspect`'s, delete a tag (gone from
-/// `skopeo list-tags`), a protected tag that cannot be deleted, sign out.
+/// search, tag details whose digests equal `skopeo inspect`'s, select two tags and delete them
+/// in one confirmation (gone from `skopeo list-tags`), a protected tag that cannot be deleted,
+/// sign out.
 async fn browser_round_trip(backend: MetaBackend) {
     require_tool("/usr/bin/chromium", "chromium");
     require_tool("node", "nodejs");
@@ -668,7 +561,7 @@ async fn browser_round_trip(backend: MetaBackend) {
         .env("PASSWORD", &maria.password)
         .env("PROJECT", "acme/a")
         .env("IMAGE", "app")
-        .env("DELETE_TAG", "v2")
+        .env("DELETE_TAGS", "v1,v2")
         .env("PROTECTED_TAG", "stable")
         .env("SCREENSHOTS", &shots);
     let ran = e2e::tools::run(&mut node);
@@ -688,10 +581,12 @@ async fn browser_round_trip(backend: MetaBackend) {
         assert_eq!(shown["config_digest"], raw["config"]["digest"], "{tag}: {seen}");
         assert_eq!(shown["media_type"], raw["mediaType"], "{tag}: {seen}");
     }
-    assert!(seen["confirm_lists"].as_str().unwrap().contains("v2"), "{seen}");
-    assert_eq!(seen["notice"], "Deleted 1 tag: v2.");
-    assert_eq!(seen["tags_after"], json!(["stable", "v1"]));
-    assert_eq!(list_tags(), ["stable", "v1"], "v2 is gone for every client");
+    let confirm = seen["confirm_lists"].as_str().unwrap();
+    assert!(confirm.contains("v1") && confirm.contains("v2"), "{seen}");
+    assert!(!confirm.contains("stable"), "{seen}");
+    assert_eq!(seen["notice"], "Deleted 2 tags: v1, v2.");
+    assert_eq!(seen["tags_after"], json!(["stable"]));
+    assert_eq!(list_tags(), ["stable"], "v1 and v2 are gone for every client");
     assert_eq!(seen["protected_disabled"], true);
     let reason = seen["protected_reason"].as_str().unwrap();
     assert!(reason.contains("tag stable is protected by rule"), "{reason}");

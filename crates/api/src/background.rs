@@ -1,6 +1,7 @@
-//! The REST API's background work, run as durable jobs (crate `jobs`): repository deletes and
-//! bulk tag deletes (`DELETE` answers 202 and enqueues one), and cleanup policy passes (a
-//! periodic job, so across instances each pass runs once). [`register`] gives a runner the
+//! The REST API's background work, run as durable jobs (crate `jobs`): repository deletes
+//! (the job lives in `service::repository_delete`; its handler is registered here) and bulk
+//! tag deletes (`DELETE` answers 202 and enqueues one), and cleanup policy passes (a periodic
+//! job, so across instances each pass runs once). [`register`] gives a runner the
 //! handlers; they are thin wrappers around the functions the API used to spawn, and
 //! `GET /api/v4/admin/jobs` lists the queue for instance admins.
 
@@ -23,8 +24,9 @@ use crate::registry_api::{run_tag_cleanup, TagCleanup};
 use crate::time::iso8601;
 use crate::{ApiState, Routes};
 
-/// Deletes one repository ([`RepositoryDelete`]).
-pub const REPOSITORY_DELETE: &str = "repository_delete";
+/// Repository deletes are asked for through the write service (the web UI asks too).
+pub use ::service::repository_delete::{RepositoryDelete, REPOSITORY_DELETE};
+
 /// Deletes the tags of one repository that a bulk delete's rules select ([`BulkTagDelete`]).
 pub const BULK_TAG_DELETE: &str = "bulk_tag_delete";
 /// Runs the cleanup policies that are due (periodic).
@@ -32,16 +34,6 @@ pub const CLEANUP_POLICIES: &str = "cleanup_policies";
 
 /// How often cleanup policies are looked at.
 pub const CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RepositoryDelete {
-    pub repository_id: i64,
-    /// For the log and `stowage jobs list`.
-    pub repository: String,
-    /// Who asked, for the audit log and the delete event.
-    #[serde(default)]
-    pub context: ::service::RequestContext,
-}
 
 /// Who asked for a job, as it is stored: a user is looked up again when the job runs.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -116,26 +108,14 @@ fn job_error(e: ApiError) -> JobError {
 /// Registers the API's job handlers and the cleanup policy schedule on `runner`.
 pub fn register(runner: &mut Runner, writes: ::service::WriteService, budget: CleanupBudget) {
     let w = writes.clone();
-    runner.handle(REPOSITORY_DELETE, move |ctx| repository_delete(w.clone(), ctx));
+    runner.handle(REPOSITORY_DELETE, move |ctx| {
+        ::service::repository_delete::run_repository_delete(w.clone(), ctx)
+    });
     let w = writes.clone();
     runner.handle(BULK_TAG_DELETE, move |ctx| bulk_tag_delete(w.clone(), ctx));
     let w = writes;
     runner.handle(CLEANUP_POLICIES, move |ctx| cleanup_policies(w.clone(), ctx, budget));
     runner.every(CLEANUP_POLICIES, CLEANUP_INTERVAL, json!({}));
-}
-
-async fn repository_delete(
-    writes: ::service::WriteService,
-    ctx: JobContext,
-) -> Result<(), JobError> {
-    let job: RepositoryDelete = ctx.payload()?;
-    // Already gone (a retry after a commit whose answer was lost) is done too.
-    let deleted = writes
-        .delete_repository(job.repository_id, &job.context)
-        .await
-        .map_err(|e| job_error(e.into()))?;
-    tracing::info!(repository = %job.repository, deleted, "deleted repository");
-    Ok(())
 }
 
 async fn bulk_tag_delete(writes: ::service::WriteService, ctx: JobContext) -> Result<(), JobError> {

@@ -24,9 +24,7 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::background::{
-    BulkTagDelete, JobCaller, RepositoryDelete, BULK_TAG_DELETE, REPOSITORY_DELETE,
-};
+use crate::background::{BulkTagDelete, JobCaller, BULK_TAG_DELETE};
 use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::events_api::Audit;
@@ -628,12 +626,8 @@ async fn delete_repository(
         project_repository(&s.store, &caller, &Ref::parse("id", &id)?, repository_id(&repo_id)?)
             .await?;
     require_delete(&s.store, &caller, &project).await?;
-    let job = RepositoryDelete {
-        repository_id: repository.id,
-        repository: repository.name,
-        context: ctx,
-    };
-    s.jobs.enqueue(REPOSITORY_DELETE, job).await?;
+    let level = crate::protection_api::rule_level(&s.store, &caller, &project).await?;
+    s.writes.request_repository_deletes(&s.jobs, &[repository], level, &ctx).await?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
@@ -1064,7 +1058,7 @@ pub const ROUTES: &[RouteDoc] = &[
         ("name", "string", "case-insensitive substring of the tag name"),
         ("name_exact", "string", "exact tag name"),
     ], 200),
-    route("delete", "/projects/{id}/registry/repositories/{repository_id}", "registry", "Delete a repository (in the background; maintainers)", &[], 202),
+    route("delete", "/projects/{id}/registry/repositories/{repository_id}", "registry", "Delete a repository (in the background; maintainers; refused by repository protection rules)", &[], 202),
     route("get", "/projects/{id}/registry/repositories/{repository_id}/tags", "registry", "List a repository's tags (X-Total, X-Total-Pages, X-Page, X-Per-Page, X-Next-Page, X-Prev-Page, Link)", PAGE, 200),
     route("delete", "/projects/{id}/registry/repositories/{repository_id}/tags", "registry", "Delete tags in bulk (in the background; maintainers; never latest)", &[
         ("name_regex_delete", "string", "RE2 regex of the tag names to delete, matched against the whole name (required; name_regex is accepted too)"),

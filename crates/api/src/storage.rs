@@ -32,11 +32,8 @@ pub async fn group_storage(
     store: &Store,
     group: &Group,
 ) -> Result<Option<GroupStorageView>, ApiError> {
-    if group.parent_id.is_some() {
-        return Ok(None);
-    }
-    let Some(status) = store.quota_status(group.id).await? else { return Ok(None) };
-    let notice = store.current_storage_notice(&status).await?.map(|n| {
+    let Some((status, notice)) = store.group_quota(group.id).await? else { return Ok(None) };
+    let notice = notice.map(|n| {
         json!({
             "threshold": n.threshold,
             "message": n.message(),

@@ -242,4 +242,65 @@ impl Store {
         let rows = q.fetch_all(&self.pool).await?;
         Ok(rows.iter().map(|r| (r.get("digest"), get_i64(r, "total_size"))).collect())
     }
+
+    /// The referrers (attached artifacts) of every manifest of repository `repository_id` in
+    /// `subjects`, as (subject digest, referrer), ordered by subject and digest: the tag page's
+    /// one query for all its rows.
+    pub async fn referrers_of_subjects(
+        &self,
+        repository_id: i64,
+        subjects: &[String],
+    ) -> Result<Vec<(String, crate::Referrer)>, MetaError> {
+        if subjects.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT m.subject_digest, m.digest, m.media_type, m.artifact_type, m.annotations, \
+             CAST(LENGTH(m.payload) AS BIGINT) AS size FROM manifests m \
+             WHERE m.repository_id = $1 AND m.subject_digest IN ({}) \
+             ORDER BY m.subject_digest, m.digest",
+            crate::store::placeholders(2, subjects.len())
+        );
+        let mut q = sqlx::query(&sql).bind(repository_id);
+        for d in subjects {
+            q = q.bind(d);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let referrer = crate::Referrer {
+                    digest: r.get("digest"),
+                    media_type: r.get("media_type"),
+                    artifact_type: r.get("artifact_type"),
+                    size: get_i64(r, "size"),
+                    annotations: r.get("annotations"),
+                };
+                (r.get("subject_digest"), referrer)
+            })
+            .collect())
+    }
+
+    /// The stored payloads of the manifests of repository `repository_id` with one of
+    /// `digests`, as (digest, payload): the tag page reads the platforms of all its indexes
+    /// in one query.
+    pub async fn manifest_payloads(
+        &self,
+        repository_id: i64,
+        digests: &[String],
+    ) -> Result<Vec<(String, Vec<u8>)>, MetaError> {
+        if digests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT digest, payload FROM manifests WHERE repository_id = $1 AND digest IN ({})",
+            crate::store::placeholders(2, digests.len())
+        );
+        let mut q = sqlx::query(&sql).bind(repository_id);
+        for d in digests {
+            q = q.bind(d);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(|r| (r.get("digest"), r.get("payload"))).collect())
+    }
 }

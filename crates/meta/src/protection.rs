@@ -129,6 +129,16 @@ pub struct Refusal {
     pub message: String,
 }
 
+impl Refusal {
+    /// Several refusals of one request (a multi-select delete) as one: the first's kind, every
+    /// message. `None` when there are none.
+    pub fn all(refusals: Vec<Refusal>) -> Option<Refusal> {
+        let kind = refusals.first()?.kind;
+        let messages: Vec<String> = refusals.into_iter().map(|r| r.message).collect();
+        Some(Refusal { kind, message: messages.join("; ") })
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RefusalKind {
     /// A repository protection rule (OCI `DENIED`).
@@ -266,6 +276,12 @@ impl RepositoryProtection {
         }
         self.repository_check(level, |r| r.minimum_access_level_for_delete, "delete from")?;
         self.tag_check(tag, level, |r| r.minimum_access_level_for_delete, "delete")
+    }
+
+    /// May a caller at `level` delete the whole repository (the REST API's repository delete,
+    /// the registry page's)?
+    pub fn check_repository_delete(&self, level: i64) -> Result<(), Refusal> {
+        self.repository_check(level, |r| r.minimum_access_level_for_delete, "delete")
     }
 
     /// May a caller at `level` delete a manifest by digest, with every tag in `tags` (those
@@ -636,6 +652,17 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_of_one_request_are_named_together() {
+        assert_eq!(Refusal::all(Vec::new()), None);
+        let tag = |m: &str| Refusal { kind: RefusalKind::Tag, message: m.to_string() };
+        let immutable = Refusal { kind: RefusalKind::Immutable, message: "b is immutable".into() };
+        let both = Refusal::all(vec![tag("a is protected"), immutable]).unwrap();
+        assert_eq!(both.kind, RefusalKind::Tag);
+        assert_eq!(both.message, "a is protected; b is immutable");
+        assert_eq!(Refusal::all(vec![tag("only")]), Some(tag("only")));
+    }
 
     #[test]
     fn wildcards() {

@@ -159,6 +159,18 @@ impl Store {
         Ok(row.as_ref().map(status_from_row))
     }
 
+    /// A group's quota as every surface shows it (the REST API's `GET /groups/:id`, the group
+    /// page): its figures and the notice of the threshold it is at now. `None` for a subgroup:
+    /// limits apply to top-level groups, whose usage includes every subgroup.
+    pub async fn group_quota(
+        &self,
+        group_id: i64,
+    ) -> Result<Option<(QuotaStatus, Option<StorageNotice>)>, MetaError> {
+        let Some(status) = self.quota_status(group_id).await? else { return Ok(None) };
+        let notice = self.current_storage_notice(&status).await?;
+        Ok(Some((status, notice)))
+    }
+
     /// The figures of the top-level group repository `name` is (or would be) under: the group
     /// whose full path is the name's first segment. One indexed read per request, the same on
     /// every instance.

@@ -314,9 +314,9 @@ impl Store {
                 let q = next();
                 trigram_pattern = Some(format!("%{needle}%"));
                 sql.push_str(&format!(
-                    " AND t.name IN (SELECT s.name FROM tag_name_trigrams f \
-                     JOIN tag_search_names s ON s.id = f.rowid \
-                     WHERE f.name LIKE ${q} AND s.repository_id = $1)"
+                    " AND t.name IN (SELECT s.name FROM tag_search_names s \
+                     WHERE s.id IN ({matches}) AND +s.repository_id = $1)",
+                    matches = trigram_matches(q)
                 ));
             }
         }
@@ -361,16 +361,17 @@ impl Store {
         if needle.chars().count() < 3 {
             return Ok(false);
         }
-        let row = sqlx::query(
-            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM (SELECT 1 AS one FROM tag_name_trigrams f \
-             JOIN tag_search_names s ON s.id = f.rowid \
-             WHERE f.name LIKE $1 AND s.repository_id = $2 LIMIT $3) c",
-        )
-        .bind(format!("%{needle}%"))
-        .bind(repository_id)
-        .bind(TRIGRAM_CANDIDATES + 1)
-        .fetch_one(&self.pool)
-        .await?;
+        let sql = format!(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM (SELECT 1 AS one FROM tag_search_names s \
+             WHERE s.id IN ({}) AND +s.repository_id = $2 LIMIT $3) c",
+            trigram_matches(1)
+        );
+        let row = sqlx::query(&sql)
+            .bind(format!("%{needle}%"))
+            .bind(repository_id)
+            .bind(TRIGRAM_CANDIDATES + 1)
+            .fetch_one(&self.pool)
+            .await?;
         Ok(get_i64(&row, "n") <= TRIGRAM_CANDIDATES)
     }
 
@@ -420,4 +421,13 @@ impl Store {
         let row = sqlx::query(&sql).bind(path).bind(&low).bind(&high).fetch_one(&self.pool).await?;
         Ok(get_i64(&row, "size"))
     }
+}
+
+/// The ids of the `tag_search_names` rows whose name the trigram index says may match the
+/// pattern bound at `$param`. Callers join it as `s.id IN (…) AND +s.repository_id = …`: the
+/// unary `+` keeps SQLite from walking every name of the repository through its
+/// `repository_id` index and probing the trigram index once per name (seconds at 100 000
+/// tags); it starts from the index's few matches instead (PostgreSQL plans both the same).
+fn trigram_matches(param: usize) -> String {
+    format!("SELECT f.rowid FROM tag_name_trigrams f WHERE f.name LIKE ${param}")
 }

@@ -16,6 +16,7 @@
 pub mod dependency_proxy;
 pub mod events;
 pub mod outbound;
+pub mod repository_delete;
 
 use std::time::Duration;
 
@@ -549,59 +550,84 @@ impl WriteService {
         actor: Actor,
         ctx: &RequestContext,
     ) -> Result<bool, ServiceError> {
-        let result = retry_deadlocks(|| self.delete_tag_once(repo, tag, actor, ctx)).await;
+        let result =
+            retry_deadlocks(|| self.delete_tags_once(repo, std::slice::from_ref(tag), actor, ctx))
+                .await;
         if let Err(e @ ServiceError::Refused(_)) = &result {
             self.audit_refusal(ctx, repo, "tag_delete", ("Tag", format!("{repo}:{tag}")), e).await;
+        }
+        result.map(|deleted| !deleted.is_empty())
+    }
+
+    /// Several tags of one repository deleted together (the tag page's multi-select): all or
+    /// nothing. In one transaction every named tag is locked and checked as [`Self::delete_tag`]
+    /// checks one; if the rules refuse any of them, none is deleted and the refusal (naming the
+    /// tag and its rule) is the answer. Answers the tags that existed and are now deleted.
+    pub async fn delete_tags(
+        &self,
+        repo: &RepositoryName,
+        tags: &[Tag],
+        actor: Actor,
+        ctx: &RequestContext,
+    ) -> Result<Vec<Tag>, ServiceError> {
+        let result = retry_deadlocks(|| self.delete_tags_once(repo, tags, actor, ctx)).await;
+        if let Err(e @ ServiceError::Refused(_)) = &result {
+            let names: Vec<&str> = tags.iter().map(Tag::as_str).collect();
+            let target = format!("{repo}:{}", names.join(","));
+            self.audit_refusal(ctx, repo, "tag_delete", ("Tag", target), e).await;
         }
         result
     }
 
-    async fn delete_tag_once(
+    async fn delete_tags_once(
         &self,
         repo: &RepositoryName,
-        tag: &Tag,
+        tags: &[Tag],
         actor: Actor,
         ctx: &RequestContext,
-    ) -> Result<bool, ServiceError> {
+    ) -> Result<Vec<Tag>, ServiceError> {
         let protection = self.protection(repo).await?;
         let schedule = self.schedule();
         let mut w = self.store.write_tx().await?;
-        let Some(repo_id) = w.repository_id(repo).await? else { return Ok(false) };
-        let Some(digest) = w.tag_target(repo_id, tag.as_str()).await? else {
-            return Ok(false);
-        };
-        if let Some(protection) = &protection {
-            match actor {
-                Actor::Level(level) => protection
-                    .check_tag_delete(tag.as_str(), level)
-                    .map_err(ServiceError::Refused)?,
-                Actor::CleanupPolicy if protection.protects_from_cleanup(tag.as_str()) => {
-                    return Err(ServiceError::Refused(Refusal {
-                        kind: RefusalKind::Tag,
-                        message: format!(
-                            "tag {tag} is covered by a protection or immutable rule: cleanup policies keep it"
-                        ),
-                    }))
+        let Some(repo_id) = w.repository_id(repo).await? else { return Ok(Vec::new()) };
+        // Every tag is checked before any is deleted; a refusal names every refused tag.
+        let mut existing = Vec::with_capacity(tags.len());
+        let mut refusals: Vec<Refusal> = Vec::new();
+        for tag in tags {
+            let Some(digest) = w.tag_target(repo_id, tag.as_str()).await? else { continue };
+            if let Some(protection) = &protection {
+                if let Err(refusal) = check_tag_delete(protection, tag, actor) {
+                    refusals.push(refusal);
                 }
-                Actor::CleanupPolicy => {}
             }
+            existing.push((tag, digest));
         }
-        let deleted = w.delete_tag(repo_id, tag.as_str(), &schedule).await?;
-        let audit = RegistryAudit {
-            action: "tag_delete",
-            target_type: "Tag",
-            target_id: tag.to_string(),
-            target_details: format!("{repo}:{tag}"),
-            details: json!({ "digest": digest }),
-        };
-        // Distribution's tag delete event names the repository and the tag only.
-        let target = EventTarget {
-            repository: repo.as_str(),
-            tag: Some(tag.as_str()),
-            ..Default::default()
-        };
-        let event = Some((EventAction::Delete, &target));
-        record_change(&mut w, &self.events, ctx, audit, event, repo.as_str(), schedule.now).await?;
+        if let Some(refusal) = Refusal::all(refusals) {
+            return Err(ServiceError::Refused(refusal));
+        }
+        let mut deleted = Vec::with_capacity(existing.len());
+        for (tag, digest) in existing {
+            if !w.delete_tag(repo_id, tag.as_str(), &schedule).await? {
+                continue;
+            }
+            let audit = RegistryAudit {
+                action: "tag_delete",
+                target_type: "Tag",
+                target_id: tag.to_string(),
+                target_details: format!("{repo}:{tag}"),
+                details: json!({ "digest": digest }),
+            };
+            // Distribution's tag delete event names the repository and the tag only.
+            let target = EventTarget {
+                repository: repo.as_str(),
+                tag: Some(tag.as_str()),
+                ..Default::default()
+            };
+            let event = Some((EventAction::Delete, &target));
+            record_change(&mut w, &self.events, ctx, audit, event, repo.as_str(), schedule.now)
+                .await?;
+            deleted.push(tag.clone());
+        }
         w.commit().await?;
         Ok(deleted)
     }
@@ -796,6 +822,24 @@ impl WriteService {
 /// Runs a write transaction again when PostgreSQL rolled it back as a deadlock victim (a GC
 /// review may wait on a review row the write holds while the write waits on one the review
 /// holds): the user's write wins; at most [`DEADLOCK_ATTEMPTS`] runs.
+/// Whether `actor` may delete `tag` under `protection`: the rule every tag delete applies.
+fn check_tag_delete(
+    protection: &RepositoryProtection,
+    tag: &Tag,
+    actor: Actor,
+) -> Result<(), Refusal> {
+    match actor {
+        Actor::Level(level) => protection.check_tag_delete(tag.as_str(), level),
+        Actor::CleanupPolicy if protection.protects_from_cleanup(tag.as_str()) => Err(Refusal {
+            kind: RefusalKind::Tag,
+            message: format!(
+                "tag {tag} is covered by a protection or immutable rule: cleanup policies keep it"
+            ),
+        }),
+        Actor::CleanupPolicy => Ok(()),
+    }
+}
+
 async fn retry_deadlocks<T, F, Fut>(mut run: F) -> Result<T, ServiceError>
 where
     F: FnMut() -> Fut,

@@ -252,7 +252,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         store: registry.store.clone(),
         writes: registry.service.clone(),
         job_token_lifetime: parse_duration(&config.auth.job_token_lifetime)?,
-        jobs: queue,
+        jobs: queue.clone(),
         hooks_allow_local: config.webhooks.allow_local_requests,
     };
     if let Some(addr) = config.http.debug.addr.as_deref().filter(|a| !a.is_empty()) {
@@ -323,6 +323,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let web = auth.clone().map(|auth| web::WebState {
         auth,
         writes: registry.service.clone(),
+        jobs: queue,
         secure_cookies: config.external_url().starts_with("https://"),
         session_lifetime: web::DEFAULT_SESSION_LIFETIME,
     });

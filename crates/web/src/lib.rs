@@ -35,6 +35,8 @@ pub struct WebState {
     pub auth: auth::web::AuthState,
     /// Every change of registry state goes through it.
     pub writes: service::WriteService,
+    /// The durable job queue repository deletes are queued on (as the REST API queues them).
+    pub jobs: jobs::Queue,
     /// Whether session cookies carry `Secure`: when the registry is reached over HTTPS
     /// (`http.tls`, or `http.host` an `https://` URL behind a TLS-terminating proxy).
     pub secure_cookies: bool,

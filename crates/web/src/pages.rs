@@ -2,6 +2,8 @@
 //! query or form once, ask `auth::policy`, read through `meta`, write through the write
 //! service, render.
 
+use std::collections::HashMap;
+
 use askama::Template;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, Request, State};
@@ -411,23 +413,35 @@ pub async fn by_path(State(state): State<WebState>, request: Request) -> Page {
     match target {
         Target::Overview(path) if reading => overview(&state, &viewer, path, &q).await,
         Target::Registry(path) if reading => {
-            registry_page(&state, &viewer, &parts.headers, path, &q).await
+            registry_page(&state, &viewer, &parts.headers, path, &q, Vec::new(), StatusCode::OK)
+                .await
+        }
+        Target::Registry(path) if parts.method == Method::POST => {
+            let form = read_form(body).await?;
+            viewer.check_csrf(form.get(CSRF_FIELD))?;
+            let (project, _) = readable_project(&state, &viewer, path).await?;
+            delete_repositories(&state, &viewer, &parts, &project, &q, &form).await
         }
         Target::Repository(path, id) if reading => {
             let (project, repository) = readable_repository(&state, &viewer, path, id).await?;
             tag_page(&state, &viewer, &project, &repository, &q, Vec::new(), StatusCode::OK).await
         }
         Target::Repository(path, id) if parts.method == Method::POST => {
-            let body = axum::body::to_bytes(body, 256 * 1024)
-                .await
-                .map_err(|_| PageError::BadRequest("the form is too large".into()))?;
-            let form = Fields::parse(&body);
+            let form = read_form(body).await?;
             viewer.check_csrf(form.get(CSRF_FIELD))?;
             let (project, repository) = readable_repository(&state, &viewer, path, id).await?;
             delete_tags(&state, &viewer, &parts, &project, &repository, &q, &form).await
         }
         _ => Err(PageError::NotFound),
     }
+}
+
+/// A posted form, at most 256 KiB.
+async fn read_form(body: axum::body::Body) -> Result<Fields, PageError> {
+    let body = axum::body::to_bytes(body, 256 * 1024)
+        .await
+        .map_err(|_| PageError::BadRequest("the form is too large".into()))?;
+    Ok(Fields::parse(&body))
 }
 
 /// The project at `path` if the viewer may know it exists; else the page of a missing one.
@@ -500,6 +514,27 @@ fn belongs_to(repository: &RepositoryRecord, project: &Project) -> bool {
             .is_some_and(|rest| rest.starts_with('/'))
 }
 
+struct GroupRow {
+    path: String,
+    name: String,
+    visibility: &'static str,
+    size: String,
+}
+
+/// A top-level group's storage against its limit, as `GET /api/v4/groups/:id` reports it.
+struct QuotaRow {
+    usage: String,
+    /// `None`: no limit.
+    limit: Option<String>,
+    percentage: Option<String>,
+    /// The percentage for the meter (0 to 100).
+    meter: Option<String>,
+    /// Which of 70/85/95/100 % the usage is at, for the notice's colour.
+    threshold: i64,
+    /// The notice of that threshold, in the words the log and the API use.
+    notice: Option<String>,
+}
+
 #[derive(Template)]
 #[template(path = "overview.html")]
 struct OverviewPage {
@@ -509,7 +544,9 @@ struct OverviewPage {
     visibility: &'static str,
     is_project: bool,
     size: String,
+    subgroups: Vec<GroupRow>,
     projects: Vec<ProjectRow>,
+    quota: Option<QuotaRow>,
 }
 
 /// `/<group or project path>`.
@@ -524,7 +561,9 @@ async fn overview(state: &WebState, viewer: &Viewer, path: &str, q: &Fields) -> 
             visibility: project.visibility.as_str(),
             is_project: true,
             size,
+            subgroups: Vec::new(),
             projects: Vec::new(),
+            quota: None,
         };
         return Ok(html(StatusCode::OK, page.render()));
     }
@@ -544,6 +583,27 @@ async fn overview(state: &WebState, viewer: &Viewer, path: &str, q: &Fields) -> 
         )
         .await?;
     let size = human_size(state.store().usage(UsageScope::Group(group.id)).await?);
+    let mut subgroups = Vec::new();
+    for g in state.store().list_groups().await? {
+        if g.parent_id == Some(group.id)
+            && auth::policy::user_may_see_group(state.store(), viewer.user.as_ref(), &g).await?
+        {
+            subgroups.push(GroupRow {
+                size: human_size(state.store().usage(UsageScope::Group(g.id)).await?),
+                path: g.full_path,
+                name: g.name,
+                visibility: g.visibility.as_str(),
+            });
+        }
+    }
+    let quota = state.store().group_quota(group.id).await?.map(|(status, notice)| QuotaRow {
+        usage: human_size(status.usage_bytes),
+        limit: status.limit_bytes.map(human_size),
+        percentage: status.percentage().map(|p| format!("{p:.1} %")),
+        meter: status.percentage().map(|p| format!("{:.1}", p.clamp(0.0, 100.0))),
+        threshold: status.level().unwrap_or(0),
+        notice: notice.map(|n| n.message()),
+    });
     let page = OverviewPage {
         layout: Layout::new(&group.full_path, viewer),
         path: group.full_path.clone(),
@@ -551,7 +611,9 @@ async fn overview(state: &WebState, viewer: &Viewer, path: &str, q: &Fields) -> 
         visibility: group.visibility.as_str(),
         is_project: false,
         size,
+        subgroups,
         projects: project_rows(state, &projects).await?,
+        quota,
     };
     Ok(html(StatusCode::OK, page.render()))
 }
@@ -566,6 +628,8 @@ struct RepositoryRow {
     size: String,
     published: String,
     published_exact: String,
+    /// Why this viewer may not delete the repository (a repository protection rule), if so.
+    delete_blocked: Option<String>,
 }
 
 #[derive(Template)]
@@ -581,6 +645,9 @@ struct RegistryPage {
     next: Option<String>,
     cleanup_notice: Option<String>,
     can_push: bool,
+    can_delete: bool,
+    notices: Vec<String>,
+    errors: Vec<String>,
 }
 
 /// `/<project>/container_registry`: the image repositories with tag count, size and last
@@ -591,8 +658,15 @@ async fn registry_page(
     headers: &HeaderMap,
     path: &str,
     q: &Fields,
+    notices: Vec<String>,
+    status: StatusCode,
 ) -> Page {
+    let (notices, errors) = split_notices(notices);
     let (project, actions) = readable_project(state, viewer, path).await?;
+    let can_delete = actions.contains(&Action::Delete);
+    // The rules are read once for the page; each row asks the check the delete itself asks.
+    let level = auth::policy::role_on_project(state.store(), &viewer.identity(), &project).await?;
+    let repository_rules = state.store().repository_protection_rules(project.id).await?;
     let search = q.search();
     let (sort, order) = match q.get("sort").unwrap_or("name") {
         "name" | "" => ("name", RepositoryOrder::Name),
@@ -630,7 +704,18 @@ async fn registry_page(
             .unwrap_or("")
             .trim_start_matches('/')
             .to_string();
+        let protection = meta::RepositoryProtection {
+            project: project.clone(),
+            repository: s.repository.name.clone(),
+            repository_rules: repository_rules
+                .iter()
+                .filter(|r| r.matches(&s.repository.name))
+                .cloned()
+                .collect(),
+            tag_rules: Vec::new(),
+        };
         repositories.push(RepositoryRow {
+            delete_blocked: protection.check_repository_delete(level).err().map(|r| r.message),
             id: s.repository.id,
             name: if name.is_empty() { project.full_path.clone() } else { name },
             path: s.repository.name.clone(),
@@ -671,19 +756,150 @@ async fn registry_page(
         next: more.then(|| link(page + 1)),
         cleanup_notice,
         can_push: actions.contains(&Action::Push),
+        can_delete,
+        notices,
+        errors,
     }
     .render();
-    Ok(html(StatusCode::OK, rendered))
+    Ok(html(status, rendered))
+}
+
+struct DoomedRepository {
+    id: i64,
+    name: String,
+}
+
+#[derive(Template)]
+#[template(path = "confirm_delete_repositories.html")]
+struct ConfirmDeleteRepositoriesPage {
+    layout: Layout,
+    action: String,
+    project: String,
+    repositories: Vec<DoomedRepository>,
+}
+
+/// `POST /<project>/container_registry` with `repository=<id>` (repeated): first a
+/// confirmation page naming the images that will go; with `confirm=yes`, the deletes queued
+/// through the write service's repository delete, the call the REST API's
+/// `DELETE /projects/:id/registry/repositories/:repository_id` makes, at the viewer's role: if
+/// a repository protection rule refuses any of them, nothing is queued and the page answers
+/// 403 naming the rule.
+async fn delete_repositories(
+    state: &WebState,
+    viewer: &Viewer,
+    parts: &axum::http::request::Parts,
+    project: &Project,
+    q: &Fields,
+    form: &Fields,
+) -> Page {
+    if !registry_actions(state, viewer, project).await?.contains(&Action::Delete) {
+        return Err(PageError::Forbidden(format!(
+            "deleting from the container registry of {} needs the maintainer role or higher",
+            project.full_path
+        )));
+    }
+    let ids = form.all("repository");
+    if ids.is_empty() {
+        return Err(PageError::BadRequest("select at least one image to delete".into()));
+    }
+    if ids.len() > MAX_PER_PAGE as usize {
+        return Err(PageError::BadRequest(format!(
+            "at most {MAX_PER_PAGE} images can be deleted at once"
+        )));
+    }
+    let mut repositories: Vec<RepositoryRecord> = Vec::with_capacity(ids.len());
+    for text in ids {
+        let id = text.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
+            PageError::BadRequest(format!("{} is not an image id", oci::preview(text)))
+        })?;
+        if repositories.iter().any(|r| r.id == id) {
+            continue;
+        }
+        // Another project's image is as unknown here as a missing one.
+        match state.store().repository_by_id(id).await? {
+            Some(repository) if belongs_to(&repository, project) => repositories.push(repository),
+            _ => {
+                return Err(PageError::BadRequest(format!(
+                    "image {id} is not in {}: reload the page and select again",
+                    project.full_path
+                )))
+            }
+        }
+    }
+    let action = format!(
+        "{}{}",
+        parts.uri.path(),
+        parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default()
+    );
+    if form.get("confirm") != Some("yes") {
+        let page = ConfirmDeleteRepositoriesPage {
+            layout: Layout::new("Delete images?", viewer),
+            action,
+            project: project.full_path.clone(),
+            repositories: repositories
+                .iter()
+                .map(|r| DoomedRepository { id: r.id, name: r.name.clone() })
+                .collect(),
+        };
+        return Ok(html(StatusCode::OK, page.render()));
+    }
+    let identity = viewer.identity();
+    let actor = identity.audit_actor();
+    auth::web::note_actor(&parts.extensions, &actor);
+    let ctx = service::RequestContext {
+        actor,
+        origin: auth::web::request_origin(&parts.method, &parts.headers, &parts.extensions),
+    };
+    let level = auth::policy::role_on_project(state.store(), &identity, project).await?;
+    let path = project.full_path.as_str();
+    let notices = match state
+        .writes
+        .request_repository_deletes(&state.jobs, &repositories, level, &ctx)
+        .await
+    {
+        Ok(_) => {
+            let names: Vec<&str> = repositories.iter().map(|r| r.name.as_str()).collect();
+            vec![format!(
+                "Deleting {}: {}. They leave this list as soon as the background delete has run.",
+                plural(repositories.len(), "image", "images"),
+                names.join(", ")
+            )]
+        }
+        Err(service::ServiceError::Refused(refusal)) => {
+            let notices = vec![format!(
+                "!Nothing was deleted: {}. Leave protected images out and try again.",
+                refusal.message
+            )];
+            return registry_page(
+                state,
+                viewer,
+                &parts.headers,
+                path,
+                q,
+                notices,
+                StatusCode::FORBIDDEN,
+            )
+            .await;
+        }
+        Err(service::ServiceError::Meta(e)) => return Err(PageError::Database(e)),
+        Err(e) => {
+            tracing::error!(error = %e, "queueing image deletes from the web UI failed");
+            vec!["!The images could not be deleted; try again.".to_string()]
+        }
+    };
+    registry_page(state, viewer, &parts.headers, path, q, notices, StatusCode::OK).await
 }
 
 // ---- tag details ----------------------------------------------------------------------------
 
+#[derive(Clone)]
 struct PlatformRow {
     platform: String,
     digest: String,
     size: String,
 }
 
+#[derive(Clone)]
 struct ArtifactRow {
     artifact_type: String,
     digest: String,
@@ -792,47 +1008,87 @@ fn is_index(media_type: &str) -> bool {
         || media_type == "application/vnd.docker.distribution.manifest.list.v2+json"
 }
 
+/// The platforms of every index among `tags`, by index digest, with each child's size: two
+/// queries for the whole page (the indexes' payloads, then their children's sizes).
 async fn platforms_of(
     state: &WebState,
     repository: &RepositoryRecord,
-    name: &oci::RepositoryName,
-    digest: &oci::Digest,
-) -> Result<Vec<PlatformRow>, PageError> {
-    let Some(manifest) = state.store().manifest_by_digest(name, digest).await? else {
-        return Ok(Vec::new());
-    };
-    let Ok(index) = serde_json::from_slice::<IndexPayload>(&manifest.payload) else {
-        return Ok(Vec::new());
-    };
-    let digests: Vec<String> = index.manifests.iter().map(|m| m.digest.clone()).collect();
-    let sizes = state.store().manifest_sizes(repository.id, &digests).await?;
-    Ok(index
-        .manifests
+    tags: &[meta::registry_queries::TagDetail],
+) -> Result<HashMap<String, Vec<PlatformRow>>, PageError> {
+    let mut indexes: Vec<String> =
+        tags.iter().filter(|t| is_index(&t.media_type)).map(|t| t.digest.clone()).collect();
+    indexes.sort();
+    indexes.dedup();
+    let payloads = state.store().manifest_payloads(repository.id, &indexes).await?;
+    let parsed: Vec<(String, IndexPayload)> = payloads
         .into_iter()
-        .map(|entry| {
-            let platform = match entry.platform {
-                Some(p) => {
-                    let mut text = format!(
-                        "{}/{}",
-                        p.os.unwrap_or_else(|| "?".into()),
-                        p.architecture.unwrap_or_else(|| "?".into())
-                    );
-                    if let Some(variant) = p.variant.filter(|v| !v.is_empty()) {
-                        text.push('/');
-                        text.push_str(&variant);
+        .filter_map(|(digest, payload)| {
+            serde_json::from_slice::<IndexPayload>(&payload).ok().map(|index| (digest, index))
+        })
+        .collect();
+    let mut children: Vec<String> = parsed
+        .iter()
+        .flat_map(|(_, index)| index.manifests.iter().map(|m| m.digest.clone()))
+        .collect();
+    children.sort();
+    children.dedup();
+    let sizes: HashMap<String, i64> =
+        state.store().manifest_sizes(repository.id, &children).await?.into_iter().collect();
+    Ok(parsed
+        .into_iter()
+        .map(|(digest, index)| {
+            let rows = index
+                .manifests
+                .into_iter()
+                .map(|entry| {
+                    let platform = match entry.platform {
+                        Some(p) => {
+                            let mut text = format!(
+                                "{}/{}",
+                                p.os.unwrap_or_else(|| "?".into()),
+                                p.architecture.unwrap_or_else(|| "?".into())
+                            );
+                            if let Some(variant) = p.variant.filter(|v| !v.is_empty()) {
+                                text.push('/');
+                                text.push_str(&variant);
+                            }
+                            text
+                        }
+                        None => "unknown".to_string(),
+                    };
+                    PlatformRow {
+                        platform,
+                        size: sizes
+                            .get(&entry.digest)
+                            .map(|s| human_size(*s))
+                            .unwrap_or_else(|| "not stored".to_string()),
+                        digest: entry.digest,
                     }
-                    text
-                }
-                None => "unknown".to_string(),
-            };
-            let size = sizes.iter().find(|(d, _)| *d == entry.digest).map(|(_, s)| *s);
-            PlatformRow {
-                platform,
-                size: size.map(human_size).unwrap_or_else(|| "not stored".to_string()),
-                digest: entry.digest,
-            }
+                })
+                .collect();
+            (digest, rows)
         })
         .collect())
+}
+
+/// The attached artifacts of every manifest among `tags`, by subject digest: one query.
+async fn artifacts_of(
+    state: &WebState,
+    repository: &RepositoryRecord,
+    tags: &[meta::registry_queries::TagDetail],
+) -> Result<HashMap<String, Vec<ArtifactRow>>, PageError> {
+    let mut subjects: Vec<String> = tags.iter().map(|t| t.digest.clone()).collect();
+    subjects.sort();
+    subjects.dedup();
+    let mut out: HashMap<String, Vec<ArtifactRow>> = HashMap::new();
+    for (subject, r) in state.store().referrers_of_subjects(repository.id, &subjects).await? {
+        out.entry(subject).or_default().push(ArtifactRow {
+            artifact_type: r.artifact_type.unwrap_or_else(|| r.media_type.clone()),
+            digest: r.digest,
+            size: human_size(r.size),
+        });
+    }
+    Ok(out)
 }
 
 /// `/<project>/container_registry/<id>`: one page of the image's tags (keyset: the page
@@ -846,9 +1102,7 @@ async fn tag_page(
     notices: Vec<String>,
     status: StatusCode,
 ) -> Page {
-    let (notices, errors): (Vec<String>, Vec<String>) =
-        notices.into_iter().partition(|n| !n.starts_with('!'));
-    let errors: Vec<String> = errors.into_iter().map(|e| e[1..].to_string()).collect();
+    let (notices, errors) = split_notices(notices);
     let (sort, order) = tag_order(q)?;
     let search = q.search();
     let per_page = q
@@ -884,31 +1138,13 @@ async fn tag_page(
     let can_delete = actions.contains(&Action::Delete);
     let level = auth::policy::role_on_project(state.store(), &viewer.identity(), project).await?;
     let protection = state.store().protection_in_project(project.clone(), &repository.name).await?;
-    let name: oci::RepositoryName = repository.name.parse().map_err(|_| PageError::NotFound)?;
+    let platforms = platforms_of(state, repository, &tags).await?;
+    let artifacts = artifacts_of(state, repository, &tags).await?;
     let now = meta::now_millis();
     let mut rows = Vec::with_capacity(tags.len());
     for tag in &tags {
-        let digest: Option<oci::Digest> = tag.digest.parse().ok();
-        let platforms = match &digest {
-            Some(d) if is_index(&tag.media_type) => {
-                platforms_of(state, repository, &name, d).await?
-            }
-            _ => Vec::new(),
-        };
-        let artifacts = match &digest {
-            Some(d) => state
-                .store()
-                .referrers(&name, d, None)
-                .await?
-                .into_iter()
-                .map(|r| ArtifactRow {
-                    artifact_type: r.artifact_type.unwrap_or_else(|| r.media_type.clone()),
-                    digest: r.digest,
-                    size: human_size(r.size),
-                })
-                .collect(),
-            None => Vec::new(),
-        };
+        let platforms = platforms.get(&tag.digest).cloned().unwrap_or_default();
+        let artifacts = artifacts.get(&tag.digest).cloned().unwrap_or_default();
         let immutable = protection.is_immutable(&tag.name);
         let config = tag.config_digest.clone().unwrap_or_default();
         rows.push(TagRow {
@@ -975,9 +1211,10 @@ struct ConfirmDeletePage {
 }
 
 /// `POST /<project>/container_registry/<id>` with `tag=…` (repeated): first a confirmation
-/// page naming what will go; with `confirm=yes`, the deletion — each tag through the write
-/// service's tag delete, the call the REST API's tag delete makes, at the viewer's role (so
-/// protection and immutable rules refuse exactly what they refuse there).
+/// page naming what will go; with `confirm=yes`, the deletion — all the tags in one call of
+/// the write service's multi-tag delete, which checks each as the REST API's tag delete does,
+/// at the viewer's role: if a protection or immutable rule refuses any of them, nothing is
+/// deleted and the page answers 403 naming the rule.
 async fn delete_tags(
     state: &WebState,
     viewer: &Viewer,
@@ -1034,38 +1271,55 @@ async fn delete_tags(
     };
     let level = auth::policy::role_on_project(state.store(), &identity, project).await?;
     let name: oci::RepositoryName = repository.name.parse().map_err(|_| PageError::NotFound)?;
-    let mut deleted = Vec::new();
-    let mut notices = Vec::new();
-    let mut refused = 0;
-    for tag in &tags {
-        match state.writes.delete_tag(&name, tag, service::Actor::Level(level), &ctx).await {
-            Ok(true) => deleted.push(tag.as_str().to_string()),
-            Ok(false) => notices.push(format!("!Tag {} does not exist (any more).", tag.as_str())),
-            Err(service::ServiceError::Refused(refusal)) => {
-                refused += 1;
-                notices.push(format!("!Not deleted: {}.", refusal.message));
-            }
-            Err(service::ServiceError::Meta(e)) => return Err(PageError::Database(e)),
-            Err(e) => {
-                tracing::error!(error = %e, "deleting a tag from the web UI failed");
-                notices.push(format!("!Tag {} could not be deleted; try again.", tag.as_str()));
-            }
+    // All or nothing: one protected or immutable tag among them refuses the whole delete.
+    let deleted = match state
+        .writes
+        .delete_tags(&name, &tags, service::Actor::Level(level), &ctx)
+        .await
+    {
+        Ok(deleted) => deleted,
+        Err(service::ServiceError::Refused(refusal)) => {
+            let notices = vec![format!(
+                "!Nothing was deleted: {}. Leave protected and immutable tags out and try again.",
+                refusal.message
+            )];
+            return tag_page(state, viewer, project, repository, q, notices, StatusCode::FORBIDDEN)
+                .await;
         }
-    }
+        Err(service::ServiceError::Meta(e)) => return Err(PageError::Database(e)),
+        Err(e) => {
+            tracing::error!(error = %e, "deleting tags from the web UI failed");
+            let notices = vec!["!The tags could not be deleted; try again.".to_string()];
+            return tag_page(state, viewer, project, repository, q, notices, StatusCode::OK).await;
+        }
+    };
+    let mut notices = Vec::new();
     if !deleted.is_empty() {
-        notices
-            .insert(0, format!("Deleted {}: {}.", plural_tags(deleted.len()), deleted.join(", ")));
+        let names: Vec<&str> = deleted.iter().map(oci::Tag::as_str).collect();
+        notices.push(format!("Deleted {}: {}.", plural_tags(deleted.len()), names.join(", ")));
     }
-    let status =
-        if deleted.is_empty() && refused > 0 { StatusCode::FORBIDDEN } else { StatusCode::OK };
-    tag_page(state, viewer, project, repository, q, notices, status).await
+    for tag in tags.iter().filter(|t| !deleted.contains(t)) {
+        notices.push(format!("!Tag {} does not exist (any more).", tag.as_str()));
+    }
+    tag_page(state, viewer, project, repository, q, notices, StatusCode::OK).await
+}
+
+/// Notices for a page after a change: those starting with `!` are errors (shown as alerts).
+fn split_notices(notices: Vec<String>) -> (Vec<String>, Vec<String>) {
+    let (notices, errors): (Vec<String>, Vec<String>) =
+        notices.into_iter().partition(|n| !n.starts_with('!'));
+    (notices, errors.into_iter().map(|e| e[1..].to_string()).collect())
 }
 
 fn plural_tags(n: usize) -> String {
+    plural(n, "tag", "tags")
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
     if n == 1 {
-        "1 tag".to_string()
+        format!("1 {one}")
     } else {
-        format!("{n} tags")
+        format!("{n} {many}")
     }
 }
 
