@@ -1,0 +1,69 @@
+//! What the settings of a project and a user's tokens share: who may change a project's
+//! settings ([`require_maintainer`]), the refusal every settings change answers with
+//! ([`SettingsError`]), and the registry access level (`container_registry_access_level`).
+//! The REST API and the web UI both call these; each maps [`SettingsError`] to its own
+//! answer (a JSON 400/403, or the form again with the sentence).
+
+use meta::{access_level, MetaError, Project, RegistryAccess, Store};
+
+/// Why a settings change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// Input the user must fix; `field` names the parameter when one alone is to blame (the
+    /// API says `<field> <message>`).
+    #[error("{}", match .field { Some(f) => format!("{f} {message}"), None => message.clone() })]
+    Invalid { field: Option<&'static str>, message: String },
+    /// The caller may see the project but not do this; the sentence names the role needed.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Nothing there, or nothing the caller may see.
+    #[error("not found")]
+    NotFound,
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+}
+
+impl SettingsError {
+    /// A refusal of the request as a whole.
+    pub fn invalid(message: impl Into<String>) -> SettingsError {
+        SettingsError::Invalid { field: None, message: message.into() }
+    }
+
+    /// A refusal of one field.
+    pub fn field(field: &'static str, message: impl Into<String>) -> SettingsError {
+        SettingsError::Invalid { field: Some(field), message: message.into() }
+    }
+}
+
+/// THE rule for a project's settings (cleanup policy, registry visibility, protection rules,
+/// deploy tokens): the maintainer role or higher. `level` is the caller's effective role
+/// (instance admins rank as owners or above); `what` completes "… needs the maintainer role".
+pub fn require_maintainer(level: i64, what: &str) -> Result<(), SettingsError> {
+    if level >= access_level::MAINTAINER {
+        Ok(())
+    } else {
+        Err(SettingsError::Forbidden(format!("{what} needs the maintainer role or higher")))
+    }
+}
+
+/// `container_registry_access_level`: `enabled`, `private` or `disabled`.
+pub fn parse_registry_access(text: &str) -> Result<RegistryAccess, SettingsError> {
+    RegistryAccess::parse(text).ok_or_else(|| {
+        SettingsError::field(
+            "container_registry_access_level",
+            format!("{text:?} is not an access level: use enabled, private or disabled"),
+        )
+    })
+}
+
+/// Sets `project`'s registry access level for a caller at `level`; answers the project as
+/// changed.
+pub async fn set_registry_access(
+    store: &Store,
+    level: i64,
+    project: &Project,
+    access: RegistryAccess,
+) -> Result<Project, SettingsError> {
+    require_maintainer(level, "changing a project's settings")?;
+    store.update_project(project.id, None, Some(access)).await?.ok_or(SettingsError::NotFound)
+}
