@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use e2e::backend_tests;
 use e2e::gitlab::{request_token, seed_image, token_for, Registry, ADMIN_PASSWORD};
 use e2e::tenants::{world, World};
+use e2e::tools::require_tool;
 use e2e::MetaBackend;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -188,10 +189,7 @@ async fn only_maintainers_and_owners(backend: MetaBackend) {
     // An outsider's form: the missing page, not a 403.
     let token = outsider.csrf().await;
     let post = outsider
-        .post(
-            SETTINGS,
-            &[("authenticity_token", &token), ("form", "policy"), ("name_regex", ".*")],
-        )
+        .post(SETTINGS, &[("authenticity_token", &token), ("form", "policy"), ("name_regex", ".*")])
         .await;
     assert_eq!(post.status, StatusCode::NOT_FOUND);
     assert_eq!(post.body, missing.body);
@@ -206,7 +204,9 @@ async fn only_maintainers_and_owners(backend: MetaBackend) {
 
     // Forms without this session's CSRF token are refused, and change nothing.
     let root_token = root.csrf().await;
-    for (what, token) in [("no token", None), ("a wrong one", Some("f00d")), ("root's", Some(root_token.as_str()))] {
+    for (what, token) in
+        [("no token", None), ("a wrong one", Some("f00d")), ("root's", Some(root_token.as_str()))]
+    {
         let mut form = vec![("form", "access"), ("container_registry_access_level", "disabled")];
         if let Some(t) = token {
             form.push(("authenticity_token", t));
@@ -244,7 +244,11 @@ async fn only_maintainers_and_owners(backend: MetaBackend) {
         )
         .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
-    assert!(bad.body.contains("is not an access level: use enabled, private or disabled"), "{}", bad.body);
+    assert!(
+        bad.body.contains("is not an access level: use enabled, private or disabled"),
+        "{}",
+        bad.body
+    );
 }
 
 async fn policy_saves_through_the_api_rules_and_previews_the_dry_run(backend: MetaBackend) {
@@ -338,7 +342,11 @@ async fn policy_saves_through_the_api_rules_and_previews_the_dry_run(backend: Me
     bad[4] = ("keep_n", "3");
     let refused = maria.post(SETTINGS, &bad).await;
     assert_eq!(refused.status, StatusCode::BAD_REQUEST);
-    assert!(refused.body.contains("keep_n must be one of 1, 5, 10, 25, 50, 100"), "{}", refused.body);
+    assert!(
+        refused.body.contains("keep_n must be one of 1, 5, 10, 25, 50, 100"),
+        "{}",
+        refused.body
+    );
     assert_eq!(policy_of(&w).await["keep_n"], 1);
 
     // Markup in a regex or a rule pattern is shown as text.
@@ -423,9 +431,8 @@ async fn personal_access_tokens_are_shown_once_and_revocable(backend: MetaBacken
         }
     };
     // Without the CSRF token: refused, nothing created.
-    let forged = alice
-        .post(TOKENS, &[("action", "create"), ("name", "x"), ("scopes", "api")])
-        .await;
+    let forged =
+        alice.post(TOKENS, &[("action", "create"), ("name", "x"), ("scopes", "api")]).await;
     assert_eq!(forged.status, StatusCode::FORBIDDEN);
     // The API's rules: at least one known scope, a future date.
     let none = send(create(vec![], "")).await;
@@ -434,7 +441,10 @@ async fn personal_access_tokens_are_shown_once_and_revocable(backend: MetaBacken
     let past = send(create(vec!["read_registry"], "2001-01-01")).await;
     assert_eq!(past.status, StatusCode::BAD_REQUEST);
     assert!(past.body.contains("expires_at must be a date in the future"), "{}", past.body);
-    let listed = w.api.call(Method::GET, &format!("/personal_access_tokens?user_id={}", w.alice.id), None).await;
+    let listed = w
+        .api
+        .call(Method::GET, &format!("/personal_access_tokens?user_id={}", w.alice.id), None)
+        .await;
     assert_eq!(listed.as_array().unwrap().len(), 0, "refused forms create nothing: {listed}");
 
     let created = send(create(vec!["read_registry", "write_registry"], "2099-12-31")).await;
@@ -452,8 +462,13 @@ async fn personal_access_tokens_are_shown_once_and_revocable(backend: MetaBacken
     // Listed with its scopes and expiry; never shown again.
     let again = alice.get(TOKENS).await;
     assert!(!again.body.contains(&secret), "the secret is shown once");
-    assert!(again.body.contains("read_registry, write_registry") && again.body.contains("2099-12-31"));
-    let listed = w.api.call(Method::GET, &format!("/personal_access_tokens?user_id={}", w.alice.id), None).await;
+    assert!(
+        again.body.contains("read_registry, write_registry") && again.body.contains("2099-12-31")
+    );
+    let listed = w
+        .api
+        .call(Method::GET, &format!("/personal_access_tokens?user_id={}", w.alice.id), None)
+        .await;
     assert_eq!(listed[0]["name"], name.as_str(), "{listed}");
     assert_eq!(listed[0]["expires_at"], "2099-12-31", "{listed}");
 
@@ -466,7 +481,10 @@ async fn personal_access_tokens_are_shown_once_and_revocable(backend: MetaBacken
     let rita_pat = w.api.create_pat(&w.rita, &["read_registry"]).await;
     let rita_id = listed_id(&w, w.rita.id).await;
     let theirs = alice
-        .post(TOKENS, &[("authenticity_token", &token), ("action", "revoke"), ("token_id", &rita_id)])
+        .post(
+            TOKENS,
+            &[("authenticity_token", &token), ("action", "revoke"), ("token_id", &rita_id)],
+        )
         .await;
     assert_eq!(theirs.status, StatusCode::NOT_FOUND);
     let still = request_token(&w.http, &w.server.base, Some(("rita", &rita_pat.token)), &[]).await;
@@ -483,6 +501,87 @@ async fn personal_access_tokens_are_shown_once_and_revocable(backend: MetaBacken
     assert_eq!(refused.map_err(|(status, _)| status), Err(StatusCode::UNAUTHORIZED));
 }
 
+/// Where this test's screenshots go (the convention of `web_ui.rs`):
+/// `$STOWAGE_TEST_RESULTS/screenshots/<test>-<backend>`, by default under
+/// `target/test-results`.
+fn screenshot_dir(test: &str, backend: MetaBackend) -> std::path::PathBuf {
+    let root =
+        std::env::var_os("STOWAGE_TEST_RESULTS").map(std::path::PathBuf::from).unwrap_or_else(
+            || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-results"),
+        );
+    root.join("screenshots").join(format!("{test}-{backend:?}").to_lowercase())
+}
+
+/// In Chromium: a maintainer sets a cleanup policy with the form and sees the preview, which
+/// names exactly what the REST API's dry run names; an invalid regex comes back with the
+/// sentence.
+async fn browser_sets_a_cleanup_policy_and_sees_the_preview(backend: MetaBackend) {
+    require_tool("/usr/bin/chromium", "chromium");
+    require_tool("node", "nodejs");
+    let browser_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").is_dir(),
+        "npm playwright-core is not installed in {}: run scripts/setup",
+        browser_dir.display()
+    );
+    let w = world(backend, &[]).await;
+    push_tags(&w, "acme/a/app", &["v1", "v2", "v3", "stable"]).await;
+    let maria = w.api.create_user("maria").await;
+    w.api.add_member("projects", w.a, maria.id, 40).await;
+
+    let shots = screenshot_dir("browser_sets_a_cleanup_policy", backend);
+    let mut node = std::process::Command::new("node");
+    node.arg(browser_dir.join("web_settings.mjs"))
+        .env("STOWAGE_URL", &w.server.base)
+        .env("USERNAME", "maria")
+        .env("PASSWORD", &maria.password)
+        .env("PROJECT", "acme/a")
+        .env("NAME_REGEX", "v.*")
+        .env("SCREENSHOTS", &shots);
+    let ran = e2e::tools::run(&mut node);
+    assert!(
+        ran.success(),
+        "the browser script failed (screenshots in {}):\n{}",
+        shots.display(),
+        ran.combined()
+    );
+    let seen: Value = serde_json::from_str(ran.stdout().trim()).unwrap();
+    assert_eq!(seen["heading"], "Packages and registries", "{seen}");
+    assert_eq!(seen["notice"], "Cleanup policy saved.", "{seen}");
+    let p = policy_of(&w).await;
+    assert_eq!((p["enabled"].clone(), p["name_regex"].clone()), (Value::Bool(true), "v.*".into()));
+    let dry = w
+        .api
+        .call(Method::GET, &format!("/projects/{}/registry/cleanup_policy/dry_run", w.a), None)
+        .await;
+    let expected: Vec<String> = dry["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| format!("{}:{}", t["repository"].as_str().unwrap(), t["name"].as_str().unwrap()))
+        .collect();
+    assert_eq!(expected.len(), 2, "v1..v3 with keep_n 1: two go: {dry}");
+    let mut shown: Vec<String> = seen["preview"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    shown.sort();
+    let mut expected = expected;
+    expected.sort();
+    assert_eq!(shown, expected, "{seen}");
+    assert!(
+        seen["preview_heading"].as_str().unwrap().contains("would delete 2 tags now"),
+        "{seen}"
+    );
+    assert!(
+        seen["invalid"].as_str().unwrap().contains("is not a valid regular expression"),
+        "{seen}"
+    );
+    assert!(shots.join("03-cleanup-preview.png").is_file(), "screenshots in {}", shots.display());
+}
+
 async fn listed_id(w: &World, user_id: i64) -> String {
     let listed =
         w.api.call(Method::GET, &format!("/personal_access_tokens?user_id={user_id}"), None).await;
@@ -490,6 +589,7 @@ async fn listed_id(w: &World, user_id: i64) -> String {
 }
 
 backend_tests!(
+    browser_sets_a_cleanup_policy_and_sees_the_preview,
     only_maintainers_and_owners,
     policy_saves_through_the_api_rules_and_previews_the_dry_run,
     personal_access_tokens_are_shown_once_and_revocable,

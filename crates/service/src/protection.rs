@@ -91,7 +91,10 @@ pub async fn create_tag_rule(
         }
     };
     meta::compile_tag_pattern(&pattern).map_err(SettingsError::invalid)?;
-    store.create_tag_protection_rule(project.id, &pattern, &levels, immutable).await.map_err(refusal)
+    store
+        .create_tag_protection_rule(project.id, &pattern, &levels, immutable)
+        .await
+        .map_err(refusal)
 }
 
 /// Deletes `rule` of `project` for a caller at rule level `level`.

@@ -207,7 +207,10 @@ async fn render(
         None => (String::new(), None),
     };
     let page = SettingsPage {
-        layout: Layout::new(format!("{} · Packages and registries settings", project.full_path), viewer),
+        layout: Layout::new(
+            format!("{} · Packages and registries settings", project.full_path),
+            viewer,
+        ),
         project: project.full_path.clone(),
         action: format!("/{}{SETTINGS_SUFFIX}", project.full_path),
         notice: shown.notice,
@@ -397,7 +400,8 @@ async fn delete_tag_rule(
     project: &Project,
     form: &Fields,
 ) -> Result<(), SettingsError> {
-    let id = form.get("rule_id").and_then(|id| id.parse::<i64>().ok()).ok_or(SettingsError::NotFound)?;
+    let id =
+        form.get("rule_id").and_then(|id| id.parse::<i64>().ok()).ok_or(SettingsError::NotFound)?;
     let rule =
         state.store().tag_protection_rule(project.id, id).await?.ok_or(SettingsError::NotFound)?;
     service::protection::delete_tag_rule(state.store(), level, project, &rule).await

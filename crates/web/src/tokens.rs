@@ -78,7 +78,10 @@ async fn render(
                 id: t.id,
                 scopes: t.scopes.join(", "),
                 expires: t.expires_at.map(day).unwrap_or_else(|| "never".into()),
-                last_used: t.last_used_at.map(|at| relative_time(at, now)).unwrap_or_else(|| "never".into()),
+                last_used: t
+                    .last_used_at
+                    .map(|at| relative_time(at, now))
+                    .unwrap_or_else(|| "never".into()),
                 created: day(t.created_at),
                 active: !t.revoked && !expired,
                 state: if t.revoked {
@@ -132,8 +135,7 @@ pub async fn submit(State(state): State<WebState>, headers: HeaderMap, body: Byt
                 scopes: typed.scopes.clone(),
                 expires_at: Some(typed.expires_at.clone()),
             };
-            match service::tokens::create_personal_access_token(state.store(), user.id, new).await
-            {
+            match service::tokens::create_personal_access_token(state.store(), user.id, new).await {
                 Ok((token, secret)) => {
                     let created = Some((token.name, secret));
                     let (form, notice) = (TokenForm::default(), None);
@@ -143,8 +145,17 @@ pub async fn submit(State(state): State<WebState>, headers: HeaderMap, body: Byt
                 Err(SettingsError::Meta(e)) => Err(PageError::Database(e)),
                 Err(e) => {
                     let error = Some(e.to_string());
-                    render(&state, &viewer, &user, typed, None, None, error, StatusCode::BAD_REQUEST)
-                        .await
+                    render(
+                        &state,
+                        &viewer,
+                        &user,
+                        typed,
+                        None,
+                        None,
+                        error,
+                        StatusCode::BAD_REQUEST,
+                    )
+                    .await
                 }
             }
         }
