@@ -55,14 +55,20 @@ struct TokensPage {
     error: Option<String>,
 }
 
-async fn render(
-    state: &WebState,
-    viewer: &Viewer,
-    user: &meta::User,
+/// What a page shows besides the list.
+#[derive(Default)]
+struct Shown {
     form: TokenForm,
     created: Option<(String, String)>,
     notice: Option<String>,
     error: Option<String>,
+}
+
+async fn render(
+    state: &WebState,
+    viewer: &Viewer,
+    user: &meta::User,
+    shown: Shown,
     status: StatusCode,
 ) -> Page {
     let now = meta::now_millis();
@@ -100,10 +106,10 @@ async fn render(
         action: PATH.to_string(),
         tokens,
         all_scopes: PAT_SCOPES.to_vec(),
-        form,
-        created,
-        notice,
-        error,
+        form: shown.form,
+        created: shown.created,
+        notice: shown.notice,
+        error: shown.error,
     };
     Ok(html(status, page.render()))
 }
@@ -112,8 +118,7 @@ async fn render(
 pub async fn show(State(state): State<WebState>, headers: HeaderMap) -> Page {
     let viewer = session::viewer(&state, &headers).await?;
     let Some(user) = viewer.user.clone() else { return Ok(redirect("/users/sign_in")) };
-    let notice = None;
-    render(&state, &viewer, &user, TokenForm::default(), None, notice, None, StatusCode::OK).await
+    render(&state, &viewer, &user, Shown::default(), StatusCode::OK).await
 }
 
 /// `POST`: `action=create` (`name`, `scopes` repeated, `expires_at`) or `action=revoke`
@@ -137,25 +142,14 @@ pub async fn submit(State(state): State<WebState>, headers: HeaderMap, body: Byt
             };
             match service::tokens::create_personal_access_token(state.store(), user.id, new).await {
                 Ok((token, secret)) => {
-                    let created = Some((token.name, secret));
-                    let (form, notice) = (TokenForm::default(), None);
-                    render(&state, &viewer, &user, form, created, notice, None, StatusCode::CREATED)
-                        .await
+                    let shown = Shown { created: Some((token.name, secret)), ..Shown::default() };
+                    render(&state, &viewer, &user, shown, StatusCode::CREATED).await
                 }
                 Err(SettingsError::Meta(e)) => Err(PageError::Database(e)),
                 Err(e) => {
-                    let error = Some(e.to_string());
-                    render(
-                        &state,
-                        &viewer,
-                        &user,
-                        typed,
-                        None,
-                        None,
-                        error,
-                        StatusCode::BAD_REQUEST,
-                    )
-                    .await
+                    let shown =
+                        Shown { form: typed, error: Some(e.to_string()), ..Shown::default() };
+                    render(&state, &viewer, &user, shown, StatusCode::BAD_REQUEST).await
                 }
             }
         }
@@ -183,8 +177,8 @@ pub async fn submit(State(state): State<WebState>, headers: HeaderMap, body: Byt
                 },
             )?;
             let notice = Some(format!("Token {} revoked: it no longer works.", token.name));
-            let form = TokenForm::default();
-            render(&state, &viewer, &user, form, None, notice, None, StatusCode::OK).await
+            let shown = Shown { notice, ..Shown::default() };
+            render(&state, &viewer, &user, shown, StatusCode::OK).await
         }
         other => Err(PageError::BadRequest(format!(
             "{} is not a token action: use the page's buttons",
