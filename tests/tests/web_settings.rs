@@ -306,6 +306,17 @@ async fn policy_saves_through_the_api_rules_and_previews_the_dry_run(backend: Me
     assert_eq!(p["name_regex_keep"], "keep-.*");
     assert!(p["next_run_at"].is_string(), "{p}");
 
+    // Recorded in the project's audit log as the API's changes are, with maria as author.
+    let events = w
+        .api
+        .call(Method::GET, &format!("/projects/{}/audit_events?per_page=100", w.a), None)
+        .await;
+    for name in ["cleanup_policy_change", "protection_rule_create"] {
+        let found = events.as_array().unwrap().iter().find(|e| e["event_name"] == name);
+        let found = found.unwrap_or_else(|| panic!("no {name} event: {events}"));
+        assert_eq!(found["details"]["author_name"], "maria", "{found}");
+    }
+
     // The preview names exactly the tags the API's dry run names.
     let page = maria.get(&location).await;
     assert_eq!(page.status, StatusCode::OK);
@@ -499,6 +510,15 @@ async fn personal_access_tokens_are_shown_once_and_revocable(backend: MetaBacken
     assert!(revoked.body.contains("revoked: it no longer works"), "{}", revoked.body);
     let refused = request_token(&w.http, &w.server.base, Some(("alice", &secret)), &scopes).await;
     assert_eq!(refused.map_err(|(status, _)| status), Err(StatusCode::UNAUTHORIZED));
+    // Both changes are in the audit log, with alice as their author.
+    let events = w.api.call(Method::GET, "/audit_events?per_page=100", None).await;
+    for name in ["token_create", "token_revoke"] {
+        let found = events.as_array().unwrap().iter().find(|e| {
+            e["event_name"] == name && e["details"]["target_details"] == name_of_token(&listed)
+        });
+        let found = found.unwrap_or_else(|| panic!("no {name} event: {events}"));
+        assert_eq!(found["details"]["author_name"], "alice", "{found}");
+    }
 }
 
 /// Where this test's screenshots go (the convention of `web_ui.rs`):
@@ -580,6 +600,10 @@ async fn browser_sets_a_cleanup_policy_and_sees_the_preview(backend: MetaBackend
         "{seen}"
     );
     assert!(shots.join("03-cleanup-preview.png").is_file(), "screenshots in {}", shots.display());
+}
+
+fn name_of_token(listed: &Value) -> Value {
+    listed[0]["name"].clone()
 }
 
 async fn listed_id(w: &World, user_id: i64) -> String {

@@ -384,9 +384,8 @@ async fn create_tag_rule(
     } else {
         NewTagRule::Protected { pattern, levels: p.levels(RuleLevels::default())? }
     };
-    let rule = ::service::protection::create_tag_rule(&s.store, level, &project, new).await?;
-    let target = rule_target("TagProtectionRule", rule.id, &rule.tag_name_pattern);
-    audit_rule(&s, &audit, &project, "protection_rule_create", target).await;
+    let rule =
+        ::service::protection::create_tag_rule(&s.store, level, &project, new, &audit.0).await?;
     Ok((StatusCode::CREATED, Json(TagRuleView::from(&rule))).into_response())
 }
 
@@ -444,8 +443,6 @@ async fn delete_tag_rule(
         .tag_protection_rule(project.id, rule_id(&rule)?)
         .await?
         .ok_or(ApiError::NotFound(RULE_NOT_FOUND))?;
-    ::service::protection::delete_tag_rule(&s.store, level, &project, &rule).await?;
-    let target = rule_target("TagProtectionRule", rule.id, &rule.tag_name_pattern);
-    audit_rule(&s, &audit, &project, "protection_rule_delete", target).await;
+    ::service::protection::delete_tag_rule(&s.store, level, &project, &rule, &audit.0).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

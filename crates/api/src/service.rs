@@ -907,6 +907,7 @@ pub async fn create_personal_access_token(
     caller: &Caller,
     user_ref: &Ref,
     new: NewPersonalAccessToken,
+    ctx: &::service::RequestContext,
 ) -> Result<(meta::PersonalAccessToken, String), ApiError> {
     let owner = user(store, caller, user_ref).await?;
     if !caller.is_admin() && caller.user().map(|u| u.id) != Some(owner.id) {
@@ -919,7 +920,7 @@ pub async fn create_personal_access_token(
         scopes: new.scopes,
         expires_at: new.expires_at,
     };
-    Ok(::service::tokens::create_personal_access_token(store, owner.id, new).await?)
+    Ok(::service::tokens::create_personal_access_token(store, owner.id, new, ctx).await?)
 }
 
 /// The caller's own tokens, or (admins only) another user's.
@@ -962,13 +963,16 @@ pub async fn personal_access_token(
     }
 }
 
+/// Revokes token `id` (the caller's own, or any for admins), recorded for `ctx`; answers it.
 pub async fn revoke_personal_access_token(
     store: &Store,
     caller: &Caller,
     id: i64,
-) -> Result<(), ApiError> {
+    ctx: &::service::RequestContext,
+) -> Result<meta::PersonalAccessToken, ApiError> {
     let token = personal_access_token(store, caller, id).await?;
-    Ok(::service::tokens::revoke_personal_access_token(store, &token).await?)
+    ::service::tokens::revoke_personal_access_token(store, &token, ctx).await?;
+    Ok(token)
 }
 
 /// How long a rotated token lives when the request does not say: GitLab's default, a week.

@@ -12,7 +12,11 @@ use meta::{CleanupPolicy, Project, Store};
 use regex::Regex;
 use serde::Serialize;
 
-use crate::settings::{require_maintainer, SettingsError};
+use meta::events::AuditEntity;
+use serde_json::json;
+
+use crate::settings::{record_change, require_maintainer, Changed, SettingsError};
+use crate::RequestContext;
 
 /// One day in milliseconds.
 pub const DAY_MS: i64 = 86_400_000;
@@ -120,17 +124,39 @@ pub async fn plan_policy_update(
     Ok(p)
 }
 
-/// Plans and saves (see [`plan_policy_update`]).
+/// Plans and saves (see [`plan_policy_update`] and [`save_policy`]).
 pub async fn update_policy(
     store: &Store,
     level: i64,
     project: &Project,
     changes: PolicyChanges,
     now: i64,
+    ctx: &RequestContext,
 ) -> Result<CleanupPolicy, SettingsError> {
     let policy = plan_policy_update(store, level, project, changes, now).await?;
-    store.save_cleanup_policy(&policy).await?;
+    save_policy(store, project, &policy, ctx).await?;
     Ok(policy)
+}
+
+/// Saves a policy [`plan_policy_update`] planned and records the change (for `ctx`) in the
+/// project's audit log.
+pub async fn save_policy(
+    store: &Store,
+    project: &Project,
+    policy: &CleanupPolicy,
+    ctx: &RequestContext,
+) -> Result<(), SettingsError> {
+    store.save_cleanup_policy(policy).await?;
+    let changed = Changed {
+        entity: AuditEntity::project(project.id, &project.full_path),
+        action: "cleanup_policy_change",
+        target_type: "CleanupPolicy",
+        target_id: project.id.to_string(),
+        target_details: project.full_path.clone(),
+        details: json!({ "enabled": policy.enabled }),
+    };
+    record_change(store, ctx, changed).await;
+    Ok(())
 }
 
 /// What a policy deletes, as the bulk tag delete understands it. `None`: a policy without

@@ -9,7 +9,31 @@
 
 use meta::{access_level, Project, RuleLevels, Store, TagProtectionRule, ADMIN_ACCESS_LEVEL};
 
-use crate::settings::SettingsError;
+use meta::events::AuditEntity;
+use serde_json::json;
+
+use crate::settings::{record_change, Changed, SettingsError};
+use crate::RequestContext;
+
+/// Records a change of a protection rule of `project` in its audit log.
+pub async fn record_rule_change(
+    store: &Store,
+    ctx: &RequestContext,
+    project: &Project,
+    action: &str,
+    target_type: &str,
+    (id, pattern): (i64, &str),
+) {
+    let changed = Changed {
+        entity: AuditEntity::project(project.id, &project.full_path),
+        action,
+        target_type,
+        target_id: id.to_string(),
+        target_details: pattern.to_string(),
+        details: json!({}),
+    };
+    record_change(store, ctx, changed).await;
+}
 
 /// A level of protection: `maintainer`, `owner` or `admin` (GitLab's names).
 pub fn parse_rule_level(field: &'static str, text: &str) -> Result<i64, SettingsError> {
@@ -67,12 +91,13 @@ pub enum NewTagRule {
 }
 
 /// Creates a tag rule on `project` for a caller at rule level `level` (maintainers and above;
-/// owners for immutable rules).
+/// owners for immutable rules), recorded for `ctx`.
 pub async fn create_tag_rule(
     store: &Store,
     level: i64,
     project: &Project,
     new: NewTagRule,
+    ctx: &RequestContext,
 ) -> Result<TagProtectionRule, SettingsError> {
     require(level, access_level::MAINTAINER, "managing container protection rules")?;
     let (pattern, levels, immutable) = match new {
@@ -91,18 +116,23 @@ pub async fn create_tag_rule(
         }
     };
     meta::compile_tag_pattern(&pattern).map_err(SettingsError::invalid)?;
-    store
+    let rule = store
         .create_tag_protection_rule(project.id, &pattern, &levels, immutable)
         .await
-        .map_err(refusal)
+        .map_err(refusal)?;
+    let target = (rule.id, rule.tag_name_pattern.as_str());
+    record_rule_change(store, ctx, project, "protection_rule_create", "TagProtectionRule", target)
+        .await;
+    Ok(rule)
 }
 
-/// Deletes `rule` of `project` for a caller at rule level `level`.
+/// Deletes `rule` of `project` for a caller at rule level `level`, recorded for `ctx`.
 pub async fn delete_tag_rule(
     store: &Store,
     level: i64,
     project: &Project,
     rule: &TagProtectionRule,
+    ctx: &RequestContext,
 ) -> Result<(), SettingsError> {
     require(level, access_level::MAINTAINER, "managing container protection rules")?;
     if rule.immutable {
@@ -116,5 +146,8 @@ pub async fn delete_tag_rule(
         },
     )?;
     store.delete_tag_protection_rule(project.id, rule.id).await?;
+    let target = (rule.id, rule.tag_name_pattern.as_str());
+    record_rule_change(store, ctx, project, "protection_rule_delete", "TagProtectionRule", target)
+        .await;
     Ok(())
 }

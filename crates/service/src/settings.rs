@@ -4,7 +4,11 @@
 //! The REST API and the web UI both call these; each maps [`SettingsError`] to its own
 //! answer (a JSON 400/403, or the form again with the sentence).
 
+use meta::events::{AuditEntity, NewAuditEvent};
 use meta::{access_level, MetaError, Project, RegistryAccess, Store};
+use serde_json::Value;
+
+use crate::RequestContext;
 
 /// Why a settings change was refused.
 #[derive(Debug, thiserror::Error)]
@@ -66,4 +70,35 @@ pub async fn set_registry_access(
 ) -> Result<Project, SettingsError> {
     require_maintainer(level, "changing a project's settings")?;
     store.update_project(project.id, None, Some(access)).await?.ok_or(SettingsError::NotFound)
+}
+
+/// What a settings change acted on, for the audit log.
+pub struct Changed<'a> {
+    pub entity: AuditEntity,
+    /// `cleanup_policy_change`, `token_create`, `protection_rule_delete`…
+    pub action: &'a str,
+    pub target_type: &'a str,
+    pub target_id: String,
+    pub target_details: String,
+    pub details: Value,
+}
+
+/// Records a settings change made for `ctx` in the audit log: the one place every surface's
+/// settings changes are written down. A failure to record is logged, not answered.
+pub async fn record_change(store: &Store, ctx: &RequestContext, changed: Changed<'_>) {
+    let event = NewAuditEvent {
+        actor: &ctx.actor,
+        origin: &ctx.origin,
+        entity: changed.entity,
+        action: changed.action,
+        target_type: changed.target_type,
+        target_id: changed.target_id,
+        target_details: changed.target_details,
+        success: true,
+        details: changed.details,
+        at: meta::now_millis(),
+    };
+    if let Err(e) = store.record_audit(&event).await {
+        tracing::warn!(error = %e, action = changed.action, "recording an audit event failed");
+    }
 }

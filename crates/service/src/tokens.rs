@@ -6,7 +6,11 @@
 
 use meta::{PersonalAccessToken, Store};
 
-use crate::settings::SettingsError;
+use meta::events::AuditEntity;
+use serde_json::json;
+
+use crate::settings::{record_change, Changed, SettingsError};
+use crate::RequestContext;
 
 /// Scopes a personal access token may have.
 pub const PAT_SCOPES: &[&str] = &["api", "read_registry", "write_registry"];
@@ -79,12 +83,32 @@ pub fn may_manage_personal_access_token(
     is_admin || user_id == Some(token.user_id)
 }
 
-/// Creates a token for user `owner_id` (the caller decided that it may); returns it with its
-/// secret, which is never available again.
+/// Records a change of personal access token `token` in its user's audit log.
+pub async fn record_token_change(
+    store: &Store,
+    ctx: &RequestContext,
+    action: &str,
+    token: &PersonalAccessToken,
+) {
+    let owner = store.user_by_id(token.user_id).await.ok().flatten();
+    let changed = Changed {
+        entity: AuditEntity::user(token.user_id, owner.as_ref().map_or("", |u| &u.username)),
+        action,
+        target_type: "PersonalAccessToken",
+        target_id: token.id.to_string(),
+        target_details: token.name.clone(),
+        details: json!({ "scopes": token.scopes }),
+    };
+    record_change(store, ctx, changed).await;
+}
+
+/// Creates a token for user `owner_id` (the caller decided that it may) and records it for
+/// `ctx`; returns it with its secret, which is never available again.
 pub async fn create_personal_access_token(
     store: &Store,
     owner_id: i64,
     new: NewToken,
+    ctx: &RequestContext,
 ) -> Result<(PersonalAccessToken, String), SettingsError> {
     check_name(&new.name)?;
     let scopes = check_scopes(&new.scopes, PAT_SCOPES)?;
@@ -94,6 +118,7 @@ pub async fn create_personal_access_token(
     let token = store
         .create_personal_access_token(owner_id, new.name.trim(), &hash, &scopes, expires_at)
         .await?;
+    record_token_change(store, ctx, "token_create", &token).await;
     Ok((token, secret))
 }
 
@@ -111,12 +136,15 @@ pub async fn managed_personal_access_token(
     }
 }
 
-/// Revokes `token` (found through [`managed_personal_access_token`]): it stops working at once.
+/// Revokes `token` (found through [`managed_personal_access_token`]): it stops working at
+/// once. Recorded for `ctx`.
 pub async fn revoke_personal_access_token(
     store: &Store,
     token: &PersonalAccessToken,
+    ctx: &RequestContext,
 ) -> Result<(), SettingsError> {
     store.revoke_personal_access_token(token.id).await?;
+    record_token_change(store, ctx, "token_revoke", token).await;
     Ok(())
 }
 

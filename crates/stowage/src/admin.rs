@@ -443,7 +443,8 @@ pub async fn run(
                 let new =
                     svc::NewPersonalAccessToken { name, scopes, expires_at: expiry.expires_at };
                 let (token, secret) =
-                    svc::create_personal_access_token(store, op, &path_ref(&user), new).await?;
+                    svc::create_personal_access_token(store, op, &path_ref(&user), new, &cli_ctx())
+                        .await?;
                 print_json(&PersonalAccessTokenView::new(&token, Some(secret)))
             }
             PersonalTokensCommand::List { user, user_flag } => {
@@ -458,7 +459,7 @@ pub async fn run(
                 )
             }
             PersonalTokensCommand::Revoke { id } => {
-                svc::revoke_personal_access_token(store, op, id).await?;
+                svc::revoke_personal_access_token(store, op, id, &cli_ctx()).await?;
                 println!("revoked personal access token {id}");
                 Ok(())
             }
@@ -551,4 +552,9 @@ pub fn kubernetes_secret(
 /// `host[:port]` from the configured external URL.
 pub fn registry_host(external_url: &str) -> String {
     api::export::registry_host(external_url)
+}
+
+/// Who the audit log names for changes made with `stowage admin`.
+fn cli_ctx() -> service::RequestContext {
+    service::RequestContext::system("(stowage admin)")
 }

@@ -44,6 +44,14 @@ fn page_error(e: SettingsError) -> PageError {
     }
 }
 
+/// Who makes a change, for the audit log (and the access log's actor).
+pub(crate) fn request_context(viewer: &Viewer, parts: &Parts) -> service::RequestContext {
+    let actor = viewer.identity().audit_actor();
+    auth::web::note_actor(&parts.extensions, &actor);
+    let origin = auth::web::request_origin(&parts.method, &parts.headers, &parts.extensions);
+    service::RequestContext { actor, origin }
+}
+
 /// The project at `path` and the viewer's role on it, if they may manage its settings.
 async fn managed_project(
     state: &WebState,
@@ -270,13 +278,13 @@ pub async fn page(
     viewer.check_csrf(form.get(CSRF_FIELD))?;
     let (project, level) = managed_project(state, viewer, path).await?;
     let base = format!("/{}{SETTINGS_SUFFIX}", project.full_path);
+    let ctx = request_context(viewer, parts);
+    let change = Change { state, level, project: &project, form: &form, ctx: &ctx };
     let outcome = match form.get("form").unwrap_or("") {
-        "policy" => save_policy(state, level, &project, &form).await.map(|()| "policy"),
-        "access" => save_access(state, level, &project, &form).await.map(|()| "access"),
-        "add_tag_rule" => add_tag_rule(state, level, &project, &form).await.map(|()| "tag_rule"),
-        "delete_tag_rule" => {
-            delete_tag_rule(state, level, &project, &form).await.map(|()| "tag_rule_deleted")
-        }
+        "policy" => save_policy(&change).await.map(|()| "policy"),
+        "access" => save_access(&change).await.map(|()| "access"),
+        "add_tag_rule" => add_tag_rule(&change).await.map(|()| "tag_rule"),
+        "delete_tag_rule" => delete_tag_rule(&change).await.map(|()| "tag_rule_deleted"),
         other => {
             return Err(PageError::BadRequest(format!(
                 "{} is not a settings form: reload the page and use its buttons",
@@ -314,6 +322,16 @@ fn saved_notice(kind: &str) -> Option<&'static str> {
     })
 }
 
+/// One settings form, checked and about to be applied.
+struct Change<'a> {
+    state: &'a WebState,
+    /// The viewer's role on the project (maintainer or above: checked).
+    level: i64,
+    project: &'a Project,
+    form: &'a Fields,
+    ctx: &'a service::RequestContext,
+}
+
 /// The policy form as typed (for showing a refused form again).
 fn typed_policy(form: &Fields) -> PolicyForm {
     let text = |name: &str| form.get(name).unwrap_or("").to_string();
@@ -329,12 +347,8 @@ fn typed_policy(form: &Fields) -> PolicyForm {
 
 /// The policy form: every field is sent (a checkbox that is not checked means disabled), and
 /// an empty regex clears it, as GitLab's form does.
-async fn save_policy(
-    state: &WebState,
-    level: i64,
-    project: &Project,
-    form: &Fields,
-) -> Result<(), SettingsError> {
+async fn save_policy(c: &Change<'_>) -> Result<(), SettingsError> {
+    let (state, level, project, form) = (c.state, c.level, c.project, c.form);
     // "no minimum" and "any age" clear the setting.
     let keep_n = match form.get("keep_n").unwrap_or("") {
         "" => None,
@@ -354,16 +368,12 @@ async fn save_policy(
         name_regex_keep: Some(form.get("name_regex_keep").unwrap_or("").to_string()),
     };
     let now = meta::now_millis();
-    service::cleanup::update_policy(state.store(), level, project, changes, now).await?;
+    service::cleanup::update_policy(state.store(), level, project, changes, now, c.ctx).await?;
     Ok(())
 }
 
-async fn save_access(
-    state: &WebState,
-    level: i64,
-    project: &Project,
-    form: &Fields,
-) -> Result<(), SettingsError> {
+async fn save_access(c: &Change<'_>) -> Result<(), SettingsError> {
+    let (state, level, project, form) = (c.state, c.level, c.project, c.form);
     let access: RegistryAccess = service::settings::parse_registry_access(
         form.get("container_registry_access_level").unwrap_or(""),
     )?;
@@ -371,12 +381,8 @@ async fn save_access(
     Ok(())
 }
 
-async fn add_tag_rule(
-    state: &WebState,
-    level: i64,
-    project: &Project,
-    form: &Fields,
-) -> Result<(), SettingsError> {
+async fn add_tag_rule(c: &Change<'_>) -> Result<(), SettingsError> {
+    let (state, level, project, form) = (c.state, c.level, c.project, c.form);
     let pattern = form.get("tag_name_pattern").unwrap_or("").to_string();
     let new = if form.get("immutable") == Some("true") {
         NewTagRule::Immutable { pattern }
@@ -390,19 +396,15 @@ async fn add_tag_rule(
         };
         NewTagRule::Protected { pattern, levels }
     };
-    service::protection::create_tag_rule(state.store(), level, project, new).await?;
+    service::protection::create_tag_rule(state.store(), level, project, new, c.ctx).await?;
     Ok(())
 }
 
-async fn delete_tag_rule(
-    state: &WebState,
-    level: i64,
-    project: &Project,
-    form: &Fields,
-) -> Result<(), SettingsError> {
+async fn delete_tag_rule(c: &Change<'_>) -> Result<(), SettingsError> {
+    let (state, level, project, form) = (c.state, c.level, c.project, c.form);
     let id =
         form.get("rule_id").and_then(|id| id.parse::<i64>().ok()).ok_or(SettingsError::NotFound)?;
     let rule =
         state.store().tag_protection_rule(project.id, id).await?.ok_or(SettingsError::NotFound)?;
-    service::protection::delete_tag_rule(state.store(), level, project, &rule).await
+    service::protection::delete_tag_rule(state.store(), level, project, &rule, c.ctx).await
 }

@@ -5,8 +5,7 @@
 //! `DELETE /api/v4/personal_access_tokens/:id` apply; a token of someone else is a 404 here.
 
 use askama::Template;
-use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 
@@ -123,11 +122,16 @@ pub async fn show(State(state): State<WebState>, headers: HeaderMap) -> Page {
 
 /// `POST`: `action=create` (`name`, `scopes` repeated, `expires_at`) or `action=revoke`
 /// (`token_id`).
-pub async fn submit(State(state): State<WebState>, headers: HeaderMap, body: Bytes) -> Page {
-    let viewer = session::viewer(&state, &headers).await?;
+pub async fn submit(State(state): State<WebState>, request: Request) -> Page {
+    let (parts, body) = request.into_parts();
+    let viewer = session::viewer(&state, &parts.headers).await?;
+    let body = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map_err(|_| PageError::BadRequest("the form is too large".into()))?;
     let form = Fields::parse(&body);
     viewer.check_csrf(form.get(CSRF_FIELD))?;
     let user = viewer.user.clone().ok_or(PageError::Csrf)?;
+    let ctx = crate::settings::request_context(&viewer, &parts);
     match form.get("action").unwrap_or("") {
         "create" => {
             let typed = TokenForm {
@@ -140,7 +144,9 @@ pub async fn submit(State(state): State<WebState>, headers: HeaderMap, body: Byt
                 scopes: typed.scopes.clone(),
                 expires_at: Some(typed.expires_at.clone()),
             };
-            match service::tokens::create_personal_access_token(state.store(), user.id, new).await {
+            match service::tokens::create_personal_access_token(state.store(), user.id, new, &ctx)
+                .await
+            {
                 Ok((token, secret)) => {
                     let shown = Shown { created: Some((token.name, secret)), ..Shown::default() };
                     render(&state, &viewer, &user, shown, StatusCode::CREATED).await
@@ -170,12 +176,12 @@ pub async fn submit(State(state): State<WebState>, headers: HeaderMap, body: Byt
                 SettingsError::Meta(e) => PageError::Database(e),
                 _ => PageError::NotFound,
             })?;
-            service::tokens::revoke_personal_access_token(state.store(), &token).await.map_err(
-                |e| match e {
+            service::tokens::revoke_personal_access_token(state.store(), &token, &ctx)
+                .await
+                .map_err(|e| match e {
                     SettingsError::Meta(e) => PageError::Database(e),
                     _ => PageError::NotFound,
-                },
-            )?;
+                })?;
             let notice = Some(format!("Token {} revoked: it no longer works.", token.name));
             let shown = Shown { notice, ..Shown::default() };
             render(&state, &viewer, &user, shown, StatusCode::OK).await
