@@ -602,6 +602,89 @@ async fn browser_sets_a_cleanup_policy_and_sees_the_preview(backend: MetaBackend
     assert!(shots.join("03-cleanup-preview.png").is_file(), "screenshots in {}", shots.display());
 }
 
+async fn project_deploy_tokens_are_shown_once_and_revocable(backend: MetaBackend) {
+    let w = world(backend, &[]).await;
+    let maria = w.api.create_user("maria").await;
+    w.api.add_member("projects", w.a, maria.id, 40).await;
+    let maria = Browser::signed_in(&w, "maria", &maria.password).await;
+    let token = maria.csrf().await;
+    let form = |name: &'static str, username: &'static str| {
+        vec![
+            ("authenticity_token", token.clone()),
+            ("form", "create_deploy_token".to_string()),
+            ("name", name.to_string()),
+            ("username", username.to_string()),
+            ("scopes", "read_registry".to_string()),
+        ]
+    };
+    let post = |form: Vec<(&'static str, String)>| {
+        let maria = &maria;
+        async move {
+            let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            maria.post(SETTINGS, &pairs).await
+        }
+    };
+    // A username of a user is refused as the API refuses it.
+    let taken = post(form("puller", "alice")).await;
+    assert_eq!(taken.status, StatusCode::BAD_REQUEST, "{}", taken.body);
+    assert!(taken.body.contains("alice is already taken by a user"), "{}", taken.body);
+
+    let created = post(form(MARKUP, "k8s-puller")).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert!(!created.body.contains(MARKUP) && escaped(&created.body), "{}", created.body);
+    let secret = created
+        .body
+        .split("<code id=\"new-deploy-token\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</code>").next())
+        .expect("the new deploy token is shown")
+        .to_string();
+    assert!(!maria.get(SETTINGS).await.body.contains(&secret), "shown once");
+    let listed = w.api.call(Method::GET, &format!("/projects/{}/deploy_tokens", w.a), None).await;
+    assert_eq!(listed[0]["username"], "k8s-puller", "{listed}");
+    assert_eq!(listed[0]["scopes"], serde_json::json!(["read_registry"]), "{listed}");
+
+    // It pulls from this project with docker login's token request.
+    let pull = vec![e2e::gitlab::repo_scope("acme/a", "pull")];
+    let jwt = request_token(&w.http, &w.server.base, Some(("k8s-puller", &secret)), &pull).await;
+    assert!(jwt.is_ok(), "{jwt:?}");
+    // Revoked on the page: refused at once.
+    let id = listed[0]["id"].as_i64().unwrap().to_string();
+    let revoked = maria
+        .post(
+            SETTINGS,
+            &[("authenticity_token", &token), ("form", "revoke_deploy_token"), ("token_id", &id)],
+        )
+        .await;
+    assert_eq!(revoked.status, StatusCode::SEE_OTHER, "{}", revoked.body);
+    let refused =
+        request_token(&w.http, &w.server.base, Some(("k8s-puller", &secret)), &pull).await;
+    assert_eq!(refused.map_err(|(status, _)| status), Err(StatusCode::UNAUTHORIZED));
+    // A token id of another project: nothing to revoke here.
+    let other = w
+        .api
+        .call(
+            Method::POST,
+            &format!("/projects/{}/deploy_tokens", w.b),
+            Some(serde_json::json!({"name": "b", "scopes": ["read_registry"]})),
+        )
+        .await;
+    let other_id = other["id"].as_i64().unwrap().to_string();
+    let crossed = maria
+        .post(
+            SETTINGS,
+            &[
+                ("authenticity_token", &token),
+                ("form", "revoke_deploy_token"),
+                ("token_id", &other_id),
+            ],
+        )
+        .await;
+    assert_eq!(crossed.status, StatusCode::NOT_FOUND);
+    let b_tokens = w.api.call(Method::GET, &format!("/projects/{}/deploy_tokens", w.b), None).await;
+    assert_eq!(b_tokens[0]["revoked"], false, "{b_tokens}");
+}
+
 fn name_of_token(listed: &Value) -> Value {
     listed[0]["name"].clone()
 }
@@ -617,4 +700,5 @@ backend_tests!(
     only_maintainers_and_owners,
     policy_saves_through_the_api_rules_and_previews_the_dry_run,
     personal_access_tokens_are_shown_once_and_revocable,
+    project_deploy_tokens_are_shown_once_and_revocable,
 );

@@ -49,6 +49,7 @@ impl From<::service::settings::SettingsError> for ApiError {
             }
             SettingsError::Invalid { field: None, message } => ApiError::BadRequest(message),
             SettingsError::Forbidden(why) => ApiError::ForbiddenBecause(why),
+            SettingsError::Conflict(why) => ApiError::Conflict(why),
             SettingsError::NotFound => ApiError::NotFound(PROJECT_NOT_FOUND),
             SettingsError::Meta(e) => ApiError::Internal(e),
         }

@@ -799,11 +799,8 @@ pub async fn create_deploy_token<K: SourceKind>(
         username: p.username,
         expires_at: p.expires_at,
     };
-    let (token, secret) = svc::create_deploy_token(&s.store, &caller, &source, new).await?;
-    let target =
-        Target { kind: "DeployToken", id: token.id.to_string(), details: token.name.clone() };
-    let details = json!({ "username": token.username, "scopes": token.scopes });
-    audit.record_on(&s.store, &source, "token_create", target, details).await;
+    let (token, secret) =
+        svc::create_deploy_token(&s.store, &caller, &source, new, &audit.0).await?;
     created(DeployTokenView::new(&token, Some(secret)))
 }
 
@@ -859,9 +856,7 @@ pub async fn revoke_deploy_token<K: SourceKind>(
 ) -> Answer {
     let source = source::<K>(&s, &caller, &id).await?;
     let token = numeric_id(&token, TOKEN_NOT_FOUND)?;
-    svc::revoke_deploy_token(&s.store, &caller, &source, token).await?;
-    let target = Target { kind: "DeployToken", id: token.to_string(), details: String::new() };
-    audit.record_on(&s.store, &source, "token_revoke", target, json!({})).await;
+    svc::revoke_deploy_token(&s.store, &caller, &source, token, &audit.0).await?;
     no_content()
 }
 

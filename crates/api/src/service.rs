@@ -646,6 +646,15 @@ pub enum Source {
 }
 
 impl Source {
+    /// What `service::tokens` calls the owner of a deploy token.
+    pub fn token_owner(&self) -> ::service::tokens::TokenOwner {
+        ::service::tokens::TokenOwner {
+            source_type: self.source_type(),
+            id: self.id(),
+            full_path: self.full_path().to_string(),
+        }
+    }
+
     pub fn source_type(&self) -> SourceType {
         match self {
             Source::Group(_) => SourceType::Group,
@@ -888,16 +897,8 @@ pub struct NewPersonalAccessToken {
     pub expires_at: Option<String>,
 }
 
-fn check_scopes(scopes: &[String], allowed: &[&str]) -> Result<Vec<String>, ApiError> {
-    Ok(::service::tokens::check_scopes(scopes, allowed)?)
-}
-
 fn parse_future_expiry(text: Option<&str>) -> Result<Option<i64>, ApiError> {
     Ok(::service::tokens::parse_future_expiry(text)?)
-}
-
-fn check_name(name: &str) -> Result<(), ApiError> {
-    Ok(::service::tokens::check_name(name)?)
 }
 
 /// Creates a token for `user_ref` (admins, or the user themself); returns it with its secret,
@@ -1019,52 +1020,18 @@ pub async fn create_deploy_token(
     caller: &Caller,
     source: &Source,
     new: NewDeployToken,
+    ctx: &::service::RequestContext,
 ) -> Result<(meta::DeployToken, String), ApiError> {
     caller.require_signed_in()?;
-    require_level(
-        source.level(store, caller).await?,
-        access_level::MAINTAINER,
-        "managing deploy tokens",
-    )?;
-    check_name(&new.name)?;
-    let scopes = check_scopes(&new.scopes, DEPLOY_SCOPES)?;
-    let expires_at = parse_future_expiry(new.expires_at.as_deref())?;
-    let username = match new.username.as_deref().map(str::trim).filter(|u| !u.is_empty()) {
-        Some(u) => {
-            let ok =
-                u.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '+'));
-            if !ok || u.len() > 255 {
-                return Err(ApiError::invalid(
-                    "username",
-                    "may only contain letters, digits, '_', '-', '.' and '+'",
-                ));
-            }
-            if u == CI_USERNAME || store.user_by_username(u).await?.is_some() {
-                return Err(ApiError::Conflict(format!(
-                    "{u} is already taken by a user: choose another username"
-                )));
-            }
-            u.to_string()
-        }
-        None => format!(
-            "stowage+deploy-token-{}",
-            auth::secret::new_token("")[..10].to_ascii_lowercase()
-        ),
+    let level = source.level(store, caller).await?;
+    let token = ::service::tokens::NewToken {
+        name: new.name,
+        scopes: new.scopes,
+        expires_at: new.expires_at,
     };
-    let secret = auth::secret::new_token(auth::secret::DEPLOY_PREFIX);
-    let hash = auth::secret::token_hash(&secret);
-    let token = store
-        .create_deploy_token(
-            source.source_type(),
-            source.id(),
-            new.name.trim(),
-            &username,
-            &hash,
-            &scopes,
-            expires_at,
-        )
-        .await?;
-    Ok((token, secret))
+    let owner = source.token_owner();
+    let username = new.username.as_deref();
+    Ok(::service::tokens::create_deploy_token(store, level, &owner, token, username, ctx).await?)
 }
 
 pub async fn list_deploy_tokens(
@@ -1103,17 +1070,16 @@ pub async fn revoke_deploy_token(
     caller: &Caller,
     source: &Source,
     id: i64,
+    ctx: &::service::RequestContext,
 ) -> Result<(), ApiError> {
     caller.require_signed_in()?;
-    require_level(
-        source.level(store, caller).await?,
-        access_level::MAINTAINER,
-        "managing deploy tokens",
-    )?;
-    if store.revoke_deploy_token(source.source_type(), source.id(), id).await? {
-        Ok(())
-    } else {
-        Err(ApiError::NotFound(TOKEN_NOT_FOUND))
+    let level = source.level(store, caller).await?;
+    match ::service::tokens::revoke_deploy_token(store, level, &source.token_owner(), id, ctx).await
+    {
+        Err(::service::settings::SettingsError::NotFound) => {
+            Err(ApiError::NotFound(TOKEN_NOT_FOUND))
+        }
+        outcome => Ok(outcome?),
     }
 }
 

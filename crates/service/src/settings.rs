@@ -20,6 +20,9 @@ pub enum SettingsError {
     /// The caller may see the project but not do this; the sentence names the role needed.
     #[error("{0}")]
     Forbidden(String),
+    /// The name is taken; the sentence says what to choose instead.
+    #[error("{0}")]
+    Conflict(String),
     /// Nothing there, or nothing the caller may see.
     #[error("not found")]
     NotFound,

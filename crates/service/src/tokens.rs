@@ -4,12 +4,12 @@
 //! (`/users/:id/personal_access_tokens`, `/personal_access_tokens/:id`) and the web UI's
 //! `/-/user_settings/personal_access_tokens` page both call these.
 
-use meta::{PersonalAccessToken, Store};
+use meta::{DeployToken, PersonalAccessToken, SourceType, Store};
 
 use meta::events::AuditEntity;
 use serde_json::json;
 
-use crate::settings::{record_change, Changed, SettingsError};
+use crate::settings::{record_change, require_maintainer, Changed, SettingsError};
 use crate::RequestContext;
 
 /// Scopes a personal access token may have.
@@ -145,6 +145,109 @@ pub async fn revoke_personal_access_token(
 ) -> Result<(), SettingsError> {
     store.revoke_personal_access_token(token.id).await?;
     record_token_change(store, ctx, "token_revoke", token).await;
+    Ok(())
+}
+
+// ---- deploy tokens --------------------------------------------------------------------------
+
+/// What deploy tokens attach to: a group or a project, as the audit log names it.
+#[derive(Clone, Debug)]
+pub struct TokenOwner {
+    pub source_type: SourceType,
+    pub id: i64,
+    pub full_path: String,
+}
+
+impl TokenOwner {
+    fn entity(&self) -> AuditEntity {
+        AuditEntity::source(self.source_type, self.id, &self.full_path)
+    }
+}
+
+/// Creates a deploy token of `owner` for a caller whose role there is `level` (maintainers
+/// and above), recorded for `ctx`; returns it with its secret, shown once. Without a
+/// `username`, one is made up (`stowage+deploy-token-…`); a given one must not be a user's.
+pub async fn create_deploy_token(
+    store: &Store,
+    level: i64,
+    owner: &TokenOwner,
+    new: NewToken,
+    username: Option<&str>,
+    ctx: &RequestContext,
+) -> Result<(DeployToken, String), SettingsError> {
+    require_maintainer(level, "managing deploy tokens")?;
+    check_name(&new.name)?;
+    let scopes = check_scopes(&new.scopes, DEPLOY_SCOPES)?;
+    let expires_at = parse_future_expiry(new.expires_at.as_deref())?;
+    let username = match username.map(str::trim).filter(|u| !u.is_empty()) {
+        Some(u) => {
+            let ok =
+                u.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '+'));
+            if !ok || u.len() > 255 {
+                return Err(SettingsError::field(
+                    "username",
+                    "may only contain letters, digits, '_', '-', '.' and '+'",
+                ));
+            }
+            if u == auth::CI_USERNAME || store.user_by_username(u).await?.is_some() {
+                return Err(SettingsError::Conflict(format!(
+                    "{u} is already taken by a user: choose another username"
+                )));
+            }
+            u.to_string()
+        }
+        None => format!(
+            "stowage+deploy-token-{}",
+            auth::secret::new_token("")[..10].to_ascii_lowercase()
+        ),
+    };
+    let secret = auth::secret::new_token(auth::secret::DEPLOY_PREFIX);
+    let hash = auth::secret::token_hash(&secret);
+    let token = store
+        .create_deploy_token(
+            owner.source_type,
+            owner.id,
+            new.name.trim(),
+            &username,
+            &hash,
+            &scopes,
+            expires_at,
+        )
+        .await?;
+    let changed = Changed {
+        entity: owner.entity(),
+        action: "token_create",
+        target_type: "DeployToken",
+        target_id: token.id.to_string(),
+        target_details: token.name.clone(),
+        details: json!({ "username": token.username, "scopes": token.scopes }),
+    };
+    record_change(store, ctx, changed).await;
+    Ok((token, secret))
+}
+
+/// Revokes deploy token `id` of `owner` for a caller whose role there is `level`, recorded
+/// for `ctx`; [`SettingsError::NotFound`] when `owner` has no such token.
+pub async fn revoke_deploy_token(
+    store: &Store,
+    level: i64,
+    owner: &TokenOwner,
+    id: i64,
+    ctx: &RequestContext,
+) -> Result<(), SettingsError> {
+    require_maintainer(level, "managing deploy tokens")?;
+    if !store.revoke_deploy_token(owner.source_type, owner.id, id).await? {
+        return Err(SettingsError::NotFound);
+    }
+    let changed = Changed {
+        entity: owner.entity(),
+        action: "token_revoke",
+        target_type: "DeployToken",
+        target_id: id.to_string(),
+        target_details: String::new(),
+        details: json!({}),
+    };
+    record_change(store, ctx, changed).await;
     Ok(())
 }
 

@@ -477,7 +477,8 @@ pub async fn run(
                 let source = svc::source_by_path(store, op, &path).await?;
                 let new =
                     svc::NewDeployToken { name, scopes, username, expires_at: expiry.expires_at };
-                let (token, secret) = svc::create_deploy_token(store, op, &source, new).await?;
+                let (token, secret) =
+                    svc::create_deploy_token(store, op, &source, new, &cli_ctx()).await?;
                 match kubernetes_secret {
                     Some(secret_name) => {
                         let host = api::export::registry_host(config_external_url);
@@ -505,7 +506,7 @@ pub async fn run(
             }
             DeployTokensCommand::Revoke { path, id } => {
                 let source = svc::source_by_path(store, op, &path).await?;
-                svc::revoke_deploy_token(store, op, &source, id).await?;
+                svc::revoke_deploy_token(store, op, &source, id, &cli_ctx()).await?;
                 println!("revoked deploy token {id} of {}", source.full_path());
                 Ok(())
             }

@@ -37,7 +37,9 @@ pub const SETTINGS_SUFFIX: &str = "/-/settings/packages_and_registries";
 /// A refusal of the services, as a page shows it.
 fn page_error(e: SettingsError) -> PageError {
     match e {
-        SettingsError::Invalid { .. } => PageError::BadRequest(e.to_string()),
+        SettingsError::Invalid { .. } | SettingsError::Conflict(_) => {
+            PageError::BadRequest(e.to_string())
+        }
         SettingsError::Forbidden(why) => PageError::Forbidden(why),
         SettingsError::NotFound => PageError::NotFound,
         SettingsError::Meta(e) => PageError::Database(e),
@@ -99,6 +101,8 @@ struct TagRuleRow {
 }
 
 struct DeployTokenRow {
+    id: i64,
+    active: bool,
     name: String,
     username: String,
     scopes: String,
@@ -138,6 +142,8 @@ struct SettingsPage {
     tag_rules: Vec<TagRuleRow>,
     is_owner: bool,
     deploy_tokens: Vec<DeployTokenRow>,
+    created_deploy_token: Option<(String, String, String)>,
+    deploy_scopes: Vec<&'static str>,
 }
 
 /// What to show besides the saved settings.
@@ -149,6 +155,8 @@ struct Shown {
     /// The values typed into a refused policy form.
     typed: Option<PolicyForm>,
     preview: bool,
+    /// (name, username, secret) of a deploy token just created.
+    created_deploy_token: Option<(String, String, String)>,
 }
 
 fn level_label(level: Option<i64>) -> &'static str {
@@ -197,6 +205,8 @@ async fn render(
         .await?
         .into_iter()
         .map(|t| DeployTokenRow {
+            id: t.id,
+            active: !t.revoked && t.expires_at.is_none_or(|at| at > now),
             state: if t.revoked {
                 "revoked"
             } else if t.expires_at.is_some_and(|at| at <= now) {
@@ -245,6 +255,8 @@ async fn render(
         tag_rules,
         is_owner: level >= meta::access_level::OWNER,
         deploy_tokens,
+        created_deploy_token: shown.created_deploy_token,
+        deploy_scopes: service::tokens::DEPLOY_SCOPES.to_vec(),
     };
     Ok(html(status, page.render()))
 }
@@ -285,6 +297,17 @@ pub async fn page(
         "access" => save_access(&change).await.map(|()| "access"),
         "add_tag_rule" => add_tag_rule(&change).await.map(|()| "tag_rule"),
         "delete_tag_rule" => delete_tag_rule(&change).await.map(|()| "tag_rule_deleted"),
+        "create_deploy_token" => match create_deploy_token(&change).await {
+            // The secret is shown on the page that answers the form, and never again.
+            Ok(created) => {
+                let shown = Shown { created_deploy_token: Some(created), ..Default::default() };
+                return render(state, viewer, &project, level, shown, StatusCode::CREATED).await;
+            }
+            Err(e) => Err(e),
+        },
+        "revoke_deploy_token" => {
+            revoke_deploy_token(&change).await.map(|()| "deploy_token_revoked")
+        }
         other => {
             return Err(PageError::BadRequest(format!(
                 "{} is not a settings form: reload the page and use its buttons",
@@ -302,6 +325,7 @@ pub async fn page(
             let which = match form.get("form") {
                 Some("policy") => "policy",
                 Some("access") => "access",
+                Some("create_deploy_token") => "deploy_token",
                 _ => "tag_rule",
             };
             let typed = (which == "policy").then(|| typed_policy(&form));
@@ -318,6 +342,7 @@ fn saved_notice(kind: &str) -> Option<&'static str> {
         "access" => "Container registry visibility saved.",
         "tag_rule" => "Tag rule added.",
         "tag_rule_deleted" => "Tag rule deleted.",
+        "deploy_token_revoked" => "Deploy token revoked: it no longer works.",
         _ => return None,
     })
 }
@@ -407,4 +432,41 @@ async fn delete_tag_rule(c: &Change<'_>) -> Result<(), SettingsError> {
     let rule =
         state.store().tag_protection_rule(project.id, id).await?.ok_or(SettingsError::NotFound)?;
     service::protection::delete_tag_rule(state.store(), level, project, &rule, c.ctx).await
+}
+
+fn token_owner(project: &Project) -> service::tokens::TokenOwner {
+    service::tokens::TokenOwner {
+        source_type: SourceType::Project,
+        id: project.id,
+        full_path: project.full_path.clone(),
+    }
+}
+
+/// A project deploy token (`name`, `scopes` repeated, `expires_at`, `username`): answers its
+/// name, username and secret.
+async fn create_deploy_token(c: &Change<'_>) -> Result<(String, String, String), SettingsError> {
+    let new = service::tokens::NewToken {
+        name: c.form.get("name").unwrap_or("").to_string(),
+        scopes: c.form.all("scopes").into_iter().map(str::to_string).collect(),
+        expires_at: c.form.get("expires_at").map(str::to_string),
+    };
+    let username = c.form.get("username");
+    let owner = token_owner(c.project);
+    let (token, secret) = service::tokens::create_deploy_token(
+        c.state.store(),
+        c.level,
+        &owner,
+        new,
+        username,
+        c.ctx,
+    )
+    .await?;
+    Ok((token.name, token.username, secret))
+}
+
+async fn revoke_deploy_token(c: &Change<'_>) -> Result<(), SettingsError> {
+    let id = c.form.get("token_id").and_then(|id| id.parse::<i64>().ok());
+    let id = id.ok_or(SettingsError::NotFound)?;
+    let owner = token_owner(c.project);
+    service::tokens::revoke_deploy_token(c.state.store(), c.level, &owner, id, c.ctx).await
 }
