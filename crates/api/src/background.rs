@@ -87,12 +87,12 @@ pub struct BulkTagDelete {
 
 impl BulkTagDelete {
     pub fn cleanup(&self) -> Result<TagCleanup, ApiError> {
-        TagCleanup::new(
+        Ok(TagCleanup::new(
             self.name_regex_delete.as_deref(),
             self.name_regex_keep.as_deref(),
             self.keep_n,
             self.older_than.as_deref(),
-        )
+        )?)
     }
 }
 

@@ -1,29 +1,31 @@
-//! Cleanup policies (GitLab's `container_expiration_policy`): set with `PUT /projects/:id`
-//! (`container_expiration_policy_attributes`), shown by `GET /projects/:id`, previewed with
-//! `GET /projects/:id/registry/cleanup_policy/dry_run`, and run by [`run_due_policies`]
-//! (a periodic job, see `background`, so that with several instances each pass runs once).
+//! Cleanup policies (GitLab's `container_expiration_policy`) on the REST API: set with
+//! `PUT /projects/:id` (`container_expiration_policy_attributes`), shown by `GET /projects/:id`,
+//! previewed with `GET /projects/:id/registry/cleanup_policy/dry_run`, and run by
+//! [`run_due_policies`] (a periodic job, see `background`, so that with several instances each
+//! pass runs once).
 //!
-//! A run deletes, per repository of the project, the tags the bulk tag delete would delete
-//! with the policy's settings ([`TagCleanup`]: never `latest`; whole-name regexes; the `keep_n`
-//! newest kept; only tags older than `older_than`) — except tags any protection or immutable
-//! rule covers. Runs are bounded by a [`CleanupBudget`]; a run that exhausts it records the
-//! repository it stopped in and resumes there on the next pass. The clock is a parameter, so
-//! tests can run policies "in 90 days".
+//! What a policy may be and which tags it deletes is decided in `service::cleanup` (shared
+//! with the web UI's settings page); this module parses the API's input, applies the
+//! caller's role, and runs due policies. Runs are bounded by a [`CleanupBudget`]; a run that
+//! exhausts it records the repository it stopped in and resumes there on the next pass. The
+//! clock is a parameter, so tests can run policies "in 90 days".
 
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 
+use ::service::cleanup::{cadence_ms, doomed_in, tag_cleanup, PolicyChanges, DAY_MS as DAY};
 use axum::Json;
-use meta::{access_level, CleanupPolicy, Project, Store};
+use meta::{CleanupPolicy, Project, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+pub use ::service::cleanup::{DoomedTag, CADENCES, KEEP_N, OLDER_THAN};
 
 use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::input::{flag, int, Path, Ref};
-use crate::registry_api::TagCleanup;
 use crate::routing::Routes;
 use crate::service as svc;
 use crate::time::iso8601;
@@ -31,12 +33,6 @@ use crate::ApiState;
 
 /// How cleanup policies appear in the audit log and registry events.
 pub const CLEANUP_ACTOR: &str = "(cleanup policy)";
-
-pub const CADENCES: &[(&str, i64)] =
-    &[("1d", DAY), ("7d", 7 * DAY), ("14d", 14 * DAY), ("1month", 30 * DAY), ("3month", 90 * DAY)];
-pub const KEEP_N: &[i64] = &[1, 5, 10, 25, 50, 100];
-pub const OLDER_THAN: &[&str] = &["7d", "14d", "30d", "90d"];
-const DAY: i64 = 86_400_000;
 
 pub fn routes() -> Routes {
     Routes::new().get("/projects/{id}/registry/cleanup_policy/dry_run", dry_run_handler)
@@ -59,23 +55,22 @@ pub struct PolicyAttributes {
     pub name_regex_keep: Option<String>,
 }
 
-fn cadence_ms(cadence: &str) -> Option<i64> {
-    CADENCES.iter().find(|(name, _)| *name == cadence).map(|(_, ms)| *ms)
-}
-
-fn one_of<T: std::fmt::Display>(field: &str, values: &[T]) -> ApiError {
-    let list = values.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ");
-    ApiError::bad_request(format!(
-        "container_expiration_policy_attributes {field} must be one of {list}"
-    ))
+impl From<PolicyAttributes> for PolicyChanges {
+    fn from(a: PolicyAttributes) -> PolicyChanges {
+        PolicyChanges {
+            enabled: a.enabled,
+            cadence: a.cadence,
+            keep_n: a.keep_n.map(Some),
+            older_than: a.older_than.map(Some),
+            name_regex: a.name_regex_delete.or(a.name_regex),
+            name_regex_keep: a.name_regex_keep,
+        }
+    }
 }
 
 /// The policy a project runs: its saved one or GitLab's defaults.
 pub async fn policy_of(store: &Store, project_id: i64) -> Result<CleanupPolicy, ApiError> {
-    Ok(store
-        .cleanup_policy(project_id)
-        .await?
-        .unwrap_or_else(|| CleanupPolicy::default_for(project_id)))
+    Ok(::service::cleanup::policy_of(store, project_id).await?)
 }
 
 /// Applies `attributes` (a JSON object) to `project`'s policy at time `now` and saves it. The
@@ -102,66 +97,11 @@ pub async fn plan_policy_update(
     now: i64,
 ) -> Result<CleanupPolicy, ApiError> {
     let level = svc::project_level(store, caller, project).await?;
-    if level < access_level::MAINTAINER {
-        return Err(ApiError::ForbiddenBecause(
-            "changing a cleanup policy needs the maintainer role or higher".into(),
-        ));
-    }
+    ::service::settings::require_maintainer(level, "changing a cleanup policy")?;
     let a: PolicyAttributes = serde_json::from_value(attributes).map_err(|e| {
         ApiError::bad_request(format!("container_expiration_policy_attributes is invalid: {e}"))
     })?;
-    let mut p = policy_of(store, project.id).await?;
-    let before = (p.enabled, p.cadence.clone());
-    if let Some(enabled) = a.enabled {
-        p.enabled = enabled;
-    }
-    if let Some(cadence) = a.cadence {
-        if cadence_ms(&cadence).is_none() {
-            let names: Vec<&str> = CADENCES.iter().map(|(n, _)| *n).collect();
-            return Err(one_of("cadence", &names));
-        }
-        p.cadence = cadence;
-    }
-    if let Some(keep_n) = a.keep_n {
-        if !KEEP_N.contains(&keep_n) {
-            return Err(one_of("keep_n", KEEP_N));
-        }
-        p.keep_n = Some(keep_n);
-    }
-    if let Some(older_than) = a.older_than {
-        if !OLDER_THAN.contains(&older_than.as_str()) {
-            return Err(one_of("older_than", OLDER_THAN));
-        }
-        p.older_than = Some(older_than);
-    }
-    if let Some(regex) = a.name_regex_delete.or(a.name_regex) {
-        p.name_regex = Some(regex).filter(|r| !r.is_empty());
-    }
-    if let Some(regex) = a.name_regex_keep {
-        p.name_regex_keep = Some(regex).filter(|r| !r.is_empty());
-    }
-    // Invalid regexes are refused now rather than failing every run.
-    tag_cleanup(&p)?;
-    if !p.enabled {
-        p.next_run_at = None;
-        if p.run_status != "unfinished" {
-            p.run_status = "unscheduled".into();
-        }
-    } else if before != (p.enabled, p.cadence.clone()) || p.next_run_at.is_none() {
-        p.next_run_at = Some(now + cadence_ms(&p.cadence).unwrap_or(DAY));
-        if p.run_status != "unfinished" {
-            p.run_status = "scheduled".into();
-        }
-    }
-    Ok(p)
-}
-
-/// What a policy deletes, as the bulk tag delete understands it. `None`: a policy without
-/// `name_regex` deletes nothing.
-fn tag_cleanup(p: &CleanupPolicy) -> Result<Option<TagCleanup>, ApiError> {
-    let Some(delete) = p.name_regex.as_deref().filter(|r| !r.is_empty()) else { return Ok(None) };
-    TagCleanup::new(Some(delete), p.name_regex_keep.as_deref(), p.keep_n, p.older_than.as_deref())
-        .map(Some)
+    Ok(::service::cleanup::plan_policy_update(store, level, project, a.into(), now).await?)
 }
 
 /// `container_expiration_policy` in project answers.
@@ -208,50 +148,13 @@ pub async fn policy_view(store: &Store, project_id: i64) -> Result<PolicyView, A
 
 // ---- deciding -------------------------------------------------------------------------------
 
-/// One tag a policy deletes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct DoomedTag {
-    pub repository: String,
-    pub name: String,
-}
-
-/// The tags of `repository` that `cleanup` deletes at `now`, without protected ones.
-async fn doomed_in(
-    store: &Store,
-    project: &Project,
-    repository: &str,
-    cleanup: &TagCleanup,
-    now: i64,
-) -> Result<Vec<String>, ApiError> {
-    let tags: Vec<(String, i64)> = store
-        .published_tags(repository)
-        .await?
-        .into_iter()
-        .map(|t| (t.name, t.published_at))
-        .collect();
-    let doomed = cleanup.doomed(&tags, now);
-    if doomed.is_empty() {
-        return Ok(doomed);
-    }
-    let protection = store.protection_in_project(project.clone(), repository).await?;
-    Ok(doomed.into_iter().filter(|t| !protection.protects_from_cleanup(t)).collect())
-}
-
 /// Exactly what `project`'s policy would delete if it ran to the end at `now`.
 pub async fn dry_run(
     store: &Store,
     project: &Project,
     now: i64,
 ) -> Result<Vec<DoomedTag>, ApiError> {
-    let policy = policy_of(store, project.id).await?;
-    let Some(cleanup) = tag_cleanup(&policy)? else { return Ok(Vec::new()) };
-    let mut out = Vec::new();
-    for repository in store.project_repository_names(project, None).await? {
-        for name in doomed_in(store, project, &repository, &cleanup, now).await? {
-            out.push(DoomedTag { repository: repository.clone(), name });
-        }
-    }
-    Ok(out)
+    Ok(::service::cleanup::dry_run(store, project, now).await?)
 }
 
 #[derive(Serialize)]
@@ -269,11 +172,8 @@ async fn dry_run_handler(
 ) -> Result<Response, ApiError> {
     caller.require_signed_in()?;
     let project = svc::project(&s.store, &caller, &Ref::parse("id", &id)?).await?;
-    if svc::project_level(&s.store, &caller, &project).await? < access_level::MAINTAINER {
-        return Err(ApiError::ForbiddenBecause(
-            "a cleanup policy dry run needs the maintainer role or higher".into(),
-        ));
-    }
+    let level = svc::project_level(&s.store, &caller, &project).await?;
+    ::service::settings::require_maintainer(level, "a cleanup policy dry run")?;
     let tags = dry_run(&s.store, &project, meta::now_millis()).await?;
     let enabled = policy_of(&s.store, project.id).await?.enabled;
     Ok(Json(DryRunView { project_id: project.id, enabled, tags_count: tags.len(), tags })
@@ -321,7 +221,7 @@ pub async fn run_due_policies(
             policy.run_removed = 0;
             policy.run_cursor = None;
         }
-        let cleanup = match tag_cleanup(&policy) {
+        let cleanup = match tag_cleanup(&policy).map_err(ApiError::from) {
             Ok(cleanup) => cleanup,
             Err(e) => {
                 tracing::warn!(project = project.id, error = %e, "cleanup policy cannot run");
@@ -338,7 +238,8 @@ pub async fn run_due_policies(
                     Ok(name) => name,
                     Err(_) => continue,
                 };
-                for tag in doomed_in(store, &project, &repository, &cleanup, now).await? {
+                let doomed = doomed_in(store, &project, &repository, &cleanup, now).await?;
+                for tag in doomed {
                     if report.tags_removed >= budget.max_tags
                         || started.elapsed() >= budget.max_duration
                     {

@@ -40,6 +40,22 @@ pub enum ApiError {
     Internal(#[from] meta::MetaError),
 }
 
+impl From<::service::settings::SettingsError> for ApiError {
+    fn from(e: ::service::settings::SettingsError) -> Self {
+        use ::service::settings::SettingsError;
+        match e {
+            SettingsError::Invalid { field: Some(field), message } => {
+                ApiError::Invalid { field, message }
+            }
+            SettingsError::Invalid { field: None, message } => ApiError::BadRequest(message),
+            SettingsError::Forbidden(why) => ApiError::ForbiddenBecause(why),
+            SettingsError::Conflict(why) => ApiError::Conflict(why),
+            SettingsError::NotFound => ApiError::NotFound(PROJECT_NOT_FOUND),
+            SettingsError::Meta(e) => ApiError::Internal(e),
+        }
+    }
+}
+
 impl From<::service::ServiceError> for ApiError {
     fn from(e: ::service::ServiceError) -> Self {
         use ::service::ServiceError;

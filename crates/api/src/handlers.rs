@@ -5,7 +5,6 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use meta::events::AuditEntity;
 use meta::SourceType;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -467,15 +466,7 @@ pub async fn update_project(
     };
     let project = svc::update_project(&s.store, &caller, &Ref::parse("id", &id)?, changes).await?;
     if let Some(policy) = policy {
-        s.store.save_cleanup_policy(&policy).await?;
-        let target = Target {
-            kind: "CleanupPolicy",
-            id: project.id.to_string(),
-            details: project.full_path.clone(),
-        };
-        let details = json!({ "enabled": policy.enabled });
-        let source = Source::Project(project.clone());
-        audit.record_on(&s.store, &source, "cleanup_policy_change", target, details).await;
+        ::service::cleanup::save_policy(&s.store, &project, &policy, &audit.0).await?;
     }
     ok(project_view(&s, &host, &project).await?)
 }
@@ -653,18 +644,6 @@ fn member_target(user: &meta::User) -> Target<'static> {
 
 // ---- personal access tokens -----------------------------------------------------------------
 
-/// Records a change of personal access token `token` (of its user).
-async fn audit_pat(s: &ApiState, audit: &Audit, action: &str, token: &meta::PersonalAccessToken) {
-    let owner = s.store.user_by_id(token.user_id).await.ok().flatten();
-    let entity = AuditEntity::user(token.user_id, owner.as_ref().map_or("", |u| &u.username));
-    let target = Target {
-        kind: "PersonalAccessToken",
-        id: token.id.to_string(),
-        details: token.name.clone(),
-    };
-    audit.record(&s.store, entity, action, target, json!({ "scopes": token.scopes })).await;
-}
-
 #[derive(Deserialize)]
 pub struct CreatePersonalAccessToken {
     #[serde(default)]
@@ -687,8 +666,8 @@ pub async fn create_personal_access_token(
         expires_at: p.expires_at,
     };
     let (token, secret) =
-        svc::create_personal_access_token(&s.store, &caller, &user_ref(&id)?, new).await?;
-    audit_pat(&s, &audit, "token_create", &token).await;
+        svc::create_personal_access_token(&s.store, &caller, &user_ref(&id)?, new, &audit.0)
+            .await?;
     created(PersonalAccessTokenView::new(&token, Some(secret)))
 }
 
@@ -779,7 +758,7 @@ pub async fn rotate_personal_access_token(
     let id = token_id(&s, &headers, &id).await?;
     let (token, secret) =
         svc::rotate_personal_access_token(&s.store, &caller, id, p.expires_at.as_deref()).await?;
-    audit_pat(&s, &audit, "token_rotate", &token).await;
+    ::service::tokens::record_token_change(&s.store, &audit.0, "token_rotate", &token).await;
     ok(PersonalAccessTokenView::new(&token, Some(secret)))
 }
 
@@ -790,9 +769,7 @@ pub async fn revoke_personal_access_token(
     Path(id): Path<String>,
 ) -> Answer {
     let id = numeric_id(&id, TOKEN_NOT_FOUND)?;
-    let token = svc::personal_access_token(&s.store, &caller, id).await?;
-    svc::revoke_personal_access_token(&s.store, &caller, id).await?;
-    audit_pat(&s, &audit, "token_revoke", &token).await;
+    svc::revoke_personal_access_token(&s.store, &caller, id, &audit.0).await?;
     no_content()
 }
 
@@ -822,11 +799,8 @@ pub async fn create_deploy_token<K: SourceKind>(
         username: p.username,
         expires_at: p.expires_at,
     };
-    let (token, secret) = svc::create_deploy_token(&s.store, &caller, &source, new).await?;
-    let target =
-        Target { kind: "DeployToken", id: token.id.to_string(), details: token.name.clone() };
-    let details = json!({ "username": token.username, "scopes": token.scopes });
-    audit.record_on(&s.store, &source, "token_create", target, details).await;
+    let (token, secret) =
+        svc::create_deploy_token(&s.store, &caller, &source, new, &audit.0).await?;
     created(DeployTokenView::new(&token, Some(secret)))
 }
 
@@ -882,9 +856,7 @@ pub async fn revoke_deploy_token<K: SourceKind>(
 ) -> Answer {
     let source = source::<K>(&s, &caller, &id).await?;
     let token = numeric_id(&token, TOKEN_NOT_FOUND)?;
-    svc::revoke_deploy_token(&s.store, &caller, &source, token).await?;
-    let target = Target { kind: "DeployToken", id: token.to_string(), details: String::new() };
-    audit.record_on(&s.store, &source, "token_revoke", target, json!({})).await;
+    svc::revoke_deploy_token(&s.store, &caller, &source, token, &audit.0).await?;
     no_content()
 }
 

@@ -32,6 +32,7 @@ use crate::input::{flag, Params, Path, Ref};
 use crate::routing::Routes;
 use crate::service as svc;
 use crate::ApiState;
+use ::service::protection::NewTagRule;
 use meta::events::AuditEntity;
 
 /// The routes of this module, merged into the `/api/v4` router.
@@ -75,27 +76,11 @@ pub async fn rule_level(
 }
 
 fn require(level: i64, needed: i64, what: &str) -> Result<(), ApiError> {
-    if level >= needed {
-        Ok(())
-    } else {
-        Err(ApiError::ForbiddenBecause(format!(
-            "{what} needs the {} role or higher",
-            meta::rule_level_name(needed)
-        )))
-    }
+    Ok(::service::protection::require(level, needed, what)?)
 }
 
-/// A rule may not demand more than its author has, or its author could lock themselves out.
 fn require_within(level: i64, levels: &RuleLevels) -> Result<(), ApiError> {
-    for needed in [levels.push, levels.delete].into_iter().flatten() {
-        if needed > level {
-            return Err(ApiError::ForbiddenBecause(format!(
-                "you cannot set a minimum access level ({}) above your own",
-                meta::rule_level_name(needed)
-            )));
-        }
-    }
-    Ok(())
+    Ok(::service::protection::require_within(level, levels)?)
 }
 
 /// Resolves `:id` to a project the caller may manage rules of (maintainer or above); returns
@@ -126,16 +111,8 @@ fn meta_refusal(e: meta::MetaError) -> ApiError {
 
 // ---- parameters -----------------------------------------------------------------------------
 
-/// `maintainer`, `owner` or `admin` (GitLab's names for rule levels).
 fn parse_rule_level(field: &'static str, text: &str) -> Result<i64, ApiError> {
-    match text {
-        "maintainer" => Ok(access_level::MAINTAINER),
-        "owner" => Ok(access_level::OWNER),
-        "admin" => Ok(ADMIN_ACCESS_LEVEL),
-        other => Err(ApiError::bad_request(format!(
-            "{field} does not have a valid value: {other:?} is not one of maintainer, owner, admin"
-        ))),
-    }
+    Ok(::service::protection::parse_rule_level(field, text)?)
 }
 
 fn level_name(level: Option<i64>) -> Option<&'static str> {
@@ -396,33 +373,19 @@ async fn create_tag_rule(
 ) -> Answer {
     let (project, level) = managed_project(&s.store, &caller, &id).await?;
     let pattern = p.tag_name_pattern.clone().unwrap_or_default();
-    let immutable = p.immutable.unwrap_or(false);
-    let levels = if immutable {
+    let new = if p.immutable.unwrap_or(false) {
         require(level, access_level::OWNER, "creating an immutable tag rule")?;
         if p.gives_levels() {
             return Err(ApiError::bad_request(
                 "an immutable tag rule has no access levels: nobody may move or delete its tags",
             ));
         }
-        RuleLevels::default()
+        NewTagRule::Immutable { pattern }
     } else {
-        let levels = p.levels(RuleLevels::default())?;
-        if levels.push.is_none() || levels.delete.is_none() {
-            return Err(ApiError::bad_request(
-                "minimum_access_level_for_push and minimum_access_level_for_delete are required (maintainer, owner or admin); for an immutable rule send \"immutable\": true instead",
-            ));
-        }
-        require_within(level, &levels)?;
-        levels
+        NewTagRule::Protected { pattern, levels: p.levels(RuleLevels::default())? }
     };
-    check_tag_pattern(&pattern)?;
-    let rule = s
-        .store
-        .create_tag_protection_rule(project.id, &pattern, &levels, immutable)
-        .await
-        .map_err(meta_refusal)?;
-    let target = rule_target("TagProtectionRule", rule.id, &rule.tag_name_pattern);
-    audit_rule(&s, &audit, &project, "protection_rule_create", target).await;
+    let rule =
+        ::service::protection::create_tag_rule(&s.store, level, &project, new, &audit.0).await?;
     Ok((StatusCode::CREATED, Json(TagRuleView::from(&rule))).into_response())
 }
 
@@ -480,18 +443,6 @@ async fn delete_tag_rule(
         .tag_protection_rule(project.id, rule_id(&rule)?)
         .await?
         .ok_or(ApiError::NotFound(RULE_NOT_FOUND))?;
-    if rule.immutable {
-        require(level, access_level::OWNER, "deleting an immutable tag rule")?;
-    }
-    require_within(
-        level,
-        &RuleLevels {
-            push: rule.minimum_access_level_for_push,
-            delete: rule.minimum_access_level_for_delete,
-        },
-    )?;
-    s.store.delete_tag_protection_rule(project.id, rule.id).await?;
-    let target = rule_target("TagProtectionRule", rule.id, &rule.tag_name_pattern);
-    audit_rule(&s, &audit, &project, "protection_rule_delete", target).await;
+    ::service::protection::delete_tag_rule(&s.store, level, &project, &rule, &audit.0).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

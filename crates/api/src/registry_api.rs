@@ -20,7 +20,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use meta::registry_queries::{RepositoryRecord, TagDetail, TagMarker, TagOrder, TagPageQuery};
 use meta::{Project, Store};
-use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -246,109 +245,12 @@ pub async fn delete_tag(
     }
 }
 
-/// Which tags a bulk delete removes: GitLab's rules, also usable by cleanup policies.
-#[derive(Clone, Debug)]
-pub struct TagCleanup {
-    delete: Regex,
-    keep: Option<Regex>,
-    keep_n: Option<usize>,
-    older_than_ms: Option<i64>,
-}
+/// Which tags a bulk delete removes: GitLab's rules, decided in `service::cleanup`.
+pub use ::service::cleanup::{TagCleanup, LATEST};
 
-/// The tag a bulk delete never removes.
-pub const LATEST: &str = "latest";
-
-/// An RE2-style regex matched against the whole tag name. The pattern must be a regex on its
-/// own: wrapped unchecked, `a)|(b` would compile as `^(?:a)|(b)$`, which is not anchored.
-fn whole_name_regex(field: &str, pattern: &str) -> Result<Regex, ApiError> {
-    meta::tag_regex(pattern).and_then(|_| meta::tag_regex(&format!("^(?:{pattern})$"))).map_err(
-        |e| {
-            ApiError::bad_request(format!(
-                "{field} is not a valid regular expression (RE2 syntax): {}",
-                e.to_string().lines().last().unwrap_or("invalid")
-            ))
-        },
-    )
-}
-
-impl TagCleanup {
-    pub fn new(
-        name_regex_delete: Option<&str>,
-        name_regex_keep: Option<&str>,
-        keep_n: Option<i64>,
-        older_than: Option<&str>,
-    ) -> Result<TagCleanup, ApiError> {
-        let delete = match name_regex_delete {
-            Some(p) => whole_name_regex("name_regex_delete", p)?,
-            None => {
-                return Err(ApiError::bad_request(
-                    "name_regex_delete is missing: give a regular expression of the tags to delete, e.g. name_regex_delete=.*",
-                ))
-            }
-        };
-        let keep = name_regex_keep
-            .filter(|p| !p.is_empty())
-            .map(|p| whole_name_regex("name_regex_keep", p))
-            .transpose()?;
-        let keep_n = match keep_n {
-            Some(n) if n < 0 => {
-                return Err(ApiError::bad_request("keep_n must be 0 or a positive number"))
-            }
-            Some(n) => Some(n as usize),
-            None => None,
-        };
-        let older_than_ms =
-            older_than.filter(|t| !t.trim().is_empty()).map(parse_duration_ms).transpose()?;
-        Ok(TagCleanup { delete, keep, keep_n, older_than_ms })
-    }
-
-    /// The tags (name, published time in ms) to delete at `now`, in GitLab's order of rules:
-    /// never `latest`; only names matching the delete regex and not the keep regex; of those,
-    /// the `keep_n` most recently published stay (ties broken by name, the later name counting
-    /// as newer — the order of `sort=-published_at`); and only tags published before
-    /// `now - older_than` go.
-    pub fn doomed(&self, tags: &[(String, i64)], now: i64) -> Vec<String> {
-        let mut candidates: Vec<&(String, i64)> = tags
-            .iter()
-            .filter(|(name, _)| name != LATEST)
-            .filter(|(name, _)| self.delete.is_match(name))
-            .filter(|(name, _)| !self.keep.as_ref().is_some_and(|k| k.is_match(name)))
-            .collect();
-        candidates.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
-        let skip = self.keep_n.unwrap_or(0).min(candidates.len());
-        candidates
-            .into_iter()
-            .skip(skip)
-            .filter(|(_, published)| self.older_than_ms.is_none_or(|age| *published < now - age))
-            .map(|(name, _)| name.clone())
-            .collect()
-    }
-}
-
-/// `90s`, `30m`/`30min`, `1h`, `7d`, `2w`, `1month` (30 days), `1y` (365 days); the unit may
-/// be spelt out (`7days`, `1 hour`).
+/// `older_than` of a bulk delete (see `service::cleanup::parse_duration_ms`).
 pub fn parse_duration_ms(text: &str) -> Result<i64, ApiError> {
-    let bad = || {
-        ApiError::bad_request(format!(
-            "older_than {} is not a duration: use a number and a unit, e.g. 1h, 7d, 2w or 1month",
-            oci::preview(text)
-        ))
-    };
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let amount: i64 = text[..split].parse().map_err(|_| bad())?;
-    let unit = text[split..].trim().to_ascii_lowercase();
-    let seconds: i64 = match unit.as_str() {
-        "s" | "sec" | "secs" | "second" | "seconds" => 1,
-        "m" | "min" | "mins" | "minute" | "minutes" => 60,
-        "h" | "hr" | "hrs" | "hour" | "hours" => 3_600,
-        "d" | "day" | "days" => 86_400,
-        "w" | "week" | "weeks" => 7 * 86_400,
-        "mo" | "month" | "months" => 30 * 86_400,
-        "y" | "year" | "years" => 365 * 86_400,
-        _ => return Err(bad()),
-    };
-    amount.checked_mul(seconds * 1000).ok_or_else(bad)
+    Ok(::service::cleanup::parse_duration_ms(text)?)
 }
 
 /// Deletes the tags `cleanup` selects, one by one through [`delete_tag`]; answers how many
@@ -1182,15 +1084,6 @@ async fn openapi() -> Response {
 mod tests {
     use super::*;
 
-    fn tags(list: &[(&str, i64)]) -> Vec<(String, i64)> {
-        list.iter().map(|(n, t)| (n.to_string(), *t)).collect()
-    }
-
-    fn sorted(mut v: Vec<String>) -> Vec<String> {
-        v.sort();
-        v
-    }
-
     /// The OpenAPI table and the router agree both ways: what is served is documented, what is
     /// documented is served. The router records what it serves ([`crate::routing::Routes`]), so
     /// no route can be added anywhere without this test seeing it.
@@ -1213,37 +1106,5 @@ mod tests {
         for r in ROUTES {
             assert!(doc["paths"][r.path][r.method].is_object(), "{} {}", r.method, r.path);
         }
-    }
-
-    #[test]
-    fn cleanup_rules() {
-        let all = tags(&[("latest", 1), ("v1", 10), ("v2", 20), ("v3", 30), ("dev", 5)]);
-        let c = TagCleanup::new(Some(".*"), None, None, None).unwrap();
-        assert_eq!(sorted(c.doomed(&all, 100)), ["dev", "v1", "v2", "v3"]);
-        let c = TagCleanup::new(Some("v.*"), Some("v2"), None, None).unwrap();
-        assert_eq!(sorted(c.doomed(&all, 100)), ["v1", "v3"]);
-        // Anchored: `v` alone matches no tag.
-        let c = TagCleanup::new(Some("v"), None, None, None).unwrap();
-        assert!(c.doomed(&all, 100).is_empty());
-        let c = TagCleanup::new(Some(".*"), None, Some(2), None).unwrap();
-        assert_eq!(sorted(c.doomed(&all, 100)), ["dev", "v1"]);
-        let c = TagCleanup::new(Some(".*"), None, None, Some("1s")).unwrap();
-        assert_eq!(sorted(c.doomed(&all, 1015)), ["dev", "v1"]);
-        // Ties on published time: the later name counts as newer.
-        let tied = tags(&[("a", 7), ("b", 7), ("c", 7)]);
-        let c = TagCleanup::new(Some(".*"), None, Some(1), None).unwrap();
-        assert_eq!(sorted(c.doomed(&tied, 100)), ["a", "b"]);
-        assert!(TagCleanup::new(Some("(["), None, None, None).is_err());
-        assert!(TagCleanup::new(None, None, None, None).is_err());
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration_ms("1h").unwrap(), 3_600_000);
-        assert_eq!(parse_duration_ms("7d").unwrap(), 7 * 86_400_000);
-        assert_eq!(parse_duration_ms("1month").unwrap(), 30 * 86_400_000);
-        assert_eq!(parse_duration_ms("2 weeks").unwrap(), 14 * 86_400_000);
-        assert!(parse_duration_ms("soon").is_err());
-        assert!(parse_duration_ms("7").is_err());
     }
 }

@@ -18,15 +18,11 @@ use crate::error::{
 };
 use crate::input::Ref;
 use crate::names::{check_full_path_length, PathSegment};
-use crate::time::parse_expiry_date;
 use crate::views::CI_USERNAME;
 
-/// Scopes a personal access token may have.
-pub const PAT_SCOPES: &[&str] = &["api", "read_registry", "write_registry"];
+pub use ::service::tokens::{DEPLOY_SCOPES, PAT_SCOPES};
 /// Longest email address accepted (GitLab's limit).
 pub const MAX_EMAIL_LEN: usize = 255;
-/// Scopes a deploy token may have.
-pub const DEPLOY_SCOPES: &[&str] = &["read_registry", "write_registry"];
 
 // ---- who may see and do what ----------------------------------------------------------------
 
@@ -562,12 +558,7 @@ pub async fn list_projects(
 }
 
 fn parse_registry_access(text: &str) -> Result<RegistryAccess, ApiError> {
-    RegistryAccess::parse(text).ok_or_else(|| {
-        ApiError::invalid(
-            "container_registry_access_level",
-            format!("{text:?} is not an access level: use enabled, private or disabled"),
-        )
-    })
+    Ok(::service::settings::parse_registry_access(text)?)
 }
 
 pub async fn create_project(
@@ -623,11 +614,8 @@ pub async fn update_project(
 ) -> Result<Project, ApiError> {
     caller.require_signed_in()?;
     let current = project(store, caller, project_ref).await?;
-    require_level(
-        project_level(store, caller, &current).await?,
-        access_level::MAINTAINER,
-        "changing a project's settings",
-    )?;
+    let level = project_level(store, caller, &current).await?;
+    ::service::settings::require_maintainer(level, "changing a project's settings")?;
     let visibility = changes
         .visibility
         .as_deref()
@@ -658,6 +646,15 @@ pub enum Source {
 }
 
 impl Source {
+    /// What `service::tokens` calls the owner of a deploy token.
+    pub fn token_owner(&self) -> ::service::tokens::TokenOwner {
+        ::service::tokens::TokenOwner {
+            source_type: self.source_type(),
+            id: self.id(),
+            full_path: self.full_path().to_string(),
+        }
+    }
+
     pub fn source_type(&self) -> SourceType {
         match self {
             Source::Group(_) => SourceType::Group,
@@ -900,46 +897,8 @@ pub struct NewPersonalAccessToken {
     pub expires_at: Option<String>,
 }
 
-fn check_scopes(scopes: &[String], allowed: &[&str]) -> Result<Vec<String>, ApiError> {
-    if scopes.is_empty() {
-        return Err(ApiError::invalid(
-            "scopes",
-            format!("must name at least one of {}", allowed.join(", ")),
-        ));
-    }
-    let mut out: Vec<String> = Vec::new();
-    for s in scopes {
-        if !allowed.contains(&s.as_str()) {
-            return Err(ApiError::invalid(
-                "scopes",
-                format!("{s:?} is not supported here: use {}", allowed.join(", ")),
-            ));
-        }
-        if !out.contains(s) {
-            out.push(s.clone());
-        }
-    }
-    Ok(out)
-}
-
 fn parse_future_expiry(text: Option<&str>) -> Result<Option<i64>, ApiError> {
-    match text.filter(|t| !t.is_empty()) {
-        None => Ok(None),
-        Some(t) => {
-            let at = parse_expiry_date(t)?;
-            if at <= meta::now_millis() {
-                return Err(ApiError::invalid("expires_at", "must be a date in the future"));
-            }
-            Ok(Some(at))
-        }
-    }
-}
-
-fn check_name(name: &str) -> Result<(), ApiError> {
-    if name.trim().is_empty() {
-        return Err(ApiError::invalid("name", "must not be empty"));
-    }
-    Ok(())
+    Ok(::service::tokens::parse_future_expiry(text)?)
 }
 
 /// Creates a token for `user_ref` (admins, or the user themself); returns it with its secret,
@@ -949,6 +908,7 @@ pub async fn create_personal_access_token(
     caller: &Caller,
     user_ref: &Ref,
     new: NewPersonalAccessToken,
+    ctx: &::service::RequestContext,
 ) -> Result<(meta::PersonalAccessToken, String), ApiError> {
     let owner = user(store, caller, user_ref).await?;
     if !caller.is_admin() && caller.user().map(|u| u.id) != Some(owner.id) {
@@ -956,15 +916,12 @@ pub async fn create_personal_access_token(
             "only admins can create tokens for other users".into(),
         ));
     }
-    check_name(&new.name)?;
-    let scopes = check_scopes(&new.scopes, PAT_SCOPES)?;
-    let expires_at = parse_future_expiry(new.expires_at.as_deref())?;
-    let secret = auth::secret::new_token(auth::secret::PAT_PREFIX);
-    let hash = auth::secret::token_hash(&secret);
-    let token = store
-        .create_personal_access_token(owner.id, new.name.trim(), &hash, &scopes, expires_at)
-        .await?;
-    Ok((token, secret))
+    let new = ::service::tokens::NewToken {
+        name: new.name,
+        scopes: new.scopes,
+        expires_at: new.expires_at,
+    };
+    Ok(::service::tokens::create_personal_access_token(store, owner.id, new, ctx).await?)
 }
 
 /// The caller's own tokens, or (admins only) another user's.
@@ -995,23 +952,28 @@ pub async fn personal_access_token(
     id: i64,
 ) -> Result<meta::PersonalAccessToken, ApiError> {
     caller.require_signed_in()?;
-    let token =
-        store.personal_access_token_by_id(id).await?.ok_or(ApiError::NotFound(TOKEN_NOT_FOUND))?;
-    if caller.is_admin() || caller.user().map(|u| u.id) == Some(token.user_id) {
-        Ok(token)
-    } else {
-        Err(ApiError::NotFound(TOKEN_NOT_FOUND))
+    let user_id = caller.user().map(|u| u.id);
+    match ::service::tokens::managed_personal_access_token(store, caller.is_admin(), user_id, id)
+        .await
+    {
+        Ok(token) => Ok(token),
+        Err(::service::settings::SettingsError::NotFound) => {
+            Err(ApiError::NotFound(TOKEN_NOT_FOUND))
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
+/// Revokes token `id` (the caller's own, or any for admins), recorded for `ctx`; answers it.
 pub async fn revoke_personal_access_token(
     store: &Store,
     caller: &Caller,
     id: i64,
-) -> Result<(), ApiError> {
+    ctx: &::service::RequestContext,
+) -> Result<meta::PersonalAccessToken, ApiError> {
     let token = personal_access_token(store, caller, id).await?;
-    store.revoke_personal_access_token(token.id).await?;
-    Ok(())
+    ::service::tokens::revoke_personal_access_token(store, &token, ctx).await?;
+    Ok(token)
 }
 
 /// How long a rotated token lives when the request does not say: GitLab's default, a week.
@@ -1058,52 +1020,18 @@ pub async fn create_deploy_token(
     caller: &Caller,
     source: &Source,
     new: NewDeployToken,
+    ctx: &::service::RequestContext,
 ) -> Result<(meta::DeployToken, String), ApiError> {
     caller.require_signed_in()?;
-    require_level(
-        source.level(store, caller).await?,
-        access_level::MAINTAINER,
-        "managing deploy tokens",
-    )?;
-    check_name(&new.name)?;
-    let scopes = check_scopes(&new.scopes, DEPLOY_SCOPES)?;
-    let expires_at = parse_future_expiry(new.expires_at.as_deref())?;
-    let username = match new.username.as_deref().map(str::trim).filter(|u| !u.is_empty()) {
-        Some(u) => {
-            let ok =
-                u.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '+'));
-            if !ok || u.len() > 255 {
-                return Err(ApiError::invalid(
-                    "username",
-                    "may only contain letters, digits, '_', '-', '.' and '+'",
-                ));
-            }
-            if u == CI_USERNAME || store.user_by_username(u).await?.is_some() {
-                return Err(ApiError::Conflict(format!(
-                    "{u} is already taken by a user: choose another username"
-                )));
-            }
-            u.to_string()
-        }
-        None => format!(
-            "stowage+deploy-token-{}",
-            auth::secret::new_token("")[..10].to_ascii_lowercase()
-        ),
+    let level = source.level(store, caller).await?;
+    let token = ::service::tokens::NewToken {
+        name: new.name,
+        scopes: new.scopes,
+        expires_at: new.expires_at,
     };
-    let secret = auth::secret::new_token(auth::secret::DEPLOY_PREFIX);
-    let hash = auth::secret::token_hash(&secret);
-    let token = store
-        .create_deploy_token(
-            source.source_type(),
-            source.id(),
-            new.name.trim(),
-            &username,
-            &hash,
-            &scopes,
-            expires_at,
-        )
-        .await?;
-    Ok((token, secret))
+    let owner = source.token_owner();
+    let username = new.username.as_deref();
+    Ok(::service::tokens::create_deploy_token(store, level, &owner, token, username, ctx).await?)
 }
 
 pub async fn list_deploy_tokens(
@@ -1142,17 +1070,16 @@ pub async fn revoke_deploy_token(
     caller: &Caller,
     source: &Source,
     id: i64,
+    ctx: &::service::RequestContext,
 ) -> Result<(), ApiError> {
     caller.require_signed_in()?;
-    require_level(
-        source.level(store, caller).await?,
-        access_level::MAINTAINER,
-        "managing deploy tokens",
-    )?;
-    if store.revoke_deploy_token(source.source_type(), source.id(), id).await? {
-        Ok(())
-    } else {
-        Err(ApiError::NotFound(TOKEN_NOT_FOUND))
+    let level = source.level(store, caller).await?;
+    match ::service::tokens::revoke_deploy_token(store, level, &source.token_owner(), id, ctx).await
+    {
+        Err(::service::settings::SettingsError::NotFound) => {
+            Err(ApiError::NotFound(TOKEN_NOT_FOUND))
+        }
+        outcome => Ok(outcome?),
     }
 }
 

@@ -322,7 +322,7 @@ proptest! {
             }
             Err(e) => {
                 prop_assert!(!valid(&delete) || keep.as_deref().is_some_and(|k| !k.is_empty() && !valid(k)));
-                refused_briefly(e, &delete)?;
+                refused_briefly(e.into(), &delete)?;
             }
         }
     }

@@ -13,10 +13,14 @@
 //! [`WriteService::commit_upload`]), so garbage collection can never delete bytes that a
 //! committed `blobs` row needs.
 
+pub mod cleanup;
 pub mod dependency_proxy;
 pub mod events;
 pub mod outbound;
+pub mod protection;
 pub mod repository_delete;
+pub mod settings;
+pub mod tokens;
 
 use std::time::Duration;
 

@@ -443,7 +443,8 @@ pub async fn run(
                 let new =
                     svc::NewPersonalAccessToken { name, scopes, expires_at: expiry.expires_at };
                 let (token, secret) =
-                    svc::create_personal_access_token(store, op, &path_ref(&user), new).await?;
+                    svc::create_personal_access_token(store, op, &path_ref(&user), new, &cli_ctx())
+                        .await?;
                 print_json(&PersonalAccessTokenView::new(&token, Some(secret)))
             }
             PersonalTokensCommand::List { user, user_flag } => {
@@ -458,7 +459,7 @@ pub async fn run(
                 )
             }
             PersonalTokensCommand::Revoke { id } => {
-                svc::revoke_personal_access_token(store, op, id).await?;
+                svc::revoke_personal_access_token(store, op, id, &cli_ctx()).await?;
                 println!("revoked personal access token {id}");
                 Ok(())
             }
@@ -476,7 +477,8 @@ pub async fn run(
                 let source = svc::source_by_path(store, op, &path).await?;
                 let new =
                     svc::NewDeployToken { name, scopes, username, expires_at: expiry.expires_at };
-                let (token, secret) = svc::create_deploy_token(store, op, &source, new).await?;
+                let (token, secret) =
+                    svc::create_deploy_token(store, op, &source, new, &cli_ctx()).await?;
                 match kubernetes_secret {
                     Some(secret_name) => {
                         let host = api::export::registry_host(config_external_url);
@@ -504,7 +506,7 @@ pub async fn run(
             }
             DeployTokensCommand::Revoke { path, id } => {
                 let source = svc::source_by_path(store, op, &path).await?;
-                svc::revoke_deploy_token(store, op, &source, id).await?;
+                svc::revoke_deploy_token(store, op, &source, id, &cli_ctx()).await?;
                 println!("revoked deploy token {id} of {}", source.full_path());
                 Ok(())
             }
@@ -551,4 +553,9 @@ pub fn kubernetes_secret(
 /// `host[:port]` from the configured external URL.
 pub fn registry_host(external_url: &str) -> String {
     api::export::registry_host(external_url)
+}
+
+/// Who the audit log names for changes made with `stowage admin`.
+fn cli_ctx() -> service::RequestContext {
+    service::RequestContext::system("(stowage admin)")
 }

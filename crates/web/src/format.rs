@@ -19,6 +19,11 @@ pub fn human_size(bytes: i64) -> String {
 /// `just now`, `5 minutes ago`, `3 days ago` for a time `ms` before `now` (both ms since
 /// the epoch).
 pub fn relative_time(ms: i64, now: i64) -> String {
+    // A time to come (a scheduled run): "in 7 days".
+    if ms - now >= 60_000 {
+        let ago = relative_time(now, ms);
+        return format!("in {}", ago.trim_end_matches(" ago"));
+    }
     let secs = (now - ms).max(0) / 1000;
     let (n, unit) = match secs {
         0..=59 => return "just now".to_string(),
@@ -57,6 +62,8 @@ mod tests {
         assert_eq!(relative_time(0, 60_000), "1 minute ago");
         assert_eq!(relative_time(0, 7_200_000), "2 hours ago");
         assert_eq!(relative_time(0, 3 * 86_400_000), "3 days ago");
+        assert_eq!(relative_time(7 * 86_400_000, 0), "in 7 days");
+        assert_eq!(relative_time(3_600_000, 0), "in 1 hour");
     }
 
     #[test]

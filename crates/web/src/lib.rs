@@ -1,7 +1,9 @@
 //! The web UI: server-rendered HTML pages at GitLab's URLs — explore (`/`), sign-in and
 //! sign-out (`/users/sign_in`, `/users/sign_out`), a project's container registry
 //! (`/<project>/container_registry`) and an image's tag details
-//! (`/<project>/container_registry/<repository id>`).
+//! (`/<project>/container_registry/<repository id>`), a project's settings
+//! (`/<project>/-/settings/packages_and_registries`, [`settings`]) and the viewer's personal
+//! access tokens (`/-/user_settings/personal_access_tokens`, [`tokens`]).
 //!
 //! A page is a thin surface like the REST API: it parses its input once, asks the access
 //! policy (`auth::policy`) what the viewer may see and do, reads through the same `meta`
@@ -18,6 +20,8 @@ mod error;
 mod format;
 mod pages;
 pub mod session;
+mod settings;
+mod tokens;
 
 use std::time::Duration;
 
@@ -61,6 +65,7 @@ pub fn router(state: WebState) -> Router {
         .route("/", get(pages::explore))
         .route("/users/sign_in", get(pages::sign_in_form).post(pages::sign_in))
         .route("/users/sign_out", get(pages::sign_out_form).post(pages::sign_out))
+        .route(tokens::PATH, get(tokens::show).post(tokens::submit))
         .route("/-/assets/style.css", get(stylesheet))
         .route("/-/assets/app.js", get(script))
         .fallback(pages::by_path)

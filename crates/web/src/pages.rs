@@ -57,7 +57,7 @@ pub(crate) fn html(status: StatusCode, rendered: Result<String, askama::Error>) 
         .into_response()
 }
 
-fn redirect(to: &str) -> Response {
+pub(crate) fn redirect(to: &str) -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_string())]).into_response()
 }
 
@@ -69,7 +69,7 @@ pub struct Layout {
 }
 
 impl Layout {
-    fn new(title: impl Into<String>, viewer: &Viewer) -> Layout {
+    pub(crate) fn new(title: impl Into<String>, viewer: &Viewer) -> Layout {
         Layout {
             title: title.into(),
             username: viewer.username().map(str::to_string),
@@ -81,10 +81,10 @@ impl Layout {
 // ---- input ----------------------------------------------------------------------------------
 
 /// Query or form fields, decoded once.
-struct Fields(Vec<(String, String)>);
+pub(crate) struct Fields(Vec<(String, String)>);
 
 impl Fields {
-    fn parse(text: &[u8]) -> Fields {
+    pub(crate) fn parse(text: &[u8]) -> Fields {
         Fields(url::form_urlencoded::parse(text).into_owned().collect())
     }
 
@@ -92,11 +92,11 @@ impl Fields {
         Fields::parse(raw.as_deref().unwrap_or("").as_bytes())
     }
 
-    fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
-    fn all(&self, name: &str) -> Vec<&str> {
+    pub(crate) fn all(&self, name: &str) -> Vec<&str> {
         self.0.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
     }
 
@@ -375,6 +375,8 @@ enum Target<'a> {
     Registry(&'a str),
     /// `/<project>/container_registry/<repository id>`.
     Repository(&'a str, i64),
+    /// `/<project>/-/settings/packages_and_registries` ([`crate::settings`]).
+    Settings(&'a str),
 }
 
 impl<'a> Target<'a> {
@@ -387,6 +389,9 @@ impl<'a> Target<'a> {
         // allow); anything else names nothing.
         if !path.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b)) {
             return None;
+        }
+        if let Some(project) = path.strip_suffix(crate::settings::SETTINGS_SUFFIX) {
+            return Some(Target::Settings(project)).filter(|_| !project.is_empty());
         }
         if let Some(project) = path.strip_suffix("/container_registry") {
             return Some(Target::Registry(project));
@@ -432,6 +437,9 @@ pub async fn by_path(State(state): State<WebState>, request: Request) -> Page {
             let (project, repository) = readable_repository(&state, &viewer, path, id).await?;
             delete_tags(&state, &viewer, &parts, &project, &repository, &q, &form).await
         }
+        Target::Settings(path) => {
+            crate::settings::page(&state, &viewer, &parts, body, path, &q).await
+        }
         _ => Err(PageError::NotFound),
     }
 }
@@ -445,7 +453,7 @@ async fn read_form(body: axum::body::Body) -> Result<Fields, PageError> {
 }
 
 /// The project at `path` if the viewer may know it exists; else the page of a missing one.
-async fn visible_project(
+pub(crate) async fn visible_project(
     state: &WebState,
     viewer: &Viewer,
     path: &str,
@@ -1344,6 +1352,11 @@ mod tests {
         assert_eq!(Target::parse("/acme/<b>"), None);
         assert_eq!(Target::parse("/acme//app"), None);
         assert_eq!(Target::parse("/acme/-/settings"), None);
+        assert_eq!(
+            Target::parse("/acme/app/-/settings/packages_and_registries"),
+            Some(Target::Settings("acme/app"))
+        );
+        assert_eq!(Target::parse("/-/settings/packages_and_registries"), None);
         assert_eq!(Target::parse("/"), None);
     }
 
