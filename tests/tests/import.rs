@@ -207,24 +207,70 @@ async fn imports_repositories_digest_for_digest(backend: MetaBackend) {
     assert!(all.contains("progress") || all.contains("copied team/svc:v1"), "{all}");
 
     // Digest for digest, served at once by the running server.
-    assert_manifest(&http, &server, "acme/app/team/svc", "v1", &pushed.svc_v1.digest, &pushed.svc_v1.manifest).await;
-    assert_manifest(&http, &server, "acme/app/team/svc", "v2", &pushed.svc_v2.digest, &pushed.svc_v2.manifest).await;
-    assert_manifest(&http, &server, "acme/app/team/multi", "latest", &pushed.index.0, &pushed.index.1).await;
+    assert_manifest(
+        &http,
+        &server,
+        "acme/app/team/svc",
+        "v1",
+        &pushed.svc_v1.digest,
+        &pushed.svc_v1.manifest,
+    )
+    .await;
+    assert_manifest(
+        &http,
+        &server,
+        "acme/app/team/svc",
+        "v2",
+        &pushed.svc_v2.digest,
+        &pushed.svc_v2.manifest,
+    )
+    .await;
+    assert_manifest(
+        &http,
+        &server,
+        "acme/app/team/multi",
+        "latest",
+        &pushed.index.0,
+        &pushed.index.1,
+    )
+    .await;
     for child in &pushed.children {
         let r = get(&http, &server, &format!("/v2/acme/app/team/multi/manifests/{child}")).await;
         assert_eq!(r.status(), 200, "index child {child}");
     }
-    assert_manifest(&http, &server, "acme/app/signed", "v1", &pushed.signed.digest, &pushed.signed.manifest).await;
-    assert_manifest(&http, &server, "acme/app/signed", &pushed.referrer.0, &pushed.referrer.0, &pushed.referrer.1).await;
-    let layer = get(&http, &server, &format!("/v2/acme/app/team/svc/blobs/{}", pushed.svc_v1.layer)).await;
+    assert_manifest(
+        &http,
+        &server,
+        "acme/app/signed",
+        "v1",
+        &pushed.signed.digest,
+        &pushed.signed.manifest,
+    )
+    .await;
+    assert_manifest(
+        &http,
+        &server,
+        "acme/app/signed",
+        &pushed.referrer.0,
+        &pushed.referrer.0,
+        &pushed.referrer.1,
+    )
+    .await;
+    let layer =
+        get(&http, &server, &format!("/v2/acme/app/team/svc/blobs/{}", pushed.svc_v1.layer)).await;
     assert_eq!(layer.status(), 200);
     assert_eq!(layer.bytes().await.unwrap().as_ref(), &pushed.svc_v1.layer_bytes[..]);
     // The referrer is found through this registry's referrers API.
-    let r = get(&http, &server, &format!("/v2/acme/app/signed/referrers/{}", pushed.signed.digest)).await;
+    let r = get(&http, &server, &format!("/v2/acme/app/signed/referrers/{}", pushed.signed.digest))
+        .await;
     assert_eq!(r.status(), 200);
     let referrers: Value = r.json().await.unwrap();
-    let listed: Vec<&str> =
-        referrers["manifests"].as_array().unwrap().iter().map(|m| m["digest"].as_str().unwrap()).collect();
+    let listed: Vec<&str> = referrers["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["digest"].as_str().unwrap())
+        .collect();
     assert_eq!(listed, vec![pushed.referrer.0.as_str()], "{referrers}");
     let mut names = catalog(&http, &server).await;
     names.sort();
@@ -252,17 +298,25 @@ async fn resumes_after_a_failure_without_copying_twice(backend: MetaBackend) {
     let two = up.push_image("app", "two", 8192).await;
     let three = up.push_image("app", "three", 8192).await;
     // Half way: the upstream has lost one layer (its blob is deleted), so tag two fails.
-    let deleted = up.http.delete(format!("{}/v2/app/blobs/{}", up.base, two.layer)).send().await.unwrap();
+    let deleted =
+        up.http.delete(format!("{}/v2/app/blobs/{}", up.base, two.layer)).send().await.unwrap();
     assert_eq!(deleted.status(), 202, "blob delete on distribution");
-    let server = TestServer::start(backend);
+    let mut server = TestServer::start(backend);
     project(&server, "acme", "app");
     let http = reqwest::Client::new();
 
-    let out = import(&server, &["--from", &counter.base, "--repository", "app", "--into", "acme/app"]);
+    let out =
+        import(&server, &["--from", &counter.base, "--repository", "app", "--into", "acme/app"]);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(all.contains("tags: 2 copied, 0 up to date, 1 failed"), "{all}");
-    assert!(all.contains(&format!("not imported: app:two: blob {} of app is not in the upstream", two.layer)), "{all}");
+    assert!(
+        all.contains(&format!(
+            "not imported: app:two: blob {} of app is not in the upstream",
+            two.layer
+        )),
+        "{all}"
+    );
     assert_manifest(&http, &server, "acme/app/app", "one", &one.digest, &one.manifest).await;
     assert_manifest(&http, &server, "acme/app/app", "three", &three.digest, &three.manifest).await;
     let r = get(&http, &server, "/v2/acme/app/app/manifests/two").await;
@@ -273,7 +327,8 @@ async fn resumes_after_a_failure_without_copying_twice(backend: MetaBackend) {
 
     // The upstream is whole again; the re-run copies only what is missing.
     up.blob("app", &two.layer_bytes).await;
-    let out = import(&server, &["--from", &counter.base, "--repository", "app", "--into", "acme/app"]);
+    let out =
+        import(&server, &["--from", &counter.base, "--repository", "app", "--into", "acme/app"]);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(all.contains("tags: 1 copied, 2 up to date, 0 failed"), "{all}");
@@ -285,12 +340,32 @@ async fn resumes_after_a_failure_without_copying_twice(backend: MetaBackend) {
     }
     assert_eq!(counter.count("GET", &config_path), config_gets, "{:?}", counter.seen());
 
-    // A tag moved upstream is moved here on the next run.
+    // A tag moved upstream is moved here on the next run. SQLite mode is one process: beside
+    // a serving process (which caches tags) the import adds tags but moves none, and says so.
     let moved = up.push_image("app", "one", 512).await;
-    let out = import(&server, &["--from", &counter.base, "--repository", "app", "--into", "acme/app"]);
+    let args = ["--from", &counter.base, "--repository", "app", "--into", "acme/app"];
+    if backend == MetaBackend::Sqlite {
+        let out = import(&server, &args);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{all}");
+        assert!(
+            all.contains(&format!(
+                "not imported: app:one: acme/app/app:one is {} here and {} upstream, and was not \
+                 moved: a running `stowage serve` uses this SQLite database",
+                one.digest, moved.digest
+            )),
+            "{all}"
+        );
+        assert_manifest(&http, &server, "acme/app/app", "one", &one.digest, &one.manifest).await;
+        server.kill();
+    }
+    let out = import(&server, &args);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(all.contains(&format!("({}; was {})", moved.digest, one.digest)), "{all}");
+    if backend == MetaBackend::Sqlite {
+        server.restart();
+    }
     assert_manifest(&http, &server, "acme/app/app", "one", &moved.digest, &moved.manifest).await;
 }
 

@@ -89,8 +89,11 @@ pub async fn select_repositories(
     patterns: &[String],
 ) -> Result<Vec<String>, PlanError> {
     let mut names: Vec<String> = patterns.iter().filter(|p| !is_glob(p)).cloned().collect();
-    let globs: Vec<regex::Regex> =
-        patterns.iter().filter(|p| is_glob(p)).map(|p| pattern_regex(p)).collect::<Result<_, _>>()?;
+    let globs: Vec<regex::Regex> = patterns
+        .iter()
+        .filter(|p| is_glob(p))
+        .map(|p| pattern_regex(p))
+        .collect::<Result<_, _>>()?;
     if patterns.is_empty() || !globs.is_empty() {
         for name in upstream.catalog().await? {
             if patterns.is_empty() || globs.iter().any(|g| g.is_match(&name)) {
@@ -185,7 +188,9 @@ pub async fn plan(
                     source.clone(),
                     format!("{source} would be {dest}, where {} goes already", other.source),
                 )),
-                None => plan.copies.push(RepositoryCopy { source: source.clone(), destination: dest }),
+                None => {
+                    plan.copies.push(RepositoryCopy { source: source.clone(), destination: dest })
+                }
             },
             Err(reason) => plan.skipped.push((source.clone(), reason)),
         }
@@ -199,7 +204,10 @@ pub enum TagOutcome {
     /// The tag is new here.
     Added(Digest),
     /// The tag pointed at another manifest here and now points at the upstream's.
-    Moved { from: String, to: Digest },
+    Moved {
+        from: String,
+        to: Digest,
+    },
     /// The tag points at the upstream's manifest already.
     UpToDate(Digest),
     /// Dry run: the tag would be added or moved.
@@ -239,6 +247,8 @@ pub struct Copier {
     service: WriteService,
     upstream: Arc<Upstream>,
     limits: CopyLimits,
+    /// Why tags here may not be moved to another manifest, when they may not.
+    move_refusal: Option<String>,
     pub counters: Arc<CopyCounters>,
 }
 
@@ -248,15 +258,25 @@ fn upstream_error(e: UpstreamError) -> String {
 
 impl Copier {
     pub fn new(service: WriteService, upstream: Arc<Upstream>, limits: CopyLimits) -> Copier {
-        Copier { service, upstream, limits, counters: Arc::default() }
+        Copier { service, upstream, limits, move_refusal: None, counters: Arc::default() }
+    }
+
+    /// A copier that adds tags but moves none: a tag here that points at another manifest
+    /// than upstream fails with `why`.
+    pub fn refusing_moves(mut self, why: String) -> Copier {
+        self.move_refusal = Some(why);
+        self
     }
 
     /// The tags of upstream repository `source`; a tag whose name is no valid tag here is
     /// returned as an error of its own.
     pub async fn tags(&self, source: &str) -> Result<Vec<Result<Tag, String>>, String> {
-        let tags = self.upstream.tags(source).await.map_err(upstream_error)?.ok_or_else(|| {
-            format!("the upstream registry has no repository {source}")
-        })?;
+        let tags = self
+            .upstream
+            .tags(source)
+            .await
+            .map_err(upstream_error)?
+            .ok_or_else(|| format!("the upstream registry has no repository {source}"))?;
         Ok(tags
             .into_iter()
             .map(|t| t.parse::<Tag>().map_err(|e: oci::NameError| format!("{source}: {e}")))
@@ -286,7 +306,8 @@ impl Copier {
             .map_err(upstream_error)?
             .ok_or_else(|| format!("{}:{tag} is gone from the upstream registry", copy.source))?;
         let digest = Digest::sha256_of(&fetched.payload);
-        let current = store.manifest_by_tag(&copy.destination, tag).await.map_err(|e| e.to_string())?;
+        let current =
+            store.manifest_by_tag(&copy.destination, tag).await.map_err(|e| e.to_string())?;
         if current.as_ref().is_some_and(|m| m.digest == digest.as_str()) {
             if !dry_run {
                 self.copy_referrers(copy, &digest, 0).await?;
@@ -295,6 +316,12 @@ impl Copier {
         }
         if dry_run {
             return Ok(TagOutcome::WouldCopy(digest));
+        }
+        if let (Some(previous), Some(why)) = (&current, &self.move_refusal) {
+            return Err(format!(
+                "{}:{tag} is {} here and {digest} upstream, and was not moved: {why}",
+                copy.destination, previous.digest
+            ));
         }
         self.store_manifest(
             copy,
@@ -358,12 +385,19 @@ impl Copier {
             .map_err(|e| format!("manifest {digest} of {} is invalid: {e}", copy.source))?;
         let store = self.service.store();
         for child in parsed.children(&self.limits.index_validation) {
-            if store.manifest_by_digest(dest, &child.digest).await.map_err(|e| e.to_string())?.is_some()
+            if store
+                .manifest_by_digest(dest, &child.digest)
+                .await
+                .map_err(|e| e.to_string())?
+                .is_some()
             {
                 continue;
             }
             if depth >= MAX_INDEX_DEPTH {
-                return Err(format!("indexes of {} nest more than {MAX_INDEX_DEPTH} deep", copy.source));
+                return Err(format!(
+                    "indexes of {} nest more than {MAX_INDEX_DEPTH} deep",
+                    copy.source
+                ));
             }
             match self.fetch_by_digest(copy, &child.digest).await? {
                 Some((child_type, child_payload)) => {
@@ -489,7 +523,8 @@ impl Copier {
             return Ok(());
         }
         let store = self.service.store();
-        let referrers = self.upstream.referrers(&copy.source, subject).await.map_err(upstream_error)?;
+        let referrers =
+            self.upstream.referrers(&copy.source, subject).await.map_err(upstream_error)?;
         for referrer in referrers {
             let digest = referrer.digest;
             let held = store

@@ -405,9 +405,11 @@ async fn read_listing(mut response: reqwest::Response, what: &str) -> Result<Byt
         return Err(UpstreamError::failed(format!("the upstream's {what} is too large")));
     }
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| {
-        UpstreamError::failed(format!("reading the upstream's {what} failed: {e}"))
-    })? {
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| UpstreamError::failed(format!("reading the upstream's {what} failed: {e}")))?
+    {
         if body.len() + chunk.len() > MAX_LISTING_BYTES {
             return Err(UpstreamError::failed(format!("the upstream's {what} is too large")));
         }
@@ -428,12 +430,13 @@ impl Upstream {
         for _ in 0..MAX_PAGES {
             // The challenge names the catalog scope (`registry:catalog:*`); the repository
             // name given here only keys the token cache.
-            let response = self
-                .send(Method::GET, "_catalog", &path, None, Some(MANIFEST_TIMEOUT))
-                .await?;
+            let response =
+                self.send(Method::GET, "_catalog", &path, None, Some(MANIFEST_TIMEOUT)).await?;
             let status = response.status();
-            if matches!(status, StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
-            {
+            if matches!(
+                status,
+                StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+            ) {
                 return Err(UpstreamError::failed(format!(
                     "the upstream registry does not list its repositories (/v2/_catalog answered \
                      {status}); name them with --repository"
@@ -595,7 +598,8 @@ mod tests {
             r#"<https://elsewhere.example/v2/x/tags/list?last=v2>; rel=next"#.parse().unwrap(),
         );
         assert_eq!(next_page(&headers).as_deref(), Some("/v2/x/tags/list?last=v2"));
-        headers.insert(reqwest::header::LINK, r#"</v2/_catalog?last=b>; rel="prev""#.parse().unwrap());
+        headers
+            .insert(reqwest::header::LINK, r#"</v2/_catalog?last=b>; rel="prev""#.parse().unwrap());
         assert_eq!(next_page(&headers), None);
         assert_eq!(next_page(&HeaderMap::new()), None);
     }

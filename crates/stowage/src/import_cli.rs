@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use futures::StreamExt;
-use proxy::import::{self, CopyCounters, Copier, CopyLimits, RepositoryCopy, TagOutcome};
+use proxy::import::{self, Copier, CopyCounters, CopyLimits, RepositoryCopy, TagOutcome};
 use proxy::{Upstream, UpstreamSettings};
 
 use crate::config::Config;
@@ -105,20 +105,44 @@ impl Progress {
 }
 
 pub async fn run(args: ImportArgs, config: &Config) -> anyhow::Result<()> {
-    let url: url::Url = args.from.parse().ok().filter(|u: &url::Url| {
-        matches!(u.scheme(), "http" | "https") && u.host_str().is_some()
-    }).with_context(|| {
-        format!(
-            "--from {:?} is no registry URL: give one like https://registry.example.com",
-            args.from
-        )
-    })?;
+    let url: url::Url = args
+        .from
+        .parse()
+        .ok()
+        .filter(|u: &url::Url| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+        .with_context(|| {
+            format!(
+                "--from {:?} is no registry URL: give one like https://registry.example.com",
+                args.from
+            )
+        })?;
     let password = if args.password_stdin {
         let mut password = String::new();
-        std::io::stdin().read_to_string(&mut password).context("cannot read the password from stdin")?;
+        std::io::stdin()
+            .read_to_string(&mut password)
+            .context("cannot read the password from stdin")?;
         Some(password.trim_end_matches(['\r', '\n']).to_string())
     } else {
         None
+    };
+    // SQLite mode is one process: a `serve` caches the tags it read, so a tag moved by this
+    // process would be served stale there. Without a serve, hold its lock (none starts
+    // meanwhile) and move tags freely; beside one, only add tags.
+    let database_url = config.database_url()?;
+    let (_sqlite_lock, move_refusal) = match meta::sqlite_database_file(&database_url) {
+        Some(database) => match crate::sqlite_lock::SqliteLock::acquire(&database) {
+            Ok(lock) => (Some(lock), None),
+            Err(_) => (
+                None,
+                Some(
+                    "a running `stowage serve` uses this SQLite database and would go on \
+                     serving the old manifest; stop it and import again to move tags (or use \
+                     PostgreSQL)"
+                        .to_string(),
+                ),
+            ),
+        },
+        None => (None, None),
     };
     let registry = crate::open_registry(config).await?;
     let store = registry.store.clone();
@@ -151,6 +175,10 @@ pub async fn run(args: ImportArgs, config: &Config) -> anyhow::Result<()> {
             index_validation: registry.limits.index_validation.clone(),
         },
     );
+    let copier = match move_refusal {
+        Some(why) => copier.refusing_moves(why),
+        None => copier,
+    };
     let parallel = usize::from(args.parallel);
     let listed: Vec<(RepositoryCopy, Result<Vec<Result<oci::Tag, String>>, String>)> =
         futures::stream::iter(plan.copies.iter().cloned())
@@ -218,7 +246,8 @@ pub async fn run(args: ImportArgs, config: &Config) -> anyhow::Result<()> {
             async move {
                 let outcome = copier.copy_tag(&copy, &tag, dry_run).await;
                 progress.tags_done.fetch_add(1, Ordering::Relaxed);
-                let (from, to) = (format!("{}:{tag}", copy.source), format!("{}:{tag}", copy.destination));
+                let (from, to) =
+                    (format!("{}:{tag}", copy.source), format!("{}:{tag}", copy.destination));
                 match &outcome {
                     TagOutcome::Added(d) => eprintln!("copied {from} -> {to} ({d})"),
                     TagOutcome::Moved { from: old, to: d } => {
