@@ -72,6 +72,10 @@ fn human_duration(d: Duration) -> String {
     }
 }
 
+/// An upstream repository's tags (each one, or why it cannot be a tag here), or why they
+/// could not be listed.
+type TagListing = Result<Vec<Result<oci::Tag, String>>, String>;
+
 /// Where the import stands, for the progress lines.
 struct Progress {
     started: Instant,
@@ -180,7 +184,7 @@ pub async fn run(args: ImportArgs, config: &Config) -> anyhow::Result<()> {
         None => copier,
     };
     let parallel = usize::from(args.parallel);
-    let listed: Vec<(RepositoryCopy, Result<Vec<Result<oci::Tag, String>>, String>)> =
+    let listed: Vec<(RepositoryCopy, TagListing)> =
         futures::stream::iter(plan.copies.iter().cloned())
             .map(|copy| {
                 let copier = copier.clone();
