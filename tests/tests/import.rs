@@ -5,8 +5,10 @@
 //! and `stowage import` copies them into a project of a running `stowage serve`, which serves
 //! them at once, digest for digest.
 
-use std::process::Output;
+use std::io::Write;
+use std::process::{Output, Stdio};
 
+use e2e::gitlab::{http_client, repo_scope, start_auth_server, token_for, ADMIN_PASSWORD};
 use e2e::upstream::{CountingProxy, Distribution, Pusher};
 use e2e::{backend_tests, random_bytes, sha256_digest, MetaBackend, TestServer};
 use serde_json::{json, Value};
@@ -15,6 +17,7 @@ backend_tests!(
     imports_repositories_digest_for_digest,
     resumes_after_a_failure_without_copying_twice,
     bad_arguments_are_refused_clearly,
+    imports_from_another_stowage_with_token_auth,
 );
 
 const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
@@ -256,6 +259,15 @@ async fn imports_repositories_digest_for_digest(backend: MetaBackend) {
         &pushed.referrer.1,
     )
     .await;
+    // A real client sees the index byte for byte.
+    e2e::tools::require_tool("skopeo", "skopeo");
+    let raw = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{}/acme/app/team/multi:latest", server.addr))
+        .output()
+        .unwrap();
+    assert!(raw.status.success(), "{}", text(&raw));
+    assert_eq!(raw.stdout, pushed.index.1, "skopeo inspect --raw");
     let layer =
         get(&http, &server, &format!("/v2/acme/app/team/svc/blobs/{}", pushed.svc_v1.layer)).await;
     assert_eq!(layer.status(), 200);
@@ -405,4 +417,74 @@ async fn bad_arguments_are_refused_clearly(backend: MetaBackend) {
         assert!(!all.contains("panicked"), "{all}");
     }
     assert!(catalog(&http, &server).await.is_empty(), "refused imports write nothing");
+}
+
+/// Another Stowage with token authentication as the upstream: the catalog and the pulls go
+/// through its token service with the given credentials, and the referrer comes from its
+/// referrers API (no fallback tag there).
+async fn imports_from_another_stowage_with_token_auth(backend: MetaBackend) {
+    let source = start_auth_server(backend, &[]);
+    project(&source, "src", "app");
+    let http = http_client();
+    let scopes = [repo_scope("src/app/svc", "pull,push")];
+    let token = token_for(&http, &source.base, Some(("root", ADMIN_PASSWORD)), &scopes).await;
+    let up = Pusher::new(&source.base, Some(token));
+    let image = up.push_image("src/app/svc", "v1", 2048).await;
+    let empty = up.blob("src/app/svc", b"{}").await;
+    let signature = random_bytes(100);
+    let signature_digest = up.blob("src/app/svc", &signature).await;
+    let referrer = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "artifactType": "application/vnd.example.signature.v1",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+        "layers": [{"mediaType": "application/octet-stream",
+                    "digest": signature_digest, "size": signature.len()}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": image.digest, "size": image.manifest.len()},
+    }))
+    .unwrap();
+    let referrer_digest = sha256_digest(&referrer);
+    up.manifest("src/app/svc", &referrer_digest, OCI_MANIFEST, &referrer).await;
+
+    let server = TestServer::start(backend);
+    project(&server, "acme", "app");
+    let run = |password: &str| {
+        let mut child = server
+            .stowage_command(&[
+                "import",
+                "--from",
+                &source.base,
+                "--username",
+                "root",
+                "--password-stdin",
+                "--into",
+                "acme/app",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = run("wrong-password");
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("cannot list the repositories of"), "{all}");
+    assert!(all.contains("refused"), "{all}");
+
+    let out = run(ADMIN_PASSWORD);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(
+        all.contains("tags: 1 copied, 0 up to date, 0 failed; 2 manifests (1 referrers)"),
+        "{all}"
+    );
+    let http = reqwest::Client::new();
+    let name = "acme/app/src/app/svc";
+    assert_manifest(&http, &server, name, "v1", &image.digest, &image.manifest).await;
+    assert_manifest(&http, &server, name, &referrer_digest, &referrer_digest, &referrer).await;
+    let r = get(&http, &server, &format!("/v2/{name}/referrers/{}", image.digest)).await;
+    let listed: Value = r.json().await.unwrap();
+    assert_eq!(listed["manifests"][0]["digest"], referrer_digest.as_str(), "{listed}");
 }

@@ -66,7 +66,7 @@ fn human_bytes(bytes: u64) -> String {
 fn human_duration(d: Duration) -> String {
     let secs = d.as_secs();
     match secs {
-        0..=59 => format!("{secs}s"),
+        0..=59 => format!("{:.1}s", d.as_secs_f64()),
         60..=3599 => format!("{}m{:02}s", secs / 60, secs % 60),
         _ => format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60),
     }
@@ -323,6 +323,7 @@ mod tests {
     fn sizes_and_durations_read_well() {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(3 * 1024 * 1024 / 2), "1.5 MiB");
+        assert_eq!(human_duration(Duration::from_millis(780)), "0.8s");
         assert_eq!(human_duration(Duration::from_secs(75)), "1m15s");
         assert_eq!(human_duration(Duration::from_secs(7300)), "2h01m");
     }
