@@ -77,6 +77,7 @@ struct Upstream {
     children: Vec<String>,
     signed: e2e::upstream::PushedImage,
     referrer: (String, Vec<u8>),
+    shared_layer: String,
 }
 
 async fn fill(up: &Pusher) -> Upstream {
@@ -121,6 +122,22 @@ async fn fill(up: &Pusher) -> Upstream {
     .unwrap();
     let fallback_tag = signed.digest.replacen(':', "-", 1);
     up.manifest("signed", &fallback_tag, OCI_INDEX, &tag_index).await;
+    // Two tags sharing a large layer: copied at once, it is still downloaded once.
+    let shared = random_bytes(4 << 20);
+    let shared_digest = up.blob("team/shared", &shared).await;
+    for tag in ["a", "b"] {
+        let config = format!(r#"{{"architecture":"amd64","os":"linux","tag":"{tag}"}}"#);
+        let config_digest = up.blob("team/shared", config.as_bytes()).await;
+        let manifest = serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": config_digest, "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                        "digest": shared_digest, "size": shared.len()}],
+        }))
+        .unwrap();
+        up.manifest("team/shared", tag, OCI_MANIFEST, &manifest).await;
+    }
     // Four levels below the project: too deep without --flatten.
     up.push_image("a/b/c/d", "v1", 512).await;
     Upstream {
@@ -130,6 +147,7 @@ async fn fill(up: &Pusher) -> Upstream {
         children: vec![amd.0, arm.0],
         signed,
         referrer: (referrer_digest, referrer),
+        shared_layer: shared_digest,
     }
 }
 
@@ -206,7 +224,7 @@ async fn imports_repositories_digest_for_digest(backend: MetaBackend) {
         ),
         "{all}"
     );
-    assert!(all.contains("import summary: 3 repositories (1 skipped); tags: 5 copied"), "{all}");
+    assert!(all.contains("import summary: 4 repositories (1 skipped); tags: 7 copied"), "{all}");
     assert!(all.contains("progress") || all.contains("copied team/svc:v1"), "{all}");
 
     // Digest for digest, served at once by the running server.
@@ -286,7 +304,12 @@ async fn imports_repositories_digest_for_digest(backend: MetaBackend) {
     assert_eq!(listed, vec![pushed.referrer.0.as_str()], "{referrers}");
     let mut names = catalog(&http, &server).await;
     names.sort();
-    assert_eq!(names, ["acme/app/signed", "acme/app/team/multi", "acme/app/team/svc"]);
+    assert_eq!(
+        names,
+        ["acme/app/signed", "acme/app/team/multi", "acme/app/team/shared", "acme/app/team/svc"]
+    );
+    let shared_path = format!("/v2/team/shared/blobs/{}", pushed.shared_layer);
+    assert_eq!(counter.count("GET", &shared_path), 1, "one download: {:?}", counter.seen());
 
     // Again with --flatten: the deep name lands as a/b/c-d; everything else is up to date and
     // not downloaded again.
@@ -295,7 +318,7 @@ async fn imports_repositories_digest_for_digest(backend: MetaBackend) {
     let out = import(&server, &["--from", &counter.base, "--into", "acme/app", "--flatten"]);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
-    assert!(all.contains("tags: 1 copied, 5 up to date, 0 failed"), "{all}");
+    assert!(all.contains("tags: 1 copied, 7 up to date, 0 failed"), "{all}");
     assert!(all.contains("copied a/b/c/d:v1 -> acme/app/a/b/c-d:v1"), "{all}");
     assert_eq!(counter.count("GET", &layer_path), 1, "not downloaded twice: {:?}", counter.seen());
     let r = get(&http, &server, "/v2/acme/app/a/b/c-d/manifests/v1").await;

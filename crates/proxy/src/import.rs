@@ -13,6 +13,7 @@
 //! fetched, a blob stored anywhere in this registry is linked, not downloaded. That makes a
 //! re-run after an interruption continue where the last one stopped.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -249,6 +250,9 @@ pub struct Copier {
     limits: CopyLimits,
     /// Why tags here may not be moved to another manifest, when they may not.
     move_refusal: Option<String>,
+    /// One download per blob at a time: a worker that needs a blob another one is fetching
+    /// waits for it, then links what was stored.
+    downloads: Arc<std::sync::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>>,
     pub counters: Arc<CopyCounters>,
 }
 
@@ -258,7 +262,14 @@ fn upstream_error(e: UpstreamError) -> String {
 
 impl Copier {
     pub fn new(service: WriteService, upstream: Arc<Upstream>, limits: CopyLimits) -> Copier {
-        Copier { service, upstream, limits, move_refusal: None, counters: Arc::default() }
+        Copier {
+            service,
+            upstream,
+            limits,
+            move_refusal: None,
+            downloads: Arc::default(),
+            counters: Arc::default(),
+        }
     }
 
     /// A copier that adds tags but moves none: a tag here that points at another manifest
@@ -467,6 +478,14 @@ impl Copier {
     async fn ensure_blob(&self, copy: &RepositoryCopy, digest: &Digest) -> Result<(), String> {
         let store = self.service.store();
         let dest = &copy.destination;
+        if store.repository_blob(dest, digest).await.map_err(|e| e.to_string())?.is_some() {
+            return Ok(());
+        }
+        let gate = {
+            let mut downloads = self.downloads.lock().unwrap_or_else(|e| e.into_inner());
+            downloads.entry(digest.clone()).or_default().clone()
+        };
+        let _only_download = gate.lock().await;
         if store.repository_blob(dest, digest).await.map_err(|e| e.to_string())?.is_some() {
             return Ok(());
         }
