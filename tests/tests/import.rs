@@ -8,9 +8,12 @@
 use std::io::Write;
 use std::process::{Output, Stdio};
 
-use e2e::gitlab::{http_client, repo_scope, start_auth_server, token_for, ADMIN_PASSWORD};
+use e2e::gitlab::{
+    http_client, level, repo_scope, start_auth_server, token_for, GitLab, ADMIN_PASSWORD,
+};
 use e2e::upstream::{CountingProxy, Distribution, Pusher};
 use e2e::{backend_tests, random_bytes, sha256_digest, MetaBackend, TestServer};
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 backend_tests!(
@@ -18,6 +21,7 @@ backend_tests!(
     resumes_after_a_failure_without_copying_twice,
     bad_arguments_are_refused_clearly,
     imports_from_another_stowage_with_token_auth,
+    mirror_follows_an_upstream_repository,
 );
 
 const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
@@ -510,4 +514,108 @@ async fn imports_from_another_stowage_with_token_auth(backend: MetaBackend) {
     let r = get(&http, &server, &format!("/v2/{name}/referrers/{}", image.digest)).await;
     let listed: Value = r.json().await.unwrap();
     assert_eq!(listed["manifests"][0]["digest"], referrer_digest.as_str(), "{listed}");
+}
+
+/// A pull mirror follows a repository of a distribution 2.8: its runs (driven with
+/// `stowage jobs run-due --at`, so each is due) copy the tags its filter matches, pick up a
+/// new upstream tag on the next run, transfer only what changed, and are recorded.
+async fn mirror_follows_an_upstream_repository(backend: MetaBackend) {
+    let distribution = Distribution::start().await;
+    let counter = CountingProxy::start(&distribution.base).await;
+    let up = Pusher::new(&distribution.base, None);
+    let v1 = up.push_image("team/svc", "v1", 4096).await;
+    up.push_image("team/svc", "nightly", 256).await;
+    let mut server =
+        start_auth_server(backend, &[("STOWAGE_WEBHOOKS__ALLOW_LOCAL_REQUESTS", "true")]);
+    project(&server, "acme", "app");
+    let api = GitLab::root(&server);
+    let mirrors = "/projects/acme%2Fapp/registry/mirrors";
+    let upstream = format!("{}/team/svc", counter.base);
+
+    // Bad input gets a 400 naming the field; nothing is saved.
+    for (body, field) in [
+        (json!({"upstream": upstream, "interval": "5s"}), "interval"),
+        (json!({"upstream": upstream, "interval": "often"}), "interval"),
+        (json!({"upstream": "ftp://example.com/team/svc"}), "upstream"),
+        (json!({"upstream": format!("{}/", counter.base)}), "upstream"),
+        (json!({"upstream": format!("{}/a/b/c/d", counter.base)}), "upstream"),
+        (json!({"upstream": upstream, "tag_filter": "("}), "tag_filter"),
+        (json!({}), "upstream"),
+    ] {
+        let (status, answer) = api.request(Method::POST, mirrors, Some(body.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+        assert!(answer.to_string().contains(field), "{body}: {answer}");
+    }
+    // Developers may not manage mirrors; outsiders do not see the project.
+    let dev = api.create_user(&format!("dev{}", &e2e::random_suffix()[..6])).await;
+    let project: Value = api.call(Method::GET, "/projects/acme%2Fapp", None).await;
+    let project_id = project["id"].as_i64().unwrap();
+    api.add_member("projects", project_id, dev.id, level::DEVELOPER).await;
+    let dev_api = GitLab::with_token(&server, &api.create_pat(&dev, &["api"]).await.token);
+    let (status, _) =
+        dev_api.request(Method::POST, mirrors, Some(json!({"upstream": upstream}))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let outsider = api.create_user(&format!("out{}", &e2e::random_suffix()[..6])).await;
+    let out_api = GitLab::with_token(&server, &api.create_pat(&outsider, &["api"]).await.token);
+    let (status, _) = out_api.request(Method::GET, mirrors, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "a private project is invisible to outsiders");
+    let (_, listed) = api.request(Method::GET, mirrors, None).await;
+    assert_eq!(listed, json!([]));
+
+    let created = api
+        .call(
+            Method::POST,
+            mirrors,
+            Some(json!({"upstream": upstream, "tag_filter": "v[0-9]+", "interval": "1h"})),
+        )
+        .await;
+    assert_eq!(created["repository"], "acme/app/team/svc", "{created}");
+    assert_eq!(created["interval_seconds"], 3600, "{created}");
+    let runs = format!("{mirrors}/{}/runs", created["id"]);
+
+    server.run_due_jobs(Some("2099-01-01"));
+    let http = reqwest::Client::new();
+    // A restart (SQLite runs due jobs with the server stopped) keeps the port.
+    let server_base = server.base.clone();
+    let pull = |reference: &str| {
+        let scopes = [repo_scope("acme/app/team/svc", "pull")];
+        let http = http.clone();
+        let base = server_base.clone();
+        let reference = reference.to_string();
+        async move {
+            let token = token_for(&http, &base, Some(("root", ADMIN_PASSWORD)), &scopes).await;
+            http.get(format!("{base}/v2/acme/app/team/svc/manifests/{reference}"))
+                .header("accept", ACCEPT)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = pull("v1").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["docker-content-digest"].to_str().unwrap(), v1.digest);
+    assert_eq!(pull("nightly").await.status(), 404, "the filter leaves nightly out");
+
+    // A new upstream tag arrives with the next run; v1 is not transferred again.
+    let v2 = up.push_image("team/svc", "v2", 4096).await;
+    server.run_due_jobs(Some("2099-01-02"));
+    let r = pull("v2").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["docker-content-digest"].to_str().unwrap(), v2.digest);
+    let layer = format!("/v2/team/svc/blobs/{}", v1.layer);
+    assert_eq!(counter.count("GET", &layer), 1, "{:?}", counter.seen());
+    let recorded = api.call(Method::GET, &runs, None).await;
+    let last = &recorded[0];
+    assert_eq!(last["tags_added"], 1, "{recorded}");
+    assert_eq!(last["tags_unchanged"], 1, "{recorded}");
+    assert_eq!(last["tags_failed"], 0, "{recorded}");
+    assert!(last["bytes"].as_i64().unwrap() >= 4096, "{recorded}");
+    assert!(last["error"].is_null(), "{recorded}");
+
+    let path = format!("{mirrors}/{}", created["id"]);
+    let (status, _) = api.request(Method::DELETE, &path, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = api.request(Method::GET, &runs, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

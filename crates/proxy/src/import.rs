@@ -565,6 +565,109 @@ impl Copier {
     }
 }
 
+/// How many tags of one mirror are copied at once.
+const MIRROR_PARALLEL: usize = 4;
+/// Longest failure text recorded for a run.
+const MAX_RUN_ERROR: usize = 2000;
+
+/// One sync of pull mirror `mirror` (the periodic job): the tags of its upstream repository
+/// that its filter matches (the whole name) are copied as `stowage import` copies them — only
+/// what changed is transferred — and what happened is returned for the run's record. Tags
+/// gone upstream stay.
+pub async fn sync_mirror(
+    service: WriteService,
+    limits: CopyLimits,
+    mirror: &meta::mirrors::RegistryMirror,
+) -> meta::mirrors::MirrorRun {
+    let mut run = meta::mirrors::MirrorRun {
+        mirror_id: mirror.id,
+        started_at: meta::now_millis(),
+        ..Default::default()
+    };
+    if let Err(e) = sync_into(service, limits, mirror, &mut run).await {
+        run.error = Some(e);
+    }
+    if let Some(error) = &mut run.error {
+        if error.len() > MAX_RUN_ERROR {
+            let mut end = MAX_RUN_ERROR;
+            while !error.is_char_boundary(end) {
+                end -= 1;
+            }
+            error.truncate(end);
+        }
+    }
+    run.finished_at = meta::now_millis();
+    run
+}
+
+async fn sync_into(
+    service: WriteService,
+    limits: CopyLimits,
+    mirror: &meta::mirrors::RegistryMirror,
+    run: &mut meta::mirrors::MirrorRun,
+) -> Result<(), String> {
+    let (base, source) =
+        service::mirrors::split_upstream(&mirror.upstream).map_err(|e| format!("upstream {e}"))?;
+    let destination: RepositoryName = mirror
+        .destination
+        .parse()
+        .map_err(|e: oci::NameError| format!("the mirror's repository is invalid: {e}"))?;
+    let filter = match &mirror.tag_filter {
+        Some(f) => Some(
+            regex::Regex::new(&format!("^(?:{f})$"))
+                .map_err(|e| format!("tag_filter is not a valid regex: {e}"))?,
+        ),
+        None => None,
+    };
+    let upstream = Upstream::new(crate::UpstreamSettings {
+        url: base,
+        username: None,
+        password: None,
+        timeout: std::time::Duration::from_secs(30),
+    })
+    .map_err(|e| e.to_string())?;
+    let copier = Copier::new(service, Arc::new(upstream), limits);
+    let copy = RepositoryCopy { source, destination };
+    let tags: Vec<Tag> = copier
+        .tags(&copy.source)
+        .await?
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|t| filter.as_ref().is_none_or(|f| f.is_match(t.as_str())))
+        .collect();
+    let outcomes: Vec<(Tag, TagOutcome)> = futures::stream::iter(tags)
+        .map(|tag| {
+            let copier = copier.clone();
+            let copy = copy.clone();
+            async move {
+                let outcome = copier.copy_tag(&copy, &tag, false).await;
+                (tag, outcome)
+            }
+        })
+        .buffer_unordered(MIRROR_PARALLEL)
+        .collect()
+        .await;
+    let mut failures = Vec::new();
+    for (tag, outcome) in outcomes {
+        match outcome {
+            TagOutcome::Added(_) => run.tags_added += 1,
+            TagOutcome::Moved { .. } => run.tags_moved += 1,
+            TagOutcome::UpToDate(_) => run.tags_unchanged += 1,
+            TagOutcome::WouldCopy(_) => {}
+            TagOutcome::Failed(reason) => {
+                run.tags_failed += 1;
+                failures.push(format!("{tag}: {reason}"));
+            }
+        }
+    }
+    run.bytes = CopyCounters::get(&copier.counters.bytes) as i64;
+    if !failures.is_empty() {
+        failures.sort();
+        run.error = Some(failures.join("; "));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

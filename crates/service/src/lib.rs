@@ -15,6 +15,7 @@
 
 pub mod dependency_proxy;
 pub mod events;
+pub mod mirrors;
 pub mod outbound;
 
 use std::time::Duration;

@@ -57,6 +57,18 @@ pub fn runner(
     );
     crate::notifications::register(&mut runner, config, &registry.store)?;
     crate::gc_cli::register_jobs(&mut runner, config, registry)?;
+    let mirrors = registry.clone();
+    runner.handle(crate::import_cli::REGISTRY_MIRRORS, move |ctx| {
+        let registry = mirrors.clone();
+        async move {
+            crate::import_cli::sync_due_mirrors(&registry, ctx.now).await.map_err(JobError::retry)
+        }
+    });
+    runner.every(
+        crate::import_cli::REGISTRY_MIRRORS,
+        crate::import_cli::MIRRORS_EVERY,
+        serde_json::json!({}),
+    );
     let purging = config.storage.maintenance.uploadpurging.clone();
     let age = parse_duration(&purging.age)?;
     let registry = registry.clone();

@@ -108,6 +108,39 @@ impl Progress {
     }
 }
 
+/// The limits a copy keeps: those of a push to this registry.
+pub fn copy_limits(registry: &registry::Registry) -> CopyLimits {
+    CopyLimits {
+        max_manifest_bytes: registry.limits.max_manifest_bytes,
+        max_blob_bytes: registry.limits.max_blob_bytes,
+        index_validation: registry.limits.index_validation.clone(),
+    }
+}
+
+/// Syncs the pull mirrors due at `now` (the periodic job [`REGISTRY_MIRRORS`]), one after
+/// another, recording each run; the next run of each is `interval` after `now`.
+pub async fn sync_due_mirrors(registry: &registry::Registry, now: i64) -> anyhow::Result<()> {
+    for mirror in registry.store.due_registry_mirrors(now, MIRRORS_PER_PASS).await? {
+        let run =
+            import::sync_mirror(registry.service.clone(), copy_limits(registry), &mirror).await;
+        tracing::info!(
+            mirror = mirror.id, upstream = %mirror.upstream, repository = %mirror.destination,
+            added = run.tags_added, moved = run.tags_moved, unchanged = run.tags_unchanged,
+            failed = run.tags_failed, bytes = run.bytes, error = ?run.error,
+            "pull mirror synced"
+        );
+        registry.store.record_mirror_run(&run, now + mirror.interval_ms).await?;
+    }
+    Ok(())
+}
+
+/// The periodic job that syncs due pull mirrors.
+pub const REGISTRY_MIRRORS: &str = "registry_mirrors";
+/// How often due mirrors are looked for.
+pub const MIRRORS_EVERY: Duration = Duration::from_secs(60);
+/// Mirrors synced per pass at most; the rest wait for the next pass.
+const MIRRORS_PER_PASS: i64 = 20;
+
 pub async fn run(args: ImportArgs, config: &Config) -> anyhow::Result<()> {
     let url: url::Url = args
         .from
@@ -170,15 +203,7 @@ pub async fn run(args: ImportArgs, config: &Config) -> anyhow::Result<()> {
         eprintln!("skipped {source}: {reason}");
         problems.push(reason.clone());
     }
-    let copier = Copier::new(
-        registry.service.clone(),
-        upstream,
-        CopyLimits {
-            max_manifest_bytes: registry.limits.max_manifest_bytes,
-            max_blob_bytes: registry.limits.max_blob_bytes,
-            index_validation: registry.limits.index_validation.clone(),
-        },
-    );
+    let copier = Copier::new(registry.service.clone(), upstream, copy_limits(&registry));
     let copier = match move_refusal {
         Some(why) => copier.refusing_moves(why),
         None => copier,
