@@ -1,6 +1,6 @@
 //! Wiring of the durable job queue: the one place that says which jobs this binary runs (the
 //! REST API's deletes and cleanup policies, the upload purge, the GC leftovers sweep and full
-//! passes), used alike by `serve` (workers
+//! passes, pull mirror syncs), used alike by `serve` (workers
 //! in the background) and by `stowage jobs` (list the queue, or run what is due now).
 
 use std::sync::Arc;
@@ -23,7 +23,7 @@ pub enum JobsCommand {
         #[arg(long)]
         state: Option<String>,
         /// e.g. repository_delete, bulk_tag_delete, cleanup_policies, upload_purge,
-        /// gc_leftovers, gc_full_pass.
+        /// gc_leftovers, gc_full_pass, registry_mirrors.
         #[arg(long)]
         kind: Option<String>,
         #[arg(long, default_value_t = 50)]
