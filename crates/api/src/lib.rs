@@ -20,6 +20,7 @@ pub mod export;
 pub mod gc_api;
 mod handlers;
 pub mod input;
+pub mod mirrors_api;
 pub mod names;
 pub mod protection_api;
 pub mod registry_api;
@@ -117,4 +118,5 @@ pub fn routes() -> Routes {
         .merge(gc_api::routes())
         .merge(events_api::routes())
         .merge(dependency_proxy_api::routes())
+        .merge(mirrors_api::routes())
 }

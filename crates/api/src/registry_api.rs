@@ -855,6 +855,15 @@ const TAG_RULE: &[(&str, &str, &str)] = &[
     ("minimum_access_level_for_delete", "string", "maintainer, owner or admin (null: no rule)"),
     ("immutable", "boolean", "tags matching it can never be moved or deleted"),
 ];
+const MIRROR: &[(&str, &str, &str)] = &[
+    (
+        "upstream",
+        "string",
+        "URL of the upstream repository, e.g. https://registry.example.com/team/svc",
+    ),
+    ("tag_filter", "string", "regex the whole tag name must match (default: every tag)"),
+    ("interval", "string", "time between syncs, at least 1m (default 1h)"),
+];
 const TOKEN: &[(&str, &str, &str)] = &[
     ("name", "string", "what the token is for"),
     ("scopes", "array", "scopes"),
@@ -979,6 +988,10 @@ pub const ROUTES: &[RouteDoc] = &[
     route("post", "/projects/{id}/registry/protection/tag/rules", "protection", "Create a tag protection rule (maintainers; owners for immutable ones)", TAG_RULE, 201),
     route("patch", "/projects/{id}/registry/protection/tag/rules/{rule_id}", "protection", "Change a tag protection rule (maintainers)", TAG_RULE, 200),
     route("delete", "/projects/{id}/registry/protection/tag/rules/{rule_id}", "protection", "Delete a tag protection rule (maintainers; owners for immutable ones)", &[], 204),
+    route("get", "/projects/{id}/registry/mirrors", "registry", "List the project's pull mirrors (maintainers)", &[], 200),
+    route("post", "/projects/{id}/registry/mirrors", "registry", "Follow an upstream repository: synced on schedule by the job queue (maintainers)", MIRROR, 201),
+    route("delete", "/projects/{id}/registry/mirrors/{mirror_id}", "registry", "Stop following an upstream repository (maintainers)", &[], 204),
+    route("get", "/projects/{id}/registry/mirrors/{mirror_id}/runs", "registry", "A pull mirror's runs, newest first: tags added, moved, unchanged, failed, bytes (maintainers)", &[], 200),
     route("get", "/projects/{id}/registry/cleanup_policy/dry_run", "registry", "The tags the project's cleanup policy would delete now, without deleting them", &[], 200),
     // ---- background jobs ----
     route("get", "/admin/jobs", "admin", "List background jobs, newest first (admins)", &[

@@ -16,6 +16,7 @@ pub mod events;
 mod gc;
 mod gc_review;
 pub mod jobs;
+pub mod mirrors;
 mod protection;
 mod quota;
 mod registry;

@@ -13,6 +13,7 @@
 //! through the write service; what it caches is ordinary content of the repository
 //! `<group>/dependency_proxy/containers/<image>`, counted in usage and collected by GC.
 
+pub mod import;
 pub mod upstream;
 
 use std::collections::HashMap;

@@ -352,6 +352,193 @@ impl Upstream {
     }
 }
 
+/// Entries asked for per page of a catalog or tag list.
+const PAGE_SIZE: usize = 1000;
+/// Largest catalog page, tag list page or referrers index read from an upstream.
+const MAX_LISTING_BYTES: usize = 16 * 1024 * 1024;
+/// Pages followed at most, against an upstream whose `Link` never ends.
+const MAX_PAGES: usize = 100_000;
+
+#[derive(serde::Deserialize)]
+struct CatalogPage {
+    #[serde(default)]
+    repositories: Option<Vec<String>>,
+}
+
+#[derive(serde::Deserialize)]
+struct TagsPage {
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+}
+
+/// The next page of a listing: the `<…>` of `Link: <…>; rel="next"`, as a path with its query
+/// (an absolute URL is reduced to its path, so pages never leave the upstream).
+fn next_page(headers: &HeaderMap) -> Option<String> {
+    for value in headers.get_all(reqwest::header::LINK) {
+        let Ok(value) = value.to_str() else { continue };
+        for link in value.split(',') {
+            let Some((target, params)) = link.trim().split_once(';') else { continue };
+            let is_next = params.split(';').any(|p| {
+                let p = p.trim().replace(' ', "");
+                p.eq_ignore_ascii_case("rel=\"next\"") || p.eq_ignore_ascii_case("rel=next")
+            });
+            let target = target.trim().trim_start_matches('<').trim_end_matches('>');
+            if !is_next || target.is_empty() {
+                continue;
+            }
+            if target.starts_with('/') {
+                return Some(target.to_string());
+            }
+            let url = url::Url::parse(target).ok()?;
+            return Some(match url.query() {
+                Some(q) => format!("{}?{q}", url.path()),
+                None => url.path().to_string(),
+            });
+        }
+    }
+    None
+}
+
+/// Reads a listing's body, at most [`MAX_LISTING_BYTES`].
+async fn read_listing(mut response: reqwest::Response, what: &str) -> Result<Bytes, UpstreamError> {
+    if response.content_length().is_some_and(|l| l > MAX_LISTING_BYTES as u64) {
+        return Err(UpstreamError::failed(format!("the upstream's {what} is too large")));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| UpstreamError::failed(format!("reading the upstream's {what} failed: {e}")))?
+    {
+        if body.len() + chunk.len() > MAX_LISTING_BYTES {
+            return Err(UpstreamError::failed(format!("the upstream's {what} is too large")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.into())
+}
+
+/// Listings for copying whole repositories (`stowage import`, pull mirrors): the catalog, tag
+/// lists (both paged with `Link`), and the referrers of a manifest.
+impl Upstream {
+    /// Every repository name in the upstream's `/v2/_catalog`, page by page. A registry without
+    /// a catalog (Docker Hub, or one that refuses it to these credentials) is an error that
+    /// says to name the repositories instead.
+    pub async fn catalog(&self) -> Result<Vec<String>, UpstreamError> {
+        let mut names = Vec::new();
+        let mut path = format!("/v2/_catalog?n={PAGE_SIZE}");
+        for _ in 0..MAX_PAGES {
+            // The challenge names the catalog scope (`registry:catalog:*`); the repository
+            // name given here only keys the token cache.
+            let response =
+                self.send(Method::GET, "_catalog", &path, None, Some(MANIFEST_TIMEOUT)).await?;
+            let status = response.status();
+            if matches!(
+                status,
+                StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+            ) {
+                return Err(UpstreamError::failed(format!(
+                    "the upstream registry does not list its repositories (/v2/_catalog answered \
+                     {status}); name them with --repository"
+                )));
+            }
+            let Some(response) = Self::check(response)? else { break };
+            let next = next_page(response.headers());
+            let body = read_listing(response, "catalog").await?;
+            let page: CatalogPage = serde_json::from_slice(&body).map_err(|e| {
+                UpstreamError::failed(format!("the upstream's catalog is not JSON: {e}"))
+            })?;
+            names.extend(page.repositories.unwrap_or_default());
+            match next {
+                Some(next) if next != path => path = next,
+                _ => break,
+            }
+        }
+        Ok(names)
+    }
+
+    /// Every tag of `image`, page by page. `None`: the upstream has no such repository.
+    pub async fn tags(&self, image: &str) -> Result<Option<Vec<String>>, UpstreamError> {
+        let name = self.upstream_name(image);
+        let mut tags = Vec::new();
+        let mut path = format!("/v2/{name}/tags/list?n={PAGE_SIZE}");
+        for _ in 0..MAX_PAGES {
+            let response =
+                self.send(Method::GET, &name, &path, None, Some(MANIFEST_TIMEOUT)).await?;
+            let Some(response) = Self::check(response)? else {
+                return Ok(if tags.is_empty() { None } else { Some(tags) });
+            };
+            let next = next_page(response.headers());
+            let body = read_listing(response, "tag list").await?;
+            let page: TagsPage = serde_json::from_slice(&body).map_err(|e| {
+                UpstreamError::failed(format!("the upstream's tag list of {name} is not JSON: {e}"))
+            })?;
+            tags.extend(page.tags.unwrap_or_default());
+            match next {
+                Some(next) if next != path => path = next,
+                _ => break,
+            }
+        }
+        Ok(Some(tags))
+    }
+
+    /// The manifests whose `subject` is `digest` in `image`: from the referrers API, or, where
+    /// the upstream has none (it answers 404, as distribution 2.8 does), from the index the
+    /// referrers tag schema keeps at tag `<algorithm>-<hex>` (distribution-spec, "Referrers
+    /// Tag Schema").
+    pub async fn referrers(
+        &self,
+        image: &str,
+        digest: &oci::Digest,
+    ) -> Result<Vec<oci::Descriptor>, UpstreamError> {
+        let name = self.upstream_name(image);
+        let mut path = format!("/v2/{name}/referrers/{digest}");
+        let mut found = Vec::new();
+        for page in 0..MAX_PAGES {
+            let response = self
+                .send(
+                    Method::GET,
+                    &name,
+                    &path,
+                    Some("application/vnd.oci.image.index.v1+json"),
+                    Some(MANIFEST_TIMEOUT),
+                )
+                .await?;
+            let Some(response) = Self::check(response)? else {
+                if page > 0 {
+                    break;
+                }
+                let tag = digest.as_str().replacen(':', "-", 1);
+                return match self.manifest(image, &tag).await? {
+                    Some(index) => Ok(index_entries(index.content_type.as_deref(), &index.payload)),
+                    None => Ok(Vec::new()),
+                };
+            };
+            let next = next_page(response.headers());
+            let content_type = response
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.split(';').next().unwrap_or(v).trim().to_string());
+            let body = read_listing(response, "referrers index").await?;
+            found.extend(index_entries(content_type.as_deref(), &body));
+            match next {
+                Some(next) if next != path => path = next,
+                _ => break,
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// The manifests an index lists; nothing for what is no index.
+fn index_entries(content_type: Option<&str>, payload: &[u8]) -> Vec<oci::Descriptor> {
+    match oci::ParsedManifest::parse(content_type, payload) {
+        Ok(parsed) => parsed.manifests,
+        Err(_) => Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,5 +583,24 @@ mod tests {
         assert_eq!(hub.upstream_name("alpine"), "library/alpine");
         assert_eq!(hub.upstream_name("bitnami/redis"), "bitnami/redis");
         assert_eq!(upstream("http://127.0.0.1:5000").upstream_name("alpine"), "alpine");
+    }
+
+    #[test]
+    fn follows_next_links_within_the_upstream() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            reqwest::header::LINK,
+            r#"</v2/_catalog?last=b&n=2>; rel="next""#.parse().unwrap(),
+        );
+        assert_eq!(next_page(&headers).as_deref(), Some("/v2/_catalog?last=b&n=2"));
+        headers.insert(
+            reqwest::header::LINK,
+            r#"<https://elsewhere.example/v2/x/tags/list?last=v2>; rel=next"#.parse().unwrap(),
+        );
+        assert_eq!(next_page(&headers).as_deref(), Some("/v2/x/tags/list?last=v2"));
+        headers
+            .insert(reqwest::header::LINK, r#"</v2/_catalog?last=b>; rel="prev""#.parse().unwrap());
+        assert_eq!(next_page(&headers), None);
+        assert_eq!(next_page(&HeaderMap::new()), None);
     }
 }

@@ -16,6 +16,7 @@
 pub mod cleanup;
 pub mod dependency_proxy;
 pub mod events;
+pub mod mirrors;
 pub mod outbound;
 pub mod protection;
 pub mod repository_delete;

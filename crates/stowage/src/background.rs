@@ -1,6 +1,6 @@
 //! Wiring of the durable job queue: the one place that says which jobs this binary runs (the
 //! REST API's deletes and cleanup policies, the upload purge, the GC leftovers sweep and full
-//! passes), used alike by `serve` (workers
+//! passes, pull mirror syncs), used alike by `serve` (workers
 //! in the background) and by `stowage jobs` (list the queue, or run what is due now).
 
 use std::sync::Arc;
@@ -23,7 +23,7 @@ pub enum JobsCommand {
         #[arg(long)]
         state: Option<String>,
         /// e.g. repository_delete, bulk_tag_delete, cleanup_policies, upload_purge,
-        /// gc_leftovers, gc_full_pass.
+        /// gc_leftovers, gc_full_pass, registry_mirrors.
         #[arg(long)]
         kind: Option<String>,
         #[arg(long, default_value_t = 50)]
@@ -57,6 +57,18 @@ pub fn runner(
     );
     crate::notifications::register(&mut runner, config, &registry.store)?;
     crate::gc_cli::register_jobs(&mut runner, config, registry)?;
+    let mirrors = registry.clone();
+    runner.handle(crate::import_cli::REGISTRY_MIRRORS, move |ctx| {
+        let registry = mirrors.clone();
+        async move {
+            crate::import_cli::sync_due_mirrors(&registry, ctx.now).await.map_err(JobError::retry)
+        }
+    });
+    runner.every(
+        crate::import_cli::REGISTRY_MIRRORS,
+        crate::import_cli::MIRRORS_EVERY,
+        serde_json::json!({}),
+    );
     let purging = config.storage.maintenance.uploadpurging.clone();
     let age = parse_duration(&purging.age)?;
     let registry = registry.clone();

@@ -9,6 +9,7 @@ mod config;
 mod debug;
 mod gc_cli;
 mod http;
+mod import_cli;
 mod memory;
 mod notifications;
 mod server;
@@ -73,6 +74,9 @@ enum Command {
     /// Online garbage collection: its figures, or one full pass now.
     #[command(subcommand)]
     Gc(gc_cli::GcCommand),
+    /// Copy repositories from another registry (distribution, GitLab, another Stowage…) into
+    /// a group or project: all tags, indexes, referrers, exact digests; resumable.
+    Import(import_cli::ImportArgs),
     /// Print CI_REGISTRY* variables with a fresh CI job token:
     /// eval "$(stowage ci-env --project acme/app)".
     CiEnv {
@@ -480,6 +484,10 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             };
             let registry = open_registry(&config).await?;
             gc_cli::run(cmd, &config, &registry).await
+        }
+        Command::Import(args) => {
+            existing_database_url(&config)?;
+            import_cli::run(args, &config).await
         }
         Command::Admin(cmd) => {
             let store = existing_store(&config).await?;

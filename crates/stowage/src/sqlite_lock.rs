@@ -4,7 +4,8 @@
 //! an exclusive advisory lock (`flock`) on `stowage.lock` in the directory holding the
 //! database before it opens it, and holds it for its lifetime; the kernel releases it when the
 //! process ends, however it ends. Admin commands (`stowage admin`, `stowage ci-env`) take no
-//! lock: they are short and run beside a serving process by design.
+//! lock: they are short and run beside a serving process by design. `stowage import` takes
+//! the lock when it is free (and moves tags then); beside a `serve` it only adds tags.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
