@@ -1,5 +1,5 @@
 //! Pull mirrors: which upstream repository a project follows, when it is synced next, and
-//! what each run did (migration 0015).
+//! what each run did (migration 0016).
 
 use sqlx::Row;
 
