@@ -504,11 +504,13 @@ impl TestServer {
             }
             None => {
                 let mut all = Vec::new();
-                for entry in std::fs::read_dir(self.data_dir()).expect("read the data directory") {
-                    let path = entry.expect("directory entry").path();
-                    let name = path.file_name().unwrap_or_default().to_string_lossy().to_string();
-                    if path.is_file() && name.contains(".db") {
-                        all.extend(std::fs::read(&path).unwrap_or_default());
+                for dir in [self.data_dir().to_path_buf(), self.data_dir().join("data")] {
+                    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                        let path = entry.path();
+                        let name = path.file_name().unwrap_or_default().to_string_lossy();
+                        if path.is_file() && name.contains(".db") {
+                            all.extend(std::fs::read(&path).unwrap_or_default());
+                        }
                     }
                 }
                 assert!(!all.is_empty(), "no SQLite files in {}", self.data_dir().display());
