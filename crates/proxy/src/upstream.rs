@@ -454,4 +454,51 @@ mod tests {
         assert_eq!(hub.upstream_name("bitnami/redis"), "bitnami/redis");
         assert_eq!(upstream("http://127.0.0.1:5000").upstream_name("alpine"), "alpine");
     }
+
+    /// A group's upstream never reaches the local network, whether the address is written in
+    /// its URL, a name resolves to it, or a token realm points there.
+    #[tokio::test]
+    async fn public_only_upstreams_never_reach_local_addresses() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        for url in [format!("http://127.0.0.1:{port}"), format!("http://localhost:{port}")] {
+            let upstream = Upstream::public_only(
+                UpstreamSettings {
+                    url: url.parse().unwrap(),
+                    username: None,
+                    password: None,
+                    timeout: Duration::from_secs(2),
+                },
+                "dependency_proxy.allow_local_requests",
+            )
+            .unwrap();
+            match upstream.manifest("alpine", "3").await {
+                Err(UpstreamError::Failed(message)) => assert!(
+                    message.contains("dependency_proxy.allow_local_requests"),
+                    "{url}: {message}"
+                ),
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        listener.set_nonblocking(true).unwrap();
+        assert!(listener.accept().is_err(), "a connection reached the local listener");
+        let upstream = Upstream::public_only(
+            UpstreamSettings {
+                url: "https://registry.example".parse().unwrap(),
+                username: Some("bot".into()),
+                password: Some("pw".into()),
+                timeout: Duration::from_secs(2),
+            },
+            "dependency_proxy.allow_local_requests",
+        )
+        .unwrap();
+        let realm = format!("http://127.0.0.1:{port}/token");
+        match upstream.fetch_token(&realm, None, "repository:x:pull").await {
+            Err(UpstreamError::Failed(message)) => {
+                assert!(message.contains("allow_local_requests"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(listener.accept().is_err(), "the token request reached the local listener");
+    }
 }

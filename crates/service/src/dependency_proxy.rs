@@ -515,3 +515,74 @@ impl WriteService {
         Ok(deleted)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_passwords_open_only_for_their_upstream_and_key() {
+        let key = CredentialKey::derive(b"instance secret");
+        let sealed = key.seal(7, "https://r.example", Some("bot"), "s3cret");
+        assert!(!sealed.windows(6).any(|w| w == b"s3cret"), "stored in the clear");
+        assert_ne!(sealed, key.seal(7, "https://r.example", Some("bot"), "s3cret"), "nonce reused");
+        assert_eq!(
+            key.open(7, "https://r.example", Some("bot"), &sealed).as_deref(),
+            Some("s3cret")
+        );
+        // Another group, URL or username, another key, or altered bytes: nothing.
+        assert_eq!(key.open(8, "https://r.example", Some("bot"), &sealed), None);
+        assert_eq!(key.open(7, "https://evil.example", Some("bot"), &sealed), None);
+        assert_eq!(key.open(7, "https://r.example", Some("admin"), &sealed), None);
+        let other = CredentialKey::derive(b"another secret");
+        assert_eq!(other.open(7, "https://r.example", Some("bot"), &sealed), None);
+        let mut altered = sealed.clone();
+        *altered.last_mut().unwrap() ^= 1;
+        assert_eq!(key.open(7, "https://r.example", Some("bot"), &altered), None);
+        for short in [&[][..], &[SEALED_V1][..], &sealed[..10]] {
+            assert_eq!(key.open(7, "https://r.example", Some("bot"), short), None);
+        }
+        assert!(!format!("{key:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn group_upstreams_are_checked_and_passwords_kept_or_replaced() {
+        let key = CredentialKey::derive(b"k");
+        let input = |url: &str, user: Option<&str>, password: Option<&str>| UpstreamInput {
+            url: url.into(),
+            username: user.map(Into::into),
+            password: password.map(Into::into),
+        };
+        let set = group_upstreams(
+            &key,
+            1,
+            &[],
+            &[input("https://r.example/", Some("bot"), Some("pw"))],
+            false,
+        )
+        .unwrap();
+        assert_eq!(set[0].url, "https://r.example");
+        let sealed = set[0].sealed_password.clone().unwrap();
+        assert_eq!(key.open(1, "https://r.example", Some("bot"), &sealed).as_deref(), Some("pw"));
+        // Left out: kept for the same URL and username only.
+        let again =
+            group_upstreams(&key, 1, &set, &[input("https://r.example", Some("bot"), None)], false)
+                .unwrap();
+        assert_eq!(again[0].sealed_password, Some(sealed));
+        let other =
+            group_upstreams(&key, 1, &set, &[input("https://r.example", Some("x"), None)], false)
+                .unwrap();
+        assert_eq!(other[0].sealed_password, None);
+        for (url, allow_local, ok) in [
+            ("http://127.0.0.1:5000", false, false),
+            ("http://127.0.0.1:5000", true, true),
+            ("http://[::ffff:169.254.169.254]", false, false),
+            ("https://u:p@r.example", true, false),
+            ("https://r.example?x=1", true, false),
+            ("file:///etc/passwd", true, false),
+        ] {
+            let got = group_upstreams(&key, 1, &[], &[input(url, None, None)], allow_local);
+            assert_eq!(got.is_ok(), ok, "{url}: {got:?}");
+        }
+    }
+}
