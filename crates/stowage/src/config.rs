@@ -170,8 +170,9 @@ impl Default for DependencyProxyConfig {
 }
 
 impl DependencyProxyConfig {
-    /// The instance's upstreams in order, checked: `upstream` first, then `upstreams`.
-    pub fn upstreams(&self) -> anyhow::Result<Vec<(url::Url, Option<String>, Option<String>)>> {
+    /// The instance's upstreams in order, checked (the URL parsed, an empty username none):
+    /// `upstream` first, then `upstreams`.
+    pub fn upstreams(&self) -> anyhow::Result<Vec<(url::Url, UpstreamEntry)>> {
         let first = UpstreamEntry {
             url: self.upstream.clone(),
             username: self.username.clone(),
@@ -187,7 +188,7 @@ impl DependencyProxyConfig {
             let url = service::dependency_proxy::upstream_url(&e.url)
                 .map_err(|m| anyhow::anyhow!("{key} {m}"))?;
             let username = e.username.clone().filter(|u| !u.is_empty());
-            out.push((url, username, e.password.clone()));
+            out.push((url, UpstreamEntry { username, ..e.clone() }));
         }
         Ok(out)
     }

@@ -168,7 +168,8 @@ fn dependency_proxy(
     let settings = &config.dependency_proxy;
     let timeout = Duration::from_secs(30);
     let mut upstreams = Vec::new();
-    for (url, username, password) in settings.upstreams()? {
+    for (url, entry) in settings.upstreams()? {
+        let (username, password) = (entry.username, entry.password);
         let upstream =
             proxy::Upstream::new(proxy::UpstreamSettings { url, username, password, timeout })
                 .context("cannot build the dependency proxy's HTTP client")?;
