@@ -22,8 +22,8 @@ import gc_bench
 
 PROXY_SCENARIOS = ["proxy"]
 
-FULL = dict(warm_layer=100 * b.MiB, cold_blob=1 << 30, reps=5)
-SMOKE = dict(warm_layer=8 * b.MiB, cold_blob=16 * b.MiB, reps=2)
+FULL = dict(warm_layer=100 << 20, cold_blob=1 << 30, reps=5)
+SMOKE = dict(warm_layer=8 << 20, cold_blob=16 << 20, reps=2)
 
 GROUP = "pgroup"
 IMAGE = "proxybench/app"
