@@ -463,3 +463,85 @@ impl WriteTx<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::TestDb;
+
+    fn record(repository: &str, reference: &str, last_used_at: i64) -> ProxyManifest {
+        ProxyManifest {
+            repository: repository.into(),
+            reference: reference.into(),
+            digest: format!("sha256:{}", "a".repeat(64)),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            payload: b"{}".to_vec(),
+            validated_at: last_used_at,
+            last_used_at,
+        }
+    }
+
+    /// The cleanup's candidates come in pages that together hold every unused record once,
+    /// ties on `last_used_at` included; a record pulled meanwhile is not forgotten.
+    async fn unused_records_page_and_stay_when_pulled(backend: crate::Backend) {
+        let db = TestDb::new(backend, None).await;
+        let store = &db.store;
+        let mut w = store.write_tx().await.unwrap();
+        let mut expected = Vec::new();
+        for (i, repo) in ["g/dependency_proxy/containers/a", "g/dependency_proxy/containers/b"]
+            .iter()
+            .enumerate()
+        {
+            for (j, reference) in ["1", "2", "latest"].iter().enumerate() {
+                // Ties: two records per timestamp.
+                let used = 1_000 + ((i * 3 + j) as i64 / 2);
+                w.put_proxy_manifest(&record(repo, reference, used)).await.unwrap();
+                expected.push((repo.to_string(), reference.to_string()));
+            }
+        }
+        w.put_proxy_manifest(&record("g/dependency_proxy/containers/c", "new", 5_000))
+            .await
+            .unwrap();
+        w.commit().await.unwrap();
+
+        let mut seen = Vec::new();
+        let mut after: Option<ProxyManifest> = None;
+        loop {
+            let page = store.unused_proxy_manifests(2_000, after.as_ref(), 2).await.unwrap();
+            assert!(page.len() <= 2);
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().cloned();
+            seen.extend(page.into_iter().map(|m| (m.repository, m.reference)));
+        }
+        seen.sort();
+        expected.sort();
+        assert_eq!(seen, expected);
+
+        let repo: RepositoryName = "g/dependency_proxy/containers/a".parse().unwrap();
+        store.touch_proxy_manifest(&repo, "1", 1_000_000).await.unwrap();
+        let mut w = store.write_tx().await.unwrap();
+        assert!(!w.delete_unused_proxy_manifest(repo.as_str(), "1", 2_000).await.unwrap());
+        assert!(w.delete_unused_proxy_manifest(repo.as_str(), "2", 2_000).await.unwrap());
+        w.commit().await.unwrap();
+        let left: Vec<String> =
+            store.proxy_manifests(&repo).await.unwrap().into_iter().map(|m| m.reference).collect();
+        assert_eq!(left, vec!["1".to_string(), "latest".to_string()]);
+        db.drop_database().await;
+    }
+
+    mod sqlite {
+        #[tokio::test]
+        async fn unused_records_page_and_stay_when_pulled() {
+            super::unused_records_page_and_stay_when_pulled(crate::Backend::Sqlite).await
+        }
+    }
+
+    mod postgres {
+        #[tokio::test]
+        async fn unused_records_page_and_stay_when_pulled() {
+            super::unused_records_page_and_stay_when_pulled(crate::Backend::Postgres).await
+        }
+    }
+}
