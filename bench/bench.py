@@ -43,6 +43,7 @@ import traceback
 import urllib.parse
 
 import gc_bench
+import proxy_bench
 import scale_bench
 import ui_bench
 
@@ -1139,7 +1140,7 @@ def main():
                          "reuses the debug binary scripts/test builds)")
     ap.add_argument("--only", help="comma-separated scenarios: " + ",".join(
         [n for n, _ in SCENARIOS] + gc_bench.GC_SCENARIOS + scale_bench.SCALE_SCENARIOS
-        + ui_bench.UI_SCENARIOS))
+        + ui_bench.UI_SCENARIOS + proxy_bench.PROXY_SCENARIOS))
     ap.add_argument("--no-limits", action="store_true", help="skip openssl/dd reference limits")
     ap.add_argument("--registries", default=",".join(REGISTRIES),
                     help="comma-separated subset of " + ",".join(REGISTRIES) + " (for debugging the tool)")
@@ -1257,6 +1258,9 @@ def main():
         # Web UI render (issue 13): SQLite and PostgreSQL.
         if stowage_bin and (not only or only & set(ui_bench.UI_SCENARIOS)):
             results["ui"] = ui_bench.run(stowage_bin, workdir, args.smoke, only, results["errors"])
+        # Dependency proxy (issue 14): warm pull vs a normal pull, cold pull vs the upstream.
+        if stowage_bin and (not only or only & set(proxy_bench.PROXY_SCENARIOS)):
+            results["proxy"] = proxy_bench.run(stowage_bin, workdir, args.smoke, only, results["errors"])
     finally:
         for srv in servers:
             srv.stop()
@@ -1268,6 +1272,7 @@ def main():
     md += gc_bench.render(results.get("gc"))
     md += scale_bench.render(results.get("scale"))
     md += ui_bench.render(results.get("ui"))
+    md += proxy_bench.render(results.get("proxy"))
     md += f"\nRun time: {results['meta']['run_seconds']:.0f} s (plus {build_s or 0:.0f} s build).\n"
     os.makedirs(args.out, exist_ok=True)
     stem = "smoke" if args.smoke else "latest"

@@ -490,6 +490,36 @@ impl TestServer {
         self.run_offline(&args)
     }
 
+    /// Everything the metadata database holds, as bytes (the SQLite files of the data
+    /// directory, or a `pg_dump` of the PostgreSQL database): to check that a secret is not
+    /// stored in the clear.
+    pub fn database_bytes(&self) -> Vec<u8> {
+        match &self.database_url {
+            Some(url) => {
+                let out = Command::new("pg_dump")
+                    .args(["--data-only", url.as_str()])
+                    .output()
+                    .expect("run pg_dump (install postgresql-client)");
+                assert!(out.status.success(), "pg_dump: {}", String::from_utf8_lossy(&out.stderr));
+                out.stdout
+            }
+            None => {
+                let mut all = Vec::new();
+                for dir in [self.data_dir().to_path_buf(), self.data_dir().join("data")] {
+                    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                        let path = entry.path();
+                        let name = path.file_name().unwrap_or_default().to_string_lossy();
+                        if path.is_file() && name.contains(".db") {
+                            all.extend(std::fs::read(&path).unwrap_or_default());
+                        }
+                    }
+                }
+                assert!(!all.is_empty(), "no SQLite files in {}", self.data_dir().display());
+                all
+            }
+        }
+    }
+
     /// Runs `stowage gc run <args>` (a full GC pass now, e.g. `["--min-age", "0s"]`) on this
     /// server's data and returns what it printed. See [`run_offline`](Self::run_offline).
     pub fn run_gc(&mut self, args: &[&str]) -> String {

@@ -191,6 +191,8 @@ pub enum UpstreamMode {
 struct ProxyState {
     target: String,
     mode: Mutex<UpstreamMode>,
+    /// How long a blob GET waits before it is forwarded (a slow upstream).
+    blob_delay: Mutex<Duration>,
     /// `"GET /v2/…"` → how many times it came through.
     seen: Mutex<HashMap<String, usize>>,
     http: reqwest::Client,
@@ -230,6 +232,10 @@ async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Resp
         }
         UpstreamMode::Forward => {}
     }
+    let delay = *state.blob_delay.lock().unwrap();
+    if method == axum::http::Method::GET && request.uri().path().contains("/blobs/") {
+        tokio::time::sleep(delay).await;
+    }
     let mut upstream = state.http.request(method, format!("{}{path_and_query}", state.target));
     for (name, value) in request.headers() {
         if name != "host" {
@@ -258,6 +264,7 @@ impl CountingProxy {
         let state = Arc::new(ProxyState {
             target: target.trim_end_matches('/').to_string(),
             mode: Mutex::new(UpstreamMode::Forward),
+            blob_delay: Mutex::new(Duration::ZERO),
             seen: Mutex::new(HashMap::new()),
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -273,6 +280,12 @@ impl CountingProxy {
 
     pub fn set_mode(&self, mode: UpstreamMode) {
         *self.state.mode.lock().unwrap() = mode;
+    }
+
+    /// Makes every blob GET wait `delay` before it is forwarded: a slow upstream, so that
+    /// concurrent pulls overlap.
+    pub fn set_blob_delay(&self, delay: Duration) {
+        *self.state.blob_delay.lock().unwrap() = delay;
     }
 
     /// How many `method path` requests came through (path without the query).

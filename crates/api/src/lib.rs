@@ -46,6 +46,10 @@ pub struct ApiState {
     pub jobs: jobs::Queue,
     /// `webhooks.allow_local_requests`: hooks may target the local network.
     pub hooks_allow_local: bool,
+    /// Seals the passwords of the upstreams groups set for their dependency proxy.
+    pub dependency_proxy_key: std::sync::Arc<::service::dependency_proxy::CredentialKey>,
+    /// `dependency_proxy.allow_local_requests`: group upstreams may be on the local network.
+    pub dependency_proxy_allow_local: bool,
 }
 
 /// The `/api/v4` router: [`routes`] and GitLab's 404 for everything else.

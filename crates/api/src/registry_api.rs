@@ -911,8 +911,11 @@ pub const ROUTES: &[RouteDoc] = &[
     route("put", "/groups/{id}", "groups", "Set a top-level group's container registry storage limit (instance admins)", &[
         ("container_registry_storage_limit", "integer", "bytes, 0 for no limit"),
     ], 200),
-    route("put", "/groups/{id}/dependency_proxy", "dependency_proxy", "Turn a top-level group's dependency proxy on or off (owners)", &[
+    route("get", "/groups/{id}/dependency_proxy", "dependency_proxy", "A top-level group's dependency proxy settings; upstream passwords are never shown (owners)", &[], 200),
+    route("put", "/groups/{id}/dependency_proxy", "dependency_proxy", "Change a top-level group's dependency proxy: on or off, its cache cleanup, its own upstreams (owners)", &[
         ("enabled", "boolean", "whether the group's dependency proxy serves pulls (default true)"),
+        ("ttl_policy", "object", "{enabled, ttl}: remove cached images not pulled for ttl days (default enabled, 90)"),
+        ("upstreams", "array", "[{url, username, password}] tried in order instead of the instance's; [] for the instance's; a password left out is kept"),
     ], 200),
     route("delete", "/groups/{id}/dependency_proxy/cache", "dependency_proxy", "Purge a top-level group's dependency proxy cache (owners)", &[], 202),
     route("get", "/groups/{id}/members", "members", "List a group's members", &[], 200),

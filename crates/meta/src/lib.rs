@@ -31,7 +31,10 @@ mod write;
 
 pub use browse::*;
 pub use cleanup::*;
-pub use dependency_proxy::{dependency_proxy_prefix, ProxyManifest};
+pub use dependency_proxy::{
+    dependency_proxy_prefix, DependencyProxySettings, DependencyProxySettingsUpdate, GroupUpstream,
+    ProxyManifest, DEFAULT_PROXY_TTL_DAYS,
+};
 pub use gc::*;
 pub use gc_review::*;
 pub use protection::*;

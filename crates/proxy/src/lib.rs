@@ -2,7 +2,9 @@
 //! for every top-level group, at `<group>/dependency_proxy/containers/<image>`, as GitLab's.
 //!
 //! This crate owns the conversation with the upstream ([`upstream`]: the token dance,
-//! `library/`, `Accept`) and the cache's behaviour: manifests by tag are revalidated with a
+//! `library/`, `Accept`), which upstreams a pull tries ([`Sources`]: the group's own, else
+//! the instance's, in order; the first that has the content serves it) and the cache's
+//! behaviour: manifests by tag are revalidated with a
 //! `HEAD` after `dependency_proxy.ttl` (digests never are), a failing upstream is answered
 //! from the cache for `dependency_proxy.stale_if_error`, and a blob miss is streamed to the
 //! client while it is hashed and written to storage, then committed only if its digest
@@ -17,6 +19,7 @@ pub mod import;
 pub mod upstream;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +27,9 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use meta::ProxyManifest;
 use oci::{Digest, ParsedManifest, Reference, RepositoryName};
-use service::dependency_proxy::{ProxiedBlob, ProxiedManifest, PullThrough, PullThroughError};
+use service::dependency_proxy::{
+    CredentialKey, ProxiedBlob, ProxiedManifest, PullThrough, PullThroughError, ALLOW_LOCAL_SETTING,
+};
 use service::{RequestContext, WriteService};
 use tokio::sync::watch;
 
@@ -57,10 +62,115 @@ const CLIENT_BUFFER: usize = 16;
 
 type FetchKey = (String, String);
 
+/// The upstreams one pull tries, in order; an entry that could not be set up (its password
+/// cannot be opened, …) counts as a failing upstream.
+pub type Sources = Arc<Vec<Result<Arc<Upstream>, String>>>;
+
+/// Asks `ask` of each upstream of `sources` in order and answers with the first that has it.
+/// The rule: a failure (timeout, connection refused, 5xx, 429, refused credentials) or a 404
+/// moves on to the next upstream; when none has it, a failure counts over 404s (one that
+/// failed might have had it), and the first failure is reported.
+async fn first_answer<T, F, Fut>(sources: &Sources, ask: F) -> Result<Option<T>, UpstreamError>
+where
+    F: Fn(Arc<Upstream>) -> Fut,
+    Fut: Future<Output = Result<Option<T>, UpstreamError>>,
+{
+    let mut failure = None;
+    for source in sources.iter() {
+        let upstream = match source {
+            Ok(upstream) => upstream,
+            Err(message) => {
+                failure.get_or_insert(UpstreamError::Failed(message.clone()));
+                continue;
+            }
+        };
+        match ask(upstream.clone()).await {
+            Ok(Some(answer)) => return Ok(Some(answer)),
+            Ok(None) => {}
+            Err(e) => {
+                if sources.len() > 1 {
+                    tracing::info!(
+                        upstream = %upstream.base_url(), error = %e,
+                        "a dependency proxy upstream failed; trying the next"
+                    );
+                }
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(None),
+    }
+}
+
+/// The upstreams top-level groups set, built on first use and rebuilt when they change.
+pub struct GroupSources {
+    key: Arc<CredentialKey>,
+    /// `dependency_proxy.allow_local_requests`.
+    allow_local: bool,
+    timeout: Duration,
+    built: Mutex<HashMap<i64, (Vec<meta::GroupUpstream>, Sources)>>,
+}
+
+impl GroupSources {
+    pub fn new(key: Arc<CredentialKey>, allow_local: bool, timeout: Duration) -> GroupSources {
+        GroupSources { key, allow_local, timeout, built: Mutex::new(HashMap::new()) }
+    }
+
+    fn build(&self, group_id: i64, stored: &[meta::GroupUpstream]) -> Sources {
+        let sources = stored.iter().map(|u| -> Result<Arc<Upstream>, String> {
+            let url = url::Url::parse(&u.url).map_err(|e| format!("{}: {e}", u.url))?;
+            let password = match &u.sealed_password {
+                None => None,
+                Some(sealed) => {
+                    let opened = self.key.open(group_id, &u.url, u.username.as_deref(), sealed);
+                    Some(opened.ok_or_else(|| {
+                        format!(
+                            "the stored password of the group's upstream {} cannot be read \
+                             (was dependency_proxy.encryption_key changed?); an owner must \
+                             set it again",
+                            u.url
+                        )
+                    })?)
+                }
+            };
+            let settings = UpstreamSettings {
+                url,
+                username: u.username.clone(),
+                password,
+                timeout: self.timeout,
+            };
+            let upstream = if self.allow_local {
+                Upstream::new(settings)
+            } else {
+                Upstream::public_only(settings, ALLOW_LOCAL_SETTING)
+            };
+            upstream.map(Arc::new).map_err(|e| format!("{}: {e}", u.url))
+        });
+        Arc::new(sources.collect())
+    }
+
+    /// The sources of group `group_id`, whose stored upstreams are `stored` (not empty).
+    fn sources(&self, group_id: i64, stored: Vec<meta::GroupUpstream>) -> Sources {
+        let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((was, sources)) = built.get(&group_id) {
+            if *was == stored {
+                return sources.clone();
+            }
+        }
+        let sources = self.build(group_id, &stored);
+        built.insert(group_id, (stored, sources.clone()));
+        sources
+    }
+}
+
 /// The pull-through cache. Cheap to share.
 pub struct DependencyProxy {
     service: WriteService,
-    upstream: Arc<Upstream>,
+    /// The instance's upstreams (`dependency_proxy.upstream`, then `.upstreams`).
+    upstreams: Sources,
+    groups: GroupSources,
     cache: CacheSettings,
     /// Names this instance in fetch leases.
     instance: String,
@@ -104,16 +214,29 @@ fn image_of(repo: &RepositoryName) -> Result<&str, PullThroughError> {
 impl DependencyProxy {
     pub fn new(
         service: WriteService,
-        upstream: Upstream,
+        upstreams: Vec<Upstream>,
+        groups: GroupSources,
         cache: CacheSettings,
         instance: String,
     ) -> DependencyProxy {
         DependencyProxy {
             service,
-            upstream: Arc::new(upstream),
+            upstreams: Arc::new(upstreams.into_iter().map(|u| Ok(Arc::new(u))).collect()),
+            groups,
             cache,
             instance,
             fetching: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The upstreams a pull of `repo` tries: its group's own if it set any, else the
+    /// instance's (a group's list replaces the instance's, so its image names never reach
+    /// an upstream it did not choose).
+    async fn sources(&self, repo: &RepositoryName) -> Result<Sources, PullThroughError> {
+        let group = repo.dependency_proxy().map(|i| i.group).unwrap_or_default();
+        match self.service.store().group_upstreams_by_path(group).await? {
+            Some((id, stored)) if !stored.is_empty() => Ok(self.groups.sources(id, stored)),
+            _ => Ok(self.upstreams.clone()),
         }
     }
 
@@ -150,9 +273,15 @@ impl DependencyProxy {
         reference: &Reference,
         cached: Option<ProxyManifest>,
     ) -> Result<ProxiedManifest, PullThroughError> {
-        let image = image_of(repo)?;
+        let image = image_of(repo)?.to_string();
         let key = reference.to_string();
-        let fetched = match self.upstream.manifest(image, &key).await {
+        let sources = self.sources(repo).await?;
+        let asked = first_answer(&sources, |u| {
+            let (image, key) = (image.clone(), key.clone());
+            async move { u.manifest(&image, &key).await }
+        })
+        .await;
+        let fetched = match asked {
             Ok(Some(m)) => m,
             Ok(None) => {
                 return Err(PullThroughError::NotFound(format!(
@@ -239,7 +368,14 @@ impl PullThrough for DependencyProxy {
             }
             return Ok(served(&c, false));
         }
-        match self.upstream.manifest_digest(image_of(repo)?, &key).await {
+        let image = image_of(repo)?.to_string();
+        let sources = self.sources(repo).await?;
+        let asked = first_answer(&sources, |u| {
+            let (image, key) = (image.clone(), key.clone());
+            async move { u.manifest_digest(&image, &key).await }
+        })
+        .await;
+        match asked {
             Ok(Some(digest)) if digest == c.digest => {
                 self.service.mark_proxy_manifest_validated(repo, &key).await?;
                 Ok(served(&c, false))
@@ -302,14 +438,20 @@ impl PullThrough for DependencyProxy {
                 }
             }
         }
-        let image = match image_of(repo) {
-            Ok(image) => image,
-            Err(e) => {
+        let (image, sources) = match (image_of(repo), self.sources(repo).await) {
+            (Ok(image), Ok(sources)) => (image.to_string(), sources),
+            (Err(e), _) | (_, Err(e)) => {
+                let _ = store.release_proxy_fetch(repo, digest.as_str(), &self.instance).await;
                 finish(done);
                 return Err(e);
             }
         };
-        let response = match self.upstream.blob(image, digest.as_str()).await {
+        let asked = first_answer(&sources, |u| {
+            let (image, digest) = (image.clone(), digest.to_string());
+            async move { u.blob(&image, &digest).await }
+        })
+        .await;
+        let response = match asked {
             Ok(Some(response)) => response,
             outcome => {
                 let _ = store.release_proxy_fetch(repo, digest.as_str(), &self.instance).await;

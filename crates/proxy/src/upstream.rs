@@ -64,6 +64,9 @@ pub struct UpstreamManifest {
 pub struct Upstream {
     settings: UpstreamSettings,
     http: reqwest::Client,
+    /// Set for upstreams that group owners configure: only public addresses may be reached,
+    /// and this names the setting that allows local ones.
+    public_only: Option<&'static str>,
     /// Bearer tokens by scope, with when they stop being used.
     tokens: Mutex<HashMap<String, (String, Instant)>>,
 }
@@ -120,12 +123,64 @@ fn retry_after(headers: &HeaderMap) -> Option<u64> {
 
 impl Upstream {
     pub fn new(settings: UpstreamSettings) -> Result<Upstream, reqwest::Error> {
-        let http = reqwest::Client::builder()
+        let http = Self::client_builder(&settings).build()?;
+        Ok(Upstream { settings, http, public_only: None, tokens: Mutex::new(HashMap::new()) })
+    }
+
+    fn client_builder(settings: &UpstreamSettings) -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
             .connect_timeout(settings.timeout)
             .read_timeout(settings.timeout)
             .user_agent(concat!("stowage-dependency-proxy/", env!("CARGO_PKG_VERSION")))
+    }
+
+    /// An upstream that a group owner configured: it, its token service and every redirect
+    /// may only be on public addresses (see `service::outbound`); `setting` is the one that
+    /// would allow local ones, named in refusals.
+    pub fn public_only(
+        settings: UpstreamSettings,
+        setting: &'static str,
+    ) -> Result<Upstream, reqwest::Error> {
+        let policy = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= 10 {
+                return attempt.error("too many redirects");
+            }
+            match Self::refusal(attempt.url(), setting) {
+                Some(refusal) => attempt.error(refusal),
+                None => attempt.follow(),
+            }
+        });
+        let resolver = service::outbound::PublicAddressesOnly { setting };
+        let http = Self::client_builder(&settings)
+            .no_proxy()
+            .dns_resolver(std::sync::Arc::new(resolver))
+            .redirect(policy)
             .build()?;
-        Ok(Upstream { settings, http, tokens: Mutex::new(HashMap::new()) })
+        let tokens = Mutex::new(HashMap::new());
+        Ok(Upstream { settings, http, public_only: Some(setting), tokens })
+    }
+
+    /// Why `url` may not be reached by a public-only upstream (an address written in it is
+    /// not resolved, so the resolver does not see it).
+    fn refusal(url: &url::Url, setting: &str) -> Option<String> {
+        let host = url.host()?;
+        service::outbound::check_host(&host, false)
+            .err()
+            .map(|_| format!("{host} {}", service::outbound::local_network_refused(setting)))
+    }
+
+    fn guard(&self, url: &str) -> Result<(), UpstreamError> {
+        let Some(setting) = self.public_only else { return Ok(()) };
+        let url = url::Url::parse(url).map_err(UpstreamError::failed)?;
+        match Self::refusal(&url, setting) {
+            Some(refusal) => Err(UpstreamError::Failed(refusal)),
+            None => Ok(()),
+        }
+    }
+
+    /// Where the upstream is.
+    pub fn base_url(&self) -> &url::Url {
+        &self.settings.url
     }
 
     fn is_docker_hub(&self) -> bool {
@@ -177,6 +232,7 @@ impl Upstream {
             }
             request
         };
+        self.guard(&self.url(path))?;
         let first = build(cached.map(|t| format!("Bearer {t}")))
             .send()
             .await
@@ -230,6 +286,7 @@ impl Upstream {
             }
             query.append_pair("scope", scope);
         }
+        self.guard(url.as_str())?;
         let mut request = self.http.get(url).timeout(MANIFEST_TIMEOUT);
         if let Some((user, password)) = self.credentials() {
             request = request.basic_auth(user, Some(password));
@@ -602,5 +659,52 @@ mod tests {
             .insert(reqwest::header::LINK, r#"</v2/_catalog?last=b>; rel="prev""#.parse().unwrap());
         assert_eq!(next_page(&headers), None);
         assert_eq!(next_page(&HeaderMap::new()), None);
+    }
+
+    /// A group's upstream never reaches the local network, whether the address is written in
+    /// its URL, a name resolves to it, or a token realm points there.
+    #[tokio::test]
+    async fn public_only_upstreams_never_reach_local_addresses() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        for url in [format!("http://127.0.0.1:{port}"), format!("http://localhost:{port}")] {
+            let upstream = Upstream::public_only(
+                UpstreamSettings {
+                    url: url.parse().unwrap(),
+                    username: None,
+                    password: None,
+                    timeout: Duration::from_secs(2),
+                },
+                "dependency_proxy.allow_local_requests",
+            )
+            .unwrap();
+            match upstream.manifest("alpine", "3").await {
+                Err(UpstreamError::Failed(message)) => assert!(
+                    message.contains("dependency_proxy.allow_local_requests"),
+                    "{url}: {message}"
+                ),
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        listener.set_nonblocking(true).unwrap();
+        assert!(listener.accept().is_err(), "a connection reached the local listener");
+        let upstream = Upstream::public_only(
+            UpstreamSettings {
+                url: "https://registry.example".parse().unwrap(),
+                username: Some("bot".into()),
+                password: Some("pw".into()),
+                timeout: Duration::from_secs(2),
+            },
+            "dependency_proxy.allow_local_requests",
+        )
+        .unwrap();
+        let realm = format!("http://127.0.0.1:{port}/token");
+        match upstream.fetch_token(&realm, None, "repository:x:pull").await {
+            Err(UpstreamError::Failed(message)) => {
+                assert!(message.contains("allow_local_requests"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(listener.accept().is_err(), "the token request reached the local listener");
     }
 }

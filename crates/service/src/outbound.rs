@@ -1,4 +1,5 @@
-//! Where the registry may send requests that users configure (project and group hooks): not to
+//! Where the registry may send requests that users configure (project and group hooks, a
+//! group's dependency proxy upstreams): not to
 //! the registry's own machine or its local network unless the operator allows it
 //! (`webhooks.allow_local_requests`, GitLab's "Allow requests to the local network from webhooks
 //! and integrations"). Otherwise any maintainer could make the server probe or call internal
@@ -98,6 +99,39 @@ pub fn check_host(host: &url::Host<&str>, allow_local: bool) -> Result<(), &'sta
         Err(LOCAL_NETWORK_REFUSED)
     } else {
         Ok(())
+    }
+}
+
+/// [`LOCAL_NETWORK_REFUSED`] for a destination another setting allows.
+pub fn local_network_refused(setting: &str) -> String {
+    format!(
+        "is blocked: requests to the local network are not allowed \
+         (an administrator can allow them with {setting})"
+    )
+}
+
+/// A resolver for clients that may reach public addresses only: a host name resolves to its
+/// public addresses, and a name with none is refused (naming `setting`, which allows local
+/// ones). Host names are checked here, at connect time; an address written in a URL is not
+/// resolved, so check it with [`check_host`] too.
+pub struct PublicAddressesOnly {
+    pub setting: &'static str,
+}
+
+impl reqwest::dns::Resolve for PublicAddressesOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        let setting = self.setting;
+        Box::pin(async move {
+            let all: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let public: Vec<std::net::SocketAddr> =
+                all.into_iter().filter(|a| !is_local_network(a.ip())).collect();
+            if public.is_empty() {
+                return Err(format!("{host} {}", local_network_refused(setting)).into());
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+        })
     }
 }
 

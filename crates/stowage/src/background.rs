@@ -14,6 +14,10 @@ use crate::config::{parse_duration, Config};
 
 /// Purges upload sessions idle longer than `storage.maintenance.uploadpurging.age`.
 pub const UPLOAD_PURGE: &str = "upload_purge";
+/// Removes what the dependency proxies cached and nobody pulled for their group's
+/// `ttl_policy` (see `WriteService::cleanup_dependency_proxy_cache`).
+pub const DEPENDENCY_PROXY_CLEANUP: &str = "dependency_proxy_cleanup";
+const DEPENDENCY_PROXY_CLEANUP_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Subcommand)]
 pub enum JobsCommand {
@@ -23,7 +27,7 @@ pub enum JobsCommand {
         #[arg(long)]
         state: Option<String>,
         /// e.g. repository_delete, bulk_tag_delete, cleanup_policies, upload_purge,
-        /// gc_leftovers, gc_full_pass, registry_mirrors.
+        /// dependency_proxy_cleanup, gc_leftovers, gc_full_pass, registry_mirrors.
         #[arg(long)]
         kind: Option<String>,
         #[arg(long, default_value_t = 50)]
@@ -67,6 +71,30 @@ pub fn runner(
     runner.every(
         crate::import_cli::REGISTRY_MIRRORS,
         crate::import_cli::MIRRORS_EVERY,
+        serde_json::json!({}),
+    );
+    let service = registry.service.clone();
+    runner.handle(DEPENDENCY_PROXY_CLEANUP, move |ctx| {
+        let service = service.clone();
+        async move {
+            let context = service::RequestContext::system("dependency-proxy-cleanup");
+            let removed = service
+                .cleanup_dependency_proxy_cache(ctx.now, &context)
+                .await
+                .map_err(JobError::retry)?;
+            if removed != Default::default() {
+                tracing::info!(
+                    references = removed.references,
+                    repositories = removed.repositories,
+                    "the dependency proxy cache cleanup removed unused images"
+                );
+            }
+            Ok(())
+        }
+    });
+    runner.every(
+        DEPENDENCY_PROXY_CLEANUP,
+        DEPENDENCY_PROXY_CLEANUP_INTERVAL,
         serde_json::json!({}),
     );
     let purging = config.storage.maintenance.uploadpurging.clone();

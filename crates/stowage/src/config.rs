@@ -127,11 +127,31 @@ pub struct DependencyProxyConfig {
     /// Credentials at the upstream (its token service or basic auth); anonymous without.
     pub username: Option<String>,
     pub password: Option<String>,
+    /// More upstreams, tried in order after `upstream` when it fails or lacks an image.
+    pub upstreams: Vec<UpstreamEntry>,
     /// After how long a manifest pulled by tag is revalidated upstream (a `HEAD`).
     pub ttl: String,
     /// How long after its last validation a cached manifest is still served, with a warning,
     /// when the upstream fails (timeout, 5xx, 429).
     pub stale_if_error: String,
+    /// Whether upstreams that group owners set may be on the local network (never for
+    /// untrusted owners: they could make the server call internal services).
+    pub allow_local_requests: bool,
+    /// The secret the passwords of group upstreams are sealed with (through HKDF); default:
+    /// the token signing key, which every instance shares. Changing it makes the stored
+    /// passwords unreadable (owners set them again).
+    pub encryption_key: Option<String>,
+}
+
+/// One more upstream of the instance (`dependency_proxy.upstreams`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamEntry {
+    pub url: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
 }
 
 impl Default for DependencyProxyConfig {
@@ -140,29 +160,37 @@ impl Default for DependencyProxyConfig {
             upstream: "https://registry-1.docker.io".into(),
             username: None,
             password: None,
+            upstreams: Vec::new(),
             ttl: "24h".into(),
             stale_if_error: "168h".into(),
+            allow_local_requests: false,
+            encryption_key: None,
         }
     }
 }
 
 impl DependencyProxyConfig {
-    /// The upstream URL, checked: http or https with a host, nothing after the path.
-    pub fn upstream_url(&self) -> anyhow::Result<url::Url> {
-        let url = url::Url::parse(&self.upstream)
-            .with_context(|| format!("dependency_proxy.upstream: {:?} is no URL", self.upstream))?;
-        if !matches!(url.scheme(), "http" | "https")
-            || url.host_str().is_none_or(|h| h.is_empty())
-            || url.query().is_some()
-            || url.fragment().is_some()
-        {
-            bail!(
-                "dependency_proxy.upstream must be a registry's URL with http:// or https://, \
-                 e.g. https://registry-1.docker.io; {:?} is not",
-                self.upstream
-            );
+    /// The instance's upstreams in order, checked (the URL parsed, an empty username none):
+    /// `upstream` first, then `upstreams`.
+    pub fn upstreams(&self) -> anyhow::Result<Vec<(url::Url, UpstreamEntry)>> {
+        let first = UpstreamEntry {
+            url: self.upstream.clone(),
+            username: self.username.clone(),
+            password: self.password.clone(),
+        };
+        let mut out = Vec::new();
+        for (i, e) in std::iter::once(&first).chain(&self.upstreams).enumerate() {
+            let key = if i == 0 {
+                "dependency_proxy.upstream".to_string()
+            } else {
+                format!("dependency_proxy.upstreams[{}].url", i - 1)
+            };
+            let url = service::dependency_proxy::upstream_url(&e.url)
+                .map_err(|m| anyhow::anyhow!("{key} {m}"))?;
+            let username = e.username.clone().filter(|u| !u.is_empty());
+            out.push((url, UpstreamEntry { username, ..e.clone() }));
         }
-        Ok(url)
+        Ok(out)
     }
 
     pub fn ttl(&self) -> anyhow::Result<Duration> {
@@ -1225,7 +1253,7 @@ impl Config {
         self.storage.redirect_expiry()?;
         self.redis.settings()?;
         self.ratelimit.limits()?;
-        self.dependency_proxy.upstream_url()?;
+        self.dependency_proxy.upstreams()?;
         self.dependency_proxy.ttl()?;
         self.dependency_proxy.stale_if_error()?;
         Ok(())

@@ -167,24 +167,64 @@ async fn open_registry(config: &Config) -> anyhow::Result<registry::Registry> {
 fn dependency_proxy(
     config: &Config,
     registry: &registry::Registry,
+    key: std::sync::Arc<service::dependency_proxy::CredentialKey>,
 ) -> anyhow::Result<std::sync::Arc<dyn service::dependency_proxy::PullThrough>> {
     let settings = &config.dependency_proxy;
-    let upstream = proxy::Upstream::new(proxy::UpstreamSettings {
-        url: settings.upstream_url()?,
-        username: settings.username.clone().filter(|u| !u.is_empty()),
-        password: settings.password.clone(),
-        timeout: Duration::from_secs(30),
-    })
-    .context("cannot build the dependency proxy's HTTP client")?;
+    let timeout = Duration::from_secs(30);
+    let mut upstreams = Vec::new();
+    for (url, entry) in settings.upstreams()? {
+        let (username, password) = (entry.username, entry.password);
+        let upstream =
+            proxy::Upstream::new(proxy::UpstreamSettings { url, username, password, timeout })
+                .context("cannot build the dependency proxy's HTTP client")?;
+        upstreams.push(upstream);
+    }
+    let groups = proxy::GroupSources::new(key, settings.allow_local_requests, timeout);
     let cache =
         proxy::CacheSettings { ttl: settings.ttl()?, stale_if_error: settings.stale_if_error()? };
     let instance = registry.service.event_settings().instance_id.clone();
     Ok(std::sync::Arc::new(proxy::DependencyProxy::new(
         registry.service.clone(),
-        upstream,
+        upstreams,
+        groups,
         cache,
         instance,
     )))
+}
+
+/// The key that seals the passwords of the upstreams groups set: derived from
+/// `dependency_proxy.encryption_key`, else from the token signing key (the file, or the one
+/// in the database that every instance shares, created if there is none yet).
+async fn credential_key(
+    config: &Config,
+    store: &meta::Store,
+) -> anyhow::Result<service::dependency_proxy::CredentialKey> {
+    use service::dependency_proxy::CredentialKey;
+    if let Some(secret) =
+        config.dependency_proxy.encryption_key.as_deref().filter(|k| !k.is_empty())
+    {
+        if secret.len() < 16 {
+            anyhow::bail!("dependency_proxy.encryption_key must be at least 16 characters");
+        }
+        return Ok(CredentialKey::derive(secret.as_bytes()));
+    }
+    if let Some(path) = config.auth.signing_key.as_deref().filter(|p| !p.is_empty()) {
+        let pem = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
+        return Ok(CredentialKey::derive(&pem));
+    }
+    if store.signing_key().await?.is_none() {
+        auth::jwt::TokenService::load(
+            store,
+            None,
+            &config.auth.issuer,
+            &config.auth.service,
+            parse_duration(&config.auth.token_lifetime)?,
+        )
+        .await
+        .context("cannot create the token signing key")?;
+    }
+    let key = store.signing_key().await?.context("the token signing key is missing")?;
+    Ok(CredentialKey::derive(&key.private_der))
 }
 
 /// How this instance names itself in registry events: `http.host`'s authority when set, else
@@ -244,7 +284,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let local_addr = listener.local_addr()?;
     let mut registry = registry;
     registry.service = registry.service.with_events(event_settings(&config, Some(local_addr)));
-    registry.pull_through = Some(dependency_proxy(&config, &registry)?);
+    let credential_key = std::sync::Arc::new(credential_key(&config, &registry.store).await?);
+    registry.pull_through = Some(dependency_proxy(&config, &registry, credential_key.clone())?);
     memory::start_trimming();
     // Background work (deletes, cleanup policies, the upload purge) runs as durable jobs: with
     // several instances each job, and each period of a periodic one, runs once.
@@ -258,6 +299,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         job_token_lifetime: parse_duration(&config.auth.job_token_lifetime)?,
         jobs: queue.clone(),
         hooks_allow_local: config.webhooks.allow_local_requests,
+        dependency_proxy_key: credential_key,
+        dependency_proxy_allow_local: config.dependency_proxy.allow_local_requests,
     };
     if let Some(addr) = config.http.debug.addr.as_deref().filter(|a| !a.is_empty()) {
         let metrics = debug::install_recorder().context("cannot start the metrics recorder")?;

@@ -34,6 +34,8 @@ pub const EVENTS_MEDIA_TYPE: &str = "application/vnd.docker.distribution.events.
 const RESPONSE_BYTES: usize = 1024;
 /// How long a delivery to a hook may take.
 const HOOK_TIMEOUT: Duration = Duration::from_secs(10);
+/// The setting that lets hooks reach the local network.
+const HOOKS_SETTING: &str = "webhooks.allow_local_requests";
 
 /// A receiver of events.
 struct Receiver {
@@ -66,29 +68,10 @@ fn client(verify_tls: bool, public_only: bool) -> anyhow::Result<reqwest::Client
         .danger_accept_invalid_certs(!verify_tls)
         .user_agent(concat!("stowage/", env!("CARGO_PKG_VERSION")));
     if public_only {
-        builder = builder.no_proxy().dns_resolver(std::sync::Arc::new(PublicAddressesOnly));
+        let resolver = service::outbound::PublicAddressesOnly { setting: HOOKS_SETTING };
+        builder = builder.no_proxy().dns_resolver(std::sync::Arc::new(resolver));
     }
     Ok(builder.build()?)
-}
-
-/// Resolves a hook's host name to its public addresses only; a name with none is refused.
-struct PublicAddressesOnly;
-
-impl reqwest::dns::Resolve for PublicAddressesOnly {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let host = name.as_str().to_string();
-        Box::pin(async move {
-            let all: Vec<std::net::SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let public: Vec<std::net::SocketAddr> =
-                all.into_iter().filter(|a| !service::outbound::is_local_network(a.ip())).collect();
-            if public.is_empty() {
-                let refusal = format!("{host} {}", service::outbound::LOCAL_NETWORK_REFUSED);
-                return Err(refusal.into());
-            }
-            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
 }
 
 impl Notifier {
@@ -291,7 +274,8 @@ mod tests {
     #[tokio::test]
     async fn hook_names_resolving_to_loopback_are_refused() {
         let name: reqwest::dns::Name = "localhost".parse().unwrap();
-        let refusal = match PublicAddressesOnly.resolve(name).await {
+        let resolver = service::outbound::PublicAddressesOnly { setting: HOOKS_SETTING };
+        let refusal = match resolver.resolve(name).await {
             Ok(addrs) => panic!("resolved to {:?}", addrs.collect::<Vec<_>>()),
             Err(e) => e.to_string(),
         };
