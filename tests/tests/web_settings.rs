@@ -10,6 +10,7 @@ use e2e::backend_tests;
 use e2e::gitlab::{request_token, seed_image, token_for, Registry, ADMIN_PASSWORD};
 use e2e::tenants::{world, World};
 use e2e::tools::require_tool;
+use e2e::web::Browser;
 use e2e::MetaBackend;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -18,109 +19,11 @@ const SETTINGS: &str = "/acme/a/-/settings/packages_and_registries";
 const TOKENS: &str = "/-/user_settings/personal_access_tokens";
 const MARKUP: &str = "<script>alert(1)</script>";
 
-/// A browser without JavaScript that never follows redirects.
-struct Browser {
-    http: reqwest::Client,
-    base: String,
-    session: Option<String>,
-}
-
-struct Answer {
-    status: StatusCode,
-    location: Option<String>,
-    body: String,
-}
-
-impl Answer {
-    fn csrf(&self) -> String {
-        hidden_value(&self.body, "authenticity_token")
-            .unwrap_or_else(|| panic!("no authenticity_token in the page:\n{}", self.body))
-    }
-}
-
-fn hidden_value(body: &str, name: &str) -> Option<String> {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = body.find(&marker)? + marker.len();
-    let end = body[start..].find('"')?;
-    Some(body[start..start + end].to_string())
-}
-
-impl Browser {
-    fn new(world: &World) -> Browser {
-        let http =
-            reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-        Browser { http, base: world.server.base.clone(), session: None }
-    }
-
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        form: Option<&[(&str, &str)]>,
-        cookie: Option<String>,
-    ) -> Answer {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
-        let mut cookies: Vec<String> = Vec::new();
-        if let Some(s) = &self.session {
-            cookies.push(format!("_stowage_session={s}"));
-        }
-        cookies.extend(cookie);
-        if !cookies.is_empty() {
-            req = req.header("cookie", cookies.join("; "));
-        }
-        if let Some(form) = form {
-            let body = url::form_urlencoded::Serializer::new(String::new())
-                .extend_pairs(form.iter())
-                .finish();
-            req = req.header("content-type", "application/x-www-form-urlencoded").body(body);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let location = resp.headers().get("location").map(|v| v.to_str().unwrap().to_string());
-        let cookie = resp
-            .headers()
-            .get_all("set-cookie")
-            .iter()
-            .map(|v| v.to_str().unwrap().to_string())
-            .find(|c| c.starts_with("_stowage_session="));
-        let body = resp.text().await.unwrap();
-        if let Some(c) = cookie {
-            // Only sign-in sets it here; keep it for the caller through `location`.
-            return Answer { status, location: Some(c), body };
-        }
-        Answer { status, location, body }
-    }
-
-    async fn get(&self, path: &str) -> Answer {
-        self.send(Method::GET, path, None, None).await
-    }
-
-    async fn post(&self, path: &str, form: &[(&str, &str)]) -> Answer {
-        self.send(Method::POST, path, Some(form), None).await
-    }
-
-    async fn sign_in(&mut self, username: &str, password: &str) {
-        let form = self.get("/users/sign_in").await;
-        let token = form.csrf();
-        let fields =
-            [("username", username), ("password", password), ("authenticity_token", &token)];
-        let cookie = Some(format!("_stowage_login_csrf={token}"));
-        let answer = self.send(Method::POST, "/users/sign_in", Some(&fields), cookie).await;
-        assert_eq!(answer.status, StatusCode::SEE_OTHER, "sign-in as {username}: {}", answer.body);
-        let set = answer.location.expect("a session cookie");
-        let value = set.split(';').next().unwrap().split_once('=').unwrap().1.to_string();
-        self.session = Some(value);
-    }
-
-    async fn signed_in(world: &World, username: &str, password: &str) -> Browser {
-        let mut b = Browser::new(world);
-        b.sign_in(username, password).await;
-        b
-    }
-
-    async fn csrf(&self) -> String {
-        self.get("/").await.csrf()
-    }
+/// A browser signed in as `username` (the shared raw-HTTP browser of `e2e::web`).
+async fn signed_in(world: &World, username: &str, password: &str) -> Browser {
+    let mut b = Browser::new(world);
+    b.sign_in(username, password).await;
+    b
 }
 
 /// Whether `<script>alert(1)` appears HTML-escaped (named or numeric entities).
@@ -160,7 +63,7 @@ async fn only_maintainers_and_owners(backend: MetaBackend) {
     let missing = anonymous.get("/acme/nope/-/settings/packages_and_registries").await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     // Outsiders of the private project: exactly the page of a missing one.
-    let outsider = Browser::signed_in(&w, "olga", &olga.password).await;
+    let outsider = signed_in(&w, "olga", &olga.password).await;
     for browser in [&anonymous, &outsider] {
         let answer = browser.get(SETTINGS).await;
         assert_eq!(answer.status, StatusCode::NOT_FOUND);
@@ -168,7 +71,7 @@ async fn only_maintainers_and_owners(backend: MetaBackend) {
     }
     // Developers and reporters see the project but may not manage it: 403, saying why.
     for (name, password) in [("alice", &w.alice.password), ("rita", &w.rita.password)] {
-        let b = Browser::signed_in(&w, name, password).await;
+        let b = signed_in(&w, name, password).await;
         let page = b.get(SETTINGS).await;
         assert_eq!(page.status, StatusCode::FORBIDDEN, "{name}");
         assert!(page.body.contains("needs the maintainer role or higher"), "{}", page.body);
@@ -195,11 +98,11 @@ async fn only_maintainers_and_owners(backend: MetaBackend) {
     assert_eq!(post.body, missing.body);
 
     // Maintainers and owners (and admins) manage it.
-    let maria = Browser::signed_in(&w, "maria", &maria.password).await;
+    let maria = signed_in(&w, "maria", &maria.password).await;
     let page = maria.get(SETTINGS).await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
     assert!(page.body.contains("id=\"policy-form\""));
-    let root = Browser::signed_in(&w, "root", ADMIN_PASSWORD).await;
+    let root = signed_in(&w, "root", ADMIN_PASSWORD).await;
     assert_eq!(root.get(SETTINGS).await.status, StatusCode::OK);
 
     // Forms without this session's CSRF token are refused, and change nothing.
@@ -257,7 +160,7 @@ async fn policy_saves_through_the_api_rules_and_previews_the_dry_run(backend: Me
     push_tags(&w, "acme/a/sub", &["v9", "old"]).await;
     let maria = w.api.create_user("maria").await;
     w.api.add_member("projects", w.a, maria.id, 40).await;
-    let maria = Browser::signed_in(&w, "maria", &maria.password).await;
+    let maria = signed_in(&w, "maria", &maria.password).await;
     let token = maria.csrf().await;
 
     // A tag rule added on the page keeps v1 from every cleanup.
@@ -419,7 +322,7 @@ async fn personal_access_tokens_are_shown_once_and_revocable(backend: MetaBacken
     assert_eq!(away.status, StatusCode::SEE_OTHER);
     assert_eq!(away.location.as_deref(), Some("/users/sign_in"));
 
-    let alice = Browser::signed_in(&w, "alice", &w.alice.password).await;
+    let alice = signed_in(&w, "alice", &w.alice.password).await;
     let page = alice.get(TOKENS).await;
     assert_eq!(page.status, StatusCode::OK);
     let token = page.csrf();
@@ -606,7 +509,7 @@ async fn project_deploy_tokens_are_shown_once_and_revocable(backend: MetaBackend
     let w = world(backend, &[]).await;
     let maria = w.api.create_user("maria").await;
     w.api.add_member("projects", w.a, maria.id, 40).await;
-    let maria = Browser::signed_in(&w, "maria", &maria.password).await;
+    let maria = signed_in(&w, "maria", &maria.password).await;
     let token = maria.csrf().await;
     let form = |name: &'static str, username: &'static str| {
         vec![

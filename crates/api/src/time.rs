@@ -27,21 +27,8 @@ mod tests {
         assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(iso8601(1_714_566_896_789), "2024-05-01T12:34:56.789Z");
         assert_eq!(date(1_709_164_800_000), "2024-02-29");
+        // The parser's own cases are service::tokens's; this is the API's wrapper.
         assert_eq!(parse_expiry_date("2024-02-29").unwrap(), 1_709_164_800_000);
-        assert_eq!(parse_expiry_date("2024-02-29T10:00:00Z").unwrap(), 1_709_164_800_000);
-        for bad in [
-            "2023-02-29",
-            "2024-13-01",
-            "tomorrow",
-            "2024-1-01",
-            "",
-            "+024-01-01",
-            "2024-+1-01",
-            "2024-01-+1",
-            "2024-02-29garbage",
-            "2024-02-29 10:00",
-        ] {
-            assert!(parse_expiry_date(bad).is_err(), "{bad}");
-        }
+        assert!(parse_expiry_date("2023-02-29").is_err());
     }
 }
