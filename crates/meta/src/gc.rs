@@ -101,7 +101,7 @@ pub struct GcEventRecord<'a> {
 }
 
 /// Appends `events` with one `INSERT` (its rows bound as one JSON parameter: see
-/// [`crate::store::json_values`]).
+/// [`crate::store::json_in`]).
 pub(crate) async fn insert_events(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     backend: Backend,
@@ -360,10 +360,10 @@ impl Store {
     pub async fn gc_unrecorded_blobs(&self, digests: &[&str]) -> Result<Vec<String>, MetaError> {
         let mut found = Vec::new();
         for chunk in digests.chunks(500) {
-            let list = crate::store::json_values(self.backend(), 1);
+            let list = crate::store::json_in(self.backend(), 1);
             let sql = format!(
-                "SELECT digest FROM blobs WHERE digest IN ({list}) \
-                 UNION SELECT digest FROM gc_storage_deletions WHERE digest IN ({list})"
+                "SELECT digest FROM blobs WHERE digest {list} \
+                 UNION SELECT digest FROM gc_storage_deletions WHERE digest {list}"
             );
             let query = sqlx::query(&sql).bind(crate::store::json_array(chunk));
             let known: std::collections::HashSet<String> =

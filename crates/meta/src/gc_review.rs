@@ -16,7 +16,7 @@ use sqlx::Row;
 use crate::gc::{insert_event, insert_events, GcEventRecord, GC_EVENT_BLOB, GC_OUTCOME_DELETED};
 use crate::registry::BlobRecord;
 use crate::store::{
-    get_i64, json_array, json_rows, json_values, Backend, JsonColumn, MetaError, WriteTx,
+    get_i64, json_array, json_in, json_rows, Backend, JsonColumn, MetaError, WriteTx,
 };
 use crate::write::{manifest_row, ManifestRow};
 use crate::Store;
@@ -201,8 +201,8 @@ impl WriteTx<'_> {
         let mut dangling = Vec::new();
         if !locked.is_empty() {
             let sql = format!(
-                "SELECT b.digest, b.size FROM blobs b WHERE b.digest IN ({}) AND {}",
-                json_values(self.backend(), 1),
+                "SELECT b.digest, b.size FROM blobs b WHERE b.digest {} AND {}",
+                json_in(self.backend(), 1),
                 dangling_blob_condition(None)
             );
             for row in sqlx::query(&sql).bind(json_array(&locked)).fetch_all(&mut *self.tx).await? {
@@ -285,7 +285,7 @@ impl WriteTx<'_> {
         if digests.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = format!("{}{suffix}", sql.replace("{list}", &json_values(self.backend(), 1)));
+        let sql = format!("{}{suffix}", sql.replace("IN ({list})", &json_in(self.backend(), 1)));
         let rows = sqlx::query(&sql).bind(json_array(digests)).fetch_all(&mut *self.tx).await?;
         Ok(rows.iter().map(|r| r.get("digest")).collect())
     }
@@ -302,7 +302,7 @@ impl WriteTx<'_> {
             return Ok(());
         }
         let param = usize::from(first.is_some()) + 1;
-        let sql = sql.replace("{list}", &json_values(self.backend(), param));
+        let sql = sql.replace("IN ({list})", &json_in(self.backend(), param));
         let mut query = sqlx::query(&sql);
         if let Some(first) = first {
             query = query.bind(first);

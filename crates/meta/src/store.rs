@@ -438,17 +438,25 @@ pub(crate) fn placeholders(first: usize, n: usize) -> String {
     (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
 
-/// A row source of the strings in parameter `$param`, bound as one JSON array of strings
-/// (see [`json_array`]): `… WHERE digest IN ({json_values})`.
+/// A column's membership in the strings of parameter `$param`, bound as one JSON array of
+/// strings (see [`json_array`]): `format!("… WHERE digest {}", json_in(backend, 1))` in place
+/// of `digest IN ($1, $2, …)`.
 ///
 /// Why one parameter: SQLite names `$N` parameters, and sqlx binds each by looking its name
 /// up in a list, so a statement of n parameters costs O(n²) to bind — 1 000 review rows with
 /// 7 columns each spent most of a GC batch there. One parameter also keeps the statement text
 /// the same for every batch size, so it is prepared once.
-pub(crate) fn json_values(backend: Backend, param: usize) -> String {
+///
+/// On PostgreSQL the list is an array (`= ANY(ARRAY(…))`), not a subquery: an index scan over
+/// an array visits the keys in index order, so rows are locked in digest order as writers
+/// lock them. A subquery is joined in hash order, and locking in that order deadlocked a
+/// manifest delete against a review batch.
+pub(crate) fn json_in(backend: Backend, param: usize) -> String {
     match backend {
-        Backend::Sqlite => format!("SELECT value FROM json_each(${param})"),
-        Backend::Postgres => format!("SELECT jsonb_array_elements_text(${param}::jsonb)"),
+        Backend::Sqlite => format!("IN (SELECT value FROM json_each(${param}))"),
+        Backend::Postgres => {
+            format!("= ANY(ARRAY(SELECT jsonb_array_elements_text(${param}::jsonb)))")
+        }
     }
 }
 
