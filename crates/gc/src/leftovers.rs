@@ -190,6 +190,12 @@ impl LeftoverSweep {
         report: &mut LeftoverReport,
     ) -> Result<(), GcError> {
         let Some(digest) = blobstore::layout::blob_digest_of(&leftover.key) else { return Ok(()) };
+        // Listed before the database said "no record": a storage deleter (of this instance
+        // or another) may have removed the bytes, and their record with them, in between.
+        // Queueing those again would count one deletion twice.
+        if self.blobs.size(&digest).await?.is_none() {
+            return Ok(());
+        }
         let at = now_ms.saturating_add(service::ORPHANED_BYTES_DELAY.as_millis() as i64);
         let size = leftover.size.min(i64::MAX as u64) as i64;
         if self.store.gc_queue_unrecorded_bytes(digest.as_str(), size, at).await? {
