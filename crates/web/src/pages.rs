@@ -792,6 +792,22 @@ struct ConfirmDeleteRepositoriesPage {
 /// `DELETE /projects/:id/registry/repositories/:repository_id` makes, at the viewer's role: if
 /// a repository protection rule refuses any of them, nothing is queued and the page answers
 /// 403 naming the rule.
+/// Refuses a delete form unless the viewer may delete from `project`'s registry (the same
+/// access decision that shows or hides the delete controls).
+async fn require_registry_delete(
+    state: &WebState,
+    viewer: &Viewer,
+    project: &Project,
+) -> Result<(), PageError> {
+    if registry_actions(state, viewer, project).await?.contains(&Action::Delete) {
+        return Ok(());
+    }
+    Err(PageError::Forbidden(format!(
+        "deleting from the container registry of {} needs the maintainer role or higher",
+        project.full_path
+    )))
+}
+
 async fn delete_repositories(
     state: &WebState,
     viewer: &Viewer,
@@ -800,12 +816,7 @@ async fn delete_repositories(
     q: &Fields,
     form: &Fields,
 ) -> Page {
-    if !registry_actions(state, viewer, project).await?.contains(&Action::Delete) {
-        return Err(PageError::Forbidden(format!(
-            "deleting from the container registry of {} needs the maintainer role or higher",
-            project.full_path
-        )));
-    }
+    require_registry_delete(state, viewer, project).await?;
     let ids = form.all("repository");
     if ids.is_empty() {
         return Err(PageError::BadRequest("select at least one image to delete".into()));
@@ -1232,12 +1243,7 @@ async fn delete_tags(
     q: &Fields,
     form: &Fields,
 ) -> Page {
-    if !registry_actions(state, viewer, project).await?.contains(&Action::Delete) {
-        return Err(PageError::Forbidden(format!(
-            "deleting from the container registry of {} needs the maintainer role or higher",
-            project.full_path
-        )));
-    }
+    require_registry_delete(state, viewer, project).await?;
     let names = form.all("tag");
     if names.is_empty() {
         return Err(PageError::BadRequest("select at least one tag to delete".into()));
